@@ -1,0 +1,278 @@
+//! The catalog: pools, editions and their thresholds, key groups and setup keys.
+//!
+//! A catalog is a TOML file (see `catalog/demo.toml`, which ships in the binary). The four key
+//! groups are fixed by R21 ([`KeyGroup`]); editions name theirs.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::keys::{KeyGroup, KeyKind, ProductKey};
+
+/// The demo catalog that ships with Tally: fictional products of both kinds in every group.
+pub const DEMO_CATALOG: &str = include_str!("../catalog/demo.toml");
+
+/// Why a catalog was refused.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// Not valid TOML, or an unknown or missing key.
+    #[error("catalog is not valid: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// Valid TOML that breaks a catalog rule.
+    #[error("catalog is not valid: {0}")]
+    Invalid(String),
+}
+
+/// Whether an edition is a client or a server product (R1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EditionKind {
+    /// Threshold 25 unless overridden.
+    Client,
+    /// Threshold 5 unless overridden.
+    Server,
+}
+
+impl EditionKind {
+    /// R1: 25 for client editions, 5 for server editions.
+    pub fn default_threshold(self) -> u16 {
+        match self {
+            Self::Client => 25,
+            Self::Server => 5,
+        }
+    }
+}
+
+impl fmt::Display for EditionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Client => "client",
+            Self::Server => "server",
+        })
+    }
+}
+
+/// A set of editions counted together (one product line).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// The pool's id, sent in every request.
+    pub id: Uuid,
+    /// A display name.
+    pub name: String,
+}
+
+/// One product edition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Edition {
+    /// The SKU id.
+    pub sku: Uuid,
+    /// A display name.
+    pub name: String,
+    /// Client or server.
+    pub kind: EditionKind,
+    /// The pool it is counted in.
+    pub pool: Uuid,
+    /// The key group whose host keys (and higher) activate it (R21).
+    pub group: KeyGroup,
+    /// Its product generation (R21).
+    pub generation: u8,
+    /// Count needed to activate (R1).
+    pub threshold: u16,
+    /// The public setup key that makes an installation a host-activated client.
+    pub setup_key: ProductKey,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    /// Catalog name.
+    name: String,
+    /// Monotonic catalog version (R24: a newer catalog has a higher version).
+    version: u32,
+    #[serde(default)]
+    pools: Vec<Pool>,
+    #[serde(default)]
+    editions: Vec<RawEdition>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdition {
+    sku: Uuid,
+    name: String,
+    kind: EditionKind,
+    pool: Uuid,
+    group: KeyGroup,
+    generation: u8,
+    /// Overrides R1's default for the kind.
+    threshold: Option<u16>,
+    setup_key: ProductKey,
+}
+
+/// A validated catalog.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    name: String,
+    version: u32,
+    pools: Vec<Pool>,
+    editions: Vec<Edition>,
+    by_sku: HashMap<Uuid, usize>,
+}
+
+impl Catalog {
+    /// Parses and validates a catalog file's text.
+    pub fn parse(text: &str) -> Result<Self, CatalogError> {
+        let raw: RawCatalog = toml::from_str(text)?;
+        let invalid = |msg: String| Err(CatalogError::Invalid(msg));
+        let mut pools_seen = HashMap::new();
+        for pool in &raw.pools {
+            if pools_seen.insert(pool.id, ()).is_some() {
+                return invalid(format!("pool {} is listed twice", pool.id));
+            }
+        }
+        let mut editions = Vec::with_capacity(raw.editions.len());
+        let mut by_sku = HashMap::new();
+        for e in raw.editions {
+            if !pools_seen.contains_key(&e.pool) {
+                return invalid(format!("edition '{}' names pool {}, which is not listed", e.name, e.pool));
+            }
+            if e.setup_key.kind() != KeyKind::Setup || e.setup_key != ProductKey::setup_for(e.sku) {
+                return invalid(format!(
+                    "edition '{}': setup_key does not belong to sku {} (expected {})",
+                    e.name,
+                    e.sku,
+                    ProductKey::setup_for(e.sku)
+                ));
+            }
+            if e.generation > 15 {
+                return invalid(format!("edition '{}': generation must be 0-15", e.name));
+            }
+            let threshold = e.threshold.unwrap_or(e.kind.default_threshold());
+            if !(1..=1000).contains(&threshold) {
+                return invalid(format!("edition '{}': threshold must be 1-1000", e.name));
+            }
+            if by_sku.insert(e.sku, editions.len()).is_some() {
+                return invalid(format!("sku {} is listed twice", e.sku));
+            }
+            editions.push(Edition {
+                sku: e.sku,
+                name: e.name,
+                kind: e.kind,
+                pool: e.pool,
+                group: e.group,
+                generation: e.generation,
+                threshold,
+                setup_key: e.setup_key,
+            });
+        }
+        Ok(Self {
+            name: raw.name,
+            version: raw.version,
+            pools: raw.pools,
+            editions,
+            by_sku,
+        })
+    }
+
+    /// The built-in demo catalog.
+    pub fn demo() -> Self {
+        match Self::parse(DEMO_CATALOG) {
+            Ok(c) => c,
+            // The demo catalog is compiled in and checked by a unit test.
+            Err(e) => unreachable!("built-in demo catalog is invalid: {e}"),
+        }
+    }
+
+    /// The catalog's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The catalog's version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// All pools.
+    pub fn pools(&self) -> &[Pool] {
+        &self.pools
+    }
+
+    /// All editions, in file order.
+    pub fn editions(&self) -> &[Edition] {
+        &self.editions
+    }
+
+    /// The edition with this SKU id.
+    pub fn edition(&self, sku: Uuid) -> Option<&Edition> {
+        self.by_sku.get(&sku).map(|&i| &self.editions[i])
+    }
+
+    /// The pool with this id.
+    pub fn pool(&self, id: Uuid) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.id == id)
+    }
+
+    /// The edition whose setup key this is.
+    pub fn edition_by_setup_key(&self, key: ProductKey) -> Option<&Edition> {
+        self.editions.iter().find(|e| e.setup_key == key)
+    }
+
+    /// The newest generation in the catalog.
+    pub fn newest_generation(&self) -> u8 {
+        self.editions.iter().map(|e| e.generation).max().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_catalog_is_valid_and_spans_every_group_and_kind() {
+        let c = Catalog::demo();
+        for g in KeyGroup::ALL {
+            assert!(c.editions().iter().any(|e| e.group == g), "no edition in {g}");
+        }
+        assert!(c.editions().iter().any(|e| e.kind == EditionKind::Client));
+        assert!(c.editions().iter().any(|e| e.kind == EditionKind::Server));
+        for e in c.editions() {
+            assert_eq!(c.edition_by_setup_key(e.setup_key).map(|x| x.sku), Some(e.sku));
+        }
+    }
+
+    // R1: thresholds default by kind, and the catalog may override.
+    #[test]
+    fn r1_thresholds_default_by_kind_and_can_be_overridden() {
+        let c = Catalog::demo();
+        for e in c.editions() {
+            assert_eq!(e.threshold, e.kind.default_threshold(), "{}", e.name);
+        }
+        let sku = Uuid::from_u128(7);
+        let pool = Uuid::from_u128(8);
+        let text = format!(
+            "name = \"t\"\nversion = 1\n[[pools]]\nid = \"{pool}\"\nname = \"p\"\n[[editions]]\nsku = \"{sku}\"\nname = \"e\"\nkind = \"server\"\npool = \"{pool}\"\ngroup = \"server-a\"\ngeneration = 1\nthreshold = 3\nsetup_key = \"{}\"\n",
+            ProductKey::setup_for(sku)
+        );
+        let c = Catalog::parse(&text).expect("valid");
+        assert_eq!(c.edition(sku).map(|e| e.threshold), Some(3));
+    }
+
+    #[test]
+    fn bad_catalogs_name_the_problem() {
+        let err = Catalog::parse("name = \"x\"\nversion = 1\nbogus = 2\n").expect_err("unknown key");
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let sku = Uuid::from_u128(7);
+        let text = format!(
+            "name = \"t\"\nversion = 1\n[[editions]]\nsku = \"{sku}\"\nname = \"e\"\nkind = \"server\"\npool = \"{sku}\"\ngroup = \"server-a\"\ngeneration = 1\nsetup_key = \"{}\"\n",
+            ProductKey::setup_for(sku)
+        );
+        let err = Catalog::parse(&text).expect_err("missing pool");
+        assert!(err.to_string().contains("not listed"), "{err}");
+    }
+}

@@ -1,0 +1,22 @@
+//! Tally's domain, free of I/O: time, keys, catalog, trust chain, the counting rules and the
+//! host's session logic. Nothing here touches a socket, a file or an async runtime; all time
+//! comes from a [`time::Clock`].
+//!
+//! # Layout
+//! - [`time`]: [`time::Timestamp`], the [`time::Clock`] trait, system and manual clocks.
+//! - [`keys`]: 25-character product keys, key groups (R21), checksums.
+//! - [`catalog`]: pools and editions, thresholds (R1), the demo catalog.
+//! - [`trust`]: authority → host certificate → signed response verification (R16).
+//! - [`counting`]: per-pool CMID tables (R2–R5).
+//! - [`host`]: the host session: frame in, response and changes to persist out.
+
+pub mod catalog;
+pub mod counting;
+pub mod host;
+pub mod keys;
+pub mod time;
+pub mod trust;
+
+pub use catalog::{Catalog, Edition, EditionKind};
+pub use keys::{KeyGroup, KeyKind, ProductKey};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -1,0 +1,357 @@
+//! The trust chain (R16): authority key → host certificate → signed response.
+//!
+//! A client trusts one authority public key. It accepts a response only if the host's
+//! certificate verifies under that key, is within its validity, its key group and generation
+//! cover the client's edition (R21), the response's signature verifies under the certified host
+//! key over the exact request the client sent, and the nonce is its own.
+
+use std::fmt;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+use tally_proto::{ActivationResponse, CertificateBody, HostCertificate};
+use thiserror::Error;
+
+use crate::catalog::Edition;
+use crate::keys::KeyGroup;
+use crate::time::Timestamp;
+
+/// Why a certificate or response is not trusted.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// The certificate was issued by another authority.
+    #[error("host certificate was issued by another authority (not the one this client trusts)")]
+    UnknownAuthority,
+    /// The certificate's signature does not verify.
+    #[error("host certificate signature is invalid")]
+    BadCertificateSignature,
+    /// The certificate is outside its validity period.
+    #[error("host certificate is not valid at this time (valid {from} to {until})")]
+    CertificateExpired {
+        /// Start of validity.
+        from: Timestamp,
+        /// End of validity.
+        until: Timestamp,
+    },
+    /// The certificate's key group or host key cannot be read.
+    #[error("host certificate is malformed: {0}")]
+    MalformedCertificate(&'static str),
+    /// The response was signed with another certificate's key.
+    #[error("response names a different host certificate")]
+    FingerprintMismatch,
+    /// The response's signature does not verify.
+    #[error("response signature is invalid (forged or altered)")]
+    BadResponseSignature,
+    /// The response answers another request.
+    #[error("response does not answer this request (nonce mismatch: replayed or misrouted)")]
+    NonceMismatch,
+    /// The host is not entitled to activate this edition.
+    #[error("host's key group {host_group} generation {host_generation} does not cover {edition}")]
+    GroupDoesNotCover {
+        /// The host's group.
+        host_group: KeyGroup,
+        /// The host's generation.
+        host_generation: u8,
+        /// The edition's name.
+        edition: String,
+    },
+}
+
+/// Why a key or certificate file could not be read.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FileFormatError {
+    /// The first word is not the expected label.
+    #[error("expected a '{expected}' file")]
+    WrongLabel {
+        /// The label that was expected.
+        expected: &'static str,
+    },
+    /// The payload is not hex of the right length.
+    #[error("'{0}' file is damaged (bad hex or length)")]
+    Damaged(&'static str),
+    /// The certificate inside does not decode.
+    #[error("certificate inside the file does not decode: {0}")]
+    Certificate(#[from] tally_proto::DecodeError),
+}
+
+/// SHA-256 of arbitrary bytes.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// The identifier certificates carry for an authority key: 8 bytes of its SHA-256.
+pub fn authority_id(key: &VerifyingKey) -> [u8; 8] {
+    let d = sha256(key.as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&d[..8]);
+    id
+}
+
+/// A certificate's fingerprint: SHA-256 of its canonical encoding.
+pub fn fingerprint(cert: &HostCertificate) -> [u8; 32] {
+    sha256(&cert.to_bytes())
+}
+
+/// Lower-case hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses hex (either case); `None` on odd length or a non-hex character.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Writes `label hex` plus a newline: the format of every key and certificate file.
+pub fn armor(label: &str, bytes: &[u8]) -> String {
+    format!("{label} {}\n", to_hex(bytes))
+}
+
+/// Reads an [`armor`]ed file, checking its label.
+pub fn dearmor(label: &'static str, text: &str) -> Result<Vec<u8>, FileFormatError> {
+    let mut words = text.split_whitespace();
+    if words.next() != Some(label) {
+        return Err(FileFormatError::WrongLabel { expected: label });
+    }
+    let bytes = words.next().and_then(from_hex).ok_or(FileFormatError::Damaged(label))?;
+    if words.next().is_some() {
+        return Err(FileFormatError::Damaged(label));
+    }
+    Ok(bytes)
+}
+
+fn fixed<const N: usize>(label: &'static str, v: Vec<u8>) -> Result<[u8; N], FileFormatError> {
+    v.try_into().map_err(|_| FileFormatError::Damaged(label))
+}
+
+/// File labels.
+pub mod labels {
+    /// An authority public key.
+    pub const AUTHORITY_PUBLIC: &str = "tally-authority-public-key-v1";
+    /// An authority secret key.
+    pub const AUTHORITY_SECRET: &str = "tally-authority-secret-key-v1";
+    /// A host secret key.
+    pub const HOST_SECRET: &str = "tally-host-secret-key-v1";
+    /// A host public key.
+    pub const HOST_PUBLIC: &str = "tally-host-public-key-v1";
+    /// A host certificate.
+    pub const HOST_CERTIFICATE: &str = "tally-host-certificate-v1";
+}
+
+/// Parses an authority public key file.
+pub fn parse_authority_public(text: &str) -> Result<TrustAnchor, FileFormatError> {
+    let bytes = fixed::<32>(labels::AUTHORITY_PUBLIC, dearmor(labels::AUTHORITY_PUBLIC, text)?)?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| FileFormatError::Damaged(labels::AUTHORITY_PUBLIC))?;
+    Ok(TrustAnchor::new(key))
+}
+
+/// Parses a secret key file with the given label.
+pub fn parse_secret(label: &'static str, text: &str) -> Result<SigningKey, FileFormatError> {
+    Ok(SigningKey::from_bytes(&fixed::<32>(label, dearmor(label, text)?)?))
+}
+
+/// Parses a host public key file.
+pub fn parse_host_public(text: &str) -> Result<VerifyingKey, FileFormatError> {
+    let bytes = fixed::<32>(labels::HOST_PUBLIC, dearmor(labels::HOST_PUBLIC, text)?)?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| FileFormatError::Damaged(labels::HOST_PUBLIC))
+}
+
+/// Parses a host certificate file.
+pub fn parse_certificate(text: &str) -> Result<HostCertificate, FileFormatError> {
+    Ok(HostCertificate::from_bytes(&dearmor(labels::HOST_CERTIFICATE, text)?)?)
+}
+
+/// What a host certificate lets the host activate (R21).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coverage {
+    /// The certified key group.
+    pub group: KeyGroup,
+    /// The certified generation.
+    pub generation: u8,
+}
+
+impl Coverage {
+    /// R21: a host key activates the editions of its group and every group below it, of its
+    /// generation and every earlier one.
+    pub fn covers(&self, edition: &Edition) -> bool {
+        edition.group <= self.group && edition.generation <= self.generation
+    }
+}
+
+/// The authority public key a client trusts.
+#[derive(Clone, Debug)]
+pub struct TrustAnchor {
+    key: VerifyingKey,
+    id: [u8; 8],
+}
+
+impl TrustAnchor {
+    /// Trusts this key.
+    pub fn new(key: VerifyingKey) -> Self {
+        Self { id: authority_id(&key), key }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &VerifyingKey {
+        &self.key
+    }
+
+    /// Verifies a host certificate at time `now`.
+    pub fn verify_certificate(&self, cert: &HostCertificate, now: Timestamp) -> Result<VerifiedHost, TrustError> {
+        if cert.body.authority_id != self.id {
+            return Err(TrustError::UnknownAuthority);
+        }
+        let sig = Signature::from_bytes(&cert.signature);
+        self.key
+            .verify_strict(&cert.body.signed_bytes(), &sig)
+            .map_err(|_| TrustError::BadCertificateSignature)?;
+        let from = Timestamp(cert.body.not_before.saturating_mul(1000));
+        let until = Timestamp(cert.body.not_after.saturating_mul(1000));
+        if now < from || now > until {
+            return Err(TrustError::CertificateExpired { from, until });
+        }
+        let group = KeyGroup::from_rank(cert.body.key_group).ok_or(TrustError::MalformedCertificate("key group"))?;
+        let key = VerifyingKey::from_bytes(&cert.body.host_key).map_err(|_| TrustError::MalformedCertificate("host key"))?;
+        Ok(VerifiedHost {
+            key,
+            fingerprint: fingerprint(cert),
+            coverage: Coverage { group, generation: cert.body.generation },
+        })
+    }
+}
+
+/// A host certificate that verified under the trust anchor.
+#[derive(Clone, Debug)]
+pub struct VerifiedHost {
+    key: VerifyingKey,
+    fingerprint: [u8; 32],
+    coverage: Coverage,
+}
+
+impl VerifiedHost {
+    /// The certificate's fingerprint.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// What the host may activate.
+    pub fn coverage(&self) -> Coverage {
+        self.coverage
+    }
+
+    /// Verifies a response to the request whose frame hashed to `request_digest` and carried
+    /// `nonce`, for `edition` (R16, R21).
+    pub fn verify_response(
+        &self,
+        response: &ActivationResponse,
+        request_digest: &[u8; 32],
+        nonce: &[u8; 16],
+        edition: &Edition,
+    ) -> Result<(), TrustError> {
+        if response.host_fingerprint != self.fingerprint {
+            return Err(TrustError::FingerprintMismatch);
+        }
+        let sig = Signature::from_bytes(&response.signature);
+        self.key
+            .verify_strict(&response.signed_bytes(request_digest), &sig)
+            .map_err(|_| TrustError::BadResponseSignature)?;
+        if &response.nonce != nonce {
+            return Err(TrustError::NonceMismatch);
+        }
+        if !self.coverage.covers(edition) {
+            return Err(TrustError::GroupDoesNotCover {
+                host_group: self.coverage.group,
+                host_generation: self.coverage.generation,
+                edition: edition.name.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A host's signing key with its certificate.
+#[derive(Clone)]
+pub struct HostIdentity {
+    key: SigningKey,
+    certificate: HostCertificate,
+    fingerprint: [u8; 32],
+    coverage: Coverage,
+}
+
+impl fmt::Debug for HostIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostIdentity")
+            .field("fingerprint", &to_hex(&self.fingerprint))
+            .field("coverage", &self.coverage)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a host key and certificate do not belong together.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// The certificate certifies another key.
+    #[error("the certificate was issued for a different host key")]
+    KeyMismatch,
+    /// The certificate's group is out of range.
+    #[error("the certificate's key group is invalid")]
+    BadGroup,
+}
+
+impl HostIdentity {
+    /// Pairs a host's secret key with its certificate.
+    pub fn new(key: SigningKey, certificate: HostCertificate) -> Result<Self, IdentityError> {
+        if key.verifying_key().as_bytes() != &certificate.body.host_key {
+            return Err(IdentityError::KeyMismatch);
+        }
+        let group = KeyGroup::from_rank(certificate.body.key_group).ok_or(IdentityError::BadGroup)?;
+        Ok(Self {
+            coverage: Coverage { group, generation: certificate.body.generation },
+            fingerprint: fingerprint(&certificate),
+            key,
+            certificate,
+        })
+    }
+
+    /// The certificate.
+    pub fn certificate(&self) -> &HostCertificate {
+        &self.certificate
+    }
+
+    /// The certificate's fingerprint.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// What the host may activate.
+    pub fn coverage(&self) -> Coverage {
+        self.coverage
+    }
+
+    /// Signs a response to the request that hashed to `request_digest`.
+    pub fn sign(&self, response: &mut ActivationResponse, request_digest: &[u8; 32]) {
+        response.host_fingerprint = self.fingerprint;
+        response.signature = self.key.sign(&response.signed_bytes(request_digest)).to_bytes();
+    }
+}
+
+/// Signs a certificate body with an authority key.
+pub fn sign_certificate(authority: &SigningKey, body: CertificateBody) -> HostCertificate {
+    let signature = authority.sign(&body.signed_bytes()).to_bytes();
+    HostCertificate { body, signature }
+}
+
+/// A fresh random Ed25519 key.
+pub fn generate_key() -> SigningKey {
+    SigningKey::generate(&mut rand::rng())
+}

@@ -1,0 +1,56 @@
+//! Tally's wire format (`docs/PROTOCOL.md` is the normative description).
+//!
+//! Every message travels in one frame of at most [`MAX_FRAME`] bytes (R15):
+//!
+//! ```text
+//! +-----------+---------+------+----------------+
+//! | len (u16) | version | kind | body (len - 2) |
+//! +-----------+---------+------+----------------+
+//! ```
+//!
+//! `len` is big-endian and counts the bytes after itself. This crate does no I/O: callers hand
+//! it byte slices ([`Frame::check`], [`Message::decode`]) and get bytes back
+//! ([`Message::encode`]). It never allocates more than one frame for hostile input, never
+//! panics on it, and rejects trailing bytes.
+//!
+//! # Layout
+//! - [`codec`]: the bounded reader and the writer helpers.
+//! - [`message`]: the message types and their encodings.
+//! - [`result`]: the result codes a host puts in its responses.
+
+pub mod codec;
+pub mod message;
+pub mod result;
+
+pub use codec::{DecodeError, Frame, FrameError};
+pub use message::{
+    ActivationRequest, ActivationResponse, CertificateBody, ErrorMessage, HostCertificate,
+    LicenseState, MachineName, Message, MessageKind,
+};
+pub use result::ResultCode;
+
+/// Largest frame, header included, in either direction (R15).
+pub const MAX_FRAME: usize = 250;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Bytes before the body: length (2), version (1), kind (1).
+pub const HEADER_LEN: usize = 4;
+
+/// Fuzzing entry points, compiled in normal builds so they cannot rot.
+pub mod fuzzing {
+    use crate::{Frame, Message};
+
+    /// Decode arbitrary bytes; whatever decodes must re-encode to the same bytes and decode
+    /// to the same message.
+    pub fn fuzz_message(data: &[u8]) {
+        if let Ok(Some(len)) = Frame::check(data) {
+            if let Ok(msg) = Message::decode(&data[..len]) {
+                let bytes = msg.encode();
+                assert_eq!(&bytes[..], &data[..len], "re-encoding differs");
+                assert_eq!(Message::decode(&bytes).ok(), Some(msg), "round trip differs");
+            }
+        }
+    }
+}

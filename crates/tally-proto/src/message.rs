@@ -1,0 +1,553 @@
+//! The messages and their encodings. Field order on the wire is the declaration order below;
+//! all integers are big-endian. Sizes are fixed except the machine name, so the largest
+//! message of each kind is known and tested to fit in [`MAX_FRAME`].
+
+use uuid::Uuid;
+
+use crate::codec::{DecodeError, Frame, Reader};
+use crate::{HEADER_LEN, MAX_FRAME, PROTOCOL_VERSION, ResultCode};
+
+/// The kind byte of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MessageKind {
+    /// Client → host: count me (R2).
+    ActivationRequest = 0x01,
+    /// Host → client: the signed count (R16).
+    ActivationResponse = 0x02,
+    /// Client → host: send me your certificate.
+    CertificateRequest = 0x03,
+    /// Host → client: the authority-signed host certificate.
+    CertificateResponse = 0x04,
+    /// Host → client: a request could not be read; the host closes the connection.
+    Error = 0x05,
+}
+
+impl MessageKind {
+    fn from_u8(v: u8) -> Result<Self, DecodeError> {
+        Ok(match v {
+            0x01 => Self::ActivationRequest,
+            0x02 => Self::ActivationResponse,
+            0x03 => Self::CertificateRequest,
+            0x04 => Self::CertificateResponse,
+            0x05 => Self::Error,
+            other => return Err(DecodeError::UnknownKind(other)),
+        })
+    }
+}
+
+/// The client's licensing state as it reports it (informational for the host's registry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum LicenseState {
+    /// No key installed.
+    Unlicensed = 0,
+    /// Within the initial (or rearmed) grace period (R10).
+    InitialGrace = 1,
+    /// Activated and within validity (R7).
+    Licensed = 2,
+    /// Grace or validity ran out (R10).
+    Notification = 3,
+    /// A hardware change needs reactivation (R12).
+    OutOfTolerance = 4,
+}
+
+impl LicenseState {
+    fn from_u8(v: u8) -> Result<Self, DecodeError> {
+        Ok(match v {
+            0 => Self::Unlicensed,
+            1 => Self::InitialGrace,
+            2 => Self::Licensed,
+            3 => Self::Notification,
+            4 => Self::OutOfTolerance,
+            _ => {
+                return Err(DecodeError::InvalidField {
+                    field: "license_state",
+                    reason: "unknown state",
+                });
+            }
+        })
+    }
+}
+
+/// A machine name: UTF-8, 1 to [`MachineName::MAX_LEN`] bytes, no control characters.
+/// Untrusted input is only ever held in this type once checked.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MachineName(String);
+
+impl MachineName {
+    /// Longest name in bytes.
+    pub const MAX_LEN: usize = 100;
+
+    /// Validates a name.
+    pub fn new(name: &str) -> Result<Self, DecodeError> {
+        let invalid = |reason| DecodeError::InvalidField {
+            field: "machine_name",
+            reason,
+        };
+        if name.is_empty() {
+            return Err(invalid("empty"));
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(invalid("longer than 100 bytes"));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(invalid("contains a control character"));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// Makes a valid name from any local string: control characters become `?` and the name
+    /// is cut at a character boundary to fit. An empty input becomes `unknown`.
+    pub fn lossy(name: &str) -> Self {
+        let mut out = String::new();
+        for c in name.chars().map(|c| if c.is_control() { '?' } else { c }) {
+            if out.len() + c.len_utf8() > Self::MAX_LEN {
+                break;
+            }
+            out.push(c);
+        }
+        if out.is_empty() {
+            out.push_str("unknown");
+        }
+        Self(out)
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Client → host: an activation or renewal request (R2, R15).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivationRequest {
+    /// Fresh random value; the response must echo it (R16).
+    pub nonce: [u8; 16],
+    /// Client machine id (random 128-bit id made at install time).
+    pub cmid: Uuid,
+    /// The pool the edition belongs to.
+    pub pool: Uuid,
+    /// The edition (SKU) id.
+    pub sku: Uuid,
+    /// The activation threshold the client applies (R1).
+    pub threshold: u16,
+    /// The client's license state.
+    pub license_state: LicenseState,
+    /// Remaining grace or validity, in minutes.
+    pub grace_remaining_minutes: u32,
+    /// The client's clock, Unix milliseconds.
+    pub client_time: i64,
+    /// The requesting machine's name (R27).
+    pub machine_name: MachineName,
+}
+
+/// Host → client: the signed answer to one [`ActivationRequest`] (R2, R9, R16).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActivationResponse {
+    /// The request's nonce, echoed.
+    pub nonce: [u8; 16],
+    /// SHA-256 of the host certificate whose key signed this response.
+    pub host_fingerprint: [u8; 32],
+    /// Success, or why no count was given.
+    pub result: ResultCode,
+    /// The pool's count, requester included (0 when `result` is an error).
+    pub count: u32,
+    /// Minutes between retries after a failure (R8, R9).
+    pub activation_interval: u32,
+    /// Minutes between renewals (R8, R9).
+    pub renewal_interval: u32,
+    /// The host's clock, Unix milliseconds.
+    pub host_time: i64,
+    /// Ed25519 signature, see `docs/PROTOCOL.md` "Signatures".
+    pub signature: [u8; 64],
+}
+
+impl ActivationResponse {
+    /// Domain separator for the response signature.
+    pub const SIGNING_CONTEXT: &'static [u8] = b"tally/v1/activation-response\0";
+
+    /// Bytes covered by the signature: context, SHA-256 of the request frame, then every field
+    /// before the signature as encoded on the wire.
+    pub fn signed_bytes(&self, request_digest: &[u8; 32]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::SIGNING_CONTEXT.len() + 32 + 72);
+        out.extend_from_slice(Self::SIGNING_CONTEXT);
+        out.extend_from_slice(request_digest);
+        self.encode_unsigned(&mut out);
+        out
+    }
+
+    fn encode_unsigned(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.nonce);
+        out.extend_from_slice(&self.host_fingerprint);
+        out.extend_from_slice(&self.result.0.to_be_bytes());
+        out.extend_from_slice(&self.count.to_be_bytes());
+        out.extend_from_slice(&self.activation_interval.to_be_bytes());
+        out.extend_from_slice(&self.renewal_interval.to_be_bytes());
+        out.extend_from_slice(&self.host_time.to_be_bytes());
+    }
+}
+
+/// The certified part of a host certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateBody {
+    /// The host's Ed25519 public key.
+    pub host_key: [u8; 32],
+    /// Key group rank (0 Client VL … 3 Server C, R21).
+    pub key_group: u8,
+    /// Highest product generation the host may serve (R21).
+    pub generation: u8,
+    /// Serial of the host key the certificate was issued for.
+    pub key_serial: u32,
+    /// Start of validity, Unix seconds.
+    pub not_before: i64,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+    /// First 8 bytes of SHA-256 of the authority's public key.
+    pub authority_id: [u8; 8],
+}
+
+impl CertificateBody {
+    /// Domain separator for the certificate signature.
+    pub const SIGNING_CONTEXT: &'static [u8] = b"tally/v1/host-certificate\0";
+
+    /// Bytes covered by the authority's signature.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::SIGNING_CONTEXT.len() + 62);
+        out.extend_from_slice(Self::SIGNING_CONTEXT);
+        self.encode(&mut out);
+        out
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.host_key);
+        out.push(self.key_group);
+        out.push(self.generation);
+        out.extend_from_slice(&self.key_serial.to_be_bytes());
+        out.extend_from_slice(&self.not_before.to_be_bytes());
+        out.extend_from_slice(&self.not_after.to_be_bytes());
+        out.extend_from_slice(&self.authority_id);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            host_key: r.array("host_key")?,
+            key_group: r.u8("key_group")?,
+            generation: r.u8("generation")?,
+            key_serial: r.u32("key_serial")?,
+            not_before: r.i64("not_before")?,
+            not_after: r.i64("not_after")?,
+            authority_id: r.array("authority_id")?,
+        })
+    }
+}
+
+/// A host's public key certified by the authority for a key group (R16, R21).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostCertificate {
+    /// What the authority certified.
+    pub body: CertificateBody,
+    /// The authority's Ed25519 signature over [`CertificateBody::signed_bytes`].
+    pub signature: [u8; 64],
+}
+
+impl HostCertificate {
+    /// The certificate's canonical encoding (also what its fingerprint hashes).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(126);
+        self.body.encode(&mut out);
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    /// Decodes [`HostCertificate::to_bytes`] output; rejects trailing bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let cert = Self::read(&mut r)?;
+        r.finish()?;
+        Ok(cert)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            body: CertificateBody::read(r)?,
+            signature: r.array("certificate signature")?,
+        })
+    }
+}
+
+/// Host → client: why a frame could not be answered. Unsigned: it grants nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorMessage {
+    /// The reason.
+    pub result: ResultCode,
+}
+
+/// Any message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// See [`ActivationRequest`].
+    ActivationRequest(ActivationRequest),
+    /// See [`ActivationResponse`].
+    ActivationResponse(ActivationResponse),
+    /// Asks for the host certificate.
+    CertificateRequest,
+    /// See [`HostCertificate`].
+    CertificateResponse(HostCertificate),
+    /// See [`ErrorMessage`].
+    Error(ErrorMessage),
+}
+
+impl Message {
+    /// The message's kind byte.
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Self::ActivationRequest(_) => MessageKind::ActivationRequest,
+            Self::ActivationResponse(_) => MessageKind::ActivationResponse,
+            Self::CertificateRequest => MessageKind::CertificateRequest,
+            Self::CertificateResponse(_) => MessageKind::CertificateResponse,
+            Self::Error(_) => MessageKind::Error,
+        }
+    }
+
+    /// Encodes the message as one frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_FRAME);
+        out.extend_from_slice(&[0, 0, PROTOCOL_VERSION, self.kind() as u8]);
+        match self {
+            Self::ActivationRequest(r) => {
+                out.extend_from_slice(&r.nonce);
+                out.extend_from_slice(r.cmid.as_bytes());
+                out.extend_from_slice(r.pool.as_bytes());
+                out.extend_from_slice(r.sku.as_bytes());
+                out.extend_from_slice(&r.threshold.to_be_bytes());
+                out.push(r.license_state as u8);
+                out.extend_from_slice(&r.grace_remaining_minutes.to_be_bytes());
+                out.extend_from_slice(&r.client_time.to_be_bytes());
+                let name = r.machine_name.as_str().as_bytes();
+                // MachineName guarantees len <= 100, so this fits in a u8.
+                out.push(name.len() as u8);
+                out.extend_from_slice(name);
+            }
+            Self::ActivationResponse(r) => {
+                r.encode_unsigned(&mut out);
+                out.extend_from_slice(&r.signature);
+            }
+            Self::CertificateRequest => {}
+            Self::CertificateResponse(c) => out.extend_from_slice(&c.to_bytes()),
+            Self::Error(e) => out.extend_from_slice(&e.result.0.to_be_bytes()),
+        }
+        // Every message type is bounded well below MAX_FRAME (see the size tests), so the
+        // length always fits the u16 prefix.
+        let len = (out.len() - 2) as u16;
+        out[..2].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+
+    /// Decodes exactly one frame (as delimited by [`Frame::check`]).
+    pub fn decode(frame: &[u8]) -> Result<Self, DecodeError> {
+        let total = match Frame::check(frame)? {
+            Some(total) => total,
+            None => return Err(DecodeError::Truncated("frame header")),
+        };
+        if total != frame.len() {
+            return Err(if total < frame.len() {
+                DecodeError::TrailingData(frame.len() - total)
+            } else {
+                DecodeError::Truncated("frame")
+            });
+        }
+        let version = frame[2];
+        if version != PROTOCOL_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let kind = MessageKind::from_u8(frame[3])?;
+        let mut r = Reader::new(&frame[HEADER_LEN..]);
+        let msg = match kind {
+            MessageKind::ActivationRequest => {
+                let nonce = r.array("nonce")?;
+                let cmid = Uuid::from_bytes(r.array("cmid")?);
+                let pool = Uuid::from_bytes(r.array("pool")?);
+                let sku = Uuid::from_bytes(r.array("sku")?);
+                let threshold = r.u16("threshold")?;
+                let license_state = LicenseState::from_u8(r.u8("license_state")?)?;
+                let grace_remaining_minutes = r.u32("grace_remaining")?;
+                let client_time = r.i64("client_time")?;
+                let name_len = usize::from(r.u8("machine_name length")?);
+                let raw = r.take(name_len, "machine_name")?;
+                let name = std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidField {
+                    field: "machine_name",
+                    reason: "not UTF-8",
+                })?;
+                Self::ActivationRequest(ActivationRequest {
+                    nonce,
+                    cmid,
+                    pool,
+                    sku,
+                    threshold,
+                    license_state,
+                    grace_remaining_minutes,
+                    client_time,
+                    machine_name: MachineName::new(name)?,
+                })
+            }
+            MessageKind::ActivationResponse => Self::ActivationResponse(ActivationResponse {
+                nonce: r.array("nonce")?,
+                host_fingerprint: r.array("host_fingerprint")?,
+                result: ResultCode(r.u32("result")?),
+                count: r.u32("count")?,
+                activation_interval: r.u32("activation_interval")?,
+                renewal_interval: r.u32("renewal_interval")?,
+                host_time: r.i64("host_time")?,
+                signature: r.array("signature")?,
+            }),
+            MessageKind::CertificateRequest => Self::CertificateRequest,
+            MessageKind::CertificateResponse => {
+                Self::CertificateResponse(HostCertificate::read(&mut r)?)
+            }
+            MessageKind::Error => Self::Error(ErrorMessage {
+                result: ResultCode(r.u32("result")?),
+            }),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::FrameError;
+
+    fn largest_request() -> ActivationRequest {
+        ActivationRequest {
+            nonce: [0xFF; 16],
+            cmid: Uuid::from_bytes([0xFF; 16]),
+            pool: Uuid::from_bytes([0xFF; 16]),
+            sku: Uuid::from_bytes([0xFF; 16]),
+            threshold: u16::MAX,
+            license_state: LicenseState::OutOfTolerance,
+            grace_remaining_minutes: u32::MAX,
+            client_time: i64::MAX,
+            // 25 four-byte characters: 100 bytes, the longest a name can be.
+            machine_name: MachineName::new(&"🦀".repeat(25)).expect("100 bytes is allowed"),
+        }
+    }
+
+    fn response() -> ActivationResponse {
+        ActivationResponse {
+            nonce: [7; 16],
+            host_fingerprint: [9; 32],
+            result: ResultCode::SUCCESS,
+            count: u32::MAX,
+            activation_interval: 120,
+            renewal_interval: 10080,
+            host_time: 1_700_000_000_000,
+            signature: [3; 64],
+        }
+    }
+
+    fn certificate() -> HostCertificate {
+        HostCertificate {
+            body: CertificateBody {
+                host_key: [1; 32],
+                key_group: 3,
+                generation: 2,
+                key_serial: 77,
+                not_before: 10,
+                not_after: 20,
+                authority_id: [5; 8],
+            },
+            signature: [8; 64],
+        }
+    }
+
+    // R15: every request and response is at most 250 bytes.
+    #[test]
+    fn r15_largest_messages_fit_in_250_bytes() {
+        let req = Message::ActivationRequest(largest_request()).encode();
+        let resp = Message::ActivationResponse(response()).encode();
+        let cert = Message::CertificateResponse(certificate()).encode();
+        let err = Message::Error(ErrorMessage { result: ResultCode(u32::MAX) }).encode();
+        for (name, bytes) in [("request", &req), ("response", &resp), ("certificate", &cert), ("error", &err)] {
+            assert!(bytes.len() <= MAX_FRAME, "{name} is {} bytes", bytes.len());
+        }
+        assert_eq!(req.len(), 4 + 80 + 100);
+        assert_eq!(resp.len(), 4 + 136);
+    }
+
+    #[test]
+    fn r15_round_trip_each_kind() {
+        for msg in [
+            Message::ActivationRequest(largest_request()),
+            Message::ActivationResponse(response()),
+            Message::CertificateRequest,
+            Message::CertificateResponse(certificate()),
+            Message::Error(ErrorMessage { result: ResultCode::HOST_BUSY }),
+        ] {
+            let bytes = msg.encode();
+            assert_eq!(Frame::check(&bytes), Ok(Some(bytes.len())));
+            assert_eq!(Message::decode(&bytes), Ok(msg));
+        }
+    }
+
+    #[test]
+    fn r15_oversized_length_prefix_is_refused_before_reading() {
+        assert_eq!(Frame::check(&[0x00, 0xF9]), Err(FrameError::TooLarge(251)));
+        assert_eq!(Frame::check(&[0xFF, 0xFF]), Err(FrameError::TooLarge(65537)));
+        assert_eq!(Frame::check(&[0x00, 0xF8]), Ok(None));
+        assert_eq!(Frame::check(&[0x00, 0x01, 0]), Err(FrameError::TooShort(3)));
+        assert_eq!(Frame::check(&[0x00]), Ok(None));
+    }
+
+    #[test]
+    fn trailing_bytes_and_bad_fields_are_rejected() {
+        let mut bytes = Message::Error(ErrorMessage { result: ResultCode::HOST_BUSY }).encode();
+        bytes.push(0);
+        bytes[1] += 1;
+        assert_eq!(Message::decode(&bytes), Err(DecodeError::TrailingData(1)));
+
+        let mut bytes = Message::CertificateRequest.encode();
+        bytes[2] = 9;
+        assert_eq!(Message::decode(&bytes), Err(DecodeError::UnsupportedVersion(9)));
+        bytes[2] = PROTOCOL_VERSION;
+        bytes[3] = 0x42;
+        assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownKind(0x42)));
+
+        assert!(MachineName::new("a\nb").is_err());
+        assert!(MachineName::new("").is_err());
+        assert!(MachineName::new(&"x".repeat(101)).is_err());
+        assert_eq!(MachineName::lossy(&"é".repeat(80)).as_str().len(), 100);
+        assert_eq!(MachineName::lossy("a\tb").as_str(), "a?b");
+    }
+
+    proptest! {
+        // Decoding arbitrary bytes never panics, and whatever decodes round-trips exactly.
+        #[test]
+        fn decode_arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            crate::fuzzing::fuzz_message(&data);
+        }
+
+        // Structured inputs: valid headers with random bodies reach the field decoders.
+        #[test]
+        fn decode_random_bodies(kind in 1u8..=6, body in proptest::collection::vec(any::<u8>(), 0..246)) {
+            let mut frame = ((body.len() + 2) as u16).to_be_bytes().to_vec();
+            frame.extend_from_slice(&[PROTOCOL_VERSION, kind]);
+            frame.extend_from_slice(&body);
+            crate::fuzzing::fuzz_message(&frame);
+        }
+
+        #[test]
+        fn request_round_trip(nonce in any::<[u8; 16]>(), cmid in any::<[u8; 16]>(), threshold in any::<u16>(),
+                              grace in any::<u32>(), time in any::<i64>(), name in "[a-zA-Z0-9.-]{1,100}") {
+            let msg = Message::ActivationRequest(ActivationRequest {
+                nonce, cmid: Uuid::from_bytes(cmid), pool: Uuid::from_bytes(nonce), sku: Uuid::nil(),
+                threshold, license_state: LicenseState::InitialGrace, grace_remaining_minutes: grace,
+                client_time: time, machine_name: MachineName::new(&name).expect("generated names are valid"),
+            });
+            prop_assert_eq!(Message::decode(&msg.encode()), Ok(msg));
+        }
+    }
+}
