@@ -1,0 +1,240 @@
+//! The authority: the vendor's root of trust.
+//!
+//! The authority owns an Ed25519 root key. From it it derives a MAC key that makes and checks
+//! the authenticator inside host keys and MAKs (so only the authority can mint or validate
+//! them), and it certifies a host's public key for the key group and generation of a valid host
+//! key (R16, R21, R22). This crate is the CLI-only core; the HTTP service, activation limits
+//! (R23) and MAKs (R25) grow here.
+//!
+//! # Layout
+//! - [`Authority`]: key issuance, key checking, certification.
+//! - [`dir`]: the on-disk layout of an authority directory.
+
+use std::fmt;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use hmac::{Hmac, KeyInit, Mac};
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use tally_core::keys::{HostKeyFields, KeyError, KeyGroup, KeyKind, ProductKey};
+use tally_core::time::Timestamp;
+use tally_core::trust::{authority_id, sign_certificate};
+use tally_proto::{CertificateBody, HostCertificate};
+use thiserror::Error;
+
+pub mod dir;
+
+/// How long a host certificate is valid: hosts never contact the authority again after
+/// activation (R22), so it is long.
+pub const CERTIFICATE_LIFETIME_DAYS: i64 = 20 * 365;
+
+/// Why the authority refused.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum AuthorityError {
+    /// The key is not well formed or of the wrong kind.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The key's authenticator is wrong: it was not issued by this authority.
+    #[error("this key was not issued by this authority (its authenticator does not verify)")]
+    NotIssuedHere,
+    /// A generation outside 0–15.
+    #[error("generation must be between 0 and 15")]
+    Generation,
+    /// Reading or writing the authority directory failed.
+    #[error("authority directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// A file in the authority directory is damaged.
+    #[error("authority directory: {0}")]
+    File(#[from] tally_core::trust::FileFormatError),
+    /// `init` would overwrite an existing authority.
+    #[error("an authority already exists in {0}; refusing to overwrite its keys")]
+    AlreadyExists(String),
+    /// No authority in the directory.
+    #[error("no authority in {0}: run `tally authority init --dir {0}` first")]
+    Missing(String),
+}
+
+/// The vendor's authority.
+pub struct Authority {
+    signing: SigningKey,
+    mac_key: [u8; 32],
+}
+
+impl fmt::Debug for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authority")
+            .field("public", &tally_core::trust::to_hex(self.public().as_bytes()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// A new authority with a fresh random root key.
+    pub fn generate() -> Self {
+        Self::from_key(tally_core::trust::generate_key())
+    }
+
+    /// The authority of this root key.
+    pub fn from_key(signing: SigningKey) -> Self {
+        let mac_key = Sha256::new()
+            .chain_update(b"tally/v1/key-authenticator\0")
+            .chain_update(signing.to_bytes())
+            .finalize()
+            .into();
+        Self { signing, mac_key }
+    }
+
+    /// The root secret key.
+    pub fn secret(&self) -> &SigningKey {
+        &self.signing
+    }
+
+    /// The public key clients trust.
+    pub fn public(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    fn authenticator(&self, key: ProductKey) -> u64 {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.mac_key) else {
+            unreachable!("HMAC takes any key length")
+        };
+        mac.update(b"tally/v1/key\0");
+        mac.update(&key.authenticated_bytes());
+        let out = mac.finalize().into_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&out[..8]);
+        u64::from_be_bytes(first)
+    }
+
+    /// Issues a host key for `group` and `generation` with a random serial.
+    pub fn issue_host_key(&self, group: KeyGroup, generation: u8) -> Result<ProductKey, AuthorityError> {
+        self.issue_host_key_with_serial(group, generation, rand::rng().random())
+    }
+
+    /// Issues a host key with a chosen serial.
+    pub fn issue_host_key_with_serial(
+        &self,
+        group: KeyGroup,
+        generation: u8,
+        serial: u32,
+    ) -> Result<ProductKey, AuthorityError> {
+        if generation > 15 {
+            return Err(AuthorityError::Generation);
+        }
+        let unsigned = ProductKey::host(HostKeyFields { group, generation, serial }, 0);
+        Ok(ProductKey::host(HostKeyFields { group, generation, serial }, self.authenticator(unsigned)))
+    }
+
+    /// Checks that a host key or MAK was issued by this authority.
+    pub fn check_key(&self, key: ProductKey) -> Result<KeyKind, AuthorityError> {
+        if key.kind() == KeyKind::Setup {
+            return Err(KeyError::WrongKind { expected: KeyKind::Host, actual: KeyKind::Setup }.into());
+        }
+        if self.authenticator(key) != key.authenticator() {
+            return Err(AuthorityError::NotIssuedHere);
+        }
+        Ok(key.kind())
+    }
+
+    /// Certifies `host_public` for the group and generation of `host_key` (R16, R21).
+    pub fn certify(
+        &self,
+        host_key: ProductKey,
+        host_public: &VerifyingKey,
+        now: Timestamp,
+    ) -> Result<HostCertificate, AuthorityError> {
+        let fields = host_key.host_fields()?;
+        self.check_key(host_key)?;
+        let body = CertificateBody {
+            host_key: host_public.to_bytes(),
+            key_group: fields.group.rank(),
+            generation: fields.generation,
+            key_serial: fields.serial,
+            // A day of slack for clients whose clocks run behind.
+            not_before: now.plus_days(-1).seconds(),
+            not_after: now.plus_days(CERTIFICATE_LIFETIME_DAYS).seconds(),
+            authority_id: authority_id(&self.public()),
+        };
+        Ok(sign_certificate(&self.signing, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_core::catalog::Catalog;
+    use tally_core::trust::{TrustAnchor, TrustError, generate_key};
+
+    use super::*;
+
+    #[test]
+    fn issued_keys_check_and_forged_ones_do_not() {
+        let a = Authority::generate();
+        let key = a.issue_host_key(KeyGroup::ServerB, 1).expect("valid generation");
+        assert_eq!(a.check_key(key).expect("own key"), KeyKind::Host);
+        let fields = key.host_fields().expect("host key");
+        let forged = ProductKey::host(fields, key.authenticator() ^ 1);
+        assert!(matches!(a.check_key(forged), Err(AuthorityError::NotIssuedHere)));
+        let other = Authority::generate();
+        assert!(matches!(other.check_key(key), Err(AuthorityError::NotIssuedHere)));
+    }
+
+    // R16: the certificate verifies under the authority key only.
+    #[test]
+    fn r16_certificate_chain_verifies_only_under_its_authority() {
+        let a = Authority::generate();
+        let host = generate_key();
+        let now = Timestamp(1_800_000_000_000);
+        let key = a.issue_host_key(KeyGroup::ServerC, 1).expect("key");
+        let cert = a.certify(key, &host.verifying_key(), now).expect("certify");
+        let verified = TrustAnchor::new(a.public()).verify_certificate(&cert, now).expect("verifies");
+        assert_eq!(verified.coverage().group, KeyGroup::ServerC);
+        let stranger = TrustAnchor::new(Authority::generate().public());
+        assert_eq!(stranger.verify_certificate(&cert, now).err(), Some(TrustError::UnknownAuthority));
+        let mut tampered = cert.clone();
+        tampered.body.key_group = 0;
+        tampered.body.generation = 9;
+        assert_eq!(
+            TrustAnchor::new(a.public()).verify_certificate(&tampered, now).err(),
+            Some(TrustError::BadCertificateSignature)
+        );
+        let later = now.plus_days(CERTIFICATE_LIFETIME_DAYS + 1);
+        assert!(matches!(
+            TrustAnchor::new(a.public()).verify_certificate(&cert, later),
+            Err(TrustError::CertificateExpired { .. })
+        ));
+    }
+
+    // R21: group and generation order.
+    #[test]
+    fn r21_coverage_follows_group_and_generation_order() {
+        let a = Authority::generate();
+        let host = generate_key();
+        let now = Timestamp(1_800_000_000_000);
+        let catalog = Catalog::demo();
+        let anchor = TrustAnchor::new(a.public());
+        for group in KeyGroup::ALL {
+            let key = a.issue_host_key(group, 1).expect("key");
+            let cert = a.certify(key, &host.verifying_key(), now).expect("certify");
+            let cov = anchor.verify_certificate(&cert, now).expect("verifies").coverage();
+            for e in catalog.editions() {
+                assert_eq!(cov.covers(e), e.group <= group, "{group} vs {}", e.name);
+            }
+            // Generation 0 covers none of the generation-1 editions.
+            let old = a.certify(a.issue_host_key(group, 0).expect("key"), &host.verifying_key(), now).expect("c");
+            let cov = anchor.verify_certificate(&old, now).expect("verifies").coverage();
+            assert!(catalog.editions().iter().all(|e| !cov.covers(e)));
+        }
+    }
+
+    #[test]
+    fn setup_keys_are_not_certified() {
+        let a = Authority::generate();
+        let setup = Catalog::demo().editions()[0].setup_key;
+        assert!(matches!(
+            a.certify(setup, &generate_key().verifying_key(), Timestamp(0)),
+            Err(AuthorityError::Key(KeyError::WrongKind { .. }))
+        ));
+    }
+}

@@ -1,0 +1,114 @@
+//! Tally's storage: one [`Store`] trait, backends behind features.
+//!
+//! The trait speaks only domain types (`tally-core`); no backend type leaks through it, so an
+//! async, networked backend (PostgreSQL) fits behind the same trait as the embedded default.
+//!
+//! # Layout
+//! - [`Store`]: what the host needs from storage.
+//! - [`sqlite`]: the embedded backend: WAL, one writer thread doing group commit.
+//!
+//! **Durability contract:** when [`Store::commit`] returns `Ok`, the changes survive a crash of
+//! the process (and, with the default `synchronous = FULL`, of the machine). Implementations
+//! batch concurrent commits into one transaction so that durability does not cost one fsync
+//! per request.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tally_core::counting::PoolSnapshot;
+use tally_core::host::Changes;
+use tally_core::time::Timestamp;
+use thiserror::Error;
+use uuid::Uuid;
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// A storage failure. Backend errors are carried as opaque sources.
+#[derive(Clone, Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// What was being opened.
+        path: String,
+        /// Why it failed.
+        source: Arc<dyn StdError + Send + Sync>,
+    },
+    /// A read or write failed.
+    #[error("database {operation} failed: {source}")]
+    Backend {
+        /// What was being done.
+        operation: &'static str,
+        /// Why it failed.
+        source: Arc<dyn StdError + Send + Sync>,
+    },
+    /// The database was written by a newer Tally.
+    #[error("database schema version {found} is newer than this Tally supports ({supported}); upgrade Tally")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// The store was closed.
+    #[error("the store is shut down")]
+    Closed,
+}
+
+/// One client in the registry (R6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RegistryEntry {
+    /// The client's CMID.
+    pub cmid: Uuid,
+    /// Its machine name, as last reported.
+    pub machine_name: String,
+    /// The edition last requested.
+    pub sku: Uuid,
+    /// The pool last named.
+    pub pool: Uuid,
+    /// First request.
+    pub first_seen: Timestamp,
+    /// Latest request.
+    pub last_seen: Timestamp,
+    /// Result code of the latest request.
+    pub last_result: u32,
+    /// Count given in the latest request.
+    pub last_count: u32,
+    /// Whether the latest count reached the edition's threshold.
+    pub activated: bool,
+    /// Requests served.
+    pub requests: u64,
+}
+
+/// A page of the registry, most recently seen first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegistryPage {
+    /// Rows to skip.
+    pub offset: u64,
+    /// Rows to return at most.
+    pub limit: u32,
+}
+
+/// What a host needs from storage.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Every pool's table, to rebuild the counting state at start.
+    async fn load_tables(&self) -> Result<Vec<PoolSnapshot>, StoreError>;
+
+    /// Makes one request's changes durable. Returns once they are (see the durability
+    /// contract in the crate docs).
+    async fn commit(&self, changes: Changes) -> Result<(), StoreError>;
+
+    /// A page of the registry.
+    async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError>;
+
+    /// One client's registry entry.
+    async fn registry_entry(&self, cmid: Uuid) -> Result<Option<RegistryEntry>, StoreError>;
+
+    /// Number of clients in the registry.
+    async fn registry_len(&self) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,359 @@
+//! The embedded SQLite backend.
+//!
+//! One dedicated writer thread owns the write connection. [`Store::commit`] hands it a job and
+//! waits; the thread takes every job already queued (up to [`MAX_BATCH`]), applies them in one
+//! transaction and commits once: group commit. While one fsync runs, the next batch queues up,
+//! so throughput grows with concurrency instead of paying one fsync per request. Reads use a
+//! second connection (WAL lets them run beside the writer).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tally_core::counting::PoolSnapshot;
+use tally_core::host::Changes;
+use tally_core::time::Timestamp;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::{RegistryEntry, RegistryPage, Store, StoreError};
+
+/// Most requests committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+
+/// How hard commits go to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous = FULL`: survives power loss. The default.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: survives a process crash, may lose the last commits on power
+    /// loss. For tests and benchmarks only.
+    Normal,
+}
+
+struct Job {
+    changes: Changes,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The SQLite store. Cloning shares the same database and writer.
+#[derive(Clone)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn backend(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Backend { operation, source: Arc::new(e) }
+}
+
+fn open_connection(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let open_err = |e: rusqlite::Error| StoreError::Open {
+        path: path.display().to_string(),
+        source: Arc::new(e),
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;"
+    ))
+    .map_err(open_err)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let open_err = |e: rusqlite::Error| StoreError::Open {
+        path: path.display().to_string(),
+        source: Arc::new(e),
+    };
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(open_err)?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::TooNew { found: version, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(open_err)?;
+        tx.execute_batch(sql).map_err(open_err)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(open_err)?;
+        tx.commit().map_err(open_err)?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let mut writer = open_connection(path, durability)?;
+        migrate(&mut writer, path)?;
+        let reader = open_connection(path, durability)?;
+        let (jobs, rx) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("tally-sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::Open { path: path.display().to_string(), source: Arc::new(e) })?;
+        Ok(Self {
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
+            path: Arc::new(path.to_owned()),
+        })
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = apply_batch(&mut conn, &batch);
+        if let Err(error) = &result {
+            tracing::error!(%error, batch = batch.len(), "storage commit failed");
+        }
+        for job in batch {
+            // The requester may have gone (connection closed); nothing to tell it then.
+            let _ = job.done.send(result.clone());
+        }
+    }
+}
+
+fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(backend("begin"))?;
+    for job in batch {
+        apply(&tx, &job.changes).map_err(backend("write"))?;
+    }
+    tx.commit().map_err(backend("commit"))
+}
+
+fn apply(conn: &Connection, changes: &Changes) -> rusqlite::Result<()> {
+    if let Some(t) = &changes.table {
+        conn.prepare_cached(
+            "INSERT INTO pool_capacity (pool, capacity) VALUES (?1, ?2)
+             ON CONFLICT (pool) DO UPDATE SET capacity = max(capacity, excluded.capacity)",
+        )?
+        .execute(params![t.pool.as_bytes(), t.capacity])?;
+        conn.prepare_cached(
+            "INSERT INTO pool_entries (pool, cmid, last_seen) VALUES (?1, ?2, ?3)
+             ON CONFLICT (pool, cmid) DO UPDATE SET last_seen = excluded.last_seen",
+        )?
+        .execute(params![t.pool.as_bytes(), t.upsert.0.as_bytes(), t.upsert.1.millis()])?;
+        let mut delete = conn.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1 AND cmid = ?2")?;
+        for cmid in &t.removed {
+            delete.execute(params![t.pool.as_bytes(), cmid.as_bytes()])?;
+        }
+    }
+    let r = &changes.registry;
+    conn.prepare_cached(
+        "INSERT INTO registry (cmid, machine_name, sku, pool, license_state, first_seen, last_seen,
+                               last_result, last_count, activated, requests)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, 1)
+         ON CONFLICT (cmid) DO UPDATE SET
+             machine_name = excluded.machine_name, sku = excluded.sku, pool = excluded.pool,
+             license_state = excluded.license_state, last_seen = excluded.last_seen,
+             last_result = excluded.last_result, last_count = excluded.last_count,
+             activated = excluded.activated, requests = requests + 1",
+    )?
+    .execute(params![
+        r.cmid.as_bytes(),
+        r.machine_name,
+        r.sku.as_bytes(),
+        r.pool.as_bytes(),
+        r.license_state as u8,
+        r.seen_at.millis(),
+        r.result.0,
+        r.count,
+        r.activated,
+    ])?;
+    Ok(())
+}
+
+fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
+    let bytes: Vec<u8> = row.get(idx)?;
+    Uuid::from_slice(&bytes).map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Blob, Box::new(e)))
+}
+
+const REGISTRY_COLUMNS: &str =
+    "cmid, machine_name, sku, pool, first_seen, last_seen, last_result, last_count, activated, requests";
+
+fn registry_row(row: &Row<'_>) -> rusqlite::Result<RegistryEntry> {
+    Ok(RegistryEntry {
+        cmid: uuid_col(row, 0)?,
+        machine_name: row.get(1)?,
+        sku: uuid_col(row, 2)?,
+        pool: uuid_col(row, 3)?,
+        first_seen: Timestamp(row.get(4)?),
+        last_seen: Timestamp(row.get(5)?),
+        last_result: row.get(6)?,
+        last_count: row.get(7)?,
+        activated: row.get(8)?,
+        requests: row.get::<_, i64>(9)?.max(0) as u64,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load_tables(&self) -> Result<Vec<PoolSnapshot>, StoreError> {
+        self.read(|conn| {
+            let mut snapshots: Vec<PoolSnapshot> = conn
+                .prepare("SELECT pool, capacity FROM pool_capacity ORDER BY pool")
+                .and_then(|mut s| {
+                    s.query_map([], |r| {
+                        Ok(PoolSnapshot { pool: uuid_col(r, 0)?, capacity: r.get(1)?, entries: Vec::new() })
+                    })?
+                    .collect()
+                })
+                .map_err(backend("load pools"))?;
+            let mut stmt = conn
+                .prepare("SELECT cmid, last_seen FROM pool_entries WHERE pool = ?1")
+                .map_err(backend("load entries"))?;
+            for snap in &mut snapshots {
+                snap.entries = stmt
+                    .query_map(params![snap.pool.as_bytes()], |r| Ok((uuid_col(r, 0)?, Timestamp(r.get(1)?))))
+                    .and_then(Iterator::collect)
+                    .map_err(backend("load entries"))?;
+            }
+            Ok(snapshots)
+        })
+        .await
+    }
+
+    async fn commit(&self, changes: Changes) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.jobs.send(Job { changes, done }).map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {REGISTRY_COLUMNS} FROM registry ORDER BY last_seen DESC, cmid LIMIT ?1 OFFSET ?2"
+            );
+            conn.prepare_cached(&sql)
+                .and_then(|mut s| s.query_map(params![page.limit, page.offset as i64], registry_row)?.collect())
+                .map_err(backend("read registry"))
+        })
+        .await
+    }
+
+    async fn registry_entry(&self, cmid: Uuid) -> Result<Option<RegistryEntry>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!("SELECT {REGISTRY_COLUMNS} FROM registry WHERE cmid = ?1");
+            conn.prepare_cached(&sql)
+                .and_then(|mut s| s.query_row(params![cmid.as_bytes()], registry_row).optional())
+                .map_err(backend("read registry"))
+        })
+        .await
+    }
+
+    async fn registry_len(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT count(*) FROM registry", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(backend("count registry"))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_core::counting::CountTables;
+    use tally_core::host::RegistryUpdate;
+    use tally_proto::{LicenseState, ResultCode};
+
+    use super::*;
+
+    const POOL: Uuid = Uuid::from_u128(1);
+
+    fn changes(tables: &mut CountTables, n: u128, now: i64) -> Changes {
+        let cmid = Uuid::from_u128(100 + n);
+        let (count, table) = tables.record(POOL, cmid, 5, Timestamp(now));
+        Changes {
+            table: Some(table),
+            registry: RegistryUpdate {
+                cmid,
+                machine_name: format!("pc-{n}"),
+                sku: Uuid::from_u128(9),
+                pool: POOL,
+                license_state: LicenseState::InitialGrace,
+                seen_at: Timestamp(now),
+                result: ResultCode::SUCCESS,
+                count,
+                activated: count >= 5,
+            },
+        }
+    }
+
+    // R4, R5, R6: what is committed comes back after reopening, evictions included.
+    #[tokio::test]
+    async fn commits_survive_reopen_and_rebuild_the_same_tables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tally.db");
+        let mut tables = CountTables::default();
+        {
+            let store = SqliteStore::open(&path, Durability::Full).expect("open");
+            let mut waits = Vec::new();
+            for n in 0..14 {
+                let c = changes(&mut tables, n, n as i64);
+                let s = store.clone();
+                waits.push(tokio::spawn(async move { s.commit(c).await }));
+            }
+            for w in waits {
+                w.await.expect("join").expect("commit");
+            }
+            assert_eq!(store.registry_len().await.expect("len"), 14);
+        }
+        let store = SqliteStore::open(&path, Durability::Full).expect("reopen");
+        let rebuilt = CountTables::from_snapshots(store.load_tables().await.expect("load"));
+        assert_eq!(rebuilt.summary(Timestamp(100)), tables.summary(Timestamp(100)));
+        assert_eq!(rebuilt.summary(Timestamp(100)), vec![(POOL, 10, 10)]);
+        let page = store.registry(RegistryPage { offset: 0, limit: 3 }).await.expect("page");
+        assert_eq!(page.iter().map(|e| e.machine_name.as_str()).collect::<Vec<_>>(), ["pc-13", "pc-12", "pc-11"]);
+        let e = store.registry_entry(Uuid::from_u128(113)).await.expect("entry").expect("present");
+        assert!(e.activated);
+        assert_eq!(e.last_count, 10);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_advice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tally.db");
+        Connection::open(&path).and_then(|c| c.execute_batch("PRAGMA user_version = 99")).expect("setup");
+        let err = SqliteStore::open(&path, Durability::Full).expect_err("too new");
+        assert!(err.to_string().contains("upgrade Tally"), "{err}");
+    }
+}
