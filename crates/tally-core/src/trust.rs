@@ -249,7 +249,8 @@ impl VerifiedHost {
     }
 
     /// Verifies a response to the request whose frame hashed to `request_digest` and carried
-    /// `nonce`, for `edition` (R16, R21).
+    /// `nonce`, for `edition` (R16, R21). A successful count is accepted only from a host whose
+    /// key group and generation cover the edition.
     pub fn verify_response(
         &self,
         response: &ActivationResponse,
@@ -267,7 +268,9 @@ impl VerifiedHost {
         if &response.nonce != nonce {
             return Err(TrustError::NonceMismatch);
         }
-        if !self.coverage.covers(edition) {
+        // A signed refusal (e.g. `edition_not_covered`) carries no count, so it is genuine
+        // whatever the host's coverage; a count is only trusted from a host that covers it.
+        if response.result.is_success() && !self.coverage.covers(edition) {
             return Err(TrustError::GroupDoesNotCover {
                 host_group: self.coverage.group,
                 host_generation: self.coverage.generation,

@@ -1,0 +1,258 @@
+//! One verified activation exchange with a host.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use rand::RngExt;
+use tally_core::catalog::Edition;
+use tally_core::host::Intervals;
+use tally_core::time::Timestamp;
+use tally_core::trust::{TrustAnchor, TrustError, VerifiedHost, sha256};
+use tally_proto::{
+    ActivationRequest, DecodeError, Frame, FrameError, HostCertificate, LicenseState, MAX_FRAME, MachineName,
+    Message, ResultCode,
+};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use uuid::Uuid;
+
+/// Why an activation attempt failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The host name did not resolve.
+    #[error("cannot resolve host '{host}': {source}")]
+    Resolve {
+        /// What was looked up.
+        host: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// No address of the host accepted a connection.
+    #[error("cannot connect to {host}: {source} (is the host running and the port open?)")]
+    Connect {
+        /// The host.
+        host: String,
+        /// The last error.
+        source: std::io::Error,
+    },
+    /// The host did not answer in time.
+    #[error("host {host} did not answer within {seconds} s")]
+    Timeout {
+        /// The host.
+        host: String,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// The connection failed mid-exchange.
+    #[error("connection to {host} failed: {source}")]
+    Io {
+        /// The host.
+        host: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The host sent bytes that are not a valid message.
+    #[error("host sent an invalid message: {0}")]
+    Protocol(#[from] DecodeError),
+    /// The host sent a valid message of the wrong kind.
+    #[error("host sent an unexpected {0} message")]
+    Unexpected(&'static str),
+    /// The host could not read the request (unsigned error frame).
+    #[error("host rejected the request: {0}")]
+    Rejected(ResultCode),
+    /// The response failed verification (R16): forged, replayed, or from an untrusted host.
+    #[error("response rejected: {0}")]
+    Trust(#[from] TrustError),
+}
+
+impl ClientError {
+    /// A stable code for this failure, like the codes hosts send (see `docs/PROTOCOL.md`).
+    pub fn code(&self) -> ResultCode {
+        match self {
+            Self::Resolve { .. } | Self::Connect { .. } => ResultCode(0xC7A1_0101),
+            Self::Timeout { .. } | Self::Io { .. } => ResultCode(0xC7A1_0102),
+            Self::Protocol(_) | Self::Unexpected(_) => ResultCode(0xC7A1_0103),
+            Self::Rejected(code) => *code,
+            Self::Trust(_) => ResultCode(0xC7A1_0104),
+        }
+    }
+
+    /// The snake_case name of [`ClientError::code`].
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Self::Resolve { .. } | Self::Connect { .. } => "host_unreachable",
+            Self::Timeout { .. } | Self::Io { .. } => "host_timeout",
+            Self::Protocol(_) | Self::Unexpected(_) => "protocol_error",
+            Self::Rejected(code) => code.name().unwrap_or("rejected"),
+            Self::Trust(_) => "untrusted_response",
+        }
+    }
+}
+
+/// What the client says about itself.
+#[derive(Clone, Debug)]
+pub struct ActivationParams {
+    /// Its CMID.
+    pub cmid: Uuid,
+    /// Its edition.
+    pub edition: Edition,
+    /// Its machine name.
+    pub machine_name: MachineName,
+    /// Its license state.
+    pub license_state: LicenseState,
+    /// Minutes left of grace or validity.
+    pub grace_remaining_minutes: u32,
+}
+
+/// A verified answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The address that answered.
+    pub host: SocketAddr,
+    /// The host's result (success, or a signed refusal such as `edition_not_covered`).
+    pub result: ResultCode,
+    /// The pool count, requester included.
+    pub count: u32,
+    /// The edition's threshold (R1).
+    pub threshold: u16,
+    /// R2: whether the count reached the threshold.
+    pub activated: bool,
+    /// The host's intervals (R9).
+    pub intervals: Intervals,
+    /// The host's clock.
+    pub host_time: Timestamp,
+}
+
+/// Activates against hosts, trusting one authority; remembers host certificates it verified.
+#[derive(Debug)]
+pub struct Connector {
+    anchor: TrustAnchor,
+    timeout: Duration,
+    hosts: Mutex<HashMap<[u8; 32], (HostCertificate, VerifiedHost)>>,
+}
+
+impl Connector {
+    /// A connector trusting `anchor`, giving each exchange `timeout`.
+    pub fn new(anchor: TrustAnchor, timeout: Duration) -> Self {
+        Self { anchor, timeout, hosts: Mutex::new(HashMap::new()) }
+    }
+
+    /// Adds a certificate seen before (e.g. from the state file), if it still verifies.
+    pub fn remember(&self, cert: HostCertificate, now: Timestamp) -> Result<(), TrustError> {
+        let verified = self.anchor.verify_certificate(&cert, now)?;
+        self.lock().insert(verified.fingerprint(), (cert, verified));
+        Ok(())
+    }
+
+    /// The certificates verified so far, to persist.
+    pub fn certificates(&self) -> Vec<HostCertificate> {
+        self.lock().values().map(|(c, _)| c.clone()).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (HostCertificate, VerifiedHost)>> {
+        self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Activates (or renews) at `host` (`name:port`, `ip:port` or `[ipv6]:port`).
+    pub async fn activate(&self, host: &str, params: &ActivationParams, now: Timestamp) -> Result<Answer, ClientError> {
+        let (mut stream, addr) = self.connect(host).await?;
+        let request = ActivationRequest {
+            nonce: rand::rng().random(),
+            cmid: params.cmid,
+            pool: params.edition.pool,
+            sku: params.edition.sku,
+            threshold: params.edition.threshold,
+            license_state: params.license_state,
+            grace_remaining_minutes: params.grace_remaining_minutes,
+            client_time: now.millis(),
+            machine_name: params.machine_name.clone(),
+        };
+        let frame = Message::ActivationRequest(request.clone()).encode();
+        let response = match self.exchange(&mut stream, host, &frame).await? {
+            Message::ActivationResponse(r) => r,
+            Message::Error(e) => return Err(ClientError::Rejected(e.result)),
+            _ => return Err(ClientError::Unexpected("non-activation")),
+        };
+        let known = self.lock().get(&response.host_fingerprint).map(|(_, v)| v.clone());
+        let verified = match known {
+            Some(v) => v,
+            None => {
+                // First contact with this host: fetch its certificate on the same connection.
+                let cert = match self.exchange(&mut stream, host, &Message::CertificateRequest.encode()).await? {
+                    Message::CertificateResponse(c) => c,
+                    Message::Error(e) => return Err(ClientError::Rejected(e.result)),
+                    _ => return Err(ClientError::Unexpected("non-certificate")),
+                };
+                let v = self.anchor.verify_certificate(&cert, now)?;
+                self.lock().insert(v.fingerprint(), (cert, v.clone()));
+                v
+            }
+        };
+        verified.verify_response(&response, &sha256(&frame), &request.nonce, &params.edition)?;
+        let threshold = params.edition.threshold;
+        Ok(Answer {
+            host: addr,
+            result: response.result,
+            count: response.count,
+            threshold,
+            // R2: activated once the count reaches the edition's threshold.
+            activated: response.result.is_success() && response.count >= u32::from(threshold),
+            intervals: Intervals {
+                activation: response.activation_interval,
+                renewal: response.renewal_interval,
+            },
+            host_time: Timestamp(response.host_time),
+        })
+    }
+
+    async fn connect(&self, host: &str) -> Result<(TcpStream, SocketAddr), ClientError> {
+        let seconds = self.timeout.as_secs();
+        let addrs: Vec<SocketAddr> = match timeout(self.timeout, tokio::net::lookup_host(host)).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(source)) => return Err(ClientError::Resolve { host: host.to_owned(), source }),
+            Err(_) => return Err(ClientError::Timeout { host: host.to_owned(), seconds }),
+        };
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses");
+        for addr in addrs {
+            match timeout(self.timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    s.set_nodelay(true).map_err(|source| ClientError::Io { host: host.to_owned(), source })?;
+                    return Ok((s, addr));
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            }
+        }
+        Err(ClientError::Connect { host: host.to_owned(), source: last })
+    }
+
+    async fn exchange(&self, stream: &mut TcpStream, host: &str, frame: &[u8]) -> Result<Message, ClientError> {
+        let io = |source| ClientError::Io { host: host.to_owned(), source };
+        let work = async {
+            stream.write_all(frame).await.map_err(io)?;
+            read_frame(stream).await.map_err(io)
+        };
+        let bytes = match timeout(self.timeout, work).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ClientError::Timeout { host: host.to_owned(), seconds: self.timeout.as_secs() }),
+        };
+        Ok(Message::decode(&bytes)?)
+    }
+}
+
+/// Reads one frame, refusing an oversized length before reading the body.
+pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut prefix = [0u8; 2];
+    stream.read_exact(&mut prefix).await?;
+    let total = Frame::total_len(prefix).map_err(|e: FrameError| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let mut buf = vec![0u8; total];
+    buf[..2].copy_from_slice(&prefix);
+    stream.read_exact(&mut buf[2..]).await?;
+    debug_assert!(buf.len() <= MAX_FRAME);
+    Ok(buf)
+}
