@@ -1,0 +1,103 @@
+//! `tally catalog`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use tally_core::Catalog;
+
+use crate::output::{Table, json};
+
+/// Catalog options shared by several commands.
+#[derive(Args, Clone, Debug, Default)]
+pub struct CatalogArg {
+    /// Catalog file (TOML); the built-in demo catalog when omitted.
+    #[arg(long, env = "TALLY_CATALOG", value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+}
+
+impl CatalogArg {
+    /// Loads the chosen catalog.
+    pub fn load(&self) -> anyhow::Result<Catalog> {
+        load(self.catalog.as_deref())
+    }
+}
+
+/// Loads a catalog file, or the demo catalog.
+pub fn load(path: Option<&Path>) -> anyhow::Result<Catalog> {
+    match path {
+        None => Ok(Catalog::demo()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read catalog {}", p.display()))?;
+            Catalog::parse(&text).with_context(|| format!("catalog {}", p.display()))
+        }
+    }
+}
+
+/// `tally catalog ...`
+#[derive(Subcommand)]
+pub enum CatalogCommand {
+    /// List the editions: kind, key group, generation, threshold and setup key.
+    List {
+        #[command(flatten)]
+        catalog: CatalogArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct EditionRow<'a> {
+    sku: uuid::Uuid,
+    name: &'a str,
+    kind: String,
+    pool: uuid::Uuid,
+    pool_name: &'a str,
+    group: &'a str,
+    generation: u8,
+    threshold: u16,
+    setup_key: String,
+}
+
+/// Runs a catalog command.
+pub fn run(cmd: CatalogCommand) -> anyhow::Result<ExitCode> {
+    let CatalogCommand::List { catalog, json: as_json } = cmd;
+    let catalog = catalog.load()?;
+    let rows: Vec<EditionRow<'_>> = catalog
+        .editions()
+        .iter()
+        .map(|e| EditionRow {
+            sku: e.sku,
+            name: &e.name,
+            kind: e.kind.to_string(),
+            pool: e.pool,
+            pool_name: catalog.pool(e.pool).map_or("?", |p| p.name.as_str()),
+            group: e.group.name(),
+            generation: e.generation,
+            threshold: e.threshold,
+            setup_key: e.setup_key.to_string(),
+        })
+        .collect();
+    if as_json {
+        json(&rows)?;
+    } else {
+        println!("{} (version {})\n", catalog.name(), catalog.version());
+        let mut t = Table::new(&["EDITION", "KIND", "POOL", "GROUP", "GEN", "THRESHOLD", "SETUP KEY"]);
+        for r in &rows {
+            t.row(vec![
+                r.name.to_owned(),
+                r.kind.clone(),
+                r.pool_name.to_owned(),
+                r.group.to_owned(),
+                r.generation.to_string(),
+                r.threshold.to_string(),
+                r.setup_key.clone(),
+            ]);
+        }
+        print!("{}", t.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,467 @@
+//! `tally host`: run a host, set it up, look at its state.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use tally_authority::dir as authority_dir;
+use tally_core::Catalog;
+use tally_core::counting::CountTables;
+use tally_core::host::{HostSession, Intervals};
+use tally_core::keys::KeyGroup;
+use tally_core::time::{Clock, SystemClock, Timestamp};
+use tally_core::trust::{
+    HostIdentity, armor, generate_key, labels, parse_authority_public, parse_certificate, parse_secret, to_hex,
+};
+use tally_server::{HostService, ServerConfig};
+use tally_store::sqlite::{Durability, SqliteStore};
+use tally_store::{RegistryPage, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cmd::catalog::{CatalogArg, load as load_catalog};
+use crate::output::{Table, json};
+use crate::paths;
+
+/// `tally host ...`
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// Serve activation requests (TCP, default port 1688).
+    ///
+    /// With --dev, the first start creates a local authority in the data directory, a top-group
+    /// host key and a certificate, and writes DATA_DIR/authority.pub for clients to trust.
+    Run(RunArgs),
+    /// Create this host's key pair (host.key, host.pub) in the data directory.
+    Init(DirArgs),
+    /// Install the certificate the authority issued for this host's key.
+    InstallCert {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// The certificate file from `tally authority certify`.
+        file: PathBuf,
+        /// The authority public key to check it against (copied to DATA_DIR/authority.pub).
+        #[arg(long, value_name = "FILE")]
+        trust: Option<PathBuf>,
+    },
+    /// Show the certificate, the counts per pool (R2-R5) and the registry size (R6).
+    Status {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the clients this host has served (the registry, R6), most recent first.
+    Clients {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Rows to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Rows to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The data directory option.
+#[derive(Args, Clone, Debug)]
+pub struct DirArgs {
+    /// Host data directory [default: ~/.local/share/tally/host].
+    #[arg(long, env = "TALLY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DirArgs {
+    fn resolve(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(paths::default_host_dir)
+    }
+}
+
+/// `tally host run` options. Each can also be set in the config file; flags win.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Config file (TOML); see docs/OPERATIONS.md for the keys.
+    #[arg(long, env = "TALLY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Create a local authority and certify this host on first start (for trying Tally out).
+    #[arg(long)]
+    dev: bool,
+    /// Address and port to listen on [default: 0.0.0.0:1688].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    dir: DirArgs,
+    #[command(flatten)]
+    catalog: CatalogArg,
+    /// Minutes between client retries after a failure, sent to clients (R8, R9) [default: 120].
+    #[arg(long, value_name = "MIN")]
+    activation_interval: Option<u32>,
+    /// Minutes between client renewals, sent to clients (R8, R9) [default: 10080].
+    #[arg(long, value_name = "MIN")]
+    renewal_interval: Option<u32>,
+    /// Connections served at once [default: 1024].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Commit durability: `full` survives power loss, `normal` only a process crash [default: full].
+    #[arg(long, value_name = "MODE")]
+    durability: Option<DurabilityArg>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+enum DurabilityArg {
+    Full,
+    Normal,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 1688))
+}
+
+fn default_read_timeout_secs() -> u64 {
+    10
+}
+
+fn default_idle_timeout_secs() -> u64 {
+    30
+}
+
+/// The host config file. Every key is optional; flags override the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostFileConfig {
+    /// Data directory (keys, certificate, database).
+    data_dir: Option<PathBuf>,
+    /// Listen address, e.g. "0.0.0.0:1688" (R15).
+    listen: Option<SocketAddr>,
+    /// Catalog file; the demo catalog when absent.
+    catalog: Option<PathBuf>,
+    /// Minutes between client retries after a failure (R8, R9).
+    activation_interval: Option<u32>,
+    /// Minutes between client renewals (R8, R9).
+    renewal_interval: Option<u32>,
+    /// Connections served at once.
+    max_connections: Option<usize>,
+    /// Seconds allowed to receive one request.
+    #[serde(default = "default_read_timeout_secs")]
+    read_timeout_secs: u64,
+    /// Seconds a connection may stay idle.
+    #[serde(default = "default_idle_timeout_secs")]
+    idle_timeout_secs: u64,
+    /// "full" or "normal".
+    durability: Option<DurabilityArg>,
+}
+
+fn read_config(path: Option<&Path>) -> anyhow::Result<HostFileConfig> {
+    let Some(path) = path else {
+        return Ok(toml::from_str("")?);
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))
+}
+
+fn check_interval(name: &str, minutes: u32) -> anyhow::Result<u32> {
+    if !(1..=525_600).contains(&minutes) {
+        bail!("{name} must be between 1 and 525600 minutes (one year), got {minutes}");
+    }
+    Ok(minutes)
+}
+
+/// Creates the host key pair in `dir` unless it exists. Returns whether it was created.
+fn ensure_host_key(dir: &Path) -> anyhow::Result<bool> {
+    let secret = dir.join(paths::HOST_SECRET);
+    if secret.exists() {
+        return Ok(false);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let key = generate_key();
+    authority_dir::write_private(&secret, &armor(labels::HOST_SECRET, &key.to_bytes()))
+        .with_context(|| format!("cannot write {}", secret.display()))?;
+    std::fs::write(dir.join(paths::HOST_PUBLIC), armor(labels::HOST_PUBLIC, key.verifying_key().as_bytes()))?;
+    Ok(true)
+}
+
+/// Dev mode: a local authority, a top-group host key for the catalog's newest generation, a
+/// certificate, and `authority.pub` for clients. Does nothing if a certificate exists.
+pub fn dev_bootstrap(dir: &Path, catalog: &Catalog, now: Timestamp) -> anyhow::Result<()> {
+    ensure_host_key(dir)?;
+    if dir.join(paths::HOST_CERT).exists() {
+        return Ok(());
+    }
+    let auth_dir = dir.join(paths::DEV_AUTHORITY_DIR);
+    let authority = match authority_dir::load(&auth_dir) {
+        Ok(a) => a,
+        Err(tally_authority::AuthorityError::Missing(_)) => authority_dir::init(&auth_dir)?.0,
+        Err(e) => return Err(e.into()),
+    };
+    let host_key = authority.issue_host_key(KeyGroup::ServerC, catalog.newest_generation())?;
+    let secret = parse_secret(labels::HOST_SECRET, &std::fs::read_to_string(dir.join(paths::HOST_SECRET))?)?;
+    let cert = authority.certify(host_key, &secret.verifying_key(), now)?;
+    std::fs::write(dir.join(paths::AUTHORITY_PUB), authority_dir::public_file_text(&authority))?;
+    std::fs::write(dir.join(paths::HOST_CERT), armor(labels::HOST_CERTIFICATE, &cert.to_bytes()))?;
+    info!(
+        data_dir = %dir.display(),
+        host_key = %host_key.partial(),
+        "dev mode: created a local authority and certified this host for server-c"
+    );
+    Ok(())
+}
+
+/// Loads the host's key and certificate from `dir`.
+pub fn load_identity(dir: &Path) -> anyhow::Result<HostIdentity> {
+    let secret_path = dir.join(paths::HOST_SECRET);
+    let cert_path = dir.join(paths::HOST_CERT);
+    if !secret_path.exists() || !cert_path.exists() {
+        bail!(
+            "no host identity in {}: run `tally host run --dev` to try Tally, or `tally host init` and \
+             have the authority certify host.pub (`tally authority certify`), then `tally host install-cert`",
+            dir.display()
+        );
+    }
+    let secret = parse_secret(labels::HOST_SECRET, &std::fs::read_to_string(&secret_path)?)
+        .with_context(|| format!("{}", secret_path.display()))?;
+    let cert = parse_certificate(&std::fs::read_to_string(&cert_path)?)
+        .with_context(|| format!("{}", cert_path.display()))?;
+    Ok(HostIdentity::new(secret, cert).with_context(|| format!("{}", cert_path.display()))?)
+}
+
+/// Opens the host database in `dir`.
+pub fn open_store(dir: &Path, durability: Durability) -> anyhow::Result<SqliteStore> {
+    Ok(SqliteStore::open(&dir.join(paths::HOST_DB), durability)?)
+}
+
+/// Runs a host command.
+pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        HostCommand::Run(args) => serve(args).await,
+        HostCommand::Init(dir) => {
+            let dir = dir.resolve();
+            if ensure_host_key(&dir)? {
+                println!("Host key pair created in {}.", dir.display());
+            } else {
+                println!("This host already has a key pair in {}.", dir.display());
+            }
+            println!(
+                "Next: have the authority certify it:\n  tally authority certify --dir AUTHORITY_DIR --host-key KEY --host-pub {} --out host.cert\n\
+                 then: tally host install-cert --data-dir {} host.cert --trust authority.pub",
+                dir.join(paths::HOST_PUBLIC).display(),
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        HostCommand::InstallCert { dir, file, trust } => {
+            let dir = dir.resolve();
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let cert = parse_certificate(&text).with_context(|| format!("{}", file.display()))?;
+            let secret_path = dir.join(paths::HOST_SECRET);
+            let secret = parse_secret(
+                labels::HOST_SECRET,
+                &std::fs::read_to_string(&secret_path)
+                    .with_context(|| format!("no host key in {}: run `tally host init` first", dir.display()))?,
+            )?;
+            HostIdentity::new(secret, cert.clone()).context("this certificate is not for this host")?;
+            if let Some(trust) = trust {
+                let anchor_text = std::fs::read_to_string(&trust)?;
+                let anchor = parse_authority_public(&anchor_text)?;
+                anchor
+                    .verify_certificate(&cert, SystemClock.now())
+                    .context("the certificate does not verify under that authority key")?;
+                std::fs::write(dir.join(paths::AUTHORITY_PUB), anchor_text)?;
+            }
+            std::fs::write(dir.join(paths::HOST_CERT), text)?;
+            println!("Certificate installed. Start the host with: tally host run --data-dir {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        HostCommand::Status { dir, json: as_json } => status(&dir.resolve(), as_json).await,
+        HostCommand::Clients { dir, limit, offset, json: as_json } => {
+            let store = open_store(&dir.resolve(), Durability::Full)?;
+            let total = store.registry_len().await?;
+            let rows = store.registry(RegistryPage { offset, limit }).await?;
+            if as_json {
+                json(&serde_json::json!({ "total": total, "offset": offset, "clients": rows }))?;
+            } else {
+                let mut t = Table::new(&["MACHINE", "CMID", "EDITION", "LAST SEEN", "COUNT", "ACTIVATED", "REQUESTS"]);
+                let catalog = Catalog::demo();
+                for r in &rows {
+                    t.row(vec![
+                        r.machine_name.clone(),
+                        r.cmid.to_string(),
+                        catalog.edition(r.sku).map_or_else(|| r.sku.to_string(), |e| e.name.clone()),
+                        r.last_seen.to_string(),
+                        r.last_count.to_string(),
+                        if r.activated { "yes" } else { "no" }.to_owned(),
+                        r.requests.to_string(),
+                    ]);
+                }
+                print!("{}", t.render());
+                println!("{} of {total} clients shown", rows.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PoolStatus {
+    pool: uuid::Uuid,
+    name: String,
+    count: u32,
+    capacity: u32,
+}
+
+async fn status(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let identity = load_identity(dir)?;
+    let store = open_store(dir, Durability::Full)?;
+    let now = SystemClock.now();
+    let tables = CountTables::from_snapshots(store.load_tables().await?);
+    let catalog = Catalog::demo();
+    let pools: Vec<PoolStatus> = tables
+        .summary(now)
+        .into_iter()
+        .map(|(pool, count, capacity)| PoolStatus {
+            pool,
+            name: catalog.pool(pool).map_or_else(|| pool.to_string(), |p| p.name.clone()),
+            count,
+            capacity,
+        })
+        .collect();
+    let cert = identity.certificate();
+    let cov = identity.coverage();
+    let not_after = Timestamp(cert.body.not_after.saturating_mul(1000));
+    let clients = store.registry_len().await?;
+    if as_json {
+        json(&serde_json::json!({
+            "data_dir": dir,
+            "certificate": {
+                "fingerprint": to_hex(&identity.fingerprint()),
+                "key_group": cov.group.name(),
+                "generation": cov.generation,
+                "key_serial": cert.body.key_serial,
+                "not_after": not_after,
+                "not_after_rfc3339": not_after.to_rfc3339(),
+            },
+            "pools": pools,
+            "registry_clients": clients,
+        }))?;
+    } else {
+        println!("Host data: {}", dir.display());
+        println!(
+            "Certificate: {} generation {}, valid until {}, fingerprint {}",
+            cov.group,
+            cov.generation,
+            not_after,
+            &to_hex(&identity.fingerprint())[..16]
+        );
+        let mut t = Table::new(&["POOL", "COUNT", "TABLE SIZE"]);
+        for p in &pools {
+            t.row(vec![p.name.clone(), p.count.to_string(), p.capacity.to_string()]);
+        }
+        print!("{}", t.render());
+        println!("Clients in registry: {clients}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds a ready host service for `dir`.
+pub async fn build_service(
+    dir: &Path,
+    catalog: Catalog,
+    intervals: Intervals,
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<HostService>> {
+    let identity = load_identity(dir)?;
+    let session = Arc::new(HostSession::new(Arc::new(catalog), identity, intervals));
+    let store: Arc<dyn Store> = Arc::new(open_store(dir, durability)?);
+    Ok(Arc::new(HostService::open(session, store, clock).await?))
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let file = read_config(args.config.as_deref())?;
+    let dir = args.dir.data_dir.clone().or(file.data_dir).unwrap_or_else(paths::default_host_dir);
+    let catalog = load_catalog(args.catalog.catalog.as_deref().or(file.catalog.as_deref()))?;
+    let intervals = Intervals {
+        activation: check_interval(
+            "activation interval",
+            args.activation_interval.or(file.activation_interval).unwrap_or(Intervals::default().activation),
+        )?,
+        renewal: check_interval(
+            "renewal interval",
+            args.renewal_interval.or(file.renewal_interval).unwrap_or(Intervals::default().renewal),
+        )?,
+    };
+    let durability = match args.durability.or(file.durability).unwrap_or(DurabilityArg::Full) {
+        DurabilityArg::Full => Durability::Full,
+        DurabilityArg::Normal => Durability::Normal,
+    };
+    let listen = args.listen.or(file.listen).unwrap_or_else(default_listen);
+    let config = ServerConfig {
+        max_connections: args.max_connections.or(file.max_connections).unwrap_or(1024),
+        read_timeout: Duration::from_secs(file.read_timeout_secs),
+        idle_timeout: Duration::from_secs(file.idle_timeout_secs),
+        ..ServerConfig::default()
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    if args.dev {
+        dev_bootstrap(&dir, &catalog, clock.now())?;
+    }
+    let service = build_service(&dir, catalog, intervals, durability, clock).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (port in use, or needs privileges?)"))?;
+    let addr = listener.local_addr()?;
+    let cov = service.session().identity().coverage();
+    info!(
+        %addr,
+        data_dir = %dir.display(),
+        key_group = %cov.group,
+        generation = cov.generation,
+        activation_interval = intervals.activation,
+        renewal_interval = intervals.renewal,
+        "host started"
+    );
+    // A stable line on stdout for scripts and tests.
+    println!("tally host listening on {addr}");
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    tally_server::run(listener, service, config, shutdown).await?;
+    info!("host stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_signal_handler(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(error) => {
+                    warn!(%error, "cannot watch SIGTERM; stop with Ctrl-C");
+                    let _ = tokio::signal::ctrl_c().await;
+                    token.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "stopping"),
+                _ = term.recv() => info!(signal = "SIGTERM", "stopping"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        token.cancel();
+    });
+}

@@ -1,0 +1,8 @@
+//! One module per top-level subcommand.
+
+pub mod authority;
+pub mod bench;
+pub mod catalog;
+pub mod client;
+pub mod demo;
+pub mod host;

@@ -1,0 +1,107 @@
+//! `tally`: the one binary. It parses arguments, sets up logging, and hands off to the
+//! libraries; errors are printed once, with their chain.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod output;
+mod paths;
+
+/// Tally: on-premises volume activation.
+///
+/// A vendor (the authority) issues keys; customers run hosts on their own networks; clients
+/// activate against a host once enough machines are counted, then renew every 7 days.
+///
+/// Start here:  tally demo            (a host and 30 clients on loopback, in seconds)
+///              tally host run --dev  (a self-certified host for trying things out)
+#[derive(Parser)]
+#[command(name = "tally", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Log filter (e.g. `info`, `debug`, `tally_server=debug`); overrides RUST_LOG.
+    #[arg(long, global = true, env = "TALLY_LOG")]
+    log: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a host and ~30 clients on loopback and show the counts rising (R3).
+    Demo(cmd::demo::DemoArgs),
+    /// Run and administer an activation host.
+    #[command(subcommand)]
+    Host(cmd::host::HostCommand),
+    /// Activate this machine against a host.
+    Client(cmd::client::ClientArgs),
+    /// The vendor's authority: root key, host keys, host certificates.
+    #[command(subcommand)]
+    Authority(cmd::authority::AuthorityCommand),
+    /// Show the product catalog.
+    #[command(subcommand)]
+    Catalog(cmd::catalog::CatalogCommand),
+    /// Load-test a host (requests/s, latency percentiles).
+    Bench(cmd::bench::BenchArgs),
+}
+
+fn init_tracing(cli: &Cli, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = cli
+        .log
+        .as_deref()
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The host logs its events at info; one-shot commands only warn unless asked.
+    let default_level = match &cli.command {
+        Command::Host(cmd::host::HostCommand::Run(_)) => "info",
+        _ => "warn",
+    };
+    init_tracing(&cli, default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => cmd::demo::run(args).await,
+            Command::Host(c) => cmd::host::run(c).await,
+            Command::Client(args) => cmd::client::run(args).await,
+            Command::Authority(c) => cmd::authority::run(c),
+            Command::Catalog(c) => cmd::catalog::run(c),
+            Command::Bench(args) => cmd::bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // ripgrep style: the whole chain, once.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
