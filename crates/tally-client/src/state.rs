@@ -65,6 +65,17 @@ pub enum LicenseStatus {
     Notification,
 }
 
+impl std::fmt::Display for LicenseStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unlicensed => "unlicensed",
+            Self::InitialGrace => "initial grace",
+            Self::Licensed => "licensed",
+            Self::Notification => "notification",
+        })
+    }
+}
+
 impl LicenseStatus {
     /// The wire form sent to hosts.
     pub fn wire(self) -> LicenseState {

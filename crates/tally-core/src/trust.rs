@@ -258,6 +258,10 @@ impl VerifiedHost {
         nonce: &[u8; 16],
         edition: &Edition,
     ) -> Result<(), TrustError> {
+        // The nonce first: a replayed response is named as such, not as a bad signature.
+        if &response.nonce != nonce {
+            return Err(TrustError::NonceMismatch);
+        }
         if response.host_fingerprint != self.fingerprint {
             return Err(TrustError::FingerprintMismatch);
         }
@@ -265,9 +269,6 @@ impl VerifiedHost {
         self.key
             .verify_strict(&response.signed_bytes(request_digest), &sig)
             .map_err(|_| TrustError::BadResponseSignature)?;
-        if &response.nonce != nonce {
-            return Err(TrustError::NonceMismatch);
-        }
         // A signed refusal (e.g. `edition_not_covered`) carries no count, so it is genuine
         // whatever the host's coverage; a count is only trusted from a host that covers it.
         if response.result.is_success() && !self.coverage.covers(edition) {

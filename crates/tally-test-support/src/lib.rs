@@ -1,1 +1,152 @@
-//! Test helpers.
+//! Test helpers shared by Tally's integration tests: run `tally` processes, find their
+//! addresses, kill them (gracefully or with SIGKILL), and decide whether a missing external
+//! tool skips a test or fails it (it fails when `CI` is set).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Whether we run under CI (`CI` set and not `false`/`0`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Runs `tally` with `args` and waits for it.
+pub fn tally(bin: &Path, args: &[&str]) -> Output {
+    match Command::new(bin).args(args).env_remove("RUST_LOG").output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run {}: {e}", bin.display()),
+    }
+}
+
+/// Runs `tally` and parses its stdout as JSON; panics with stderr on bad JSON.
+pub fn tally_json(bin: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = tally(bin, args);
+    let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tally {args:?} printed no JSON ({e}); stdout: {} stderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), value)
+}
+
+/// A running `tally host run` process; killed when dropped.
+pub struct HostProcess {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl HostProcess {
+    /// Starts `tally host run --dev --listen 127.0.0.1:0 --data-dir DIR [extra…]` and waits
+    /// until it listens.
+    pub fn start_dev(bin: &Path, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_on(bin, data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// As [`HostProcess::start_dev`], on a given listen address.
+    pub fn start_on(bin: &Path, data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        let dir = data_dir.to_str().unwrap_or_else(|| panic!("non-UTF-8 path {}", data_dir.display()));
+        let mut child = Command::new(bin)
+            .args(["host", "run", "--dev", "--listen", listen, "--data-dir", dir])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(err) = child.stderr.take() {
+            let sink = Arc::clone(&stderr);
+            thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.strip_prefix("tally host listening on ") {
+                        let _ = tx.send(addr.trim().to_owned());
+                    }
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a.parse().unwrap_or_else(|e| panic!("bad address {a}: {e}")),
+            Err(_) => {
+                let _ = child.kill();
+                let log = stderr.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                panic!("host did not start listening within 20 s; stderr:\n{log}");
+            }
+        };
+        Self { child, addr, data_dir: data_dir.to_owned(), stderr }
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the host logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit.
+    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Waits until the log contains `needle` (up to `limit`).
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -124,7 +124,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 }))?;
             } else {
                 println!("Installed setup key for {}.", edition.name);
-                println!("Status: {:?}; activate with: tally client activate --host HOST", state.status);
+                println!("Status: {}; activate with: tally client activate --host HOST", state.status);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -229,7 +229,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 if let Some(k) = state.key {
                     println!("Partial key: {}", k.partial());
                 }
-                println!("Status:      {:?}", state.status);
+                println!("Status:      {}", state.status);
                 if let Some(t) = state.validity_end {
                     println!("Valid until: {t}");
                 } else if let Some(t) = state.grace_end {

@@ -1,1 +1,13 @@
-//! placeholder
+//! Integration tests of the `tally` binary: real processes over real TCP on loopback.
+//! One test binary for the crate (ripgrep/hickory style); modules by theme.
+
+mod cli;
+mod faults;
+mod trust;
+
+use std::path::Path;
+
+/// The `tally` binary built for these tests.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tally"))
+}
