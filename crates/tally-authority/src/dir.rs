@@ -41,7 +41,10 @@ pub fn init(dir: &Path) -> Result<(Authority, PathBuf), AuthorityError> {
         return Err(AuthorityError::AlreadyExists(dir.display().to_string()));
     }
     let authority = Authority::generate();
-    write_private(&secret, &armor(labels::AUTHORITY_SECRET, &authority.secret().to_bytes()))?;
+    write_private(
+        &secret,
+        &armor(labels::AUTHORITY_SECRET, &authority.secret().to_bytes()),
+    )?;
     let public = dir.join(PUBLIC_FILE);
     fs::write(&public, public_file_text(&authority))?;
     Ok((authority, public))
@@ -57,7 +60,10 @@ pub fn load(dir: &Path) -> Result<Authority, AuthorityError> {
         }
         Err(e) => return Err(e.into()),
     };
-    Ok(Authority::from_key(parse_secret(labels::AUTHORITY_SECRET, &text)?))
+    Ok(Authority::from_key(parse_secret(
+        labels::AUTHORITY_SECRET,
+        &text,
+    )?))
 }
 
 #[cfg(test)]
@@ -71,14 +77,23 @@ mod tests {
         assert!(public.exists());
         let b = load(dir.path()).expect("load");
         assert_eq!(a.public(), b.public());
-        assert!(matches!(init(dir.path()), Err(AuthorityError::AlreadyExists(_))));
+        assert!(matches!(
+            init(dir.path()),
+            Err(AuthorityError::AlreadyExists(_))
+        ));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(SECRET_FILE)).expect("meta").permissions().mode();
+            let mode = fs::metadata(dir.path().join(SECRET_FILE))
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let empty = tempfile::tempdir().expect("tempdir");
-        assert!(matches!(load(empty.path()), Err(AuthorityError::Missing(_))));
+        assert!(matches!(
+            load(empty.path()),
+            Err(AuthorityError::Missing(_))
+        ));
     }
 }

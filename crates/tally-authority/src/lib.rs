@@ -64,7 +64,10 @@ pub struct Authority {
 impl fmt::Debug for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authority")
-            .field("public", &tally_core::trust::to_hex(self.public().as_bytes()))
+            .field(
+                "public",
+                &tally_core::trust::to_hex(self.public().as_bytes()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -109,7 +112,11 @@ impl Authority {
     }
 
     /// Issues a host key for `group` and `generation` with a random serial.
-    pub fn issue_host_key(&self, group: KeyGroup, generation: u8) -> Result<ProductKey, AuthorityError> {
+    pub fn issue_host_key(
+        &self,
+        group: KeyGroup,
+        generation: u8,
+    ) -> Result<ProductKey, AuthorityError> {
         self.issue_host_key_with_serial(group, generation, rand::rng().random())
     }
 
@@ -123,14 +130,32 @@ impl Authority {
         if generation > 15 {
             return Err(AuthorityError::Generation);
         }
-        let unsigned = ProductKey::host(HostKeyFields { group, generation, serial }, 0);
-        Ok(ProductKey::host(HostKeyFields { group, generation, serial }, self.authenticator(unsigned)))
+        let unsigned = ProductKey::host(
+            HostKeyFields {
+                group,
+                generation,
+                serial,
+            },
+            0,
+        );
+        Ok(ProductKey::host(
+            HostKeyFields {
+                group,
+                generation,
+                serial,
+            },
+            self.authenticator(unsigned),
+        ))
     }
 
     /// Checks that a host key or MAK was issued by this authority.
     pub fn check_key(&self, key: ProductKey) -> Result<KeyKind, AuthorityError> {
         if key.kind() == KeyKind::Setup {
-            return Err(KeyError::WrongKind { expected: KeyKind::Host, actual: KeyKind::Setup }.into());
+            return Err(KeyError::WrongKind {
+                expected: KeyKind::Host,
+                actual: KeyKind::Setup,
+            }
+            .into());
         }
         if self.authenticator(key) != key.authenticator() {
             return Err(AuthorityError::NotIssuedHere);
@@ -171,13 +196,21 @@ mod tests {
     #[test]
     fn issued_keys_check_and_forged_ones_do_not() {
         let a = Authority::generate();
-        let key = a.issue_host_key(KeyGroup::ServerB, 1).expect("valid generation");
+        let key = a
+            .issue_host_key(KeyGroup::ServerB, 1)
+            .expect("valid generation");
         assert_eq!(a.check_key(key).expect("own key"), KeyKind::Host);
         let fields = key.host_fields().expect("host key");
         let forged = ProductKey::host(fields, key.authenticator() ^ 1);
-        assert!(matches!(a.check_key(forged), Err(AuthorityError::NotIssuedHere)));
+        assert!(matches!(
+            a.check_key(forged),
+            Err(AuthorityError::NotIssuedHere)
+        ));
         let other = Authority::generate();
-        assert!(matches!(other.check_key(key), Err(AuthorityError::NotIssuedHere)));
+        assert!(matches!(
+            other.check_key(key),
+            Err(AuthorityError::NotIssuedHere)
+        ));
     }
 
     // R16: the certificate verifies under the authority key only.
@@ -188,15 +221,22 @@ mod tests {
         let now = Timestamp(1_800_000_000_000);
         let key = a.issue_host_key(KeyGroup::ServerC, 1).expect("key");
         let cert = a.certify(key, &host.verifying_key(), now).expect("certify");
-        let verified = TrustAnchor::new(a.public()).verify_certificate(&cert, now).expect("verifies");
+        let verified = TrustAnchor::new(a.public())
+            .verify_certificate(&cert, now)
+            .expect("verifies");
         assert_eq!(verified.coverage().group, KeyGroup::ServerC);
         let stranger = TrustAnchor::new(Authority::generate().public());
-        assert_eq!(stranger.verify_certificate(&cert, now).err(), Some(TrustError::UnknownAuthority));
+        assert_eq!(
+            stranger.verify_certificate(&cert, now).err(),
+            Some(TrustError::UnknownAuthority)
+        );
         let mut tampered = cert.clone();
         tampered.body.key_group = 0;
         tampered.body.generation = 9;
         assert_eq!(
-            TrustAnchor::new(a.public()).verify_certificate(&tampered, now).err(),
+            TrustAnchor::new(a.public())
+                .verify_certificate(&tampered, now)
+                .err(),
             Some(TrustError::BadCertificateSignature)
         );
         let later = now.plus_days(CERTIFICATE_LIFETIME_DAYS + 1);
@@ -217,13 +257,25 @@ mod tests {
         for group in KeyGroup::ALL {
             let key = a.issue_host_key(group, 1).expect("key");
             let cert = a.certify(key, &host.verifying_key(), now).expect("certify");
-            let cov = anchor.verify_certificate(&cert, now).expect("verifies").coverage();
+            let cov = anchor
+                .verify_certificate(&cert, now)
+                .expect("verifies")
+                .coverage();
             for e in catalog.editions() {
                 assert_eq!(cov.covers(e), e.group <= group, "{group} vs {}", e.name);
             }
             // Generation 0 covers none of the generation-1 editions.
-            let old = a.certify(a.issue_host_key(group, 0).expect("key"), &host.verifying_key(), now).expect("c");
-            let cov = anchor.verify_certificate(&old, now).expect("verifies").coverage();
+            let old = a
+                .certify(
+                    a.issue_host_key(group, 0).expect("key"),
+                    &host.verifying_key(),
+                    now,
+                )
+                .expect("c");
+            let cov = anchor
+                .verify_certificate(&old, now)
+                .expect("verifies")
+                .coverage();
             assert!(catalog.editions().iter().all(|e| !cov.covers(e)));
         }
     }

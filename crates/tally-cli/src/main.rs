@@ -17,7 +17,12 @@ mod paths;
 /// Start here:  tally demo            (a host and 30 clients on loopback, in seconds)
 ///              tally host run --dev  (a self-certified host for trying things out)
 #[derive(Parser)]
-#[command(name = "tally", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "tally",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     /// Log filter (e.g. `info`, `debug`, `tally_server=debug`); overrides RUST_LOG.
     #[arg(long, global = true, env = "TALLY_LOG")]
@@ -56,7 +61,10 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
 }
 
-fn init_tracing(cli: &Cli, default: &str) {
+/// Installs the subscriber. Lines are written by a background thread (the request path only
+/// formats them); the returned guard flushes on drop. No line is ever dropped: when the writer
+/// falls behind, logging callers wait.
+fn init_tracing(cli: &Cli, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = cli
         .log
@@ -65,14 +73,18 @@ fn init_tracing(cli: &Cli, default: &str) {
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -82,8 +94,11 @@ fn main() -> ExitCode {
         Command::Host(cmd::host::HostCommand::Run(_)) => "info",
         _ => "warn",
     };
-    init_tracing(&cli, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let _log_guard = init_tracing(&cli, default_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -11,7 +11,7 @@ use tally_core::host::Intervals;
 use tally_core::time::Timestamp;
 use tally_core::trust::{TrustAnchor, TrustError, VerifiedHost, sha256};
 use tally_proto::{
-    ActivationRequest, DecodeError, Frame, FrameError, HostCertificate, LicenseState, MAX_FRAME, MachineName,
+    ActivationRequest, DecodeError, Frame, HostCertificate, LicenseState, MAX_FRAME, MachineName,
     Message, ResultCode,
 };
 use thiserror::Error;
@@ -139,7 +139,11 @@ pub struct Connector {
 impl Connector {
     /// A connector trusting `anchor`, giving each exchange `timeout`.
     pub fn new(anchor: TrustAnchor, timeout: Duration) -> Self {
-        Self { anchor, timeout, hosts: Mutex::new(HashMap::new()) }
+        Self {
+            anchor,
+            timeout,
+            hosts: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Adds a certificate seen before (e.g. from the state file), if it still verifies.
@@ -154,12 +158,19 @@ impl Connector {
         self.lock().values().map(|(c, _)| c.clone()).collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (HostCertificate, VerifiedHost)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (HostCertificate, VerifiedHost)>> {
         self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Activates (or renews) at `host` (`name:port`, `ip:port` or `[ipv6]:port`).
-    pub async fn activate(&self, host: &str, params: &ActivationParams, now: Timestamp) -> Result<Answer, ClientError> {
+    pub async fn activate(
+        &self,
+        host: &str,
+        params: &ActivationParams,
+        now: Timestamp,
+    ) -> Result<Answer, ClientError> {
         let (mut stream, addr) = self.connect(host).await?;
         let request = ActivationRequest {
             nonce: rand::rng().random(),
@@ -178,12 +189,18 @@ impl Connector {
             Message::Error(e) => return Err(ClientError::Rejected(e.result)),
             _ => return Err(ClientError::Unexpected("non-activation")),
         };
-        let known = self.lock().get(&response.host_fingerprint).map(|(_, v)| v.clone());
+        let known = self
+            .lock()
+            .get(&response.host_fingerprint)
+            .map(|(_, v)| v.clone());
         let verified = match known {
             Some(v) => v,
             None => {
                 // First contact with this host: fetch its certificate on the same connection.
-                let cert = match self.exchange(&mut stream, host, &Message::CertificateRequest.encode()).await? {
+                let cert = match self
+                    .exchange(&mut stream, host, &Message::CertificateRequest.encode())
+                    .await?
+                {
                     Message::CertificateResponse(c) => c,
                     Message::Error(e) => return Err(ClientError::Rejected(e.result)),
                     _ => return Err(ClientError::Unexpected("non-certificate")),
@@ -212,47 +229,95 @@ impl Connector {
 
     async fn connect(&self, host: &str) -> Result<(TcpStream, SocketAddr), ClientError> {
         let seconds = self.timeout.as_secs();
-        let addrs: Vec<SocketAddr> = match timeout(self.timeout, tokio::net::lookup_host(host)).await {
-            Ok(Ok(a)) => a.collect(),
-            Ok(Err(source)) => return Err(ClientError::Resolve { host: host.to_owned(), source }),
-            Err(_) => return Err(ClientError::Timeout { host: host.to_owned(), seconds }),
-        };
+        let addrs: Vec<SocketAddr> =
+            match timeout(self.timeout, tokio::net::lookup_host(host)).await {
+                Ok(Ok(a)) => a.collect(),
+                Ok(Err(source)) => {
+                    return Err(ClientError::Resolve {
+                        host: host.to_owned(),
+                        source,
+                    });
+                }
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        host: host.to_owned(),
+                        seconds,
+                    });
+                }
+            };
         let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses");
         for addr in addrs {
             match timeout(self.timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
-                    s.set_nodelay(true).map_err(|source| ClientError::Io { host: host.to_owned(), source })?;
+                    s.set_nodelay(true).map_err(|source| ClientError::Io {
+                        host: host.to_owned(),
+                        source,
+                    })?;
                     return Ok((s, addr));
                 }
                 Ok(Err(e)) => last = e,
-                Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                Err(_) => {
+                    last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                }
             }
         }
-        Err(ClientError::Connect { host: host.to_owned(), source: last })
+        Err(ClientError::Connect {
+            host: host.to_owned(),
+            source: last,
+        })
     }
 
-    async fn exchange(&self, stream: &mut TcpStream, host: &str, frame: &[u8]) -> Result<Message, ClientError> {
-        let io = |source| ClientError::Io { host: host.to_owned(), source };
+    async fn exchange(
+        &self,
+        stream: &mut TcpStream,
+        host: &str,
+        frame: &[u8],
+    ) -> Result<Message, ClientError> {
+        let io = |source| ClientError::Io {
+            host: host.to_owned(),
+            source,
+        };
         let work = async {
             stream.write_all(frame).await.map_err(io)?;
             read_frame(stream).await.map_err(io)
         };
         let bytes = match timeout(self.timeout, work).await {
             Ok(r) => r?,
-            Err(_) => return Err(ClientError::Timeout { host: host.to_owned(), seconds: self.timeout.as_secs() }),
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    host: host.to_owned(),
+                    seconds: self.timeout.as_secs(),
+                });
+            }
         };
         Ok(Message::decode(&bytes)?)
     }
 }
 
-/// Reads one frame, refusing an oversized length before reading the body.
+/// Reads one frame, refusing an oversized length before reading further.
+///
+/// Reads whatever has arrived (one syscall in the common case) until a whole frame is
+/// buffered. The protocol is strictly request/response, so the peer never sends bytes past the
+/// frame we wait for; any excess is a protocol error.
 pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut prefix = [0u8; 2];
-    stream.read_exact(&mut prefix).await?;
-    let total = Frame::total_len(prefix).map_err(|e: FrameError| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    let mut buf = vec![0u8; total];
-    buf[..2].copy_from_slice(&prefix);
-    stream.read_exact(&mut buf[2..]).await?;
-    debug_assert!(buf.len() <= MAX_FRAME);
-    Ok(buf)
+    let mut buf = [0u8; MAX_FRAME];
+    let mut have = 0;
+    loop {
+        match Frame::check(&buf[..have]) {
+            Ok(Some(total)) if total == have => return Ok(buf[..have].to_vec()),
+            Ok(Some(_)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "unexpected bytes after the frame",
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+        let n = stream.read(&mut buf[have..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        have += n;
+    }
 }

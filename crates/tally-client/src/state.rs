@@ -155,7 +155,8 @@ impl ClientState {
     pub fn load_or_new(dir: &Path, now: Timestamp) -> Result<Self, StateError> {
         let path = Self::path(dir);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|source| StateError::Corrupt { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::new(now)),
             Err(source) => Err(StateError::Io { path, source }),
         }
@@ -164,10 +165,16 @@ impl ClientState {
     /// Saves atomically into `dir` (created if missing).
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
         let path = Self::path(dir);
-        let io = |source| StateError::Io { path: path.clone(), source };
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
         fs::create_dir_all(dir).map_err(io)?;
         let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-        let json = serde_json::to_vec_pretty(self).map_err(|source| StateError::Corrupt { path: path.clone(), source })?;
+        let json = serde_json::to_vec_pretty(self).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
         let mut f = fs::File::create(&tmp).map_err(io)?;
         f.write_all(&json).map_err(io)?;
         f.sync_all().map_err(io)?;
@@ -177,12 +184,22 @@ impl ClientState {
 
     /// Installs a setup key: the installation becomes a host-activated client of that edition
     /// in initial grace (R10).
-    pub fn install_setup_key<'c>(&mut self, key: ProductKey, catalog: &'c Catalog, now: Timestamp) -> Result<&'c Edition, StateError> {
+    pub fn install_setup_key<'c>(
+        &mut self,
+        key: ProductKey,
+        catalog: &'c Catalog,
+        now: Timestamp,
+    ) -> Result<&'c Edition, StateError> {
         if key.kind() != KeyKind::Setup {
-            return Err(StateError::Key(format!("this is a {} key; clients install an edition's setup key", key.kind())));
+            return Err(StateError::Key(format!(
+                "this is a {} key; clients install an edition's setup key",
+                key.kind()
+            )));
         }
         let edition = catalog.edition_by_setup_key(key).ok_or_else(|| {
-            StateError::Key("no edition in the catalog has this setup key (see `tally catalog list`)".into())
+            StateError::Key(
+                "no edition in the catalog has this setup key (see `tally catalog list`)".into(),
+            )
         })?;
         if self.sku != Some(edition.sku) {
             self.validity_end = None;
@@ -205,7 +222,9 @@ impl ClientState {
             LicenseStatus::Licensed => self.validity_end,
             _ => self.grace_end,
         };
-        end.map_or(0, |e| ((e.0 - now.0).max(0) / 60_000).min(i64::from(u32::MAX)) as u32)
+        end.map_or(0, |e| {
+            ((e.0 - now.0).max(0) / 60_000).min(i64::from(u32::MAX)) as u32
+        })
     }
 
     /// Applies a verified answer (R2, R7, R9).
@@ -220,7 +239,11 @@ impl ClientState {
         } else {
             "below_threshold".to_owned()
         };
-        let code = if answer.result.is_success() && !answer.activated { BELOW_THRESHOLD_CODE } else { answer.result.0 };
+        let code = if answer.result.is_success() && !answer.activated {
+            BELOW_THRESHOLD_CODE
+        } else {
+            answer.result.0
+        };
         self.last_attempt = Some(Attempt {
             at: now,
             host: Some(answer.host.to_string()),
@@ -232,23 +255,42 @@ impl ClientState {
 
     /// Records a failed attempt.
     pub fn record_failure(&mut self, host: Option<String>, name: &str, code: u32, now: Timestamp) {
-        self.last_attempt = Some(Attempt { at: now, host, result: name.to_owned(), code, count: None });
+        self.last_attempt = Some(Attempt {
+            at: now,
+            host,
+            result: name.to_owned(),
+            code,
+            count: None,
+        });
     }
 
     /// The intervals in force (R9), host's if any, else the defaults.
     pub fn intervals(&self) -> Intervals {
         self.intervals
-            .map_or_else(Intervals::default, |(activation, renewal)| Intervals { activation, renewal })
+            .map_or_else(Intervals::default, |(activation, renewal)| Intervals {
+                activation,
+                renewal,
+            })
     }
 
     /// Remembered host certificates that still parse.
     pub fn certificates(&self) -> Vec<HostCertificate> {
-        self.host_certificates.iter().filter_map(|t| parse_certificate(t).ok()).collect()
+        self.host_certificates
+            .iter()
+            .filter_map(|t| parse_certificate(t).ok())
+            .collect()
     }
 
     /// Replaces the remembered certificates.
     pub fn set_certificates(&mut self, certs: &[HostCertificate]) {
-        self.host_certificates = certs.iter().map(|c| armor(labels::HOST_CERTIFICATE, &c.to_bytes()).trim().to_owned()).collect();
+        self.host_certificates = certs
+            .iter()
+            .map(|c| {
+                armor(labels::HOST_CERTIFICATE, &c.to_bytes())
+                    .trim()
+                    .to_owned()
+            })
+            .collect();
     }
 }
 
@@ -277,7 +319,9 @@ mod tests {
     #[test]
     fn non_setup_keys_are_refused() {
         let mut s = ClientState::new(Timestamp(0));
-        let err = s.install_setup_key(ProductKey::mak(1, 2), &Catalog::demo(), Timestamp(0)).expect_err("mak");
+        let err = s
+            .install_setup_key(ProductKey::mak(1, 2), &Catalog::demo(), Timestamp(0))
+            .expect_err("mak");
         assert!(err.to_string().contains("setup key"), "{err}");
     }
 }

@@ -139,7 +139,10 @@ impl Catalog {
         let mut by_sku = HashMap::new();
         for e in raw.editions {
             if !pools_seen.contains_key(&e.pool) {
-                return invalid(format!("edition '{}' names pool {}, which is not listed", e.name, e.pool));
+                return invalid(format!(
+                    "edition '{}' names pool {}, which is not listed",
+                    e.name, e.pool
+                ));
             }
             if e.setup_key.kind() != KeyKind::Setup || e.setup_key != ProductKey::setup_for(e.sku) {
                 return invalid(format!(
@@ -225,7 +228,11 @@ impl Catalog {
 
     /// The newest generation in the catalog.
     pub fn newest_generation(&self) -> u8 {
-        self.editions.iter().map(|e| e.generation).max().unwrap_or(0)
+        self.editions
+            .iter()
+            .map(|e| e.generation)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -237,12 +244,18 @@ mod tests {
     fn demo_catalog_is_valid_and_spans_every_group_and_kind() {
         let c = Catalog::demo();
         for g in KeyGroup::ALL {
-            assert!(c.editions().iter().any(|e| e.group == g), "no edition in {g}");
+            assert!(
+                c.editions().iter().any(|e| e.group == g),
+                "no edition in {g}"
+            );
         }
         assert!(c.editions().iter().any(|e| e.kind == EditionKind::Client));
         assert!(c.editions().iter().any(|e| e.kind == EditionKind::Server));
         for e in c.editions() {
-            assert_eq!(c.edition_by_setup_key(e.setup_key).map(|x| x.sku), Some(e.sku));
+            assert_eq!(
+                c.edition_by_setup_key(e.setup_key).map(|x| x.sku),
+                Some(e.sku)
+            );
         }
     }
 
@@ -265,7 +278,8 @@ mod tests {
 
     #[test]
     fn bad_catalogs_name_the_problem() {
-        let err = Catalog::parse("name = \"x\"\nversion = 1\nbogus = 2\n").expect_err("unknown key");
+        let err =
+            Catalog::parse("name = \"x\"\nversion = 1\nbogus = 2\n").expect_err("unknown key");
         assert!(err.to_string().contains("bogus"), "{err}");
         let sku = Uuid::from_u128(7);
         let text = format!(

@@ -22,6 +22,8 @@ pub struct TableChange {
     pub pool: Uuid,
     /// The table's capacity after the request (R5).
     pub capacity: u32,
+    /// Whether this request raised the capacity (so the store need not rewrite it otherwise).
+    pub capacity_changed: bool,
     /// The requester's CMID and the time it was seen.
     pub upsert: (Uuid, Timestamp),
     /// Entries that expired or gave way.
@@ -82,7 +84,13 @@ impl PoolTable {
 
     /// Records a request from `cmid` for an edition with `threshold` at `now`, and returns the
     /// count (requester included) and what changed.
-    pub fn record(&mut self, pool: Uuid, cmid: Uuid, threshold: u16, now: Timestamp) -> (u32, TableChange) {
+    pub fn record(
+        &mut self,
+        pool: Uuid,
+        cmid: Uuid,
+        threshold: u16,
+        now: Timestamp,
+    ) -> (u32, TableChange) {
         let mut removed = Vec::new();
         // R4: entries not renewed within 30 days are removed. An entry whose last request is
         // exactly 30 days ago has lived its 30 days.
@@ -98,6 +106,7 @@ impl PoolTable {
             }
         }
         // R5: capacity is twice the highest threshold requested so far; it never shrinks.
+        let before = self.capacity;
         self.capacity = self.capacity.max(2 * u32::from(threshold));
         // R4: a renewal refreshes the entry (new 30-day period) without raising the count.
         // A clock that went back never moves an entry's last-seen time backwards.
@@ -111,7 +120,14 @@ impl PoolTable {
             }
         }
         let count = self.last_seen.len() as u32;
-        (count, TableChange { pool, capacity: self.capacity, upsert: (cmid, at), removed })
+        let change = TableChange {
+            pool,
+            capacity: self.capacity,
+            capacity_changed: self.capacity != before,
+            upsert: (cmid, at),
+            removed,
+        };
+        (count, change)
     }
 }
 
@@ -136,8 +152,17 @@ impl CountTables {
     }
 
     /// Records a request (see [`PoolTable::record`]).
-    pub fn record(&mut self, pool: Uuid, cmid: Uuid, threshold: u16, now: Timestamp) -> (u32, TableChange) {
-        self.pools.entry(pool).or_default().record(pool, cmid, threshold, now)
+    pub fn record(
+        &mut self,
+        pool: Uuid,
+        cmid: Uuid,
+        threshold: u16,
+        now: Timestamp,
+    ) -> (u32, TableChange) {
+        self.pools
+            .entry(pool)
+            .or_default()
+            .record(pool, cmid, threshold, now)
     }
 
     /// A pool's table, if any request reached it.
@@ -213,7 +238,10 @@ mod tests {
         assert_eq!(table.count_at(Timestamp(ENTRY_LIFETIME_MS - 1)), 2);
         assert_eq!(table.count_at(Timestamp(ENTRY_LIFETIME_MS)), 1);
         assert!(!table.contains(cmid(1), Timestamp(ENTRY_LIFETIME_MS)));
-        assert_eq!(t.record(POOL, cmid(2), 5, Timestamp(ENTRY_LIFETIME_MS)).0, 1);
+        assert_eq!(
+            t.record(POOL, cmid(2), 5, Timestamp(ENTRY_LIFETIME_MS)).0,
+            1
+        );
     }
 
     // R5: capacity is 2x the highest threshold requested; 10 while only servers asked.
@@ -245,7 +273,10 @@ mod tests {
         let mut t = CountTables::default();
         for n in (0..20).rev() {
             t.record(POOL, cmid(n), 5, Timestamp(0));
-            assert!(t.pool(POOL).is_some_and(|p| p.contains(cmid(n), Timestamp(0))));
+            assert!(
+                t.pool(POOL)
+                    .is_some_and(|p| p.contains(cmid(n), Timestamp(0)))
+            );
         }
     }
 

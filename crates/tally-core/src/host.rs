@@ -8,7 +8,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tally_proto::{
-    ActivationRequest, ActivationResponse, DecodeError, ErrorMessage, LicenseState, Message, ResultCode,
+    ActivationRequest, ActivationResponse, DecodeError, ErrorMessage, LicenseState, Message,
+    ResultCode,
 };
 use uuid::Uuid;
 
@@ -114,7 +115,11 @@ pub struct HostSession {
 impl HostSession {
     /// A session serving `catalog` with `identity`.
     pub fn new(catalog: Arc<Catalog>, identity: HostIdentity, intervals: Intervals) -> Self {
-        Self { catalog, identity, intervals }
+        Self {
+            catalog,
+            identity,
+            intervals,
+        }
     }
 
     /// The host's identity.
@@ -147,20 +152,26 @@ impl HostSession {
                     DecodeError::Frame(_) => ResultCode::FRAME_TOO_LARGE,
                     _ => ResultCode::MALFORMED_REQUEST,
                 };
-                return Outcome::Close { reply: Self::error_frame(code), reason };
+                return Outcome::Close {
+                    reply: Self::error_frame(code),
+                    reason,
+                };
             }
         };
         match msg {
-            Message::CertificateRequest => {
-                Outcome::Reply(Message::CertificateResponse(self.identity.certificate().clone()).encode())
-            }
+            Message::CertificateRequest => Outcome::Reply(
+                Message::CertificateResponse(self.identity.certificate().clone()).encode(),
+            ),
             Message::ActivationRequest(request) => {
                 Outcome::Activation(Box::new(self.activate(request, sha256(frame), now, tables)))
             }
             // A host is never sent responses; a peer that does is not speaking our protocol.
             _ => Outcome::Close {
                 reply: Self::error_frame(ResultCode::MALFORMED_REQUEST),
-                reason: DecodeError::InvalidField { field: "kind", reason: "not a request" },
+                reason: DecodeError::InvalidField {
+                    field: "kind",
+                    reason: "not a request",
+                },
             },
         }
     }
@@ -278,7 +289,14 @@ mod tests {
         let catalog = Arc::new(Catalog::demo());
         let identity = HostIdentity::new(host, cert).expect("matching key");
         Fixture {
-            session: HostSession::new(Arc::clone(&catalog), identity, Intervals { activation: 7, renewal: 99 }),
+            session: HostSession::new(
+                Arc::clone(&catalog),
+                identity,
+                Intervals {
+                    activation: 7,
+                    renewal: 99,
+                },
+            ),
             anchor: TrustAnchor::new(authority.verifying_key()),
             tables: Mutex::new(CountTables::default()),
             clock,
@@ -313,15 +331,20 @@ mod tests {
     /// Sends one request through the session and verifies the answer as a client would.
     fn activate(f: &Fixture, cmid: u128, e: &crate::Edition) -> (ActivationResponse, Changes) {
         let (frame, req) = request(cmid, e);
-        let Outcome::Activation(pending) = f.session.handle(&frame, f.clock.now(), &f.tables) else {
+        let Outcome::Activation(pending) = f.session.handle(&frame, f.clock.now(), &f.tables)
+        else {
             panic!("expected an activation outcome");
         };
         let bytes = f.session.seal(&pending);
         let Ok(Message::ActivationResponse(resp)) = Message::decode(&bytes) else {
             panic!("expected a response");
         };
-        let host = f.anchor.verify_certificate(f.session.identity().certificate(), f.clock.now()).expect("cert");
-        host.verify_response(&resp, &sha256(&frame), &req.nonce, e).expect("response verifies");
+        let host = f
+            .anchor
+            .verify_certificate(f.session.identity().certificate(), f.clock.now())
+            .expect("cert");
+        host.verify_response(&resp, &sha256(&frame), &req.nonce, e)
+            .expect("response verifies");
         (resp, pending.changes)
     }
 
@@ -331,14 +354,23 @@ mod tests {
         let f = fixture(KeyGroup::ServerC);
         let client = edition(&f, EditionKind::Client, KeyGroup::ClientVl);
         let server = edition(&f, EditionKind::Server, KeyGroup::ServerA);
-        let counts: Vec<(u32, bool)> = [(1, &client), (2, &client), (3, &client), (4, &server), (5, &server)]
-            .into_iter()
-            .map(|(n, e)| {
-                let (resp, changes) = activate(&f, n, e);
-                (resp.count, changes.registry.activated)
-            })
-            .collect();
-        assert_eq!(counts, vec![(1, false), (2, false), (3, false), (4, false), (5, true)]);
+        let counts: Vec<(u32, bool)> = [
+            (1, &client),
+            (2, &client),
+            (3, &client),
+            (4, &server),
+            (5, &server),
+        ]
+        .into_iter()
+        .map(|(n, e)| {
+            let (resp, changes) = activate(&f, n, e);
+            (resp.count, changes.registry.activated)
+        })
+        .collect();
+        assert_eq!(
+            counts,
+            vec![(1, false), (2, false), (3, false), (4, false), (5, true)]
+        );
     }
 
     // R4 on a fake clock: entries lapse after 30 days without renewal.
@@ -364,8 +396,14 @@ mod tests {
         assert_eq!((resp.activation_interval, resp.renewal_interval), (7, 99));
         // The same response does not verify for another request (different digest and nonce).
         let (frame2, req2) = request(2, &e);
-        let host = f.anchor.verify_certificate(f.session.identity().certificate(), f.clock.now()).expect("cert");
-        assert_eq!(host.verify_response(&resp, &sha256(&frame2), &req2.nonce, &e), Err(TrustError::NonceMismatch));
+        let host = f
+            .anchor
+            .verify_certificate(f.session.identity().certificate(), f.clock.now())
+            .expect("cert");
+        assert_eq!(
+            host.verify_response(&resp, &sha256(&frame2), &req2.nonce, &e),
+            Err(TrustError::NonceMismatch)
+        );
         let mut tampered = resp.clone();
         tampered.count = 25;
         let (frame1, req1) = request(1, &e);
@@ -397,29 +435,43 @@ mod tests {
         let mut e = edition(&f, EditionKind::Client, KeyGroup::ClientVl);
         e.pool = Uuid::from_u128(5);
         let (frame, _) = request(1, &e);
-        let Outcome::Activation(p) = f.session.handle(&frame, f.clock.now(), &f.tables) else { panic!("activation") };
+        let Outcome::Activation(p) = f.session.handle(&frame, f.clock.now(), &f.tables) else {
+            panic!("activation")
+        };
         assert_eq!(p.response.result, ResultCode::POOL_MISMATCH);
         e.sku = Uuid::from_u128(6);
         let (frame, _) = request(1, &e);
-        let Outcome::Activation(p) = f.session.handle(&frame, f.clock.now(), &f.tables) else { panic!("activation") };
+        let Outcome::Activation(p) = f.session.handle(&frame, f.clock.now(), &f.tables) else {
+            panic!("activation")
+        };
         assert_eq!(p.response.result, ResultCode::UNKNOWN_EDITION);
     }
 
     #[test]
     fn garbage_frames_close_with_an_error_frame() {
         let f = fixture(KeyGroup::ServerC);
-        let Outcome::Close { reply, .. } = f.session.handle(&[0, 2, 1, 0x42], f.clock.now(), &f.tables) else {
+        let Outcome::Close { reply, .. } =
+            f.session.handle(&[0, 2, 1, 0x42], f.clock.now(), &f.tables)
+        else {
             panic!("close")
         };
         assert_eq!(
             Message::decode(&reply),
-            Ok(Message::Error(tally_proto::ErrorMessage { result: ResultCode::MALFORMED_REQUEST }))
+            Ok(Message::Error(tally_proto::ErrorMessage {
+                result: ResultCode::MALFORMED_REQUEST
+            }))
         );
-        let Outcome::Reply(cert) = f.session.handle(&Message::CertificateRequest.encode(), f.clock.now(), &f.tables)
-        else {
+        let Outcome::Reply(cert) = f.session.handle(
+            &Message::CertificateRequest.encode(),
+            f.clock.now(),
+            &f.tables,
+        ) else {
             panic!("certificate")
         };
-        assert!(matches!(Message::decode(&cert), Ok(Message::CertificateResponse(_))));
+        assert!(matches!(
+            Message::decode(&cert),
+            Ok(Message::CertificateResponse(_))
+        ));
     }
 
     #[test]

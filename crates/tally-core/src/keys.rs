@@ -41,7 +41,9 @@ pub enum KeyError {
     #[error("a key has 25 characters (5 groups of 5), this has {0}")]
     Length(usize),
     /// A character outside the alphabet.
-    #[error("character '{0}' at position {1} is not used in keys (valid: BCDFGHJKMPQRTVWXY2346789)")]
+    #[error(
+        "character '{0}' at position {1} is not used in keys (valid: BCDFGHJKMPQRTVWXY2346789)"
+    )]
     Character(char, usize),
     /// The check characters do not match: a typo.
     #[error("the key has a typo: its check characters do not match (re-type it carefully)")]
@@ -216,7 +218,8 @@ impl ProductKey {
                 actual: self.kind(),
             });
         }
-        let group = KeyGroup::from_rank(((self.payload >> 100) & 0b11) as u8).ok_or(KeyError::Invalid)?;
+        let group =
+            KeyGroup::from_rank(((self.payload >> 100) & 0b11) as u8).ok_or(KeyError::Invalid)?;
         Ok(HostKeyFields {
             group,
             generation: ((self.payload >> 96) & 0x0F) as u8,
@@ -343,7 +346,11 @@ mod tests {
 
     fn sample() -> ProductKey {
         ProductKey::host(
-            HostKeyFields { group: KeyGroup::ServerB, generation: 3, serial: 0xDEAD_BEEF },
+            HostKeyFields {
+                group: KeyGroup::ServerB,
+                generation: 3,
+                serial: 0xDEAD_BEEF,
+            },
             0x0123_4567_89AB_CDEF,
         )
     }
@@ -353,15 +360,25 @@ mod tests {
         let text = sample().to_string();
         assert_eq!(text.len(), 29);
         assert!(text.split('-').all(|g| g.len() == 5));
-        assert!(text.bytes().filter(|b| *b != b'-').all(|b| ALPHABET.contains(&b)));
+        assert!(
+            text.bytes()
+                .filter(|b| *b != b'-')
+                .all(|b| ALPHABET.contains(&b))
+        );
         assert_eq!(text.parse::<ProductKey>(), Ok(sample()));
-        assert_eq!(text.to_lowercase().replace('-', " ").parse::<ProductKey>(), Ok(sample()));
+        assert_eq!(
+            text.to_lowercase().replace('-', " ").parse::<ProductKey>(),
+            Ok(sample())
+        );
     }
 
     #[test]
     fn host_fields_round_trip() {
         let f = sample().host_fields().expect("host key");
-        assert_eq!((f.group, f.generation, f.serial), (KeyGroup::ServerB, 3, 0xDEAD_BEEF));
+        assert_eq!(
+            (f.group, f.generation, f.serial),
+            (KeyGroup::ServerB, 3, 0xDEAD_BEEF)
+        );
         assert_eq!(sample().authenticator(), 0x0123_4567_89AB_CDEF);
         assert_eq!(sample().kind(), KeyKind::Host);
     }
@@ -369,14 +386,21 @@ mod tests {
     #[test]
     fn every_single_typo_is_caught() {
         // Exhaustive over one key: every position, every other character.
-        for key in [sample(), ProductKey::setup_for(Uuid::from_u128(42)), ProductKey::mak(9, 1)] {
+        for key in [
+            sample(),
+            ProductKey::setup_for(Uuid::from_u128(42)),
+            ProductKey::mak(9, 1),
+        ] {
             let text: Vec<u8> = key.to_string().bytes().filter(|b| *b != b'-').collect();
             for pos in 0..25 {
                 for &c in ALPHABET.iter().filter(|&&c| c != text[pos]) {
                     let mut typo = text.clone();
                     typo[pos] = c;
                     let typo = String::from_utf8(typo).expect("ascii");
-                    assert!(typo.parse::<ProductKey>().is_err(), "typo at {pos} not caught: {typo}");
+                    assert!(
+                        typo.parse::<ProductKey>().is_err(),
+                        "typo at {pos} not caught: {typo}"
+                    );
                 }
             }
         }
@@ -384,7 +408,11 @@ mod tests {
 
     #[test]
     fn adjacent_swaps_are_caught() {
-        let text: Vec<u8> = sample().to_string().bytes().filter(|b| *b != b'-').collect();
+        let text: Vec<u8> = sample()
+            .to_string()
+            .bytes()
+            .filter(|b| *b != b'-')
+            .collect();
         for pos in 0..24 {
             if text[pos] == text[pos + 1] {
                 continue;
@@ -392,7 +420,10 @@ mod tests {
             let mut swapped = text.clone();
             swapped.swap(pos, pos + 1);
             let swapped = String::from_utf8(swapped).expect("ascii");
-            assert!(swapped.parse::<ProductKey>().is_err(), "swap at {pos} not caught");
+            assert!(
+                swapped.parse::<ProductKey>().is_err(),
+                "swap at {pos} not caught"
+            );
         }
     }
 

@@ -134,8 +134,14 @@ mod tests {
     #[test]
     fn rfc3339_formatting() {
         assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00Z");
-        assert_eq!(Timestamp(1_795_487_332_000).to_rfc3339(), "2026-11-24T02:28:52Z");
-        assert_eq!(Timestamp(951_782_400_000).to_rfc3339(), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            Timestamp(1_795_487_332_000).to_rfc3339(),
+            "2026-11-24T02:28:52Z"
+        );
+        assert_eq!(
+            Timestamp(951_782_400_000).to_rfc3339(),
+            "2000-02-29T00:00:00Z"
+        );
     }
 
     #[test]

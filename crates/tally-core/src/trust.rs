@@ -122,7 +122,10 @@ pub fn dearmor(label: &'static str, text: &str) -> Result<Vec<u8>, FileFormatErr
     if words.next() != Some(label) {
         return Err(FileFormatError::WrongLabel { expected: label });
     }
-    let bytes = words.next().and_then(from_hex).ok_or(FileFormatError::Damaged(label))?;
+    let bytes = words
+        .next()
+        .and_then(from_hex)
+        .ok_or(FileFormatError::Damaged(label))?;
     if words.next().is_some() {
         return Err(FileFormatError::Damaged(label));
     }
@@ -149,14 +152,21 @@ pub mod labels {
 
 /// Parses an authority public key file.
 pub fn parse_authority_public(text: &str) -> Result<TrustAnchor, FileFormatError> {
-    let bytes = fixed::<32>(labels::AUTHORITY_PUBLIC, dearmor(labels::AUTHORITY_PUBLIC, text)?)?;
-    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| FileFormatError::Damaged(labels::AUTHORITY_PUBLIC))?;
+    let bytes = fixed::<32>(
+        labels::AUTHORITY_PUBLIC,
+        dearmor(labels::AUTHORITY_PUBLIC, text)?,
+    )?;
+    let key = VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| FileFormatError::Damaged(labels::AUTHORITY_PUBLIC))?;
     Ok(TrustAnchor::new(key))
 }
 
 /// Parses a secret key file with the given label.
 pub fn parse_secret(label: &'static str, text: &str) -> Result<SigningKey, FileFormatError> {
-    Ok(SigningKey::from_bytes(&fixed::<32>(label, dearmor(label, text)?)?))
+    Ok(SigningKey::from_bytes(&fixed::<32>(
+        label,
+        dearmor(label, text)?,
+    )?))
 }
 
 /// Parses a host public key file.
@@ -167,7 +177,10 @@ pub fn parse_host_public(text: &str) -> Result<VerifyingKey, FileFormatError> {
 
 /// Parses a host certificate file.
 pub fn parse_certificate(text: &str) -> Result<HostCertificate, FileFormatError> {
-    Ok(HostCertificate::from_bytes(&dearmor(labels::HOST_CERTIFICATE, text)?)?)
+    Ok(HostCertificate::from_bytes(&dearmor(
+        labels::HOST_CERTIFICATE,
+        text,
+    )?)?)
 }
 
 /// What a host certificate lets the host activate (R21).
@@ -197,7 +210,10 @@ pub struct TrustAnchor {
 impl TrustAnchor {
     /// Trusts this key.
     pub fn new(key: VerifyingKey) -> Self {
-        Self { id: authority_id(&key), key }
+        Self {
+            id: authority_id(&key),
+            key,
+        }
     }
 
     /// The key.
@@ -206,7 +222,11 @@ impl TrustAnchor {
     }
 
     /// Verifies a host certificate at time `now`.
-    pub fn verify_certificate(&self, cert: &HostCertificate, now: Timestamp) -> Result<VerifiedHost, TrustError> {
+    pub fn verify_certificate(
+        &self,
+        cert: &HostCertificate,
+        now: Timestamp,
+    ) -> Result<VerifiedHost, TrustError> {
         if cert.body.authority_id != self.id {
             return Err(TrustError::UnknownAuthority);
         }
@@ -219,12 +239,17 @@ impl TrustAnchor {
         if now < from || now > until {
             return Err(TrustError::CertificateExpired { from, until });
         }
-        let group = KeyGroup::from_rank(cert.body.key_group).ok_or(TrustError::MalformedCertificate("key group"))?;
-        let key = VerifyingKey::from_bytes(&cert.body.host_key).map_err(|_| TrustError::MalformedCertificate("host key"))?;
+        let group = KeyGroup::from_rank(cert.body.key_group)
+            .ok_or(TrustError::MalformedCertificate("key group"))?;
+        let key = VerifyingKey::from_bytes(&cert.body.host_key)
+            .map_err(|_| TrustError::MalformedCertificate("host key"))?;
         Ok(VerifiedHost {
             key,
             fingerprint: fingerprint(cert),
-            coverage: Coverage { group, generation: cert.body.generation },
+            coverage: Coverage {
+                group,
+                generation: cert.body.generation,
+            },
         })
     }
 }
@@ -318,9 +343,13 @@ impl HostIdentity {
         if key.verifying_key().as_bytes() != &certificate.body.host_key {
             return Err(IdentityError::KeyMismatch);
         }
-        let group = KeyGroup::from_rank(certificate.body.key_group).ok_or(IdentityError::BadGroup)?;
+        let group =
+            KeyGroup::from_rank(certificate.body.key_group).ok_or(IdentityError::BadGroup)?;
         Ok(Self {
-            coverage: Coverage { group, generation: certificate.body.generation },
+            coverage: Coverage {
+                group,
+                generation: certificate.body.generation,
+            },
             fingerprint: fingerprint(&certificate),
             key,
             certificate,
@@ -345,7 +374,10 @@ impl HostIdentity {
     /// Signs a response to the request that hashed to `request_digest`.
     pub fn sign(&self, response: &mut ActivationResponse, request_digest: &[u8; 32]) {
         response.host_fingerprint = self.fingerprint;
-        response.signature = self.key.sign(&response.signed_bytes(request_digest)).to_bytes();
+        response.signature = self
+            .key
+            .sign(&response.signed_bytes(request_digest))
+            .to_bytes();
     }
 }
 

@@ -49,7 +49,11 @@ pub mod fuzzing {
             if let Ok(msg) = Message::decode(&data[..len]) {
                 let bytes = msg.encode();
                 assert_eq!(&bytes[..], &data[..len], "re-encoding differs");
-                assert_eq!(Message::decode(&bytes).ok(), Some(msg), "round trip differs");
+                assert_eq!(
+                    Message::decode(&bytes).ok(),
+                    Some(msg),
+                    "round trip differs"
+                );
             }
         }
     }

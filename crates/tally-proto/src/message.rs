@@ -470,8 +470,16 @@ mod tests {
         let req = Message::ActivationRequest(largest_request()).encode();
         let resp = Message::ActivationResponse(response()).encode();
         let cert = Message::CertificateResponse(certificate()).encode();
-        let err = Message::Error(ErrorMessage { result: ResultCode(u32::MAX) }).encode();
-        for (name, bytes) in [("request", &req), ("response", &resp), ("certificate", &cert), ("error", &err)] {
+        let err = Message::Error(ErrorMessage {
+            result: ResultCode(u32::MAX),
+        })
+        .encode();
+        for (name, bytes) in [
+            ("request", &req),
+            ("response", &resp),
+            ("certificate", &cert),
+            ("error", &err),
+        ] {
             assert!(bytes.len() <= MAX_FRAME, "{name} is {} bytes", bytes.len());
         }
         assert_eq!(req.len(), 4 + 80 + 100);
@@ -485,7 +493,9 @@ mod tests {
             Message::ActivationResponse(response()),
             Message::CertificateRequest,
             Message::CertificateResponse(certificate()),
-            Message::Error(ErrorMessage { result: ResultCode::HOST_BUSY }),
+            Message::Error(ErrorMessage {
+                result: ResultCode::HOST_BUSY,
+            }),
         ] {
             let bytes = msg.encode();
             assert_eq!(Frame::check(&bytes), Ok(Some(bytes.len())));
@@ -496,7 +506,10 @@ mod tests {
     #[test]
     fn r15_oversized_length_prefix_is_refused_before_reading() {
         assert_eq!(Frame::check(&[0x00, 0xF9]), Err(FrameError::TooLarge(251)));
-        assert_eq!(Frame::check(&[0xFF, 0xFF]), Err(FrameError::TooLarge(65537)));
+        assert_eq!(
+            Frame::check(&[0xFF, 0xFF]),
+            Err(FrameError::TooLarge(65537))
+        );
         assert_eq!(Frame::check(&[0x00, 0xF8]), Ok(None));
         assert_eq!(Frame::check(&[0x00, 0x01, 0]), Err(FrameError::TooShort(3)));
         assert_eq!(Frame::check(&[0x00]), Ok(None));
@@ -504,14 +517,20 @@ mod tests {
 
     #[test]
     fn trailing_bytes_and_bad_fields_are_rejected() {
-        let mut bytes = Message::Error(ErrorMessage { result: ResultCode::HOST_BUSY }).encode();
+        let mut bytes = Message::Error(ErrorMessage {
+            result: ResultCode::HOST_BUSY,
+        })
+        .encode();
         bytes.push(0);
         bytes[1] += 1;
         assert_eq!(Message::decode(&bytes), Err(DecodeError::TrailingData(1)));
 
         let mut bytes = Message::CertificateRequest.encode();
         bytes[2] = 9;
-        assert_eq!(Message::decode(&bytes), Err(DecodeError::UnsupportedVersion(9)));
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(DecodeError::UnsupportedVersion(9))
+        );
         bytes[2] = PROTOCOL_VERSION;
         bytes[3] = 0x42;
         assert_eq!(Message::decode(&bytes), Err(DecodeError::UnknownKind(0x42)));

@@ -99,7 +99,9 @@ pub struct HostService {
 
 impl std::fmt::Debug for HostService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostService").field("session", &self.session).finish_non_exhaustive()
+        f.debug_struct("HostService")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
     }
 }
 
@@ -111,7 +113,12 @@ impl HostService {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServerError> {
         let tables = CountTables::from_snapshots(store.load_tables().await?);
-        Ok(Self { session, tables: Mutex::new(tables), store, clock })
+        Ok(Self {
+            session,
+            tables: Mutex::new(tables),
+            store,
+            clock,
+        })
     }
 
     /// The session.
@@ -132,7 +139,11 @@ impl HostService {
             .unwrap_or_else(PoisonError::into_inner)
             .summary(now)
             .into_iter()
-            .map(|(pool, count, capacity)| PoolCount { pool, count, capacity })
+            .map(|(pool, count, capacity)| PoolCount {
+                pool,
+                count,
+                capacity,
+            })
             .collect()
     }
 
@@ -141,7 +152,10 @@ impl HostService {
     pub async fn handle(&self, frame: &[u8], peer: SocketAddr) -> Handled {
         let now = self.clock.now();
         match self.session.handle(frame, now, &self.tables) {
-            Outcome::Reply(reply) => Handled { reply, close: false },
+            Outcome::Reply(reply) => Handled {
+                reply,
+                close: false,
+            },
             Outcome::Close { reply, reason } => {
                 warn!(%peer, %reason, "malformed request; closing connection");
                 Handled { reply, close: true }
@@ -154,7 +168,8 @@ impl HostService {
                     Ok(()) => self.session.seal(&pending),
                     Err(error) => {
                         warn!(%peer, %error, %cmid, "could not store activation; answering storage_failure");
-                        self.session.seal_failure(&pending, ResultCode::STORAGE_FAILURE)
+                        self.session
+                            .seal_failure(&pending, ResultCode::STORAGE_FAILURE)
                     }
                 };
                 // R27: event 12290 for each activation request, with machine name and time.
@@ -170,7 +185,10 @@ impl HostService {
                     time = %now,
                     "activation request"
                 );
-                Handled { reply, close: false }
+                Handled {
+                    reply,
+                    close: false,
+                }
             }
         }
     }
@@ -220,7 +238,10 @@ pub async fn run(
             drop(permit);
         });
     }
-    info!(in_flight = tracker.len(), "shutting down: no new connections; finishing requests in flight");
+    info!(
+        in_flight = tracker.len(),
+        "shutting down: no new connections; finishing requests in flight"
+    );
     tracker.close();
     tracker.wait().await;
     Ok(())
@@ -234,50 +255,53 @@ async fn serve_connection(
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut buf = [0u8; MAX_FRAME];
+    // Room for one whole frame plus the start of a pipelined next one.
+    let mut buf = [0u8; 2 * MAX_FRAME];
+    let mut have = 0usize;
     loop {
-        // Between requests, shutdown wins; once a request has started, it finishes.
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = timeout(config.idle_timeout, stream.read(&mut buf[..2])) => r,
-        };
-        let mut have = match first {
-            Err(_) => return Ok(()), // idle too long
-            Ok(Ok(0)) => return Ok(()), // peer closed
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(e),
-        };
-        if have < 2 {
-            match timeout(config.read_timeout, stream.read_exact(&mut buf[1..2])).await {
-                Ok(Ok(_)) => have = 2,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(()),
+        // Cheap check first (mini-redis `Frame::check`): is a whole frame buffered?
+        let total = match Frame::check(&buf[..have]) {
+            Ok(Some(total)) => total,
+            Ok(None) => {
+                let read = if have == 0 {
+                    // Between requests, shutdown wins; once a request has started, it finishes.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        r = timeout(config.idle_timeout, stream.read(&mut buf[have..])) => r,
+                    }
+                } else {
+                    timeout(config.read_timeout, stream.read(&mut buf[have..])).await
+                };
+                match read {
+                    Ok(Ok(0)) => {
+                        if have > 0 {
+                            debug!(%peer, "peer closed mid-frame");
+                        }
+                        return Ok(());
+                    }
+                    Ok(Ok(n)) => {
+                        have += n;
+                        continue;
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) if have == 0 => return Ok(()), // idle too long
+                    Err(_) => {
+                        warn!(%peer, "request not received within the read timeout; closing connection");
+                        return Ok(());
+                    }
+                }
             }
-        }
-        debug_assert_eq!(have, 2);
-        let total = match Frame::total_len([buf[0], buf[1]]) {
-            Ok(total) => total,
             Err(reason) => {
-                // Refused on the length alone: nothing more is read.
+                // Refused on the length prefix alone: nothing more is read.
                 warn!(%peer, %reason, "oversized or malformed frame; closing connection");
                 let reply = HostSession::error_frame(ResultCode::FRAME_TOO_LARGE);
                 let _ = timeout(config.write_timeout, stream.write_all(&reply)).await;
                 return Ok(());
             }
         };
-        match timeout(config.read_timeout, stream.read_exact(&mut buf[2..total])).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                debug!(%peer, "peer closed mid-frame");
-                return Ok(());
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                warn!(%peer, "request not received within the read timeout; closing connection");
-                return Ok(());
-            }
-        }
         let handled = service.handle(&buf[..total], peer).await;
+        buf.copy_within(total..have, 0);
+        have -= total;
         match timeout(config.write_timeout, stream.write_all(&handled.reply)).await {
             Ok(r) => r?,
             Err(_) => {

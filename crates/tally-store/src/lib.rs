@@ -47,7 +47,9 @@ pub enum StoreError {
         source: Arc<dyn StdError + Send + Sync>,
     },
     /// The database was written by a newer Tally.
-    #[error("database schema version {found} is newer than this Tally supports ({supported}); upgrade Tally")]
+    #[error(
+        "database schema version {found} is newer than this Tally supports ({supported}); upgrade Tally"
+    )]
     TooNew {
         /// Version in the file.
         found: i64,

@@ -52,12 +52,17 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
 fn backend(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |e| StoreError::Backend { operation, source: Arc::new(e) }
+    move |e| StoreError::Backend {
+        operation,
+        source: Arc::new(e),
+    }
 }
 
 fn open_connection(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
@@ -87,12 +92,16 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         .map_err(open_err)?;
     let supported = MIGRATIONS.len() as i64;
     if version > supported {
-        return Err(StoreError::TooNew { found: version, supported });
+        return Err(StoreError::TooNew {
+            found: version,
+            supported,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction().map_err(open_err)?;
         tx.execute_batch(sql).map_err(open_err)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(open_err)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(open_err)?;
         tx.commit().map_err(open_err)?;
     }
     Ok(())
@@ -108,7 +117,10 @@ impl SqliteStore {
         thread::Builder::new()
             .name("tally-sqlite-writer".into())
             .spawn(move || writer_loop(writer, rx))
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), source: Arc::new(e) })?;
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                source: Arc::new(e),
+            })?;
         Ok(Self {
             jobs,
             reader: Arc::new(Mutex::new(reader)),
@@ -160,18 +172,25 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
 }
 
 fn apply(conn: &Connection, changes: &Changes) -> rusqlite::Result<()> {
-    if let Some(t) = &changes.table {
+    if let Some(t) = changes.table.as_ref().filter(|t| t.capacity_changed) {
         conn.prepare_cached(
             "INSERT INTO pool_capacity (pool, capacity) VALUES (?1, ?2)
              ON CONFLICT (pool) DO UPDATE SET capacity = max(capacity, excluded.capacity)",
         )?
         .execute(params![t.pool.as_bytes(), t.capacity])?;
+    }
+    if let Some(t) = &changes.table {
         conn.prepare_cached(
             "INSERT INTO pool_entries (pool, cmid, last_seen) VALUES (?1, ?2, ?3)
              ON CONFLICT (pool, cmid) DO UPDATE SET last_seen = excluded.last_seen",
         )?
-        .execute(params![t.pool.as_bytes(), t.upsert.0.as_bytes(), t.upsert.1.millis()])?;
-        let mut delete = conn.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1 AND cmid = ?2")?;
+        .execute(params![
+            t.pool.as_bytes(),
+            t.upsert.0.as_bytes(),
+            t.upsert.1.millis()
+        ])?;
+        let mut delete =
+            conn.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1 AND cmid = ?2")?;
         for cmid in &t.removed {
             delete.execute(params![t.pool.as_bytes(), cmid.as_bytes()])?;
         }
@@ -203,11 +222,12 @@ fn apply(conn: &Connection, changes: &Changes) -> rusqlite::Result<()> {
 
 fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
     let bytes: Vec<u8> = row.get(idx)?;
-    Uuid::from_slice(&bytes).map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Blob, Box::new(e)))
+    Uuid::from_slice(&bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Blob, Box::new(e))
+    })
 }
 
-const REGISTRY_COLUMNS: &str =
-    "cmid, machine_name, sku, pool, first_seen, last_seen, last_result, last_count, activated, requests";
+const REGISTRY_COLUMNS: &str = "cmid, machine_name, sku, pool, first_seen, last_seen, last_result, last_count, activated, requests";
 
 fn registry_row(row: &Row<'_>) -> rusqlite::Result<RegistryEntry> {
     Ok(RegistryEntry {
@@ -232,7 +252,11 @@ impl Store for SqliteStore {
                 .prepare("SELECT pool, capacity FROM pool_capacity ORDER BY pool")
                 .and_then(|mut s| {
                     s.query_map([], |r| {
-                        Ok(PoolSnapshot { pool: uuid_col(r, 0)?, capacity: r.get(1)?, entries: Vec::new() })
+                        Ok(PoolSnapshot {
+                            pool: uuid_col(r, 0)?,
+                            capacity: r.get(1)?,
+                            entries: Vec::new(),
+                        })
                     })?
                     .collect()
                 })
@@ -242,7 +266,9 @@ impl Store for SqliteStore {
                 .map_err(backend("load entries"))?;
             for snap in &mut snapshots {
                 snap.entries = stmt
-                    .query_map(params![snap.pool.as_bytes()], |r| Ok((uuid_col(r, 0)?, Timestamp(r.get(1)?))))
+                    .query_map(params![snap.pool.as_bytes()], |r| {
+                        Ok((uuid_col(r, 0)?, Timestamp(r.get(1)?)))
+                    })
                     .and_then(Iterator::collect)
                     .map_err(backend("load entries"))?;
             }
@@ -253,7 +279,9 @@ impl Store for SqliteStore {
 
     async fn commit(&self, changes: Changes) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        self.jobs.send(Job { changes, done }).map_err(|_| StoreError::Closed)?;
+        self.jobs
+            .send(Job { changes, done })
+            .map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -273,7 +301,10 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let sql = format!("SELECT {REGISTRY_COLUMNS} FROM registry WHERE cmid = ?1");
             conn.prepare_cached(&sql)
-                .and_then(|mut s| s.query_row(params![cmid.as_bytes()], registry_row).optional())
+                .and_then(|mut s| {
+                    s.query_row(params![cmid.as_bytes()], registry_row)
+                        .optional()
+                })
                 .map_err(backend("read registry"))
         })
         .await
@@ -339,11 +370,29 @@ mod tests {
         }
         let store = SqliteStore::open(&path, Durability::Full).expect("reopen");
         let rebuilt = CountTables::from_snapshots(store.load_tables().await.expect("load"));
-        assert_eq!(rebuilt.summary(Timestamp(100)), tables.summary(Timestamp(100)));
+        assert_eq!(
+            rebuilt.summary(Timestamp(100)),
+            tables.summary(Timestamp(100))
+        );
         assert_eq!(rebuilt.summary(Timestamp(100)), vec![(POOL, 10, 10)]);
-        let page = store.registry(RegistryPage { offset: 0, limit: 3 }).await.expect("page");
-        assert_eq!(page.iter().map(|e| e.machine_name.as_str()).collect::<Vec<_>>(), ["pc-13", "pc-12", "pc-11"]);
-        let e = store.registry_entry(Uuid::from_u128(113)).await.expect("entry").expect("present");
+        let page = store
+            .registry(RegistryPage {
+                offset: 0,
+                limit: 3,
+            })
+            .await
+            .expect("page");
+        assert_eq!(
+            page.iter()
+                .map(|e| e.machine_name.as_str())
+                .collect::<Vec<_>>(),
+            ["pc-13", "pc-12", "pc-11"]
+        );
+        let e = store
+            .registry_entry(Uuid::from_u128(113))
+            .await
+            .expect("entry")
+            .expect("present");
         assert!(e.activated);
         assert_eq!(e.last_count, 10);
     }
@@ -352,7 +401,9 @@ mod tests {
     fn a_newer_schema_is_refused_with_advice() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("tally.db");
-        Connection::open(&path).and_then(|c| c.execute_batch("PRAGMA user_version = 99")).expect("setup");
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch("PRAGMA user_version = 99"))
+            .expect("setup");
         let err = SqliteStore::open(&path, Durability::Full).expect_err("too new");
         assert!(err.to_string().contains("upgrade Tally"), "{err}");
     }

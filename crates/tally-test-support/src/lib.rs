@@ -56,9 +56,19 @@ impl HostProcess {
 
     /// As [`HostProcess::start_dev`], on a given listen address.
     pub fn start_on(bin: &Path, data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
-        let dir = data_dir.to_str().unwrap_or_else(|| panic!("non-UTF-8 path {}", data_dir.display()));
+        let dir = data_dir
+            .to_str()
+            .unwrap_or_else(|| panic!("non-UTF-8 path {}", data_dir.display()));
         let mut child = Command::new(bin)
-            .args(["host", "run", "--dev", "--listen", listen, "--data-dir", dir])
+            .args([
+                "host",
+                "run",
+                "--dev",
+                "--listen",
+                listen,
+                "--data-dir",
+                dir,
+            ])
             .args(extra)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -90,11 +100,19 @@ impl HostProcess {
             Ok(a) => a.parse().unwrap_or_else(|e| panic!("bad address {a}: {e}")),
             Err(_) => {
                 let _ = child.kill();
-                let log = stderr.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let log = stderr
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 panic!("host did not start listening within 20 s; stderr:\n{log}");
             }
         };
-        Self { child, addr, data_dir: data_dir.to_owned(), stderr }
+        Self {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+            stderr,
+        }
     }
 
     /// The host's process id.
@@ -104,7 +122,10 @@ impl HostProcess {
 
     /// What the host logged so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the process is still running.
@@ -120,7 +141,9 @@ impl HostProcess {
 
     /// SIGTERM, then waits up to `limit` for the exit.
     pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

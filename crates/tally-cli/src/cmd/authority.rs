@@ -70,10 +70,18 @@ pub fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 }))?;
             } else {
                 println!("Authority created in {}.", d.display());
-                println!("Give clients {} to trust; keep authority.key secret.", public.display());
+                println!(
+                    "Give clients {} to trust; keep authority.key secret.",
+                    public.display()
+                );
             }
         }
-        AuthorityCommand::IssueHostKey { dir: d, group, generation, json } => {
+        AuthorityCommand::IssueHostKey {
+            dir: d,
+            group,
+            generation,
+            json,
+        } => {
             let authority = dir::load(&d)?;
             let key = authority.issue_host_key(group, generation)?;
             if json {
@@ -87,11 +95,17 @@ pub fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 println!("{key}");
             }
         }
-        AuthorityCommand::Certify { dir: d, host_key, host_pub, out } => {
+        AuthorityCommand::Certify {
+            dir: d,
+            host_key,
+            host_pub,
+            out,
+        } => {
             let authority = dir::load(&d)?;
             let text = std::fs::read_to_string(&host_pub)
                 .with_context(|| format!("cannot read host public key {}", host_pub.display()))?;
-            let public = parse_host_public(&text).with_context(|| format!("{}", host_pub.display()))?;
+            let public =
+                parse_host_public(&text).with_context(|| format!("{}", host_pub.display()))?;
             let cert = authority.certify(host_key, &public, SystemClock.now())?;
             std::fs::write(&out, armor(labels::HOST_CERTIFICATE, &cert.to_bytes()))
                 .with_context(|| format!("cannot write {}", out.display()))?;

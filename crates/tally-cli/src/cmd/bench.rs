@@ -106,7 +106,8 @@ impl Plan {
             return None;
         }
         let n = self.issued.fetch_add(1, Ordering::Relaxed);
-        if self.budget.is_some_and(|b| n >= b) || self.deadline.is_some_and(|d| Instant::now() >= d) {
+        if self.budget.is_some_and(|b| n >= b) || self.deadline.is_some_and(|d| Instant::now() >= d)
+        {
             self.stop.store(true, Ordering::Relaxed);
             return None;
         }
@@ -124,19 +125,33 @@ fn new_hist() -> anyhow::Result<Histogram<u64>> {
 }
 
 async fn one_exchange(stream: &mut TcpStream, plan: &Plan, frame: &[u8]) -> Result<(), String> {
-    stream.write_all(frame).await.map_err(|e| format!("write: {}", e.kind()))?;
+    stream
+        .write_all(frame)
+        .await
+        .map_err(|e| format!("write: {}", e.kind()))?;
     match plan.mode {
         Mode::Baseline => {
             let mut buf = [0u8; MAX_FRAME];
-            stream.read_exact(&mut buf).await.map_err(|e| format!("read: {}", e.kind()))?;
+            stream
+                .read_exact(&mut buf)
+                .await
+                .map_err(|e| format!("read: {}", e.kind()))?;
             Ok(())
         }
         Mode::Host => {
-            let bytes = tally_client::connect::read_frame(stream).await.map_err(|e| format!("read: {}", e.kind()))?;
+            let bytes = tally_client::connect::read_frame(stream)
+                .await
+                .map_err(|e| format!("read: {}", e.kind()))?;
             match Message::decode(&bytes) {
                 Ok(Message::ActivationResponse(r)) if r.result.is_success() => Ok(()),
-                Ok(Message::ActivationResponse(r)) => Err(format!("host result {}", r.result.name().unwrap_or("unknown"))),
-                Ok(Message::Error(e)) => Err(format!("host error {}", e.result.name().unwrap_or("unknown"))),
+                Ok(Message::ActivationResponse(r)) => Err(format!(
+                    "host result {}",
+                    r.result.name().unwrap_or("unknown")
+                )),
+                Ok(Message::Error(e)) => Err(format!(
+                    "host error {}",
+                    e.result.name().unwrap_or("unknown")
+                )),
                 Ok(_) => Err("unexpected message".into()),
                 Err(_) => Err("undecodable response".into()),
             }
@@ -161,7 +176,9 @@ async fn worker(plan: Arc<Plan>, worker: usize) -> anyhow::Result<WorkerResult> 
             let mut stream = match conn.take() {
                 Some(s) => s,
                 None => {
-                    let s = TcpStream::connect(plan.addr).await.map_err(|e| format!("connect: {}", e.kind()))?;
+                    let s = TcpStream::connect(plan.addr)
+                        .await
+                        .map_err(|e| format!("connect: {}", e.kind()))?;
                     let _ = s.set_nodelay(true);
                     s
                 }
@@ -193,7 +210,12 @@ fn rss_mb(pid: u32, field: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-async fn run_load(args: &BenchArgs, mode: Mode, addr: SocketAddr, frames: Vec<Vec<u8>>) -> anyhow::Result<Report> {
+async fn run_load(
+    args: &BenchArgs,
+    mode: Mode,
+    addr: SocketAddr,
+    frames: Vec<Vec<u8>>,
+) -> anyhow::Result<Report> {
     let plan = Arc::new(Plan {
         mode,
         addr,
@@ -201,7 +223,9 @@ async fn run_load(args: &BenchArgs, mode: Mode, addr: SocketAddr, frames: Vec<Ve
         keepalive: args.keepalive,
         deadline: match args.requests {
             Some(_) => None,
-            None => Some(Instant::now() + Duration::from_secs_f64(args.duration.clamp(0.1, 3600.0))),
+            None => {
+                Some(Instant::now() + Duration::from_secs_f64(args.duration.clamp(0.1, 3600.0)))
+            }
         },
         budget: args.requests,
         issued: AtomicU64::new(0),
@@ -212,10 +236,16 @@ async fn run_load(args: &BenchArgs, mode: Mode, addr: SocketAddr, frames: Vec<Ve
         Mode::Host => format!("host {addr}"),
         Mode::Baseline => "baseline".to_owned(),
     };
-    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(args.requests.unwrap_or(0)) };
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.requests.unwrap_or(0))
+    };
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>12} {spinner} {elapsed:>4} {pos:>9} requests  {per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template(
+            "{prefix:>12} {spinner} {elapsed:>4} {pos:>9} requests  {per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.set_prefix(label.clone());
     let started = Instant::now();
@@ -248,7 +278,11 @@ async fn run_load(args: &BenchArgs, mode: Mode, addr: SocketAddr, frames: Vec<Ve
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(Report {
         target: label,
-        connections: if args.keepalive { "keep-alive" } else { "fresh" },
+        connections: if args.keepalive {
+            "keep-alive"
+        } else {
+            "fresh"
+        },
         requests: ok,
         errors: errors_by_kind.values().sum(),
         errors_by_kind,
@@ -285,7 +319,9 @@ async fn baseline_server() -> anyhow::Result<(SocketAddr, tokio::task::JoinHandl
 fn request_frames(args: &BenchArgs) -> anyhow::Result<Vec<Vec<u8>>> {
     let catalog = Catalog::demo();
     let edition = match args.sku {
-        Some(sku) => catalog.edition(sku).with_context(|| format!("sku {sku} is not in the catalog"))?,
+        Some(sku) => catalog
+            .edition(sku)
+            .with_context(|| format!("sku {sku} is not in the catalog"))?,
         None => catalog
             .editions()
             .iter()
@@ -348,7 +384,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "ratio_to_baseline": ratio,
         }))?;
     } else {
-        let mut t = Table::new(&["TARGET", "CONNECTIONS", "REQUESTS", "ERRORS", "REQ/S", "P50 MS", "P99 MS", "P99.9 MS"]);
+        let mut t = Table::new(&[
+            "TARGET",
+            "CONNECTIONS",
+            "REQUESTS",
+            "ERRORS",
+            "REQ/S",
+            "P50 MS",
+            "P99 MS",
+            "P99.9 MS",
+        ]);
         for r in &reports {
             t.row(vec![
                 r.target.clone(),
@@ -375,5 +420,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let failed = reports.last().is_some_and(|r| r.requests == 0);
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -30,7 +30,8 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Catalog> {
     match path {
         None => Ok(Catalog::demo()),
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read catalog {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read catalog {}", p.display()))?;
             Catalog::parse(&text).with_context(|| format!("catalog {}", p.display()))
         }
     }
@@ -64,7 +65,10 @@ struct EditionRow<'a> {
 
 /// Runs a catalog command.
 pub fn run(cmd: CatalogCommand) -> anyhow::Result<ExitCode> {
-    let CatalogCommand::List { catalog, json: as_json } = cmd;
+    let CatalogCommand::List {
+        catalog,
+        json: as_json,
+    } = cmd;
     let catalog = catalog.load()?;
     let rows: Vec<EditionRow<'_>> = catalog
         .editions()
@@ -85,7 +89,15 @@ pub fn run(cmd: CatalogCommand) -> anyhow::Result<ExitCode> {
         json(&rows)?;
     } else {
         println!("{} (version {})\n", catalog.name(), catalog.version());
-        let mut t = Table::new(&["EDITION", "KIND", "POOL", "GROUP", "GEN", "THRESHOLD", "SETUP KEY"]);
+        let mut t = Table::new(&[
+            "EDITION",
+            "KIND",
+            "POOL",
+            "GROUP",
+            "GEN",
+            "THRESHOLD",
+            "SETUP KEY",
+        ]);
         for r in &rows {
             t.row(vec![
                 r.name.to_owned(),

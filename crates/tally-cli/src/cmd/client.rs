@@ -85,7 +85,9 @@ pub fn with_default_port(host: &str) -> String {
 }
 
 fn load_trust(path: Option<&Path>, state_dir: &Path) -> anyhow::Result<TrustAnchor> {
-    let path = path.map(Path::to_path_buf).unwrap_or_else(|| state_dir.join(paths::AUTHORITY_PUB));
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| state_dir.join(paths::AUTHORITY_PUB));
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "no trusted authority key at {}: pass --trust FILE (a `tally host run --dev` host writes \
@@ -98,7 +100,10 @@ fn load_trust(path: Option<&Path>, state_dir: &Path) -> anyhow::Result<TrustAnch
 
 /// Runs a client command.
 pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let dir = args.state_dir.clone().unwrap_or_else(paths::default_client_dir);
+    let dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(paths::default_client_dir);
     let catalog = args.catalog.load()?;
     let clock = SystemClock;
     let now = clock.now();
@@ -124,13 +129,22 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 }))?;
             } else {
                 println!("Installed setup key for {}.", edition.name);
-                println!("Status: {}; activate with: tally client activate --host HOST", state.status);
+                println!(
+                    "Status: {}; activate with: tally client activate --host HOST",
+                    state.status
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Activate { host, machine_name, timeout } => {
+        ClientCommand::Activate {
+            host,
+            machine_name,
+            timeout,
+        } => {
             let Some(edition) = state.edition(&catalog).cloned() else {
-                bail!("no key installed: run `tally client install-key SETUP_KEY` first (see `tally catalog list`)");
+                bail!(
+                    "no key installed: run `tally client install-key SETUP_KEY` first (see `tally catalog list`)"
+                );
             };
             let Some(host) = host else {
                 bail!("no host given: pass --host HOST:PORT");
@@ -154,7 +168,10 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             let (code, exit, result, count) = match &outcome {
                 Ok(answer) => {
                     state.apply_answer(answer, now);
-                    let result = state.last_attempt.as_ref().map_or("unknown".into(), |a| a.result.clone());
+                    let result = state
+                        .last_attempt
+                        .as_ref()
+                        .map_or("unknown".into(), |a| a.result.clone());
                     let exit = if answer.activated {
                         0
                     } else if answer.result.is_success() {
@@ -194,7 +211,9 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
                         edition.name,
                         a.count,
                         edition.threshold,
-                        state.validity_end.map_or_else(|| "?".into(), |t| t.to_string())
+                        state
+                            .validity_end
+                            .map_or_else(|| "?".into(), |t| t.to_string())
                     ),
                     Ok(a) if a.result.is_success() => println!(
                         "Not activated yet: the host counts {} machine(s), {} needs {} (0x{code:08X}). \
@@ -225,7 +244,10 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 }))?;
             } else {
                 println!("CMID:        {}", state.cmid);
-                println!("Edition:     {}", edition.map_or("(no key installed)", |e| e.name.as_str()));
+                println!(
+                    "Edition:     {}",
+                    edition.map_or("(no key installed)", |e| e.name.as_str())
+                );
                 if let Some(k) = state.key {
                     println!("Partial key: {}", k.partial());
                 }
@@ -256,7 +278,10 @@ mod tests {
 
     #[test]
     fn default_port_is_added_only_when_missing() {
-        assert_eq!(with_default_port("kms.example.test"), "kms.example.test:1688");
+        assert_eq!(
+            with_default_port("kms.example.test"),
+            "kms.example.test:1688"
+        );
         assert_eq!(with_default_port("10.0.0.1:99"), "10.0.0.1:99");
         assert_eq!(with_default_port("::1"), "[::1]:1688");
         assert_eq!(with_default_port("[::1]:7"), "[::1]:7");

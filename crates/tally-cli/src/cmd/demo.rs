@@ -49,13 +49,30 @@ struct Row {
 /// Which edition the n-th client (1-based) installs: three clients, then two servers (R3's
 /// example), then alternating, so both thresholds are crossed.
 fn edition_for(n: usize, catalog: &Catalog) -> anyhow::Result<tally_core::Edition> {
-    let pool = catalog.editions().first().context("catalog has no editions")?.pool;
-    let of = |kind| catalog.editions().iter().filter(move |e| e.pool == pool && e.kind == kind);
+    let pool = catalog
+        .editions()
+        .first()
+        .context("catalog has no editions")?
+        .pool;
+    let of = |kind| {
+        catalog
+            .editions()
+            .iter()
+            .filter(move |e| e.pool == pool && e.kind == kind)
+    };
     let clients: Vec<_> = of(EditionKind::Client).collect();
     let servers: Vec<_> = of(EditionKind::Server).collect();
-    anyhow::ensure!(!clients.is_empty() && !servers.is_empty(), "the demo needs client and server editions in one pool");
+    anyhow::ensure!(
+        !clients.is_empty() && !servers.is_empty(),
+        "the demo needs client and server editions in one pool"
+    );
     let server = matches!(n, 4 | 5) || (n > 5 && n % 3 == 0);
-    Ok(if server { servers[n % servers.len()] } else { clients[n % clients.len()] }.clone())
+    Ok(if server {
+        servers[n % servers.len()]
+    } else {
+        clients[n % clients.len()]
+    }
+    .clone())
 }
 
 /// Runs the demo.
@@ -66,16 +83,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let catalog = Catalog::demo();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     dev_bootstrap(dir, &catalog, clock.now())?;
-    let service = build_service(dir, catalog.clone(), Intervals::default(), Durability::Full, Arc::clone(&clock)).await?;
+    let service = build_service(
+        dir,
+        catalog.clone(),
+        Intervals::default(),
+        Durability::Full,
+        Arc::clone(&clock),
+    )
+    .await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(tally_server::run(listener, service, ServerConfig::default(), shutdown.clone()));
+    let server = tokio::spawn(tally_server::run(
+        listener,
+        service,
+        ServerConfig::default(),
+        shutdown.clone(),
+    ));
 
     let anchor = parse_authority_public(&std::fs::read_to_string(dir.join(paths::AUTHORITY_PUB))?)?;
     let connector = Connector::new(anchor, Duration::from_secs(5));
     if !args.json {
-        println!("Tally demo: a dev host on {addr} and {} clients over TCP.", args.clients);
+        println!(
+            "Tally demo: a dev host on {addr} and {} clients over TCP.",
+            args.clients
+        );
         println!("Every client and server edition of one product line shares one count (R3).\n");
     }
     let mut rows = Vec::new();
@@ -120,7 +152,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         json(&rows)?;
     } else {
-        let mut t = Table::new(&["#", "MACHINE", "EDITION", "KIND", "COUNT", "NEEDS", "RESULT"]);
+        let mut t = Table::new(&[
+            "#", "MACHINE", "EDITION", "KIND", "COUNT", "NEEDS", "RESULT",
+        ]);
         for r in &rows {
             t.row(vec![
                 r.step.to_string(),
@@ -129,7 +163,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 r.kind.to_string(),
                 r.count.to_string(),
                 r.threshold.to_string(),
-                if r.activated { "activated".into() } else { "below threshold (grace)".into() },
+                if r.activated {
+                    "activated".into()
+                } else {
+                    "below threshold (grace)".into()
+                },
             ]);
         }
         print!("{}", t.render());

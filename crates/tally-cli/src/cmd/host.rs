@@ -16,7 +16,8 @@ use tally_core::host::{HostSession, Intervals};
 use tally_core::keys::KeyGroup;
 use tally_core::time::{Clock, SystemClock, Timestamp};
 use tally_core::trust::{
-    HostIdentity, armor, generate_key, labels, parse_authority_public, parse_certificate, parse_secret, to_hex,
+    HostIdentity, armor, generate_key, labels, parse_authority_public, parse_certificate,
+    parse_secret, to_hex,
 };
 use tally_server::{HostService, ServerConfig};
 use tally_store::sqlite::{Durability, SqliteStore};
@@ -83,7 +84,9 @@ pub struct DirArgs {
 
 impl DirArgs {
     fn resolve(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(paths::default_host_dir)
+        self.data_dir
+            .clone()
+            .unwrap_or_else(paths::default_host_dir)
     }
 }
 
@@ -166,7 +169,8 @@ fn read_config(path: Option<&Path>) -> anyhow::Result<HostFileConfig> {
     let Some(path) = path else {
         return Ok(toml::from_str("")?);
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))
 }
 
@@ -187,7 +191,10 @@ fn ensure_host_key(dir: &Path) -> anyhow::Result<bool> {
     let key = generate_key();
     authority_dir::write_private(&secret, &armor(labels::HOST_SECRET, &key.to_bytes()))
         .with_context(|| format!("cannot write {}", secret.display()))?;
-    std::fs::write(dir.join(paths::HOST_PUBLIC), armor(labels::HOST_PUBLIC, key.verifying_key().as_bytes()))?;
+    std::fs::write(
+        dir.join(paths::HOST_PUBLIC),
+        armor(labels::HOST_PUBLIC, key.verifying_key().as_bytes()),
+    )?;
     Ok(true)
 }
 
@@ -205,10 +212,19 @@ pub fn dev_bootstrap(dir: &Path, catalog: &Catalog, now: Timestamp) -> anyhow::R
         Err(e) => return Err(e.into()),
     };
     let host_key = authority.issue_host_key(KeyGroup::ServerC, catalog.newest_generation())?;
-    let secret = parse_secret(labels::HOST_SECRET, &std::fs::read_to_string(dir.join(paths::HOST_SECRET))?)?;
+    let secret = parse_secret(
+        labels::HOST_SECRET,
+        &std::fs::read_to_string(dir.join(paths::HOST_SECRET))?,
+    )?;
     let cert = authority.certify(host_key, &secret.verifying_key(), now)?;
-    std::fs::write(dir.join(paths::AUTHORITY_PUB), authority_dir::public_file_text(&authority))?;
-    std::fs::write(dir.join(paths::HOST_CERT), armor(labels::HOST_CERTIFICATE, &cert.to_bytes()))?;
+    std::fs::write(
+        dir.join(paths::AUTHORITY_PUB),
+        authority_dir::public_file_text(&authority),
+    )?;
+    std::fs::write(
+        dir.join(paths::HOST_CERT),
+        armor(labels::HOST_CERTIFICATE, &cert.to_bytes()),
+    )?;
     info!(
         data_dir = %dir.display(),
         host_key = %host_key.partial(),
@@ -232,7 +248,7 @@ pub fn load_identity(dir: &Path) -> anyhow::Result<HostIdentity> {
         .with_context(|| format!("{}", secret_path.display()))?;
     let cert = parse_certificate(&std::fs::read_to_string(&cert_path)?)
         .with_context(|| format!("{}", cert_path.display()))?;
-    Ok(HostIdentity::new(secret, cert).with_context(|| format!("{}", cert_path.display()))?)
+    HostIdentity::new(secret, cert).with_context(|| format!("{}", cert_path.display()))
 }
 
 /// Opens the host database in `dir`.
@@ -261,15 +277,21 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
         }
         HostCommand::InstallCert { dir, file, trust } => {
             let dir = dir.resolve();
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
             let cert = parse_certificate(&text).with_context(|| format!("{}", file.display()))?;
             let secret_path = dir.join(paths::HOST_SECRET);
             let secret = parse_secret(
                 labels::HOST_SECRET,
-                &std::fs::read_to_string(&secret_path)
-                    .with_context(|| format!("no host key in {}: run `tally host init` first", dir.display()))?,
+                &std::fs::read_to_string(&secret_path).with_context(|| {
+                    format!(
+                        "no host key in {}: run `tally host init` first",
+                        dir.display()
+                    )
+                })?,
             )?;
-            HostIdentity::new(secret, cert.clone()).context("this certificate is not for this host")?;
+            HostIdentity::new(secret, cert.clone())
+                .context("this certificate is not for this host")?;
             if let Some(trust) = trust {
                 let anchor_text = std::fs::read_to_string(&trust)?;
                 let anchor = parse_authority_public(&anchor_text)?;
@@ -279,24 +301,42 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
                 std::fs::write(dir.join(paths::AUTHORITY_PUB), anchor_text)?;
             }
             std::fs::write(dir.join(paths::HOST_CERT), text)?;
-            println!("Certificate installed. Start the host with: tally host run --data-dir {}", dir.display());
+            println!(
+                "Certificate installed. Start the host with: tally host run --data-dir {}",
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         HostCommand::Status { dir, json: as_json } => status(&dir.resolve(), as_json).await,
-        HostCommand::Clients { dir, limit, offset, json: as_json } => {
+        HostCommand::Clients {
+            dir,
+            limit,
+            offset,
+            json: as_json,
+        } => {
             let store = open_store(&dir.resolve(), Durability::Full)?;
             let total = store.registry_len().await?;
             let rows = store.registry(RegistryPage { offset, limit }).await?;
             if as_json {
                 json(&serde_json::json!({ "total": total, "offset": offset, "clients": rows }))?;
             } else {
-                let mut t = Table::new(&["MACHINE", "CMID", "EDITION", "LAST SEEN", "COUNT", "ACTIVATED", "REQUESTS"]);
+                let mut t = Table::new(&[
+                    "MACHINE",
+                    "CMID",
+                    "EDITION",
+                    "LAST SEEN",
+                    "COUNT",
+                    "ACTIVATED",
+                    "REQUESTS",
+                ]);
                 let catalog = Catalog::demo();
                 for r in &rows {
                     t.row(vec![
                         r.machine_name.clone(),
                         r.cmid.to_string(),
-                        catalog.edition(r.sku).map_or_else(|| r.sku.to_string(), |e| e.name.clone()),
+                        catalog
+                            .edition(r.sku)
+                            .map_or_else(|| r.sku.to_string(), |e| e.name.clone()),
                         r.last_seen.to_string(),
                         r.last_count.to_string(),
                         if r.activated { "yes" } else { "no" }.to_owned(),
@@ -330,7 +370,9 @@ async fn status(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         .into_iter()
         .map(|(pool, count, capacity)| PoolStatus {
             pool,
-            name: catalog.pool(pool).map_or_else(|| pool.to_string(), |p| p.name.clone()),
+            name: catalog
+                .pool(pool)
+                .map_or_else(|| pool.to_string(), |p| p.name.clone()),
             count,
             capacity,
         })
@@ -364,7 +406,11 @@ async fn status(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         );
         let mut t = Table::new(&["POOL", "COUNT", "TABLE SIZE"]);
         for p in &pools {
-            t.row(vec![p.name.clone(), p.count.to_string(), p.capacity.to_string()]);
+            t.row(vec![
+                p.name.clone(),
+                p.count.to_string(),
+                p.capacity.to_string(),
+            ]);
         }
         print!("{}", t.render());
         println!("Clients in registry: {clients}");
@@ -388,25 +434,41 @@ pub async fn build_service(
 
 async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let file = read_config(args.config.as_deref())?;
-    let dir = args.dir.data_dir.clone().or(file.data_dir).unwrap_or_else(paths::default_host_dir);
+    let dir = args
+        .dir
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(paths::default_host_dir);
     let catalog = load_catalog(args.catalog.catalog.as_deref().or(file.catalog.as_deref()))?;
     let intervals = Intervals {
         activation: check_interval(
             "activation interval",
-            args.activation_interval.or(file.activation_interval).unwrap_or(Intervals::default().activation),
+            args.activation_interval
+                .or(file.activation_interval)
+                .unwrap_or(Intervals::default().activation),
         )?,
         renewal: check_interval(
             "renewal interval",
-            args.renewal_interval.or(file.renewal_interval).unwrap_or(Intervals::default().renewal),
+            args.renewal_interval
+                .or(file.renewal_interval)
+                .unwrap_or(Intervals::default().renewal),
         )?,
     };
-    let durability = match args.durability.or(file.durability).unwrap_or(DurabilityArg::Full) {
+    let durability = match args
+        .durability
+        .or(file.durability)
+        .unwrap_or(DurabilityArg::Full)
+    {
         DurabilityArg::Full => Durability::Full,
         DurabilityArg::Normal => Durability::Normal,
     };
     let listen = args.listen.or(file.listen).unwrap_or_else(default_listen);
     let config = ServerConfig {
-        max_connections: args.max_connections.or(file.max_connections).unwrap_or(1024),
+        max_connections: args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(1024),
         read_timeout: Duration::from_secs(file.read_timeout_secs),
         idle_timeout: Duration::from_secs(file.idle_timeout_secs),
         ..ServerConfig::default()
@@ -416,9 +478,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         dev_bootstrap(&dir, &catalog, clock.now())?;
     }
     let service = build_service(&dir, catalog, intervals, durability, clock).await?;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (port in use, or needs privileges?)"))?;
+    let listener = TcpListener::bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} (port in use, or needs privileges?)")
+    })?;
     let addr = listener.local_addr()?;
     let cov = service.session().identity().coverage();
     info!(

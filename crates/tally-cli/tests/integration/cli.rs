@@ -17,13 +17,26 @@ fn client_activate(root: &Path, name: &str, key: &str, host: &HostProcess) -> (O
     let state = root.join(name);
     let state = state.to_str().expect("utf-8 temp path");
     let out = tally(bin(), &["client", "--state-dir", state, "install-key", key]);
-    assert!(out.status.success(), "install-key failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "install-key failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let trust = host.data_dir.join("authority.pub");
     tally_json(
         bin(),
         &[
-            "client", "--state-dir", state, "--trust", trust.to_str().expect("utf-8"), "--json", "activate",
-            "--host", &host.addr.to_string(), "--machine-name", name,
+            "client",
+            "--state-dir",
+            state,
+            "--trust",
+            trust.to_str().expect("utf-8"),
+            "--json",
+            "activate",
+            "--host",
+            &host.addr.to_string(),
+            "--machine-name",
+            name,
         ],
     )
 }
@@ -35,12 +48,22 @@ fn r3_count_sequence_with_real_host_and_client_processes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
     let mut seen = Vec::new();
-    for (i, key) in [WORKSTATION_PRO, WORKSTATION_PRO, WORKSTATION_PRO, SERVER_WEB, SERVER_DATACENTER]
-        .into_iter()
-        .enumerate()
+    for (i, key) in [
+        WORKSTATION_PRO,
+        WORKSTATION_PRO,
+        WORKSTATION_PRO,
+        SERVER_WEB,
+        SERVER_DATACENTER,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let (code, v) = client_activate(tmp.path(), &format!("pc{i}"), key, &host);
-        seen.push((v["count"].as_u64(), v["result"].as_str().map(str::to_owned), code));
+        seen.push((
+            v["count"].as_u64(),
+            v["result"].as_str().map(str::to_owned),
+            code,
+        ));
     }
     let below = Some("below_threshold".to_owned());
     let activated = Some("activated".to_owned());
@@ -60,7 +83,11 @@ fn r3_count_sequence_with_real_host_and_client_processes() {
         assert_eq!((code, v["count"].as_u64()), (Some(2), Some(i + 1)), "{v}");
     }
     let (code, v) = client_activate(tmp.path(), "pc24", WORKSTATION_PRO, &host);
-    assert_eq!((code, v["count"].as_u64(), v["result"].as_str()), (Some(0), Some(25), Some("activated")), "{v}");
+    assert_eq!(
+        (code, v["count"].as_u64(), v["result"].as_str()),
+        (Some(0), Some(25), Some("activated")),
+        "{v}"
+    );
     assert_eq!(v["code"], "0x00000000");
 
     // R4: the first client renews; the count does not rise, and now it is activated.
@@ -69,26 +96,61 @@ fn r3_count_sequence_with_real_host_and_client_processes() {
     let (code, v) = tally_json(
         bin(),
         &[
-            "client", "--state-dir", state.to_str().expect("utf-8"), "--trust", trust.to_str().expect("utf-8"),
-            "--json", "activate", "--host", &host.addr.to_string(),
+            "client",
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+            "--trust",
+            trust.to_str().expect("utf-8"),
+            "--json",
+            "activate",
+            "--host",
+            &host.addr.to_string(),
         ],
     );
     assert_eq!((code, v["count"].as_u64()), (Some(0), Some(25)), "{v}");
-    let (_, status) = tally_json(bin(), &["client", "--state-dir", state.to_str().expect("utf-8"), "--json", "status"]);
+    let (_, status) = tally_json(
+        bin(),
+        &[
+            "client",
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+            "--json",
+            "status",
+        ],
+    );
     assert_eq!(status["status"], "licensed");
     assert!(status["validity_end"].as_i64().is_some());
 
     // R27: the host logged event 12290 with the machine name.
-    assert!(host.wait_for_log("machine=pc24", Duration::from_secs(5)), "{}", host.stderr());
+    assert!(
+        host.wait_for_log("machine=pc24", Duration::from_secs(5)),
+        "{}",
+        host.stderr()
+    );
     assert!(host.stderr().contains("event_id=12290"));
 
     // R6: the registry has every client; status shows the pool count.
     let (_, clients) = tally_json(
         bin(),
-        &["host", "clients", "--data-dir", host.data_dir.to_str().expect("utf-8"), "--json"],
+        &[
+            "host",
+            "clients",
+            "--data-dir",
+            host.data_dir.to_str().expect("utf-8"),
+            "--json",
+        ],
     );
     assert_eq!(clients["total"], 25);
-    let (_, st) = tally_json(bin(), &["host", "status", "--data-dir", host.data_dir.to_str().expect("utf-8"), "--json"]);
+    let (_, st) = tally_json(
+        bin(),
+        &[
+            "host",
+            "status",
+            "--data-dir",
+            host.data_dir.to_str().expect("utf-8"),
+            "--json",
+        ],
+    );
     assert_eq!(st["pools"][0]["count"], 25);
     assert_eq!(st["pools"][0]["capacity"], 50);
     assert_eq!(st["certificate"]["key_group"], "server-c");
@@ -105,18 +167,32 @@ fn demo_shows_servers_at_5_and_clients_at_25() {
         let threshold = r["threshold"].as_u64().expect("threshold");
         assert_eq!(r["activated"].as_bool(), Some(count >= threshold), "{r}");
     }
-    let counts: Vec<u64> = rows.iter().take(30).filter_map(|r| r["count"].as_u64()).collect();
+    let counts: Vec<u64> = rows
+        .iter()
+        .take(30)
+        .filter_map(|r| r["count"].as_u64())
+        .collect();
     assert_eq!(counts, (1..=30).collect::<Vec<_>>());
-    assert!(rows.iter().any(|r| r["count"] == 5 && r["kind"] == "server" && r["activated"] == true));
-    assert!(rows.iter().any(|r| r["count"] == 25 && r["kind"] == "client" && r["activated"] == true));
+    assert!(
+        rows.iter()
+            .any(|r| r["count"] == 5 && r["kind"] == "server" && r["activated"] == true)
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["count"] == 25 && r["kind"] == "client" && r["activated"] == true)
+    );
 }
 
 #[test]
 fn catalog_list_json_has_every_group() {
     let (code, v) = tally_json(bin(), &["catalog", "list", "--json"]);
     assert_eq!(code, Some(0));
-    let groups: std::collections::BTreeSet<&str> =
-        v.as_array().expect("array").iter().filter_map(|e| e["group"].as_str()).collect();
+    let groups: std::collections::BTreeSet<&str> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["group"].as_str())
+        .collect();
     assert_eq!(groups.len(), 4, "{v}");
 }
 
@@ -124,20 +200,58 @@ fn catalog_list_json_has_every_group() {
 fn client_errors_say_what_to_do() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().to_str().expect("utf-8");
-    let out = tally(bin(), &["client", "--state-dir", state, "activate", "--host", "127.0.0.1:1"]);
+    let out = tally(
+        bin(),
+        &[
+            "client",
+            "--state-dir",
+            state,
+            "activate",
+            "--host",
+            "127.0.0.1:1",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("install-key"));
-    let out = tally(bin(), &["client", "--state-dir", state, "install-key", "BCDFG-HJKMP-QRTVW-XY234-6789B"]);
+    let out = tally(
+        bin(),
+        &[
+            "client",
+            "--state-dir",
+            state,
+            "install-key",
+            "BCDFG-HJKMP-QRTVW-XY234-6789B",
+        ],
+    );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("typo"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("typo"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // An unreachable host is a clear failure with a code, exit 1.
-    tally(bin(), &["client", "--state-dir", state, "install-key", SERVER_WEB]);
+    tally(
+        bin(),
+        &["client", "--state-dir", state, "install-key", SERVER_WEB],
+    );
     let trust = tmp.path().join("authority.pub");
     std::fs::write(&trust, "tally-authority-public-key-v1 d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\n")
         .expect("write");
     let (code, v) = tally_json(
         bin(),
-        &["client", "--state-dir", state, "--trust", trust.to_str().expect("utf-8"), "--json", "activate", "--host", "127.0.0.1:1", "--timeout", "2"],
+        &[
+            "client",
+            "--state-dir",
+            state,
+            "--trust",
+            trust.to_str().expect("utf-8"),
+            "--json",
+            "activate",
+            "--host",
+            "127.0.0.1:1",
+            "--timeout",
+            "2",
+        ],
     );
     assert_eq!(code, Some(1));
     assert_eq!(v["result"], "host_unreachable");
@@ -149,21 +263,74 @@ fn client_errors_say_what_to_do() {
 fn r21_real_host_with_client_group_key_refuses_server_editions() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let p = |s: &str| tmp.path().join(s).to_str().expect("utf-8").to_owned();
-    assert!(tally(bin(), &["authority", "init", "--dir", &p("auth")]).status.success());
-    let (_, key) = tally_json(bin(), &["authority", "issue-host-key", "--dir", &p("auth"), "--group", "client-vl", "--json"]);
+    assert!(
+        tally(bin(), &["authority", "init", "--dir", &p("auth")])
+            .status
+            .success()
+    );
+    let (_, key) = tally_json(
+        bin(),
+        &[
+            "authority",
+            "issue-host-key",
+            "--dir",
+            &p("auth"),
+            "--group",
+            "client-vl",
+            "--json",
+        ],
+    );
     let key = key["key"].as_str().expect("key").to_owned();
-    assert!(tally(bin(), &["host", "init", "--data-dir", &p("host")]).status.success());
+    assert!(
+        tally(bin(), &["host", "init", "--data-dir", &p("host")])
+            .status
+            .success()
+    );
     let out = tally(
         bin(),
-        &["authority", "certify", "--dir", &p("auth"), "--host-key", &key, "--host-pub", &p("host/host.pub"), "--out", &p("host.cert")],
+        &[
+            "authority",
+            "certify",
+            "--dir",
+            &p("auth"),
+            "--host-key",
+            &key,
+            "--host-pub",
+            &p("host/host.pub"),
+            "--out",
+            &p("host.cert"),
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = tally(bin(), &["host", "install-cert", "--data-dir", &p("host"), &p("host.cert"), "--trust", &p("auth/authority.pub")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tally(
+        bin(),
+        &[
+            "host",
+            "install-cert",
+            "--data-dir",
+            &p("host"),
+            &p("host.cert"),
+            "--trust",
+            &p("auth/authority.pub"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // --dev does nothing when a certificate is installed; the host keeps its client-vl group.
     let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
     let (code, v) = client_activate(tmp.path(), "srv", SERVER_WEB, &host);
-    assert_eq!((code, v["result"].as_str()), (Some(1), Some("edition_not_covered")), "{v}");
+    assert_eq!(
+        (code, v["result"].as_str()),
+        (Some(1), Some("edition_not_covered")),
+        "{v}"
+    );
     let (code, v) = client_activate(tmp.path(), "ws", WORKSTATION_PRO, &host);
     assert_eq!((code, v["count"].as_u64()), (Some(2), Some(1)), "{v}");
 }

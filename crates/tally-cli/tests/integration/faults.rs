@@ -21,13 +21,20 @@ use uuid::Uuid;
 use crate::bin;
 
 fn connector(host: &HostProcess) -> Connector {
-    let anchor = parse_authority_public(&std::fs::read_to_string(host.data_dir.join("authority.pub")).expect("read"))
-        .expect("anchor");
+    let anchor = parse_authority_public(
+        &std::fs::read_to_string(host.data_dir.join("authority.pub")).expect("read"),
+    )
+    .expect("anchor");
     Connector::new(anchor, Duration::from_secs(5))
 }
 
 fn server_params() -> ActivationParams {
-    let edition = Catalog::demo().editions().iter().find(|e| e.kind == EditionKind::Server).cloned().expect("server");
+    let edition = Catalog::demo()
+        .editions()
+        .iter()
+        .find(|e| e.kind == EditionKind::Server)
+        .cloned()
+        .expect("server");
     ActivationParams {
         cmid: Uuid::new_v4(),
         edition,
@@ -39,7 +46,9 @@ fn server_params() -> ActivationParams {
 
 /// Sends `bytes`, half-closes, and reads whatever comes back (bounded).
 async fn poke(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let Ok(mut s) = TcpStream::connect(addr).await else { return Vec::new() };
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return Vec::new();
+    };
     let _ = s.write_all(bytes).await;
     let _ = s.shutdown().await;
     let mut out = Vec::new();
@@ -81,7 +90,9 @@ async fn host_survives_a_barrage_of_random_bytes() {
         t.await.expect("join");
     }
     assert!(host.is_running(), "host died; log:\n{}", host.stderr());
-    let answer = connector(&host).activate(&addr.to_string(), &server_params(), SystemClock.now()).await;
+    let answer = connector(&host)
+        .activate(&addr.to_string(), &server_params(), SystemClock.now())
+        .await;
     assert_eq!(answer.expect("still serves").count, 1);
 }
 
@@ -95,9 +106,15 @@ async fn oversized_frame_is_refused_with_an_error_and_closed() {
     let reply = poke(host.addr, &big).await;
     assert_eq!(
         Message::decode(&reply),
-        Ok(Message::Error(tally_proto::ErrorMessage { result: ResultCode::FRAME_TOO_LARGE }))
+        Ok(Message::Error(tally_proto::ErrorMessage {
+            result: ResultCode::FRAME_TOO_LARGE
+        }))
     );
-    assert!(host.wait_for_log("oversized or malformed frame", Duration::from_secs(5)), "{}", host.stderr());
+    assert!(
+        host.wait_for_log("oversized or malformed frame", Duration::from_secs(5)),
+        "{}",
+        host.stderr()
+    );
 }
 
 // Timeouts from the config file: a peer that sends half a frame and stalls is dropped.
@@ -105,18 +122,29 @@ async fn oversized_frame_is_refused_with_an_error_and_closed() {
 async fn stalled_request_is_dropped_after_the_read_timeout() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = tmp.path().join("host.toml");
-    std::fs::write(&config, "read_timeout_secs = 1\nidle_timeout_secs = 2\n").expect("write config");
-    let host = HostProcess::start_dev(bin(), &tmp.path().join("data"), &["--config", config.to_str().expect("utf-8")]);
+    std::fs::write(&config, "read_timeout_secs = 1\nidle_timeout_secs = 2\n")
+        .expect("write config");
+    let host = HostProcess::start_dev(
+        bin(),
+        &tmp.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+    );
     let mut s = TcpStream::connect(host.addr).await.expect("connect");
-    s.write_all(&[0, 100, PROTOCOL_VERSION]).await.expect("write");
+    s.write_all(&[0, 100, PROTOCOL_VERSION])
+        .await
+        .expect("write");
     let started = Instant::now();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed in time");
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed in time");
     assert_eq!(n.ok(), Some(0), "closed without a reply");
     assert!(started.elapsed() >= Duration::from_millis(900));
     // An idle connection is closed too.
     let mut idle = TcpStream::connect(host.addr).await.expect("connect");
-    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await.expect("closed in time");
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .expect("closed in time");
     assert_eq!(n.ok(), Some(0));
 }
 
@@ -131,7 +159,12 @@ async fn kill_9_under_load_loses_no_acknowledged_activation() {
     let addr = host.addr.to_string();
     let mut workers = Vec::new();
     for _ in 0..16 {
-        let (c, acked, stop, addr) = (Arc::clone(&c), Arc::clone(&acked), Arc::clone(&stop), addr.clone());
+        let (c, acked, stop, addr) = (
+            Arc::clone(&c),
+            Arc::clone(&acked),
+            Arc::clone(&stop),
+            addr.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(20);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
@@ -157,15 +190,29 @@ async fn kill_9_under_load_loses_no_acknowledged_activation() {
         w.await.expect("join");
     }
     let acked = acked.lock().await.clone();
-    assert!(acked.len() >= 100, "too little load before the kill: {}", acked.len());
+    assert!(
+        acked.len() >= 100,
+        "too little load before the kill: {}",
+        acked.len()
+    );
 
     // Restart on the same data: it recovers and serves.
     let host = HostProcess::start_dev(bin(), tmp.path(), &[]);
-    let after = connector(&host).activate(&host.addr.to_string(), &server_params(), SystemClock.now()).await;
+    let after = connector(&host)
+        .activate(&host.addr.to_string(), &server_params(), SystemClock.now())
+        .await;
     assert!(after.expect("serves after restart").activated);
     let (_, clients) = tally_json(
         bin(),
-        &["host", "clients", "--data-dir", tmp.path().to_str().expect("utf-8"), "--limit", "1000000", "--json"],
+        &[
+            "host",
+            "clients",
+            "--data-dir",
+            tmp.path().to_str().expect("utf-8"),
+            "--limit",
+            "1000000",
+            "--json",
+        ],
     );
     let stored: HashSet<Uuid> = clients["clients"]
         .as_array()
@@ -175,7 +222,12 @@ async fn kill_9_under_load_loses_no_acknowledged_activation() {
         .filter_map(|c| c["cmid"].as_str().and_then(|s| s.parse().ok()))
         .collect();
     let lost: Vec<_> = acked.difference(&stored).collect();
-    assert!(lost.is_empty(), "{} acknowledged activations lost of {}: {lost:?}", lost.len(), acked.len());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged activations lost of {}: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
 }
 
 // SIGTERM: the host stops accepting, finishes, logs, and exits 0.
@@ -183,7 +235,13 @@ async fn kill_9_under_load_loses_no_acknowledged_activation() {
 fn sigterm_stops_the_host_gracefully() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut host = HostProcess::start_dev(bin(), tmp.path(), &[]);
-    let status = host.terminate(Duration::from_secs(10)).expect("exits within 10 s");
+    let status = host
+        .terminate(Duration::from_secs(10))
+        .expect("exits within 10 s");
     assert!(status.success(), "{status:?}");
-    assert!(host.wait_for_log("host stopped", Duration::from_secs(2)), "{}", host.stderr());
+    assert!(
+        host.wait_for_log("host stopped", Duration::from_secs(2)),
+        "{}",
+        host.stderr()
+    );
 }

@@ -1,6 +1,9 @@
 //! Integration tests of the `tally` binary: real processes over real TCP on loopback.
 //! One test binary for the crate (ripgrep/hickory style); modules by theme.
 
+// Test code: a failed expectation is a test failure, which is what `expect` reports.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
 mod faults;
 mod trust;

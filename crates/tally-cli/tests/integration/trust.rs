@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use tally_authority::Authority;
 use tally_client::{ActivationParams, ClientError, Connector};
-use tally_core::host::{HostSession, Intervals, Outcome};
 use tally_core::counting::CountTables;
+use tally_core::host::{HostSession, Intervals, Outcome};
 use tally_core::keys::KeyGroup;
 use tally_core::time::{Clock, SystemClock};
-use tally_core::trust::{HostIdentity, TrustAnchor, TrustError, generate_key, parse_authority_public};
+use tally_core::trust::{
+    HostIdentity, TrustAnchor, TrustError, generate_key, parse_authority_public,
+};
 use tally_core::{Catalog, EditionKind};
 use tally_proto::{LicenseState, MachineName, Message, ResultCode};
 use tally_test_support::HostProcess;
@@ -55,17 +57,22 @@ where
         while let Ok((mut client, _)) = listener.accept().await {
             let edit = Arc::clone(&edit);
             tokio::spawn(async move {
-                let Ok(mut host) = TcpStream::connect(upstream).await else { return };
+                let Ok(mut host) = TcpStream::connect(upstream).await else {
+                    return;
+                };
                 while let Some(req) = read_frame(&mut client).await {
                     if host.write_all(&req).await.is_err() {
                         return;
                     }
-                    let Some(resp) = read_frame(&mut host).await else { return };
-                    let resp = if matches!(Message::decode(&resp), Ok(Message::ActivationResponse(_))) {
-                        edit(resp)
-                    } else {
-                        resp
+                    let Some(resp) = read_frame(&mut host).await else {
+                        return;
                     };
+                    let resp =
+                        if matches!(Message::decode(&resp), Ok(Message::ActivationResponse(_))) {
+                            edit(resp)
+                        } else {
+                            resp
+                        };
                     if client.write_all(&resp).await.is_err() {
                         return;
                     }
@@ -77,8 +84,10 @@ where
 }
 
 fn anchor_of(host: &HostProcess) -> TrustAnchor {
-    parse_authority_public(&std::fs::read_to_string(host.data_dir.join("authority.pub")).expect("read"))
-        .expect("authority key")
+    parse_authority_public(
+        &std::fs::read_to_string(host.data_dir.join("authority.pub")).expect("read"),
+    )
+    .expect("authority key")
 }
 
 // R16: a count altered in transit fails the signature check.
@@ -94,10 +103,19 @@ async fn r16_forged_count_is_rejected() {
     .await;
     let c = Connector::new(anchor_of(&host), Duration::from_secs(5));
     let p = params(EditionKind::Client, KeyGroup::ClientVl);
-    let err = c.activate(&proxy.to_string(), &p, SystemClock.now()).await.expect_err("forged");
-    assert!(matches!(err, ClientError::Trust(TrustError::BadResponseSignature)), "{err}");
+    let err = c
+        .activate(&proxy.to_string(), &p, SystemClock.now())
+        .await
+        .expect_err("forged");
+    assert!(
+        matches!(err, ClientError::Trust(TrustError::BadResponseSignature)),
+        "{err}"
+    );
     // The same client through no proxy is fine.
-    let ok = c.activate(&host.addr.to_string(), &p, SystemClock.now()).await.expect("genuine");
+    let ok = c
+        .activate(&host.addr.to_string(), &p, SystemClock.now())
+        .await
+        .expect("genuine");
     assert_eq!(ok.count, 1);
 }
 
@@ -115,16 +133,28 @@ async fn r16_replayed_response_is_rejected() {
     .await;
     let c = Connector::new(anchor_of(&host), Duration::from_secs(5));
     let p = params(EditionKind::Server, KeyGroup::ServerA);
-    c.activate(&proxy.to_string(), &p, SystemClock.now()).await.expect("first response is genuine");
-    let err = c.activate(&proxy.to_string(), &p, SystemClock.now()).await.expect_err("replay");
-    assert!(matches!(err, ClientError::Trust(TrustError::NonceMismatch)), "{err}");
+    c.activate(&proxy.to_string(), &p, SystemClock.now())
+        .await
+        .expect("first response is genuine");
+    let err = c
+        .activate(&proxy.to_string(), &p, SystemClock.now())
+        .await
+        .expect_err("replay");
+    assert!(
+        matches!(err, ClientError::Trust(TrustError::NonceMismatch)),
+        "{err}"
+    );
 }
 
 /// A host served by `identity`, optionally lying about the count.
 async fn rogue_host(identity: HostIdentity, lie: Option<u32>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let session = Arc::new(HostSession::new(Arc::new(Catalog::demo()), identity, Intervals::default()));
+    let session = Arc::new(HostSession::new(
+        Arc::new(Catalog::demo()),
+        identity,
+        Intervals::default(),
+    ));
     let tables = Arc::new(std::sync::Mutex::new(CountTables::default()));
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
@@ -159,15 +189,26 @@ async fn r16_host_of_another_authority_is_rejected() {
     let stranger = Authority::generate();
     let host_key = generate_key();
     let cert = stranger
-        .certify(stranger.issue_host_key(KeyGroup::ServerC, 1).expect("key"), &host_key.verifying_key(), SystemClock.now())
+        .certify(
+            stranger.issue_host_key(KeyGroup::ServerC, 1).expect("key"),
+            &host_key.verifying_key(),
+            SystemClock.now(),
+        )
         .expect("cert");
     let addr = rogue_host(HostIdentity::new(host_key, cert).expect("identity"), None).await;
     let c = Connector::new(TrustAnchor::new(trusted.public()), Duration::from_secs(5));
     let err = c
-        .activate(&addr.to_string(), &params(EditionKind::Server, KeyGroup::ServerA), SystemClock.now())
+        .activate(
+            &addr.to_string(),
+            &params(EditionKind::Server, KeyGroup::ServerA),
+            SystemClock.now(),
+        )
         .await
         .expect_err("untrusted");
-    assert!(matches!(err, ClientError::Trust(TrustError::UnknownAuthority)), "{err}");
+    assert!(
+        matches!(err, ClientError::Trust(TrustError::UnknownAuthority)),
+        "{err}"
+    );
 }
 
 // R16 + R21: a genuine client-vl host that signs a count for a server edition is rejected.
@@ -176,18 +217,42 @@ async fn r16_r21_wrong_group_response_is_rejected() {
     let authority = Authority::generate();
     let host_key = generate_key();
     let cert = authority
-        .certify(authority.issue_host_key(KeyGroup::ClientVl, 1).expect("key"), &host_key.verifying_key(), SystemClock.now())
+        .certify(
+            authority
+                .issue_host_key(KeyGroup::ClientVl, 1)
+                .expect("key"),
+            &host_key.verifying_key(),
+            SystemClock.now(),
+        )
         .expect("cert");
-    let addr = rogue_host(HostIdentity::new(host_key, cert).expect("identity"), Some(50)).await;
+    let addr = rogue_host(
+        HostIdentity::new(host_key, cert).expect("identity"),
+        Some(50),
+    )
+    .await;
     let c = Connector::new(TrustAnchor::new(authority.public()), Duration::from_secs(5));
     let err = c
-        .activate(&addr.to_string(), &params(EditionKind::Server, KeyGroup::ServerC), SystemClock.now())
+        .activate(
+            &addr.to_string(),
+            &params(EditionKind::Server, KeyGroup::ServerC),
+            SystemClock.now(),
+        )
         .await
         .expect_err("group does not cover");
-    assert!(matches!(err, ClientError::Trust(TrustError::GroupDoesNotCover { .. })), "{err}");
+    assert!(
+        matches!(
+            err,
+            ClientError::Trust(TrustError::GroupDoesNotCover { .. })
+        ),
+        "{err}"
+    );
     // Its client-vl editions are fine.
     let ok = c
-        .activate(&addr.to_string(), &params(EditionKind::Client, KeyGroup::ClientVl), SystemClock.now())
+        .activate(
+            &addr.to_string(),
+            &params(EditionKind::Client, KeyGroup::ClientVl),
+            SystemClock.now(),
+        )
         .await
         .expect("covered");
     assert_eq!(ok.count, 50);
