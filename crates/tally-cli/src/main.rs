@@ -49,8 +49,13 @@ enum Command {
     /// Run and administer an activation host.
     #[command(subcommand)]
     Host(cmd::host::HostCommand),
-    /// Activate this machine against a host.
+    /// License this installation: install a key, activate, status, rearm, generalize.
     Client(cmd::client::ClientArgs),
+    /// The long-running client service: activates and renews on its timers.
+    #[command(subcommand)]
+    Agent(cmd::agent::AgentCommand),
+    /// Admin-familiar aliases: `tally slmgr /ipk KEY`, `/ato`, `/dli`, `/skms HOST`, `/rearm`, …
+    Slmgr(cmd::slmgr::SlmgrArgs),
     /// The vendor's authority: root key, host keys, host certificates.
     #[command(subcommand)]
     Authority(cmd::authority::AuthorityCommand),
@@ -91,7 +96,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The host logs its events at info; one-shot commands only warn unless asked.
     let default_level = match &cli.command {
-        Command::Host(cmd::host::HostCommand::Run(_)) => "info",
+        Command::Host(cmd::host::HostCommand::Run(_)) | Command::Agent(_) => "info",
         _ => "warn",
     };
     let _log_guard = init_tracing(&cli, default_level);
@@ -110,6 +115,8 @@ fn main() -> ExitCode {
             Command::Demo(args) => cmd::demo::run(args).await,
             Command::Host(c) => cmd::host::run(c).await,
             Command::Client(args) => cmd::client::run(args).await,
+            Command::Agent(c) => cmd::agent::run(c).await,
+            Command::Slmgr(args) => cmd::slmgr::run(args).await,
             Command::Authority(c) => cmd::authority::run(c),
             Command::Catalog(c) => cmd::catalog::run(c),
             Command::Bench(args) => cmd::bench::run(args).await,

@@ -34,13 +34,3 @@ pub fn default_host_dir() -> PathBuf {
 pub fn default_client_dir() -> PathBuf {
     data_home().join("tally/client")
 }
-
-/// This machine's name, as the client reports it (R27).
-pub fn machine_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
-}

@@ -20,6 +20,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use uuid::Uuid;
 
+use crate::codes;
+
 /// Why an activation attempt failed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -71,26 +73,20 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// A stable code for this failure, like the codes hosts send (see `docs/PROTOCOL.md`).
-    pub fn code(&self) -> ResultCode {
+    /// A stable code for this failure (see `docs/PROTOCOL.md`).
+    pub fn code(&self) -> u32 {
         match self {
-            Self::Resolve { .. } | Self::Connect { .. } => ResultCode(0xC7A1_0101),
-            Self::Timeout { .. } | Self::Io { .. } => ResultCode(0xC7A1_0102),
-            Self::Protocol(_) | Self::Unexpected(_) => ResultCode(0xC7A1_0103),
-            Self::Rejected(code) => *code,
-            Self::Trust(_) => ResultCode(0xC7A1_0104),
+            Self::Resolve { .. } | Self::Connect { .. } => codes::HOST_UNREACHABLE,
+            Self::Timeout { .. } | Self::Io { .. } => codes::HOST_TIMEOUT,
+            Self::Protocol(_) | Self::Unexpected(_) => codes::PROTOCOL_ERROR,
+            Self::Rejected(code) => code.0,
+            Self::Trust(_) => codes::UNTRUSTED_RESPONSE,
         }
     }
 
     /// The snake_case name of [`ClientError::code`].
     pub fn code_name(&self) -> &'static str {
-        match self {
-            Self::Resolve { .. } | Self::Connect { .. } => "host_unreachable",
-            Self::Timeout { .. } | Self::Io { .. } => "host_timeout",
-            Self::Protocol(_) | Self::Unexpected(_) => "protocol_error",
-            Self::Rejected(code) => code.name().unwrap_or("rejected"),
-            Self::Trust(_) => "untrusted_response",
-        }
+        codes::name(self.code())
     }
 }
 
@@ -220,8 +216,8 @@ impl Connector {
             // R2: activated once the count reaches the edition's threshold.
             activated: response.result.is_success() && response.count >= u32::from(threshold),
             intervals: Intervals {
-                activation: response.activation_interval,
-                renewal: response.renewal_interval,
+                activation_secs: response.activation_interval_secs,
+                renewal_secs: response.renewal_interval_secs,
             },
             host_time: Timestamp(response.host_time),
         })

@@ -1,16 +1,29 @@
-//! Tally's client library: what the vendor's software uses to activate against a host.
+//! Tally's client library: what the vendor's software uses to license an installation.
 //!
-//! [`Connector::activate`] sends one activation request over TCP, verifies the response's
-//! chain to the trusted authority key, its nonce and signature over the exact request sent, and
-//! that the host's key group covers the edition (R16, R21), then applies R2: activated when the
-//! count reaches the edition's threshold.
+//! Most applications need only [`Licensing`]: `status()` ("licensed? days left?") and
+//! `activate()`, answered by the local agent when it runs and from the state directory when it
+//! does not. Underneath, [`Connector::activate`] sends one activation request over TCP and
+//! verifies the response's chain to the trusted authority key, its nonce and signature over the
+//! exact request sent, and that the host's key group covers the edition (R16, R21), then
+//! applies R2: activated when the count reaches the edition's threshold.
 //!
 //! # Layout
+//! - [`agent`]: the agent socket protocol and [`Licensing`].
+//! - [`ops`]: operations on a state directory ([`ops::Client`]), shared by agent and CLI.
 //! - [`connect`]: the [`Connector`] and the wire exchange.
-//! - [`state`]: the client's persistent state file.
+//! - [`state`]: the locked, atomically written state file.
+//! - [`hardware`]: the hardware probe (R12).
+//! - [`codes`]: client-side result codes (R14).
 
+pub mod agent;
+pub mod codes;
 pub mod connect;
+pub mod hardware;
+pub mod ops;
 pub mod state;
 
+pub use agent::Licensing;
 pub use connect::{ActivationParams, Answer, ClientError, Connector};
-pub use state::{ClientState, LicenseStatus, StateError};
+pub use ops::{OpResult, StatusReport};
+pub use state::{ClientState, StateError};
+pub use tally_core::lifecycle::LicenseStatus;

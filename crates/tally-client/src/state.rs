@@ -1,7 +1,9 @@
 //! The client's persistent state: `state.json` in the client's state directory.
 //!
-//! Written atomically (temporary file, fsync, rename), so a crash leaves either the old or the
-//! new state, never a torn file.
+//! Every change goes through [`ClientState::update`]: take an exclusive lock on
+//! `state.lock`, read, change, write a temporary file, fsync, rename. So the agent and any
+//! `tally client` command never corrupt the state together, and a crash leaves either the old
+//! or the new state, never a torn file.
 
 use std::fs;
 use std::io::Write;
@@ -9,22 +11,22 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tally_core::catalog::{Catalog, Edition};
-use tally_core::host::Intervals;
+use tally_core::hardware::Hardware;
 use tally_core::keys::{KeyKind, ProductKey};
+use tally_core::lifecycle::{AttemptOutcome, License, LicenseStatus, LifecycleError};
 use tally_core::time::Timestamp;
 use tally_core::trust::{armor, labels, parse_certificate};
-use tally_proto::{HostCertificate, LicenseState};
+use tally_proto::HostCertificate;
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::codes;
 use crate::connect::Answer;
 
 /// File name inside the state directory.
 pub const STATE_FILE: &str = "state.json";
-/// R10: initial grace period.
-pub const GRACE_DAYS: i64 = 30;
-/// R7: validity after a successful activation or renewal.
-pub const VALIDITY_DAYS: i64 = 180;
+/// Lock file name inside the state directory.
+pub const LOCK_FILE: &str = "state.lock";
 
 /// Why the state could not be read, written or changed.
 #[derive(Debug, Error)]
@@ -39,7 +41,7 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// The file is not valid state.
-    #[error("client state file {path} is damaged: {source}")]
+    #[error("client state file {path} is damaged ({source}); move it away to start afresh")]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -49,41 +51,18 @@ pub enum StateError {
     /// A key that this client cannot use.
     #[error("{0}")]
     Key(String),
+    /// A lifecycle rule refused the operation.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
 }
 
-/// The client's licensing status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LicenseStatus {
-    /// No key installed.
-    Unlicensed,
-    /// Working unactivated within grace (R10).
-    InitialGrace,
-    /// Activated (R2) and within validity (R7).
-    Licensed,
-    /// Grace or validity ran out (R10).
-    Notification,
-}
-
-impl std::fmt::Display for LicenseStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Unlicensed => "unlicensed",
-            Self::InitialGrace => "initial grace",
-            Self::Licensed => "licensed",
-            Self::Notification => "notification",
-        })
-    }
-}
-
-impl LicenseStatus {
-    /// The wire form sent to hosts.
-    pub fn wire(self) -> LicenseState {
+impl StateError {
+    /// The stable result code of this error (see `docs/PROTOCOL.md`).
+    pub fn code(&self) -> u32 {
         match self {
-            Self::Unlicensed => LicenseState::Unlicensed,
-            Self::InitialGrace => LicenseState::InitialGrace,
-            Self::Licensed => LicenseState::Licensed,
-            Self::Notification => LicenseState::Notification,
+            Self::Lifecycle(LifecycleError::NoRearmLeft) => codes::NO_REARM_LEFT,
+            Self::Lifecycle(_) | Self::Key(_) => codes::KEY_NOT_USABLE,
+            Self::Io { .. } | Self::Corrupt { .. } => codes::STATE_UNAVAILABLE,
         }
     }
 }
@@ -93,7 +72,7 @@ impl LicenseStatus {
 pub struct Attempt {
     /// When.
     pub at: Timestamp,
-    /// Which host (address) answered, if any.
+    /// Which host answered or was tried.
     pub host: Option<String>,
     /// `activated`, `below_threshold`, or an error code name.
     pub result: String,
@@ -107,7 +86,7 @@ pub struct Attempt {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientState {
-    /// Random 128-bit client machine id, made at install time.
+    /// Random 128-bit client machine id, made at install time (and by generalize, R11).
     pub cmid: Uuid,
     /// When this installation was made.
     pub installed_at: Timestamp,
@@ -115,19 +94,24 @@ pub struct ClientState {
     pub key: Option<ProductKey>,
     /// The edition that key belongs to.
     pub sku: Option<Uuid>,
-    /// Current status.
-    pub status: LicenseStatus,
-    /// End of the grace period (R10).
-    pub grace_end: Option<Timestamp>,
-    /// End of validity (R7).
-    pub validity_end: Option<Timestamp>,
-    /// Intervals last sent by a host (R9).
-    pub intervals: Option<(u32, u32)>,
+    /// Licensing status and timers (R7–R12).
+    pub license: License,
+    /// A host set by hand (R20): turns discovery off.
+    pub manual_host: Option<String>,
+    /// The host that answered last (R19); cleared when a host is set by hand (R20).
+    pub cached_host: Option<String>,
     /// The latest attempt.
     pub last_attempt: Option<Attempt>,
     /// Host certificates verified before (armored), so later activations skip the fetch.
     #[serde(default)]
     pub host_certificates: Vec<String>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 impl ClientState {
@@ -138,22 +122,27 @@ impl ClientState {
             installed_at: now,
             key: None,
             sku: None,
-            status: LicenseStatus::Unlicensed,
-            grace_end: None,
-            validity_end: None,
-            intervals: None,
+            license: License::default(),
+            manual_host: None,
+            cached_host: None,
             last_attempt: None,
             host_certificates: Vec::new(),
         }
     }
 
-    fn path(dir: &Path) -> PathBuf {
-        dir.join(STATE_FILE)
+    fn open_lock(dir: &Path) -> Result<fs::File, StateError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(LOCK_FILE);
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))
     }
 
-    /// Loads the state in `dir`, or makes a fresh one (not yet saved) if there is none.
-    pub fn load_or_new(dir: &Path, now: Timestamp) -> Result<Self, StateError> {
-        let path = Self::path(dir);
+    fn read_unlocked(dir: &Path, now: Timestamp) -> Result<Self, StateError> {
+        let path = dir.join(STATE_FILE);
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|source| StateError::Corrupt { path, source }),
@@ -162,24 +151,47 @@ impl ClientState {
         }
     }
 
-    /// Saves atomically into `dir` (created if missing).
-    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let path = Self::path(dir);
-        let io = |source| StateError::Io {
-            path: path.clone(),
-            source,
-        };
-        fs::create_dir_all(dir).map_err(io)?;
+    fn write_unlocked(&self, dir: &Path) -> Result<(), StateError> {
+        let path = dir.join(STATE_FILE);
         let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
         let json = serde_json::to_vec_pretty(self).map_err(|source| StateError::Corrupt {
             path: path.clone(),
             source,
         })?;
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&json).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)?;
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&json).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
         Ok(())
+    }
+
+    /// Reads the state in `dir` under a shared lock (a fresh, unsaved state if there is none).
+    pub fn load(dir: &Path, now: Timestamp) -> Result<Self, StateError> {
+        let lock = Self::open_lock(dir)?;
+        lock.lock_shared().map_err(io(dir))?;
+        let state = Self::read_unlocked(dir, now);
+        drop(lock);
+        state
+    }
+
+    /// Reads, changes and saves the state in `dir` under an exclusive lock. `f`'s error aborts
+    /// without saving, except where `f` wants the change kept regardless (return `Ok` then).
+    pub fn update<R, E>(
+        dir: &Path,
+        now: Timestamp,
+        f: impl FnOnce(&mut Self) -> Result<R, E>,
+    ) -> Result<R, E>
+    where
+        E: From<StateError>,
+    {
+        let lock = Self::open_lock(dir)?;
+        lock.lock().map_err(io(dir)).map_err(E::from)?;
+        let mut state = Self::read_unlocked(dir, now)?;
+        let out = f(&mut state)?;
+        state.license.refresh(now);
+        state.write_unlocked(dir)?;
+        drop(lock);
+        Ok(out)
     }
 
     /// Installs a setup key: the installation becomes a host-activated client of that edition
@@ -192,7 +204,7 @@ impl ClientState {
     ) -> Result<&'c Edition, StateError> {
         if key.kind() != KeyKind::Setup {
             return Err(StateError::Key(format!(
-                "this is a {} key; clients install an edition's setup key",
+                "this is a {} key; clients install an edition's setup key (see `tally catalog list`)",
                 key.kind()
             )));
         }
@@ -202,13 +214,23 @@ impl ClientState {
             )
         })?;
         if self.sku != Some(edition.sku) {
-            self.validity_end = None;
-            self.status = LicenseStatus::InitialGrace;
-            self.grace_end = Some(now.plus_days(GRACE_DAYS));
+            let rearms = self.license.rearms_left;
+            self.license = License {
+                rearms_left: rearms,
+                ..License::default()
+            };
         }
         self.key = Some(key);
         self.sku = Some(edition.sku);
+        self.license.install(now);
         Ok(edition)
+    }
+
+    /// Removes the key: the installation is unlicensed.
+    pub fn uninstall_key(&mut self) {
+        self.key = None;
+        self.sku = None;
+        self.license.uninstall();
     }
 
     /// The installed edition.
@@ -216,34 +238,33 @@ impl ClientState {
         self.sku.and_then(|sku| catalog.edition(sku))
     }
 
-    /// Minutes left in the current grace or validity period.
-    pub fn minutes_left(&self, now: Timestamp) -> u32 {
-        let end = match self.status {
-            LicenseStatus::Licensed => self.validity_end,
-            _ => self.grace_end,
-        };
-        end.map_or(0, |e| {
-            ((e.0 - now.0).max(0) / 60_000).min(i64::from(u32::MAX)) as u32
-        })
+    /// The status at `now`.
+    pub fn status(&self, now: Timestamp) -> LicenseStatus {
+        self.license.status_at(now)
     }
 
-    /// Applies a verified answer (R2, R7, R9).
-    pub fn apply_answer(&mut self, answer: &Answer, now: Timestamp) {
-        self.intervals = Some((answer.intervals.activation, answer.intervals.renewal));
-        let result = if !answer.result.is_success() {
-            answer.result.name().unwrap_or("host_error").to_owned()
+    /// Applies a verified answer (R2, R7, R9, R12).
+    pub fn apply_answer(&mut self, answer: &Answer, hardware: Option<&Hardware>, now: Timestamp) {
+        let (result, code) = if !answer.result.is_success() {
+            (
+                answer.result.name().unwrap_or("host_error").to_owned(),
+                answer.result.0,
+            )
         } else if answer.activated {
-            self.status = LicenseStatus::Licensed;
-            self.validity_end = Some(now.plus_days(VALIDITY_DAYS));
-            "activated".to_owned()
+            ("activated".to_owned(), 0)
         } else {
-            "below_threshold".to_owned()
+            ("below_threshold".to_owned(), codes::BELOW_THRESHOLD)
         };
-        let code = if answer.result.is_success() && !answer.activated {
-            BELOW_THRESHOLD_CODE
+        let outcome = if answer.result.is_success() {
+            AttemptOutcome::Counted {
+                activated: answer.activated,
+                intervals: answer.intervals,
+            }
         } else {
-            answer.result.0
+            AttemptOutcome::Failed
         };
+        self.license.on_attempt(now, outcome, hardware);
+        self.cached_host = Some(answer.host.to_string());
         self.last_attempt = Some(Attempt {
             at: now,
             host: Some(answer.host.to_string()),
@@ -253,8 +274,9 @@ impl ClientState {
         });
     }
 
-    /// Records a failed attempt.
+    /// Records a failed attempt (R8: retry after the activation interval).
     pub fn record_failure(&mut self, host: Option<String>, name: &str, code: u32, now: Timestamp) {
+        self.license.on_attempt(now, AttemptOutcome::Failed, None);
         self.last_attempt = Some(Attempt {
             at: now,
             host,
@@ -264,13 +286,35 @@ impl ClientState {
         });
     }
 
-    /// The intervals in force (R9), host's if any, else the defaults.
-    pub fn intervals(&self) -> Intervals {
-        self.intervals
-            .map_or_else(Intervals::default, |(activation, renewal)| Intervals {
-                activation,
-                renewal,
-            })
+    /// R11: rearm.
+    pub fn rearm(&mut self, now: Timestamp) -> Result<(), StateError> {
+        Ok(self.license.rearm(now)?)
+    }
+
+    /// R11: generalize: always a new CMID; the grace timer is reset when a rearm is left,
+    /// otherwise it is left unchanged and the error is returned (the state is still changed:
+    /// save it).
+    pub fn generalize(&mut self, now: Timestamp) -> Result<(), StateError> {
+        self.cmid = Uuid::new_v4();
+        self.cached_host = None;
+        self.last_attempt = None;
+        Ok(self.license.generalize(now)?)
+    }
+
+    /// R20: sets a host by hand; discovery is off and the cached host is cleared.
+    pub fn set_manual_host(&mut self, host: String) {
+        self.manual_host = Some(host);
+        self.cached_host = None;
+    }
+
+    /// R20: clears the manual host; discovery is on again.
+    pub fn clear_manual_host(&mut self) {
+        self.manual_host = None;
+    }
+
+    /// The host to try: the manual one (R20), else the cached one (R19).
+    pub fn host(&self) -> Option<&str> {
+        self.manual_host.as_deref().or(self.cached_host.as_deref())
     }
 
     /// Remembered host certificates that still parse.
@@ -294,9 +338,6 @@ impl ClientState {
     }
 }
 
-/// Result code for "count below threshold": the client stays in grace and retries (R2).
-pub const BELOW_THRESHOLD_CODE: u32 = 0x47A1_0001;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,14 +347,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let catalog = Catalog::demo();
         let now = Timestamp(1_800_000_000_000);
-        let mut s = ClientState::load_or_new(dir.path(), now).expect("fresh");
         let key = catalog.editions()[2].setup_key;
-        s.install_setup_key(key, &catalog, now).expect("setup key");
-        s.save(dir.path()).expect("save");
-        let back = ClientState::load_or_new(dir.path(), now).expect("load");
-        assert_eq!(back, s);
-        assert_eq!(back.status, LicenseStatus::InitialGrace);
-        assert_eq!(back.minutes_left(now), 30 * 24 * 60);
+        let saved = ClientState::update(dir.path(), now, |s| -> Result<_, StateError> {
+            s.install_setup_key(key, &catalog, now)?;
+            Ok(s.clone())
+        })
+        .expect("install");
+        let back = ClientState::load(dir.path(), now).expect("load");
+        assert_eq!(back.cmid, saved.cmid);
+        assert_eq!(back.status(now), LicenseStatus::InitialGrace);
+        assert_eq!(back.license.minutes_left(now), 30 * 24 * 60);
     }
 
     #[test]
@@ -323,5 +366,62 @@ mod tests {
             .install_setup_key(ProductKey::mak(1, 2), &Catalog::demo(), Timestamp(0))
             .expect_err("mak");
         assert!(err.to_string().contains("setup key"), "{err}");
+    }
+
+    // R20: a manual host clears the cached one; clearing it turns discovery back on.
+    #[test]
+    fn r20_manual_host_clears_cache() {
+        let mut s = ClientState::new(Timestamp(0));
+        s.cached_host = Some("10.0.0.1:1688".into());
+        s.set_manual_host("kms.example.test:1688".into());
+        assert_eq!(s.host(), Some("kms.example.test:1688"));
+        assert_eq!(s.cached_host, None);
+        s.clear_manual_host();
+        assert_eq!(s.host(), None);
+    }
+
+    // Concurrent updates from many threads never lose a write or tear the file.
+    #[test]
+    fn concurrent_updates_are_serialised_by_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = Timestamp(0);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..25 {
+                        ClientState::update(dir.path(), now, |s| -> Result<(), StateError> {
+                            s.host_certificates.push("x".into());
+                            Ok(())
+                        })
+                        .expect("update");
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            ClientState::load(dir.path(), now)
+                .expect("load")
+                .host_certificates
+                .len(),
+            200
+        );
+    }
+
+    // R11: generalize always makes a new CMID, even with no rearm left.
+    #[test]
+    fn r11_generalize_makes_a_new_cmid() {
+        let catalog = Catalog::demo();
+        let mut s = ClientState::new(Timestamp(0));
+        s.install_setup_key(catalog.editions()[0].setup_key, &catalog, Timestamp(0))
+            .expect("key");
+        let before = s.cmid;
+        s.generalize(Timestamp(1)).expect("rearm left");
+        assert_ne!(s.cmid, before);
+        s.license.rearms_left = 0;
+        let grace = s.license.grace_end;
+        let cmid = s.cmid;
+        assert!(s.generalize(Timestamp(2)).is_err());
+        assert_ne!(s.cmid, cmid);
+        assert_eq!(s.license.grace_end, grace);
     }
 }

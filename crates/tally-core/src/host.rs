@@ -19,24 +19,25 @@ use crate::time::Timestamp;
 use crate::trust::{HostIdentity, sha256};
 
 /// R8 default: retry a failed activation every 120 minutes.
-pub const DEFAULT_ACTIVATION_INTERVAL_MIN: u32 = 120;
+pub const DEFAULT_ACTIVATION_INTERVAL_SECS: u32 = 120 * 60;
 /// R8 default: renew every 10080 minutes (7 days).
-pub const DEFAULT_RENEWAL_INTERVAL_MIN: u32 = 10_080;
+pub const DEFAULT_RENEWAL_INTERVAL_SECS: u32 = 10_080 * 60;
 
-/// Settings the host sends in every response (R9).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Settings the host sends in every response (R9). Seconds on the wire, so a host can set
+/// intervals shorter than a minute (tests, labs); admins set them in minutes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Intervals {
-    /// Minutes between retries after a failure.
-    pub activation: u32,
-    /// Minutes between renewals.
-    pub renewal: u32,
+    /// Seconds between retries after a failure (R8).
+    pub activation_secs: u32,
+    /// Seconds between renewals (R8).
+    pub renewal_secs: u32,
 }
 
 impl Default for Intervals {
     fn default() -> Self {
         Self {
-            activation: DEFAULT_ACTIVATION_INTERVAL_MIN,
-            renewal: DEFAULT_RENEWAL_INTERVAL_MIN,
+            activation_secs: DEFAULT_ACTIVATION_INTERVAL_SECS,
+            renewal_secs: DEFAULT_RENEWAL_INTERVAL_SECS,
         }
     }
 }
@@ -208,8 +209,8 @@ impl HostSession {
             host_fingerprint: self.identity.fingerprint(),
             result,
             count,
-            activation_interval: self.intervals.activation,
-            renewal_interval: self.intervals.renewal,
+            activation_interval_secs: self.intervals.activation_secs,
+            renewal_interval_secs: self.intervals.renewal_secs,
             host_time: now.millis(),
             signature: [0; 64],
         };
@@ -293,8 +294,8 @@ mod tests {
                 Arc::clone(&catalog),
                 identity,
                 Intervals {
-                    activation: 7,
-                    renewal: 99,
+                    activation_secs: 7,
+                    renewal_secs: 99,
                 },
             ),
             anchor: TrustAnchor::new(authority.verifying_key()),
@@ -393,7 +394,10 @@ mod tests {
         let f = fixture(KeyGroup::ServerC);
         let e = edition(&f, EditionKind::Client, KeyGroup::ClientVl);
         let (resp, _) = activate(&f, 1, &e);
-        assert_eq!((resp.activation_interval, resp.renewal_interval), (7, 99));
+        assert_eq!(
+            (resp.activation_interval_secs, resp.renewal_interval_secs),
+            (7, 99)
+        );
         // The same response does not verify for another request (different digest and nonce).
         let (frame2, req2) = request(2, &e);
         let host = f

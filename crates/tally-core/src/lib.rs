@@ -9,11 +9,15 @@
 //! - [`trust`]: authority → host certificate → signed response verification (R16).
 //! - [`counting`]: per-pool CMID tables (R2–R5).
 //! - [`host`]: the host session: frame in, response and changes to persist out.
+//! - [`lifecycle`]: the client's licensing state machine (R2, R7–R12).
+//! - [`hardware`]: the weighted hardware fingerprint (R12).
 
 pub mod catalog;
 pub mod counting;
+pub mod hardware;
 pub mod host;
 pub mod keys;
+pub mod lifecycle;
 pub mod time;
 pub mod trust;
 

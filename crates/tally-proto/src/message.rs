@@ -153,10 +153,10 @@ pub struct ActivationResponse {
     pub result: ResultCode,
     /// The pool's count, requester included (0 when `result` is an error).
     pub count: u32,
-    /// Minutes between retries after a failure (R8, R9).
-    pub activation_interval: u32,
-    /// Minutes between renewals (R8, R9).
-    pub renewal_interval: u32,
+    /// Seconds between retries after a failure (R8, R9).
+    pub activation_interval_secs: u32,
+    /// Seconds between renewals (R8, R9).
+    pub renewal_interval_secs: u32,
     /// The host's clock, Unix milliseconds.
     pub host_time: i64,
     /// Ed25519 signature, see `docs/PROTOCOL.md` "Signatures".
@@ -182,8 +182,8 @@ impl ActivationResponse {
         out.extend_from_slice(&self.host_fingerprint);
         out.extend_from_slice(&self.result.0.to_be_bytes());
         out.extend_from_slice(&self.count.to_be_bytes());
-        out.extend_from_slice(&self.activation_interval.to_be_bytes());
-        out.extend_from_slice(&self.renewal_interval.to_be_bytes());
+        out.extend_from_slice(&self.activation_interval_secs.to_be_bytes());
+        out.extend_from_slice(&self.renewal_interval_secs.to_be_bytes());
         out.extend_from_slice(&self.host_time.to_be_bytes());
     }
 }
@@ -396,8 +396,8 @@ impl Message {
                 host_fingerprint: r.array("host_fingerprint")?,
                 result: ResultCode(r.u32("result")?),
                 count: r.u32("count")?,
-                activation_interval: r.u32("activation_interval")?,
-                renewal_interval: r.u32("renewal_interval")?,
+                activation_interval_secs: r.u32("activation_interval")?,
+                renewal_interval_secs: r.u32("renewal_interval")?,
                 host_time: r.i64("host_time")?,
                 signature: r.array("signature")?,
             }),
@@ -442,8 +442,8 @@ mod tests {
             host_fingerprint: [9; 32],
             result: ResultCode::SUCCESS,
             count: u32::MAX,
-            activation_interval: 120,
-            renewal_interval: 10080,
+            activation_interval_secs: 7200,
+            renewal_interval_secs: 604_800,
             host_time: 1_700_000_000_000,
             signature: [3; 64],
         }

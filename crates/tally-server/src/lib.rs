@@ -314,3 +314,6 @@ async fn serve_connection(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

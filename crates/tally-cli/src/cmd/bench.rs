@@ -28,8 +28,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use uuid::Uuid;
 
-use crate::cmd::client::with_default_port;
 use crate::output::{Table, json};
+use tally_client::ops::with_default_port;
 
 /// `tally bench` options.
 #[derive(Args, Clone)]

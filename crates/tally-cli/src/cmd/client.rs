@@ -1,18 +1,18 @@
-//! `tally client`: install a key, activate against a host, show status.
+//! `tally client`: install a key, activate, status, rearm, generalize, manual host (R11, R13,
+//! R14, R20). Each command goes to the agent when one runs (so any local user can activate,
+//! R13), and works directly on the state directory otherwise.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde_json::json;
-use tally_client::state::{BELOW_THRESHOLD_CODE, ClientState};
-use tally_client::{ActivationParams, Connector};
-use tally_core::keys::{KeyKind, ProductKey};
+use tally_client::agent::{self, AgentError, AgentRequest};
+use tally_client::codes;
+use tally_client::ops::{Client, OpResult, StatusReport, TRUST_FILE};
 use tally_core::time::{Clock, SystemClock};
-use tally_core::trust::{TrustAnchor, parse_authority_public};
-use tally_proto::MachineName;
+use tally_core::trust::parse_authority_public;
 
 use crate::cmd::catalog::CatalogArg;
 use crate::output;
@@ -20,271 +20,267 @@ use crate::paths;
 
 /// Exit code of `activate` when the host answered but the count is below the threshold.
 pub const EXIT_BELOW_THRESHOLD: u8 = 2;
-/// Exit code of `activate` when no verified answer was had.
-pub const EXIT_FAILED: u8 = 1;
+
+/// Options shared by every client command.
+#[derive(Args, Clone)]
+pub struct ClientOpts {
+    /// Client state directory [default: ~/.local/share/tally/client].
+    #[arg(long, env = "TALLY_STATE_DIR", value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub catalog: CatalogArg,
+    /// Authority public key to trust [default: STATE_DIR/authority.pub].
+    #[arg(long, env = "TALLY_TRUST", value_name = "FILE", global = true)]
+    pub trust: Option<PathBuf>,
+    /// The agent's socket [default: STATE_DIR/agent.sock].
+    #[arg(long, value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
+    /// Work on the state directory even if an agent runs.
+    #[arg(long, global = true)]
+    pub no_agent: bool,
+    /// Machine name reported to hosts [default: this machine's host name].
+    #[arg(long, global = true)]
+    pub machine_name: Option<String>,
+    /// Seconds to wait for a host.
+    #[arg(long, default_value_t = 10, global = true)]
+    pub timeout: u64,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl ClientOpts {
+    /// The state directory.
+    pub fn dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(paths::default_client_dir)
+    }
+
+    /// A direct client on the state directory.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let trust = match &self.trust {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Some(parse_authority_public(&text).with_context(|| format!("{}", path.display()))?)
+            }
+            None => None,
+        };
+        Ok(
+            Client::new(&self.dir(), Arc::new(self.catalog.load()?), trust)
+                .with_timeout(std::time::Duration::from_secs(self.timeout.clamp(1, 300))),
+        )
+    }
+}
 
 /// `tally client` options.
 #[derive(Args)]
 pub struct ClientArgs {
-    /// Client state directory [default: ~/.local/share/tally/client].
-    #[arg(long, env = "TALLY_STATE_DIR", value_name = "DIR", global = true)]
-    state_dir: Option<PathBuf>,
     #[command(flatten)]
-    catalog: CatalogArg,
-    /// Authority public key to trust (a --dev host writes DATA_DIR/authority.pub)
-    /// [default: STATE_DIR/authority.pub].
-    #[arg(long, env = "TALLY_TRUST", value_name = "FILE", global = true)]
-    trust: Option<PathBuf>,
-    /// Print JSON.
-    #[arg(long, global = true)]
-    json: bool,
+    opts: ClientOpts,
     #[command(subcommand)]
     command: ClientCommand,
 }
 
 /// `tally client ...`
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 pub enum ClientCommand {
-    /// Install an edition's setup key (see `tally catalog list`): this installation becomes a
-    /// host-activated client in its 30-day grace period.
+    /// Install an edition's setup key (see `tally catalog list`): a host-activated client in its
+    /// 30-day grace period (needs root or the agent's owner, R13).
     InstallKey {
         /// The key, e.g. FCK62-BC4QC-96T2H-XD989-PVGG9.
         key: String,
     },
-    /// Activate (or renew) now against a host; exits 0 when activated, 2 when the count is
-    /// below the threshold (R2), 1 on error.
+    /// Remove the key (needs root or the agent's owner).
+    UninstallKey,
+    /// Activate (or renew) now; exits 0 when activated, 2 when the count is below the
+    /// threshold (R2), 1 on error. Any user may (R13).
     Activate {
-        /// Host to use, HOST[:PORT] (port 1688 when omitted).
+        /// Host for this attempt, HOST[:PORT] (port 1688 when omitted) [default: the manual or
+        /// cached host].
         #[arg(long, value_name = "HOST:PORT")]
         host: Option<String>,
-        /// Machine name to report [default: this machine's host name].
-        #[arg(long)]
-        machine_name: Option<String>,
-        /// Seconds to wait for the host.
-        #[arg(long, default_value_t = 10)]
-        timeout: u64,
     },
-    /// Show this installation's license state.
+    /// Show the license state, timers and last result.
     Status,
+    /// Reset the grace period to 30 days; at most 3 times (R11).
+    Rearm,
+    /// Prepare for imaging: new CMID and grace reset (R11). With no rearm left it still makes a
+    /// new CMID but leaves the timer and exits with an error.
+    Generalize,
+    /// Use this host (HOST[:PORT]); turns DNS discovery off and clears the cached host (R20).
+    SetHost {
+        /// FQDN, short name, IPv4 or IPv6 address, with optional port.
+        host: String,
+    },
+    /// Forget the manual host; turns discovery back on (R20).
+    ClearHost,
+    /// Copy an authority public key into the state directory as the key to trust.
+    Trust {
+        /// The authority public key file.
+        file: PathBuf,
+    },
 }
 
-/// Appends the default port if `host` has none.
-pub fn with_default_port(host: &str) -> String {
-    let has_port = if let Some(rest) = host.strip_prefix('[') {
-        rest.contains("]:")
-    } else {
-        host.matches(':').count() == 1
-    };
-    if has_port {
-        host.to_owned()
-    } else if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:1688")
-    } else {
-        format!("{host}:1688")
+impl ClientCommand {
+    fn request(&self) -> Option<AgentRequest> {
+        Some(match self {
+            Self::InstallKey { key } => AgentRequest::InstallKey { key: key.clone() },
+            Self::UninstallKey => AgentRequest::UninstallKey,
+            Self::Activate { host } => AgentRequest::Activate { host: host.clone() },
+            Self::Status => AgentRequest::Status,
+            Self::Rearm => AgentRequest::Rearm,
+            Self::Generalize => AgentRequest::Generalize,
+            Self::SetHost { host } => AgentRequest::SetHost { host: host.clone() },
+            Self::ClearHost => AgentRequest::ClearHost,
+            Self::Trust { .. } => return None,
+        })
     }
 }
 
-fn load_trust(path: Option<&Path>, state_dir: &Path) -> anyhow::Result<TrustAnchor> {
-    let path = path
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| state_dir.join(paths::AUTHORITY_PUB));
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no trusted authority key at {}: pass --trust FILE (a `tally host run --dev` host writes \
-             DATA_DIR/authority.pub)",
-            path.display()
-        )
-    })?;
-    parse_authority_public(&text).with_context(|| format!("{}", path.display()))
+/// Runs `req` through the agent when one runs, else directly.
+pub async fn execute(opts: &ClientOpts, req: AgentRequest) -> anyhow::Result<OpResult> {
+    let dir = opts.dir();
+    if !opts.no_agent {
+        let socket = opts
+            .socket
+            .clone()
+            .unwrap_or_else(|| dir.join(agent::SOCKET_FILE));
+        match agent::call(&socket, &req).await {
+            Ok(result) => return Ok(result),
+            Err(AgentError::NotRunning(_)) => {}
+            Err(e) => return Err(e).context("the agent did not answer"),
+        }
+    }
+    let client = opts.client()?;
+    let now = SystemClock.now();
+    Ok(match req {
+        AgentRequest::Status => match client.status(now) {
+            Ok(s) => OpResult {
+                ok: true,
+                code: 0,
+                result: "status".into(),
+                message: s.status.to_string(),
+                count: None,
+                threshold: None,
+                status: Some(s),
+            },
+            Err(e) => return Err(e.into()),
+        },
+        AgentRequest::Activate { host } => {
+            let name = opts
+                .machine_name
+                .clone()
+                .unwrap_or_else(agent::machine_name);
+            client.activate(host.as_deref(), &name, now).await
+        }
+        AgentRequest::InstallKey { key } => client.install_key(&key, now),
+        AgentRequest::UninstallKey => client.uninstall_key(now),
+        AgentRequest::Rearm => client.rearm(now),
+        AgentRequest::Generalize => client.generalize(now),
+        AgentRequest::SetHost { host } => client.set_host(&host, now),
+        AgentRequest::ClearHost => client.clear_host(now),
+    })
+}
+
+/// Prints a status report as text.
+pub fn print_status(s: &StatusReport, verbose: bool) {
+    println!(
+        "Edition:        {}",
+        s.edition.as_deref().unwrap_or("(no key installed)")
+    );
+    if let Some(k) = &s.partial_key {
+        println!("Partial key:    {k}");
+    }
+    println!("License status: {}", s.status);
+    match (s.validity_end, s.grace_end) {
+        (Some(t), _) if s.licensed => println!("Valid until:    {t} ({} days left)", s.days_left),
+        (_, Some(t)) if s.status == tally_client::LicenseStatus::InitialGrace => {
+            println!("Grace until:    {t} ({} days left)", s.days_left)
+        }
+        _ => {}
+    }
+    if verbose {
+        println!("CMID:           {}", s.cmid);
+        if let Some(t) = s.next_attempt {
+            println!("Next attempt:   {t}");
+        }
+        println!(
+            "Intervals:      activation {} min, renewal {} min",
+            s.activation_interval_secs / 60,
+            s.renewal_interval_secs / 60
+        );
+        println!("Rearms left:    {}", s.rearms_left);
+        match (&s.manual_host, &s.cached_host) {
+            (Some(h), _) => println!("Host:           {h} (set by hand; discovery off)"),
+            (None, Some(h)) => println!("Host:           {h} (cached)"),
+            (None, None) => println!("Host:           (none yet)"),
+        }
+    }
+    if let Some(a) = &s.last_attempt {
+        println!(
+            "Last attempt:   {} at {} -> {} (0x{:08X})",
+            a.host.as_deref().unwrap_or("-"),
+            a.at,
+            a.result,
+            a.code
+        );
+    }
+}
+
+/// Prints an operation's result and returns the process exit code.
+pub fn report(
+    result: &OpResult,
+    activate: bool,
+    json: bool,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
+    if json && result.result == "status" {
+        // `status --json` prints the report itself.
+        output::json(&result.status)?;
+    } else if json {
+        let mut v = serde_json::to_value(result)?;
+        v["code"] = serde_json::Value::String(format!("0x{:08X}", result.code));
+        output::json(&v)?;
+    } else if result.result == "status" {
+        if let Some(s) = &result.status {
+            print_status(s, verbose);
+        }
+    } else if result.ok || result.code == codes::BELOW_THRESHOLD {
+        println!("{} (0x{:08X})", result.message, result.code);
+    } else {
+        eprintln!(
+            "error: {} (0x{:08X} {})",
+            result.message, result.code, result.result
+        );
+    }
+    Ok(if result.ok {
+        ExitCode::SUCCESS
+    } else if activate && result.code == codes::BELOW_THRESHOLD {
+        ExitCode::from(EXIT_BELOW_THRESHOLD)
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Runs a client command.
 pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let dir = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(paths::default_client_dir);
-    let catalog = args.catalog.load()?;
-    let clock = SystemClock;
-    let now = clock.now();
-    let mut state = ClientState::load_or_new(&dir, now)?;
-    match args.command {
-        ClientCommand::InstallKey { key } => {
-            let key: ProductKey = key.trim().parse().context("that is not a valid key")?;
-            if key.kind() == KeyKind::Host {
-                bail!(
-                    "this is a host key: it belongs on a Tally host (`tally host`), not on a client. \
-                     Clients install their edition's setup key (see `tally catalog list`)"
-                );
-            }
-            let edition = state.install_setup_key(key, &catalog, now)?.clone();
-            state.save(&dir)?;
-            if args.json {
-                output::json(&json!({
-                    "cmid": state.cmid,
-                    "edition": edition.name,
-                    "sku": edition.sku,
-                    "status": state.status,
-                    "grace_end": state.grace_end,
-                }))?;
-            } else {
-                println!("Installed setup key for {}.", edition.name);
-                println!(
-                    "Status: {}; activate with: tally client activate --host HOST",
-                    state.status
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        ClientCommand::Activate {
-            host,
-            machine_name,
-            timeout,
-        } => {
-            let Some(edition) = state.edition(&catalog).cloned() else {
-                bail!(
-                    "no key installed: run `tally client install-key SETUP_KEY` first (see `tally catalog list`)"
-                );
-            };
-            let Some(host) = host else {
-                bail!("no host given: pass --host HOST:PORT");
-            };
-            let host = with_default_port(&host);
-            let anchor = load_trust(args.trust.as_deref(), &dir)?;
-            let connector = Connector::new(anchor, Duration::from_secs(timeout.max(1)));
-            for cert in state.certificates() {
-                // A remembered certificate that no longer verifies is simply fetched again.
-                let _ = connector.remember(cert, now);
-            }
-            let params = ActivationParams {
-                cmid: state.cmid,
-                edition: edition.clone(),
-                machine_name: MachineName::lossy(&machine_name.unwrap_or_else(paths::machine_name)),
-                license_state: state.status.wire(),
-                grace_remaining_minutes: state.minutes_left(now),
-            };
-            let outcome = connector.activate(&host, &params, now).await;
-            state.set_certificates(&connector.certificates());
-            let (code, exit, result, count) = match &outcome {
-                Ok(answer) => {
-                    state.apply_answer(answer, now);
-                    let result = state
-                        .last_attempt
-                        .as_ref()
-                        .map_or("unknown".into(), |a| a.result.clone());
-                    let exit = if answer.activated {
-                        0
-                    } else if answer.result.is_success() {
-                        EXIT_BELOW_THRESHOLD
-                    } else {
-                        EXIT_FAILED
-                    };
-                    let code = if answer.result.is_success() && !answer.activated {
-                        BELOW_THRESHOLD_CODE
-                    } else {
-                        answer.result.0
-                    };
-                    (code, exit, result, Some(answer.count))
-                }
-                Err(err) => {
-                    state.record_failure(Some(host.clone()), err.code_name(), err.code().0, now);
-                    (err.code().0, EXIT_FAILED, err.code_name().to_owned(), None)
-                }
-            };
-            state.save(&dir)?;
-            if args.json {
-                output::json(&json!({
-                    "result": result,
-                    "code": format!("0x{code:08X}"),
-                    "count": count,
-                    "threshold": edition.threshold,
-                    "edition": edition.name,
-                    "host": host,
-                    "status": state.status,
-                    "validity_end": state.validity_end,
-                    "error": outcome.as_ref().err().map(|e| e.to_string()),
-                }))?;
-            } else {
-                match &outcome {
-                    Ok(a) if a.activated => println!(
-                        "Activated {} (count {} of {} needed). Valid until {}.",
-                        edition.name,
-                        a.count,
-                        edition.threshold,
-                        state
-                            .validity_end
-                            .map_or_else(|| "?".into(), |t| t.to_string())
-                    ),
-                    Ok(a) if a.result.is_success() => println!(
-                        "Not activated yet: the host counts {} machine(s), {} needs {} (0x{code:08X}). \
-                         Still in grace; retry later.",
-                        a.count, edition.name, edition.threshold
-                    ),
-                    Ok(a) => println!("The host refused: {} (0x{code:08X}).", a.result),
-                    Err(e) => eprintln!("Activation failed (0x{code:08X}): {e}"),
-                }
-            }
-            Ok(ExitCode::from(exit))
-        }
-        ClientCommand::Status => {
-            let edition = state.edition(&catalog);
-            if args.json {
-                output::json(&json!({
-                    "cmid": state.cmid,
-                    "edition": edition.map(|e| e.name.clone()),
-                    "sku": state.sku,
-                    "partial_key": state.key.map(ProductKey::partial),
-                    "status": state.status,
-                    "grace_end": state.grace_end,
-                    "validity_end": state.validity_end,
-                    "minutes_left": state.minutes_left(now),
-                    "activation_interval": state.intervals().activation,
-                    "renewal_interval": state.intervals().renewal,
-                    "last_attempt": state.last_attempt,
-                }))?;
-            } else {
-                println!("CMID:        {}", state.cmid);
-                println!(
-                    "Edition:     {}",
-                    edition.map_or("(no key installed)", |e| e.name.as_str())
-                );
-                if let Some(k) = state.key {
-                    println!("Partial key: {}", k.partial());
-                }
-                println!("Status:      {}", state.status);
-                if let Some(t) = state.validity_end {
-                    println!("Valid until: {t}");
-                } else if let Some(t) = state.grace_end {
-                    println!("Grace until: {t}");
-                }
-                if let Some(a) = &state.last_attempt {
-                    println!(
-                        "Last try:    {} at {} -> {} (0x{:08X})",
-                        a.host.as_deref().unwrap_or("-"),
-                        a.at,
-                        a.result,
-                        a.code
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+    if let ClientCommand::Trust { file } = &args.command {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        parse_authority_public(&text).with_context(|| format!("{}", file.display()))?;
+        let dir = args.opts.dir();
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(TRUST_FILE), text)?;
+        println!("This client now trusts {}.", file.display());
+        return Ok(ExitCode::SUCCESS);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_port_is_added_only_when_missing() {
-        assert_eq!(
-            with_default_port("kms.example.test"),
-            "kms.example.test:1688"
-        );
-        assert_eq!(with_default_port("10.0.0.1:99"), "10.0.0.1:99");
-        assert_eq!(with_default_port("::1"), "[::1]:1688");
-        assert_eq!(with_default_port("[::1]:7"), "[::1]:7");
-        assert_eq!(with_default_port("[::1]"), "[::1]:1688");
-    }
+    let Some(req) = args.command.request() else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let activate = matches!(req, AgentRequest::Activate { .. });
+    let verbose = matches!(req, AgentRequest::Status);
+    let result = execute(&args.opts, req).await?;
+    report(&result, activate, args.opts.json, verbose)
 }

@@ -106,12 +106,13 @@ pub struct RunArgs {
     dir: DirArgs,
     #[command(flatten)]
     catalog: CatalogArg,
-    /// Minutes between client retries after a failure, sent to clients (R8, R9) [default: 120].
+    /// Retry interval after a failure, sent to clients (R8, R9): minutes, or with a unit
+    /// (`30s`, `15m`, `2h`, `7d`) [default: 120].
     #[arg(long, value_name = "MIN")]
-    activation_interval: Option<u32>,
-    /// Minutes between client renewals, sent to clients (R8, R9) [default: 10080].
+    activation_interval: Option<IntervalArg>,
+    /// Renewal interval, sent to clients (R8, R9): minutes, or with a unit [default: 10080].
     #[arg(long, value_name = "MIN")]
-    renewal_interval: Option<u32>,
+    renewal_interval: Option<IntervalArg>,
     /// Connections served at once [default: 1024].
     #[arg(long)]
     max_connections: Option<usize>,
@@ -149,10 +150,10 @@ struct HostFileConfig {
     listen: Option<SocketAddr>,
     /// Catalog file; the demo catalog when absent.
     catalog: Option<PathBuf>,
-    /// Minutes between client retries after a failure (R8, R9).
-    activation_interval: Option<u32>,
-    /// Minutes between client renewals (R8, R9).
-    renewal_interval: Option<u32>,
+    /// Retry interval after a failure (R8, R9): minutes, or a string with a unit ("30s").
+    activation_interval: Option<IntervalArg>,
+    /// Renewal interval (R8, R9): minutes, or a string with a unit ("7d").
+    renewal_interval: Option<IntervalArg>,
     /// Connections served at once.
     max_connections: Option<usize>,
     /// Seconds allowed to receive one request.
@@ -174,11 +175,53 @@ fn read_config(path: Option<&Path>) -> anyhow::Result<HostFileConfig> {
     toml::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))
 }
 
-fn check_interval(name: &str, minutes: u32) -> anyhow::Result<u32> {
-    if !(1..=525_600).contains(&minutes) {
-        bail!("{name} must be between 1 and 525600 minutes (one year), got {minutes}");
+/// An interval: a bare number is minutes (as R8 states them); `s`, `m`, `h`, `d` suffixes are
+/// accepted. Between 1 second and 1 year.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IntervalArg(pub u32);
+
+impl std::str::FromStr for IntervalArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => s.split_at(i),
+            None => (s, "m"),
+        };
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("'{s}' is not an interval (e.g. 120, 30s, 15m, 2h, 7d)"))?;
+        let secs = match unit.trim() {
+            "s" => n,
+            "m" | "min" => n * 60,
+            "h" => n * 3600,
+            "d" => n * 86_400,
+            u => return Err(format!("unknown unit '{u}' in '{s}' (use s, m, h or d)")),
+        };
+        if !(1..=365 * 86_400).contains(&secs) {
+            return Err(format!(
+                "interval '{s}' must be between 1 second and 1 year"
+            ));
+        }
+        Ok(Self(secs as u32))
     }
-    Ok(minutes)
+}
+
+impl<'de> Deserialize<'de> for IntervalArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Minutes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Minutes(m) => m.to_string().parse(),
+            Raw::Text(t) => t.parse(),
+        }
+        .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Creates the host key pair in `dir` unless it exists. Returns whether it was created.
@@ -441,19 +484,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         .or(file.data_dir)
         .unwrap_or_else(paths::default_host_dir);
     let catalog = load_catalog(args.catalog.catalog.as_deref().or(file.catalog.as_deref()))?;
+    let defaults = Intervals::default();
     let intervals = Intervals {
-        activation: check_interval(
-            "activation interval",
-            args.activation_interval
-                .or(file.activation_interval)
-                .unwrap_or(Intervals::default().activation),
-        )?,
-        renewal: check_interval(
-            "renewal interval",
-            args.renewal_interval
-                .or(file.renewal_interval)
-                .unwrap_or(Intervals::default().renewal),
-        )?,
+        activation_secs: args
+            .activation_interval
+            .or(file.activation_interval)
+            .map_or(defaults.activation_secs, |i| i.0),
+        renewal_secs: args
+            .renewal_interval
+            .or(file.renewal_interval)
+            .map_or(defaults.renewal_secs, |i| i.0),
     };
     let durability = match args
         .durability
@@ -488,8 +528,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         data_dir = %dir.display(),
         key_group = %cov.group,
         generation = cov.generation,
-        activation_interval = intervals.activation,
-        renewal_interval = intervals.renewal,
+        activation_interval_secs = intervals.activation_secs,
+        renewal_interval_secs = intervals.renewal_secs,
         "host started"
     );
     // A stable line on stdout for scripts and tests.
@@ -501,7 +541,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn spawn_signal_handler(token: CancellationToken) {
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn spawn_signal_handler(token: CancellationToken) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {

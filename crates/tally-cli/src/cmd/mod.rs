@@ -1,8 +1,10 @@
 //! One module per top-level subcommand.
 
+pub mod agent;
 pub mod authority;
 pub mod bench;
 pub mod catalog;
 pub mod client;
 pub mod demo;
 pub mod host;
+pub mod slmgr;

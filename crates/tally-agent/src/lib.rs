@@ -1,0 +1,282 @@
+//! The agent: the long-running client service behind `tally agent run`.
+//!
+//! It activates and renews on the lifecycle's timers (R7–R10), checks the hardware (R12), and
+//! serves the local socket protocol of `tally_client::agent`. It sleeps until the next thing is
+//! due (no busy loop), wakes early when asked over the socket, and stops on the shutdown token.
+//!
+//! Socket permissions are `0666` so any local user can ask for the status or an activation
+//! (R13); privileged requests are checked against the peer's uid (root or the agent's owner).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_client::agent::{AgentRequest, MAX_REQUEST_LINE, machine_name};
+use tally_client::codes;
+use tally_client::ops::{Client, OpResult};
+use tally_core::lifecycle::LicenseStatus;
+use tally_core::time::{Clock, Timestamp};
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Longest the agent sleeps between checks (the hardware check and clock jumps need a look now
+/// and then even when nothing is due).
+pub const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Agent errors.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The socket could not be set up.
+    #[error("cannot listen on {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What the agent needs.
+pub struct Agent {
+    client: Client,
+    socket: PathBuf,
+    clock: Arc<dyn Clock>,
+    machine: String,
+    wake: Notify,
+    attempt: Mutex<()>,
+}
+
+impl Agent {
+    /// An agent for `client`'s state directory, listening on `socket`.
+    pub fn new(client: Client, socket: PathBuf, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            client,
+            socket,
+            clock,
+            machine: machine_name(),
+            wake: Notify::new(),
+            attempt: Mutex::new(()),
+        }
+    }
+
+    /// Reports this machine name to hosts instead of the host name.
+    pub fn with_machine_name(mut self, name: String) -> Self {
+        self.machine = name;
+        self
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let listener = self.bind()?;
+        let owner = std::fs::metadata(&self.socket)
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap_or(0);
+        info!(socket = %self.socket.display(), state_dir = %self.client.dir().display(), "agent started");
+        let server = {
+            let agent = Arc::clone(&self);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { agent.serve(listener, owner, shutdown).await })
+        };
+        loop {
+            let sleep = self.tick().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+        server.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        info!("agent stopped");
+        Ok(())
+    }
+
+    fn bind(&self) -> Result<UnixListener, AgentError> {
+        let err = |source| AgentError::Socket {
+            path: self.socket.clone(),
+            source,
+        };
+        if let Some(parent) = self.socket.parent() {
+            std::fs::create_dir_all(parent).map_err(err)?;
+        }
+        // A socket file left by a crashed agent: remove it if nothing answers on it.
+        if self.socket.exists() && std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            let _ = std::fs::remove_file(&self.socket);
+        }
+        let listener = UnixListener::bind(&self.socket).map_err(err)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o666))
+            .map_err(err)?;
+        Ok(listener)
+    }
+
+    /// Does whatever is due now; returns how long to sleep.
+    async fn tick(&self) -> Duration {
+        let now = self.clock.now();
+        match self.client.check_hardware(now) {
+            Ok(true) => warn!("hardware changed past tolerance (R12): reactivation needed"),
+            Ok(false) => {}
+            Err(error) => warn!(%error, "cannot read the client state"),
+        }
+        let Ok(status) = self.client.status(now) else {
+            return Duration::from_secs(60);
+        };
+        if status.status != LicenseStatus::Unlicensed
+            && status.next_attempt.is_none_or(|t| now >= t)
+        {
+            let result = self.activate(None).await;
+            log_attempt(&result);
+        }
+        let now = self.clock.now();
+        let Ok(status) = self.client.status(now) else {
+            return Duration::from_secs(60);
+        };
+        let until = |t: Option<Timestamp>| {
+            t.map(|t| Duration::from_millis(t.0.saturating_sub(now.0).max(0) as u64))
+        };
+        [
+            until(status.next_attempt),
+            until(status.validity_end),
+            until(status.grace_end),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|d| !d.is_zero())
+        .min()
+        .unwrap_or(MAX_SLEEP)
+        .clamp(Duration::from_millis(50), MAX_SLEEP)
+    }
+
+    async fn activate(&self, host: Option<&str>) -> OpResult {
+        // One attempt at a time, whether from the timer or the socket.
+        let _one = self.attempt.lock().await;
+        self.client
+            .activate(host, &self.machine, self.clock.now())
+            .await
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        listener: UnixListener,
+        owner: u32,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(error) => {
+                        warn!(%error, "agent socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let agent = Arc::clone(&self);
+            tokio::spawn(async move {
+                if let Err(error) = agent.handle(stream, owner).await {
+                    warn!(%error, "agent socket request failed");
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, stream: UnixStream, owner: u32) -> std::io::Result<()> {
+        let uid = stream.peer_cred()?.uid();
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(read.take(MAX_REQUEST_LINE as u64));
+        tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "request not received in time")
+            })??;
+        let reply = match serde_json::from_str::<AgentRequest>(&line) {
+            Err(e) => denied(codes::PROTOCOL_ERROR, format!("not a valid request: {e}")),
+            // R13: activating needs no rights; key, rearm, generalize and host changes do.
+            Ok(req) if req.privileged() && uid != 0 && uid != owner => {
+                warn!(uid, op = ?req, "privileged request refused (R13)");
+                denied(
+                    codes::ACCESS_DENIED,
+                    "this needs root or the agent's owner (R13)".into(),
+                )
+            }
+            Ok(req) => self.execute(req).await,
+        };
+        let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+        out.push(b'\n');
+        write.write_all(&out).await
+    }
+
+    async fn execute(&self, req: AgentRequest) -> OpResult {
+        let now = self.clock.now();
+        let result = match &req {
+            AgentRequest::Status => match self.client.status(now) {
+                Ok(s) => OpResult {
+                    ok: true,
+                    code: 0,
+                    result: "status".into(),
+                    message: format!("{}", s.status),
+                    count: None,
+                    threshold: None,
+                    status: Some(s),
+                },
+                Err(e) => denied(e.code(), e.to_string()),
+            },
+            AgentRequest::Activate { host } => {
+                let r = self.activate(host.as_deref()).await;
+                log_attempt(&r);
+                r
+            }
+            AgentRequest::InstallKey { key } => self.client.install_key(key, now),
+            AgentRequest::UninstallKey => self.client.uninstall_key(now),
+            AgentRequest::Rearm => self.client.rearm(now),
+            AgentRequest::Generalize => self.client.generalize(now),
+            AgentRequest::SetHost { host } => self.client.set_host(host, now),
+            AgentRequest::ClearHost => self.client.clear_host(now),
+        };
+        if req.privileged() {
+            info!(op = ?req, ok = result.ok, result = %result.result, "state changed on request");
+            // Timers may have moved (new key, rearm): look again now.
+            self.wake.notify_one();
+        }
+        result
+    }
+}
+
+fn denied(code: u32, message: String) -> OpResult {
+    OpResult {
+        ok: false,
+        code,
+        result: codes::name(code).to_owned(),
+        message,
+        count: None,
+        threshold: None,
+        status: None,
+    }
+}
+
+fn log_attempt(r: &OpResult) {
+    let next = r
+        .status
+        .as_ref()
+        .and_then(|s| s.next_attempt)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    if r.ok || r.code == codes::BELOW_THRESHOLD {
+        info!(result = %r.result, count = ?r.count, next_attempt = %next, "activation attempt");
+    } else {
+        warn!(result = %r.result, code = %format!("0x{:08X}", r.code), error = %r.message, next_attempt = %next, "activation attempt failed; will retry");
+    }
+}
+
+/// The default socket path for a state directory.
+pub fn default_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join(tally_client::agent::SOCKET_FILE)
+}

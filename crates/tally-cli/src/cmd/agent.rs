@@ -1,0 +1,54 @@
+//! `tally agent run`: the long-running client service.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use tally_agent::{Agent, default_socket};
+use tally_core::time::{Clock, SystemClock};
+use tokio_util::sync::CancellationToken;
+
+use crate::cmd::client::ClientOpts;
+use crate::cmd::host::spawn_signal_handler;
+
+/// `tally agent ...`
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Activate and renew on the lifecycle's timers and serve local status queries (systemd
+    /// friendly: logs to stderr, stops on SIGTERM).
+    Run(RunArgs),
+}
+
+/// `tally agent run` options.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    /// Use this host (HOST[:PORT]) and turn discovery off (same as `tally client set-host`).
+    #[arg(long, value_name = "HOST:PORT")]
+    host: Option<String>,
+}
+
+/// Runs an agent command.
+pub async fn run(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
+    let AgentCommand::Run(args) = cmd;
+    let client = args.opts.client()?;
+    if let Some(host) = &args.host {
+        let r = client.set_host(host, SystemClock.now());
+        anyhow::ensure!(r.ok, "{}", r.message);
+    }
+    let socket = args
+        .opts
+        .socket
+        .clone()
+        .unwrap_or_else(|| default_socket(&args.opts.dir()));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut agent = Agent::new(client, socket, clock);
+    if let Some(name) = args.opts.machine_name.clone() {
+        agent = agent.with_machine_name(name);
+    }
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    Arc::new(agent).run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,76 @@
+//! `tally slmgr`: the option names admins know from volume-activation tools, mapped onto
+//! `tally client` (client side: /ipk /ato /dli /dlv /xpr /skms /ckms /rearm /upk).
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Args;
+use tally_client::agent::AgentRequest;
+
+use crate::cmd::client::{ClientOpts, execute, report};
+
+/// `tally slmgr` options.
+#[derive(Args)]
+#[command(
+    after_help = "Options:\n  /ipk KEY          install a setup key\n  /upk              remove the key\n  \
+/ato              activate now\n  /dli, /dlv        display license information (/dlv: verbose)\n  \
+/xpr              show the expiry\n  /skms HOST[:PORT] use this host (discovery off, R20)\n  \
+/ckms             clear the host (discovery on)\n  /rearm            reset the grace period (R11)"
+)]
+pub struct SlmgrArgs {
+    #[command(flatten)]
+    opts: ClientOpts,
+    /// The slmgr-style option and its value, e.g. `/ipk KEY`.
+    #[arg(num_args = 1..=2, allow_hyphen_values = true, value_name = "OPTION")]
+    args: Vec<String>,
+}
+
+/// Runs an slmgr alias.
+pub async fn run(args: SlmgrArgs) -> anyhow::Result<ExitCode> {
+    let option = args
+        .args
+        .first()
+        .map(|s| s.to_ascii_lowercase().replace('-', "/"))
+        .unwrap_or_default();
+    let value = args.args.get(1).cloned();
+    let need = |what: &str| -> anyhow::Result<String> {
+        match &value {
+            Some(v) => Ok(v.clone()),
+            None => bail!("{option} needs {what}"),
+        }
+    };
+    let (req, verbose) = match option.as_str() {
+        "/ipk" => (
+            AgentRequest::InstallKey {
+                key: need("a key")?,
+            },
+            false,
+        ),
+        "/upk" => (AgentRequest::UninstallKey, false),
+        "/ato" => (AgentRequest::Activate { host: None }, false),
+        "/dli" | "/xpr" => (AgentRequest::Status, false),
+        "/dlv" => (AgentRequest::Status, true),
+        "/skms" => (
+            AgentRequest::SetHost {
+                host: need("HOST[:PORT]")?,
+            },
+            false,
+        ),
+        "/ckms" => (AgentRequest::ClearHost, false),
+        "/rearm" => (AgentRequest::Rearm, false),
+        other => bail!("unknown option '{other}': see `tally slmgr --help`"),
+    };
+    let activate = matches!(req, AgentRequest::Activate { .. });
+    let result = execute(&args.opts, req).await?;
+    if option == "/xpr" && !args.opts.json {
+        if let Some(s) = &result.status {
+            match (s.licensed, s.validity_end, s.grace_end) {
+                (true, Some(t), _) => println!("Volume activation will expire {t}"),
+                (false, _, Some(t)) => println!("{}: grace ends {t}", s.status),
+                _ => println!("{}", s.status),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    report(&result, activate, args.opts.json, verbose)
+}
