@@ -102,7 +102,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// Parses hex (either case); `None` on odd length or a non-hex character.
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

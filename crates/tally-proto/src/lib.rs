@@ -45,16 +45,16 @@ pub mod fuzzing {
     /// Decode arbitrary bytes; whatever decodes must re-encode to the same bytes and decode
     /// to the same message.
     pub fn fuzz_message(data: &[u8]) {
-        if let Ok(Some(len)) = Frame::check(data) {
-            if let Ok(msg) = Message::decode(&data[..len]) {
-                let bytes = msg.encode();
-                assert_eq!(&bytes[..], &data[..len], "re-encoding differs");
-                assert_eq!(
-                    Message::decode(&bytes).ok(),
-                    Some(msg),
-                    "round trip differs"
-                );
-            }
+        if let Ok(Some(len)) = Frame::check(data)
+            && let Ok(msg) = Message::decode(&data[..len])
+        {
+            let bytes = msg.encode();
+            assert_eq!(&bytes[..], &data[..len], "re-encoding differs");
+            assert_eq!(
+                Message::decode(&bytes).ok(),
+                Some(msg),
+                "round trip differs"
+            );
         }
     }
 }

@@ -257,10 +257,10 @@ async fn run_load(
     while !tasks.iter().all(|t| t.is_finished()) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         bar.set_position(plan.done.load(Ordering::Relaxed));
-        if let (Mode::Host, Some(pid)) = (mode, args.host_pid) {
-            if let Some(mb) = rss_mb(pid, "VmRSS:") {
-                peak_rss = Some(peak_rss.map_or(mb, |p: f64| p.max(mb)));
-            }
+        if let (Mode::Host, Some(pid)) = (mode, args.host_pid)
+            && let Some(mb) = rss_mb(pid, "VmRSS:")
+        {
+            peak_rss = Some(peak_rss.map_or(mb, |p: f64| p.max(mb)));
         }
     }
     let seconds = started.elapsed().as_secs_f64();

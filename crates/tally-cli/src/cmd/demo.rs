@@ -66,7 +66,7 @@ fn edition_for(n: usize, catalog: &Catalog) -> anyhow::Result<tally_core::Editio
         !clients.is_empty() && !servers.is_empty(),
         "the demo needs client and server editions in one pool"
     );
-    let server = matches!(n, 4 | 5) || (n > 5 && n % 3 == 0);
+    let server = matches!(n, 4 | 5) || (n > 5 && n.is_multiple_of(3));
     Ok(if server {
         servers[n % servers.len()]
     } else {

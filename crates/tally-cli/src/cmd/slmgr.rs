@@ -62,15 +62,16 @@ pub async fn run(args: SlmgrArgs) -> anyhow::Result<ExitCode> {
     };
     let activate = matches!(req, AgentRequest::Activate { .. });
     let result = execute(&args.opts, req).await?;
-    if option == "/xpr" && !args.opts.json {
-        if let Some(s) = &result.status {
-            match (s.licensed, s.validity_end, s.grace_end) {
-                (true, Some(t), _) => println!("Volume activation will expire {t}"),
-                (false, _, Some(t)) => println!("{}: grace ends {t}", s.status),
-                _ => println!("{}", s.status),
-            }
-            return Ok(ExitCode::SUCCESS);
+    if option == "/xpr"
+        && !args.opts.json
+        && let Some(s) = &result.status
+    {
+        match (s.licensed, s.validity_end, s.grace_end) {
+            (true, Some(t), _) => println!("Volume activation will expire {t}"),
+            (false, _, Some(t)) => println!("{}: grace ends {t}", s.status),
+            _ => println!("{}", s.status),
         }
+        return Ok(ExitCode::SUCCESS);
     }
     report(&result, activate, args.opts.json, verbose)
 }
