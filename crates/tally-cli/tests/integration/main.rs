@@ -6,6 +6,7 @@
 
 mod cli;
 mod faults;
+mod lifecycle;
 mod trust;
 
 use std::path::Path;
