@@ -301,3 +301,25 @@ fn slmgr_aliases_drive_the_client() {
     assert_eq!(v["status"]["grace_end"], before["grace_end"]);
     assert_eq!(slmgr(&["/upk"]).1["status"]["status"], "unlicensed");
 }
+
+// The embeddable API answers through the agent when it runs and from the file when it does not.
+#[tokio::test]
+async fn library_api_reads_status_through_agent_and_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    let dir = client_dir(tmp.path(), "lib", &host);
+    let licensing = tally_client::Licensing::new(&dir);
+    assert!(!licensing.agent_running().await);
+    let offline = licensing.status().await.expect("status from the file");
+    assert_eq!(offline.status, tally_client::LicenseStatus::InitialGrace);
+    assert_eq!(offline.days_left, 29);
+    let agent = Process::spawn(bin(), &["agent", "run", "--state-dir", s(&dir), "--host", &host.addr.to_string()], &[]);
+    let running = wait_until(Duration::from_secs(10), || dir.join("agent.sock").exists().then_some(()));
+    assert!(running.is_some(), "{}", agent.stderr());
+    assert!(licensing.agent_running().await);
+    let r = licensing.activate().await.expect("activate via agent");
+    assert_eq!((r.result.as_str(), r.count), ("below_threshold", Some(1)), "{r:?}");
+    let via_agent = licensing.status().await.expect("status via agent");
+    assert_eq!(via_agent.cmid, offline.cmid);
+    assert_eq!(via_agent.last_attempt.map(|a| a.result), Some("below_threshold".to_owned()));
+}
