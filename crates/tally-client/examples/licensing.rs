@@ -32,11 +32,22 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let via = if licensing.agent_running().await { "agent" } else { "state file" };
+    let via = if licensing.agent_running().await {
+        "agent"
+    } else {
+        "state file"
+    };
     match status.status {
         LicenseStatus::Licensed => println!("licensed: {} days left (via {via})", status.days_left),
-        LicenseStatus::InitialGrace => println!("in grace: {} days left to activate (via {via})", status.days_left),
+        LicenseStatus::InitialGrace => println!(
+            "in grace: {} days left to activate (via {via})",
+            status.days_left
+        ),
         other => println!("not licensed: {other} (via {via})"),
     }
-    if status.licensed { ExitCode::SUCCESS } else { ExitCode::from(2) }
+    if status.licensed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
 }

@@ -14,8 +14,10 @@ use tally_core::trust::{TrustAnchor, parse_authority_public};
 use tally_proto::MachineName;
 use uuid::Uuid;
 
+use tally_dns::discover::{Discovery, Found, order};
+
 use crate::codes;
-use crate::connect::{ActivationParams, Connector};
+use crate::connect::{ActivationParams, Answer, ClientError, Connector};
 use crate::hardware;
 use crate::state::{Attempt, ClientState, StateError};
 
@@ -129,6 +131,7 @@ pub struct Client {
     catalog: Arc<Catalog>,
     trust: Option<TrustAnchor>,
     timeout: Duration,
+    discovery: Discovery,
 }
 
 impl Client {
@@ -144,7 +147,52 @@ impl Client {
             catalog,
             trust,
             timeout: Duration::from_secs(10),
+            discovery: Discovery::default(),
         }
+    }
+
+    /// Sets how DNS discovery looks for hosts (R19).
+    pub fn with_discovery(mut self, discovery: Discovery) -> Self {
+        self.discovery = discovery;
+        self
+    }
+
+    /// Looks hosts up in DNS and probes each address (TCP connect), in the order a client
+    /// would try them: for `tally client discover`.
+    pub async fn discover(&self) -> Result<DiscoverReport, tally_dns::DnsError> {
+        let found = self.discovery.lookup().await?;
+        let ordered = order(found.candidates.clone(), &mut rand::rng());
+        let mut probes = Vec::new();
+        for c in &ordered {
+            if c.addresses.is_empty() {
+                probes.push(Probe {
+                    host: c.target.clone(),
+                    address: None,
+                    reachable: false,
+                    reason: Some("no address".into()),
+                });
+            }
+            for addr in &c.addresses {
+                let r =
+                    tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(addr)).await;
+                let (reachable, reason) = match r {
+                    Ok(Ok(_)) => (true, None),
+                    Ok(Err(e)) => (false, Some(format!("connect failed: {e}"))),
+                    Err(_) => (false, Some("connect timed out".into())),
+                };
+                probes.push(Probe {
+                    host: c.target.clone(),
+                    address: Some(addr.to_string()),
+                    reachable,
+                    reason,
+                });
+            }
+        }
+        Ok(DiscoverReport {
+            found,
+            order: ordered,
+            probes,
+        })
     }
 
     /// Sets the timeout of one exchange with a host.
@@ -305,16 +353,6 @@ impl Client {
                 "no key installed: run `tally client install-key SETUP_KEY` first (see `tally catalog list`)".into(),
             ));
         };
-        let Some(host) = host
-            .map(with_default_port)
-            .or_else(|| state.host().map(str::to_owned))
-        else {
-            return self.done(
-                now,
-                codes::NO_HOST,
-                "no host: pass --host HOST:PORT or set one with `tally client set-host`".into(),
-            );
-        };
         let Some(trust) = self.trust.clone() else {
             return self.done(
                 now,
@@ -338,7 +376,17 @@ impl Client {
             license_state: state.status(now).wire(),
             grace_remaining_minutes: state.license.minutes_left(now),
         };
-        let outcome = connector.activate(&host, &params, now).await;
+        let explicit = host
+            .map(with_default_port)
+            .or_else(|| state.manual_host.clone());
+        let (outcome, host) = match explicit {
+            // R20: a host given by hand is the only one tried.
+            Some(h) => (connector.activate(&h, &params, now).await, h),
+            None => {
+                self.activate_discovered(&connector, &params, state.cached_host.clone(), now)
+                    .await
+            }
+        };
         let cmid = state.cmid;
         let certs = connector.certificates();
         let saved = ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
@@ -401,6 +449,70 @@ impl Client {
         }
     }
 
+    /// R19: the cached host first; if it does not answer, DNS in RFC 2782 order, dropping each
+    /// host that does not answer; the first that answers is used (and cached by the caller).
+    async fn activate_discovered(
+        &self,
+        connector: &Connector,
+        params: &ActivationParams,
+        cached: Option<String>,
+        now: Timestamp,
+    ) -> (Result<Answer, ClientError>, String) {
+        let mut tried: Vec<String> = Vec::new();
+        let mut last: Option<(ClientError, String)> = None;
+        if let Some(c) = cached {
+            match connector.activate(&c, params, now).await {
+                Ok(a) => return (Ok(a), c),
+                Err(e) => {
+                    tracing::info!(host = %c, error = %e, "cached host failed; asking DNS again");
+                    tried.push(c.clone());
+                    last = Some((e, c));
+                }
+            }
+        }
+        let found = match self.discovery.lookup().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "DNS discovery failed");
+                Found::default()
+            }
+        };
+        // The thread-local RNG must not live across an await: order first, then try.
+        let ordered = order(found.candidates, &mut rand::rng());
+        for candidate in ordered {
+            for addr in &candidate.addresses {
+                let a = addr.to_string();
+                if tried.contains(&a) {
+                    continue;
+                }
+                tried.push(a.clone());
+                match connector.activate(&a, params, now).await {
+                    Ok(answer) => return (Ok(answer), a),
+                    Err(e) => {
+                        tracing::info!(host = %candidate.target, address = %a, error = %e, "host did not answer; trying the next");
+                        last = Some((e, a));
+                    }
+                }
+            }
+        }
+        match last {
+            Some((e, h)) => (Err(e), h),
+            None => (
+                Err(ClientError::Connect {
+                    host: "(none)".into(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                            "no host set and none found in DNS ({})",
+                            found.notes.join("; ")
+                        ),
+                    ),
+                }),
+                String::new(),
+            ),
+        }
+    }
+
     /// R12: compares the hardware with the baseline of the last success; returns whether the
     /// client went out of tolerance.
     pub fn check_hardware(&self, now: Timestamp) -> Result<bool, StateError> {
@@ -409,6 +521,30 @@ impl Client {
             Ok(s.license.check_hardware(&hw, now))
         })
     }
+}
+
+/// What `tally client discover` reports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DiscoverReport {
+    /// The SRV lookups and what they found.
+    pub found: Found,
+    /// The candidates in the order a client would try them (R19).
+    pub order: Vec<tally_dns::discover::Candidate>,
+    /// Each address probed, in that order, and why it would be skipped.
+    pub probes: Vec<Probe>,
+}
+
+/// One address probed by `discover`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Probe {
+    /// The SRV target.
+    pub host: String,
+    /// The address probed.
+    pub address: Option<String>,
+    /// Whether a TCP connection succeeded.
+    pub reachable: bool,
+    /// Why not.
+    pub reason: Option<String>,
 }
 
 /// Appends the default port 1688 if `host` has none (`name`, `1.2.3.4`, `::1`, `[::1]`).

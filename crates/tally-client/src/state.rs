@@ -264,7 +264,10 @@ impl ClientState {
             AttemptOutcome::Failed
         };
         self.license.on_attempt(now, outcome, hardware);
-        self.cached_host = Some(answer.host.to_string());
+        // R19: remember the host that answered; R20: not while a host is set by hand.
+        if self.manual_host.is_none() {
+            self.cached_host = Some(answer.host.to_string());
+        }
         self.last_attempt = Some(Attempt {
             at: now,
             host: Some(answer.host.to_string()),

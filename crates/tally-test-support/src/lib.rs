@@ -2,6 +2,8 @@
 //! addresses, kill them (gracefully or with SIGKILL), and decide whether a missing external
 //! tool skips a test or fails it (it fails when `CI` is set).
 
+pub mod bind;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

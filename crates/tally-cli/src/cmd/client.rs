@@ -13,6 +13,7 @@ use tally_client::codes;
 use tally_client::ops::{Client, OpResult, StatusReport, TRUST_FILE};
 use tally_core::time::{Clock, SystemClock};
 use tally_core::trust::parse_authority_public;
+use tally_dns::discover::Discovery;
 
 use crate::cmd::catalog::CatalogArg;
 use crate::output;
@@ -41,6 +42,19 @@ pub struct ClientOpts {
     /// Machine name reported to hosts [default: this machine's host name].
     #[arg(long, global = true)]
     pub machine_name: Option<String>,
+    /// DNS server for discovery, ADDR[:PORT] [default: the system's, from /etc/resolv.conf].
+    #[arg(long, env = "TALLY_DNS_SERVER", value_name = "ADDR", global = true)]
+    pub dns_server: Option<String>,
+    /// Domain to look for `_tally._tcp` SRV records in; repeat for a search list [default: the
+    /// system's domain and search list].
+    #[arg(
+        long,
+        env = "TALLY_DNS_SEARCH",
+        value_name = "DOMAIN",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub dns_search: Vec<String>,
     /// Seconds to wait for a host.
     #[arg(long, default_value_t = 10, global = true)]
     pub timeout: u64,
@@ -67,9 +81,30 @@ impl ClientOpts {
             }
             None => None,
         };
+        let server = match &self.dns_server {
+            Some(s) => {
+                let with_port = if s.contains(':') {
+                    s.clone()
+                } else {
+                    format!("{s}:53")
+                };
+                Some(
+                    with_port
+                        .parse()
+                        .with_context(|| format!("--dns-server {s}: expected ADDR[:PORT]"))?,
+                )
+            }
+            None => None,
+        };
+        let discovery = Discovery {
+            server,
+            search: self.dns_search.clone(),
+            label: String::new(),
+        };
         Ok(
             Client::new(&self.dir(), Arc::new(self.catalog.load()?), trust)
-                .with_timeout(std::time::Duration::from_secs(self.timeout.clamp(1, 300))),
+                .with_timeout(std::time::Duration::from_secs(self.timeout.clamp(1, 300)))
+                .with_discovery(discovery),
         )
     }
 }
@@ -116,6 +151,9 @@ pub enum ClientCommand {
     },
     /// Forget the manual host; turns discovery back on (R20).
     ClearHost,
+    /// Look for hosts in DNS (R19): what was queried, what was found, the order a client would
+    /// try them in, and why any would be skipped.
+    Discover,
     /// Copy an authority public key into the state directory as the key to trust.
     Trust {
         /// The authority public key file.
@@ -134,7 +172,7 @@ impl ClientCommand {
             Self::Generalize => AgentRequest::Generalize,
             Self::SetHost { host } => AgentRequest::SetHost { host: host.clone() },
             Self::ClearHost => AgentRequest::ClearHost,
-            Self::Trust { .. } => return None,
+            Self::Trust { .. } | Self::Discover => return None,
         })
     }
 }
@@ -275,6 +313,37 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(dir.join(TRUST_FILE), text)?;
         println!("This client now trusts {}.", file.display());
         return Ok(ExitCode::SUCCESS);
+    }
+    if let ClientCommand::Discover = &args.command {
+        let report = args.opts.client()?.discover().await?;
+        if args.opts.json {
+            output::json(&report)?;
+        } else {
+            for note in &report.found.notes {
+                println!("{note}");
+            }
+            for (i, p) in report.probes.iter().enumerate() {
+                let c = report.order.iter().find(|c| c.target == p.host);
+                println!(
+                    "{}. {} {} (priority {}, weight {}): {}",
+                    i + 1,
+                    p.host,
+                    p.address.as_deref().unwrap_or("-"),
+                    c.map_or(0, |c| c.priority),
+                    c.map_or(0, |c| c.weight),
+                    if p.reachable {
+                        "reachable".to_owned()
+                    } else {
+                        p.reason.clone().unwrap_or_default()
+                    }
+                );
+            }
+        }
+        return Ok(if report.probes.iter().any(|p| p.reachable) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     let Some(req) = args.command.request() else {
         return Ok(ExitCode::SUCCESS);

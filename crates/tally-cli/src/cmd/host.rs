@@ -119,6 +119,9 @@ pub struct RunArgs {
     /// Commit durability: `full` survives power loss, `normal` only a process crash [default: full].
     #[arg(long, value_name = "MODE")]
     durability: Option<DurabilityArg>,
+    /// Do not publish DNS records even if the config file has a `[dns]` section (R17).
+    #[arg(long)]
+    no_dns_publish: bool,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, clap::ValueEnum)]
@@ -164,6 +167,159 @@ struct HostFileConfig {
     idle_timeout_secs: u64,
     /// "full" or "normal".
     durability: Option<DurabilityArg>,
+    /// DNS publishing (R17, R18); absent: not published (records can be made by hand).
+    dns: Option<DnsConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_label() -> String {
+    tally_dns::DEFAULT_LABEL.to_owned()
+}
+
+fn default_ttl() -> u32 {
+    300
+}
+
+fn default_refresh_secs() -> u64 {
+    900
+}
+
+/// The `[dns]` section of the host config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DnsConfig {
+    /// Publish the SRV record (R17); `--no-dns-publish` turns it off.
+    #[serde(default = "default_true")]
+    publish: bool,
+    /// The DNS server that accepts updates for the zones, ADDR:PORT.
+    server: SocketAddr,
+    /// TSIG key file in BIND `tsig-keygen` format (hmac-sha256).
+    key_file: PathBuf,
+    /// This host's FQDN: the SRV target.
+    fqdn: String,
+    /// Zone of the FQDN's A/AAAA records [default: the FQDN's parent domain].
+    address_zone: Option<String>,
+    /// Addresses published for the FQDN [default: the listen address unless 0.0.0.0/::].
+    addresses: Option<Vec<std::net::IpAddr>>,
+    /// SRV label.
+    #[serde(default = "default_label")]
+    label: String,
+    /// TTL of the records, seconds.
+    #[serde(default = "default_ttl")]
+    ttl: u32,
+    /// Seconds between republishing.
+    #[serde(default = "default_refresh_secs")]
+    refresh_secs: u64,
+    /// Domains to publish into, each with optional priority and weight; replaces the default
+    /// (the FQDN's own domain).
+    #[serde(default)]
+    domains: Vec<tally_dns::publish::Target>,
+}
+
+/// File where the host keeps its last DNS publishing result (for `host status`).
+pub const DNS_STATUS_FILE: &str = "dns-status.json";
+
+impl DnsConfig {
+    fn publication(
+        &self,
+        config_dir: &Path,
+        listen: SocketAddr,
+    ) -> anyhow::Result<tally_dns::publish::Publication> {
+        let key_path = if self.key_file.is_absolute() {
+            self.key_file.clone()
+        } else {
+            config_dir.join(&self.key_file)
+        };
+        let key_text = std::fs::read_to_string(&key_path)
+            .with_context(|| format!("cannot read the TSIG key file {}", key_path.display()))?;
+        let key = tally_dns::tsig::TsigKey::parse_bind(&key_text)
+            .with_context(|| format!("{}", key_path.display()))?;
+        let fqdn = self.fqdn.trim_end_matches('.').to_owned();
+        let parent = fqdn.split_once('.').map(|(_, p)| p.to_owned());
+        let targets = if self.domains.is_empty() {
+            let domain = self
+                .address_zone
+                .clone()
+                .or(parent)
+                .with_context(|| format!("dns.fqdn '{fqdn}' has no domain"))?;
+            vec![tally_dns::publish::Target {
+                domain,
+                priority: 0,
+                weight: 10,
+            }]
+        } else {
+            self.domains.clone()
+        };
+        let addresses = match &self.addresses {
+            Some(a) => a.clone(),
+            None if listen.ip().is_unspecified() => Vec::new(),
+            None => vec![listen.ip()],
+        };
+        Ok(tally_dns::publish::Publication {
+            server: self.server,
+            key,
+            label: self.label.clone(),
+            fqdn,
+            address_zone: self.address_zone.clone(),
+            addresses,
+            port: listen.port(),
+            ttl: self.ttl,
+            targets,
+            timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+async fn publish_loop(
+    publication: tally_dns::publish::Publication,
+    refresh: Duration,
+    status_path: PathBuf,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let results = publication.publish().await;
+        for r in &results {
+            if r.ok {
+                // R17: event 12294 on success.
+                info!(
+                    event_id = tally_dns::EVENT_PUBLISH_OK,
+                    domain = %r.domain,
+                    record = %r.record,
+                    target = %publication.fqdn,
+                    port = publication.port,
+                    "DNS SRV record published"
+                );
+            } else {
+                // R17: event 12293 on failure, with the DNS error.
+                warn!(
+                    event_id = tally_dns::EVENT_PUBLISH_FAILED,
+                    domain = %r.domain,
+                    record = %r.record,
+                    error = r.error.as_deref().unwrap_or("unknown"),
+                    "DNS publishing failed"
+                );
+            }
+        }
+        let status = serde_json::json!({
+            "enabled": true,
+            "server": publication.server,
+            "fqdn": publication.fqdn,
+            "port": publication.port,
+            "last_attempt": SystemClock.now(),
+            "ok": results.iter().all(|r| r.ok),
+            "results": results,
+        });
+        if let Err(error) = std::fs::write(&status_path, status.to_string()) {
+            warn!(%error, path = %status_path.display(), "cannot record the DNS publishing state");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(refresh) => {}
+        }
+    }
 }
 
 fn read_config(path: Option<&Path>) -> anyhow::Result<HostFileConfig> {
@@ -424,6 +580,10 @@ async fn status(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     let cov = identity.coverage();
     let not_after = Timestamp(cert.body.not_after.saturating_mul(1000));
     let clients = store.registry_len().await?;
+    let dns: serde_json::Value = std::fs::read(dir.join(DNS_STATUS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({ "enabled": false }));
     if as_json {
         json(&serde_json::json!({
             "data_dir": dir,
@@ -437,6 +597,7 @@ async fn status(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
             },
             "pools": pools,
             "registry_clients": clients,
+            "dns": dns,
         }))?;
     } else {
         println!("Host data: {}", dir.display());
@@ -457,6 +618,23 @@ async fn status(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
         }
         print!("{}", t.render());
         println!("Clients in registry: {clients}");
+        match dns.get("results").and_then(|r| r.as_array()) {
+            Some(results) => {
+                for r in results {
+                    println!(
+                        "DNS: {} {}{}",
+                        r["record"].as_str().unwrap_or("?"),
+                        if r["ok"] == true {
+                            "published"
+                        } else {
+                            "FAILED: "
+                        },
+                        r["error"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            None => println!("DNS: not publishing"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -536,6 +714,31 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     println!("tally host listening on {addr}");
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
+    let dns_status = dir.join(DNS_STATUS_FILE);
+    match file.dns {
+        Some(dns) if dns.publish && !args.no_dns_publish => {
+            let config_dir = args
+                .config
+                .as_deref()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            let publication = dns.publication(&config_dir, addr)?;
+            let refresh = Duration::from_secs(dns.refresh_secs.max(10));
+            tokio::spawn(publish_loop(
+                publication,
+                refresh,
+                dns_status,
+                shutdown.clone(),
+            ));
+        }
+        _ => {
+            let _ = std::fs::write(
+                &dns_status,
+                serde_json::json!({ "enabled": false }).to_string(),
+            );
+        }
+    }
     tally_server::run(listener, service, config, shutdown).await?;
     info!("host stopped");
     Ok(ExitCode::SUCCESS)

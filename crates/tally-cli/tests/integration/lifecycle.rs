@@ -313,13 +313,33 @@ async fn library_api_reads_status_through_agent_and_file() {
     let offline = licensing.status().await.expect("status from the file");
     assert_eq!(offline.status, tally_client::LicenseStatus::InitialGrace);
     assert_eq!(offline.days_left, 29);
-    let agent = Process::spawn(bin(), &["agent", "run", "--state-dir", s(&dir), "--host", &host.addr.to_string()], &[]);
-    let running = wait_until(Duration::from_secs(10), || dir.join("agent.sock").exists().then_some(()));
+    let agent = Process::spawn(
+        bin(),
+        &[
+            "agent",
+            "run",
+            "--state-dir",
+            s(&dir),
+            "--host",
+            &host.addr.to_string(),
+        ],
+        &[],
+    );
+    let running = wait_until(Duration::from_secs(10), || {
+        dir.join("agent.sock").exists().then_some(())
+    });
     assert!(running.is_some(), "{}", agent.stderr());
     assert!(licensing.agent_running().await);
     let r = licensing.activate().await.expect("activate via agent");
-    assert_eq!((r.result.as_str(), r.count), ("below_threshold", Some(1)), "{r:?}");
+    assert_eq!(
+        (r.result.as_str(), r.count),
+        ("below_threshold", Some(1)),
+        "{r:?}"
+    );
     let via_agent = licensing.status().await.expect("status via agent");
     assert_eq!(via_agent.cmid, offline.cmid);
-    assert_eq!(via_agent.last_attempt.map(|a| a.result), Some("below_threshold".to_owned()));
+    assert_eq!(
+        via_agent.last_attempt.map(|a| a.result),
+        Some("below_threshold".to_owned())
+    );
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod dns;
 mod faults;
 mod lifecycle;
 mod trust;
