@@ -35,17 +35,7 @@ impl Process {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        if let Some(err) = child.stderr.take() {
-            let sink = Arc::clone(&stderr);
-            thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
+        let stderr = collect_stderr(&mut child);
         Self { child, stderr }
     }
 
@@ -73,6 +63,22 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Collects the child's stderr lines into a shared string, from a background thread.
+fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    if let Some(err) = child.stderr.take() {
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    log
 }
 
 fn terminate(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -162,17 +168,7 @@ impl HostProcess {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        if let Some(err) = child.stderr.take() {
-            let sink = Arc::clone(&stderr);
-            thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
+        let stderr = collect_stderr(&mut child);
         let (tx, rx) = mpsc::channel();
         if let Some(out) = child.stdout.take() {
             thread::spawn(move || {
