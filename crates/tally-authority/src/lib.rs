@@ -23,6 +23,10 @@ use tally_proto::{CertificateBody, HostCertificate};
 use thiserror::Error;
 
 pub mod dir;
+pub mod http;
+pub mod offline;
+pub mod service;
+pub mod store;
 
 /// How long a host certificate is valid: hosts never contact the authority again after
 /// activation (R22), so it is long.
@@ -172,17 +176,29 @@ impl Authority {
     ) -> Result<HostCertificate, AuthorityError> {
         let fields = host_key.host_fields()?;
         self.check_key(host_key)?;
-        let body = CertificateBody {
-            host_key: host_public.to_bytes(),
-            key_group: fields.group.rank(),
-            generation: fields.generation,
-            key_serial: fields.serial,
-            // A day of slack for clients whose clocks run behind.
-            not_before: now.plus_days(-1).seconds(),
-            not_after: now.plus_days(CERTIFICATE_LIFETIME_DAYS).seconds(),
-            authority_id: authority_id(&self.public()),
-        };
+        let body = certificate_body(fields, host_public, &self.public(), now);
         Ok(sign_certificate(&self.signing, body))
+    }
+}
+
+/// The certificate body for a host key's fields. Validity is day-aligned (from the day before
+/// `issued`, for 20 years) so that an offline confirmation needs to carry only the day.
+pub fn certificate_body(
+    fields: HostKeyFields,
+    host_public: &VerifyingKey,
+    authority: &VerifyingKey,
+    issued: Timestamp,
+) -> CertificateBody {
+    let day = issued.millis().div_euclid(86_400_000);
+    CertificateBody {
+        host_key: host_public.to_bytes(),
+        key_group: fields.group.rank(),
+        generation: fields.generation,
+        key_serial: fields.serial,
+        // A day of slack for clients whose clocks run behind.
+        not_before: (day - 1) * 86_400,
+        not_after: (day + CERTIFICATE_LIFETIME_DAYS) * 86_400,
+        authority_id: authority_id(authority),
     }
 }
 
@@ -290,3 +306,6 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod api_tests;

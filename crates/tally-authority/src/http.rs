@@ -1,0 +1,229 @@
+//! The authority's HTTP API (axum). Public: `GET /v1/authority`, `POST /v1/host-activations`,
+//! `POST /v1/offline-confirmations`, `GET /openapi.json`. Operator (bearer token): keys, key
+//! details, exceptions, revocation, audit log. Every error is a JSON body
+//! `{"error": CODE, "message": TEXT}` with a 4xx status; internal details stay in the log.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::service::{
+    ExceptionRequest, HostActivationRequest, IssueRequest, RevokeRequest, Service, ServiceError,
+};
+use crate::store::Refusal;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// The OpenAPI document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Shared state.
+#[derive(Clone)]
+pub struct AppState {
+    /// The service.
+    pub service: Arc<Service>,
+    /// The operator token.
+    pub operator_token: Arc<str>,
+}
+
+/// An API error: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.code, "message": self.message }))).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let status = match &e {
+            ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServiceError::KeyNotValid(_) | ServiceError::Refused(Refusal::UnknownKey) => StatusCode::FORBIDDEN,
+            ServiceError::Refused(Refusal::Revoked { .. }) => StatusCode::FORBIDDEN,
+            ServiceError::Refused(_) => StatusCode::CONFLICT,
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Store(error) => {
+                // Details stay in the server log (axum error-handling example).
+                tracing::error!(%error, "authority storage failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let message = match &e {
+            ServiceError::Refused(r @ (Refusal::TooManyHosts { .. } | Refusal::TooManyActivations { .. })) => format!(
+                "{r}. Ask the vendor for an exception, quoting the key's last five characters and serial; \
+                 the vendor runs `tally authority exception --serial SERIAL --hosts N --reason TEXT`"
+            ),
+            other => other.to_string(),
+        };
+        Self::new(status, e.code(), message)
+    }
+}
+
+/// JSON body extractor whose rejections are JSON 4xx errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Self(v)),
+            Err(r) => Err(json_rejection(r)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    let status = r.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" };
+    // Clamp to 4xx: a body that cannot be read is the client's problem.
+    let status = if status.is_client_error() { status } else { StatusCode::BAD_REQUEST };
+    ApiError::new(status, code, r.body_text())
+}
+
+fn serial(p: Result<Path<u32>, PathRejection>) -> Result<u32, ApiError> {
+    p.map(|Path(s)| s)
+        .map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("serial: {}", r.body_text())))
+}
+
+fn operator(state: &AppState, headers: &HeaderMap) -> Result<&'static str, ApiError> {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = state.operator_token.as_bytes();
+    // Constant-time comparison: no early exit on the first differing byte.
+    let same = given.len() == expected.len()
+        && given.bytes().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same {
+        Ok("operator")
+    } else {
+        tracing::warn!("operator request refused: missing or wrong bearer token");
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "operator endpoints need `Authorization: Bearer TOKEN`"))
+    }
+}
+
+fn ok<T: Serialize>(v: T) -> Response {
+    Json(v).into_response()
+}
+
+async fn authority_info(State(state): State<AppState>) -> Response {
+    let public = state.service.authority().public();
+    ok(json!({
+        "public_key_file": crate::dir::public_file_text(state.service.authority()),
+        "authority_id": tally_core::trust::to_hex(&tally_core::trust::authority_id(&public)),
+    }))
+}
+
+async fn host_activation(State(state): State<AppState>, ApiJson(req): ApiJson<HostActivationRequest>) -> Result<Response, ApiError> {
+    let activation = state.service.activate_host(&req).await?;
+    tracing::info!(serial = activation.serial, hosts_used = activation.usage.hosts_used, "host activated");
+    Ok(ok(activation))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmRequest {
+    installation_id: String,
+}
+
+async fn offline_confirmation(State(state): State<AppState>, ApiJson(req): ApiJson<ConfirmRequest>) -> Result<Response, ApiError> {
+    let groups = state.service.confirm(&req.installation_id).await?;
+    Ok(ok(json!({ "confirmation_id": groups.join(" "), "groups": groups })))
+}
+
+async fn list_keys(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    operator(&state, &headers)?;
+    Ok(ok(state.service.keys().await?))
+}
+
+async fn issue_key(State(state): State<AppState>, headers: HeaderMap, ApiJson(req): ApiJson<IssueRequest>) -> Result<Response, ApiError> {
+    let actor = operator(&state, &headers)?;
+    Ok((StatusCode::CREATED, Json(state.service.issue_host_key(&req, actor).await?)).into_response())
+}
+
+async fn key_detail(State(state): State<AppState>, headers: HeaderMap, p: Result<Path<u32>, PathRejection>) -> Result<Response, ApiError> {
+    operator(&state, &headers)?;
+    Ok(ok(state.service.key(serial(p)?).await?))
+}
+
+async fn exception(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    p: Result<Path<u32>, PathRejection>,
+    ApiJson(req): ApiJson<ExceptionRequest>,
+) -> Result<Response, ApiError> {
+    let actor = operator(&state, &headers)?;
+    Ok(ok(state.service.exception(serial(p)?, &req, actor).await?))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    p: Result<Path<u32>, PathRejection>,
+    ApiJson(req): ApiJson<RevokeRequest>,
+) -> Result<Response, ApiError> {
+    let actor = operator(&state, &headers)?;
+    Ok(ok(state.service.revoke(serial(p)?, &req, actor).await?))
+}
+
+async fn audit(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    operator(&state, &headers)?;
+    Ok(ok(state.service.audit().await?))
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed; see /openapi.json")
+}
+
+/// The router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/v1/authority", get(authority_info))
+        .route("/v1/host-activations", post(host_activation))
+        .route("/v1/offline-confirmations", post(offline_confirmation))
+        .route("/v1/keys", get(list_keys).post(issue_key))
+        .route("/v1/keys/{serial}", get(key_detail))
+        .route("/v1/keys/{serial}/exception", post(exception))
+        .route("/v1/keys/{serial}/revoke", post(revoke))
+        .route("/v1/audit", get(audit))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}

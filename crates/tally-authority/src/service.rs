@@ -1,0 +1,343 @@
+//! The authority's operations, independent of HTTP: key issuance, host activation online and
+//! offline with the R23 limits, exceptions, revocation.
+
+use std::sync::Arc;
+
+use ed25519_dalek::VerifyingKey;
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use tally_core::keys::{KeyGroup, KeyKind, ProductKey};
+use tally_core::time::{Clock, DAY_MS, Timestamp};
+use tally_core::trust::{armor, from_hex, labels, to_hex};
+use thiserror::Error;
+
+use crate::offline;
+use crate::store::{
+    ActivationRecord, AuditEntry, AuthorityStore, DEFAULT_MAX_ACTIVATIONS, DEFAULT_MAX_HOSTS, KeyRecord, NewKey,
+    Refusal, StoreError, Usage,
+};
+use crate::{Authority, AuthorityError};
+
+/// Bytes of the hardware id carried in activations (and offline installation IDs).
+pub const HARDWARE_ID_BYTES: usize = 5;
+/// Installation ID length in bytes: key payload (14) + host public key (32) + hardware (5).
+pub const INSTALLATION_ID_BYTES: usize = 14 + 32 + HARDWARE_ID_BYTES;
+/// Confirmation ID length in bytes: issue day (2) + signature (64).
+pub const CONFIRMATION_ID_BYTES: usize = 2 + 64;
+
+/// Why a request failed; each maps to one HTTP status and a stable `error` code.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The key is not one this authority issued (or not of the right kind).
+    #[error("{0}")]
+    KeyNotValid(String),
+    /// The authority refused the activation.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// No such key.
+    #[error("no key with serial {0}")]
+    NotFound(u32),
+    /// Storage failed (details in the server log only).
+    #[error("internal error")]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError {
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::KeyNotValid(_) => "key_not_valid",
+            Self::Refused(Refusal::Revoked { .. }) => "key_revoked",
+            Self::Refused(Refusal::UnknownKey) => "key_not_valid",
+            Self::Refused(_) => "limit_reached",
+            Self::NotFound(_) => "not_found",
+            Self::Store(_) => "internal",
+        }
+    }
+}
+
+impl From<tally_core::keys::KeyError> for ServiceError {
+    fn from(e: tally_core::keys::KeyError) -> Self {
+        Self::KeyNotValid(e.to_string())
+    }
+}
+
+impl From<AuthorityError> for ServiceError {
+    fn from(e: AuthorityError) -> Self {
+        Self::KeyNotValid(e.to_string())
+    }
+}
+
+/// A host asks to be certified (R22).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostActivationRequest {
+    /// The host key installed on the host.
+    pub host_key: String,
+    /// The host's Ed25519 public key, hex.
+    pub host_public_key: String,
+    /// The host's hardware id, 10 hex digits.
+    pub hardware_id: String,
+}
+
+/// A host certified.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct HostActivation {
+    /// The certificate, in the `tally-host-certificate-v1` file format.
+    pub certificate: String,
+    /// The certified key group.
+    pub key_group: String,
+    /// The certified generation.
+    pub generation: u8,
+    /// The key's serial.
+    pub serial: u32,
+    /// What the activation used of the key's limits.
+    pub usage: Usage,
+}
+
+/// An operator asks for a key.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueRequest {
+    /// Key group.
+    pub group: KeyGroup,
+    /// Generation (0–15).
+    #[serde(default = "one")]
+    pub generation: u8,
+    /// Free text (customer, order number).
+    #[serde(default)]
+    pub note: String,
+}
+
+fn one() -> u8 {
+    1
+}
+
+/// An operator raises a key's limits.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionRequest {
+    /// More distinct hosts.
+    #[serde(default)]
+    pub extra_hosts: u32,
+    /// More activations per host.
+    #[serde(default)]
+    pub extra_activations: u32,
+    /// Why (kept in the audit log).
+    pub reason: String,
+}
+
+/// An operator revokes a key.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Why (kept in the audit log).
+    pub reason: String,
+}
+
+/// A key with its activations.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyDetail {
+    /// The key.
+    #[serde(flatten)]
+    pub key: KeyRecord,
+    /// Its activations.
+    pub activations: Vec<ActivationRecord>,
+}
+
+/// The authority service.
+pub struct Service {
+    authority: Authority,
+    store: Arc<dyn AuthorityStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("authority", &self.authority).finish_non_exhaustive()
+    }
+}
+
+/// Validates a hardware id: 10 hex digits.
+pub fn parse_hardware_id(text: &str) -> Result<[u8; HARDWARE_ID_BYTES], ServiceError> {
+    from_hex(text)
+        .and_then(|b| <[u8; HARDWARE_ID_BYTES]>::try_from(b).ok())
+        .ok_or_else(|| ServiceError::BadRequest("hardware_id must be 10 hex digits".into()))
+}
+
+impl Service {
+    /// A service for `authority` over `store`.
+    pub fn new(authority: Authority, store: Arc<dyn AuthorityStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { authority, store, clock }
+    }
+
+    /// The authority.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Issues and records a host key.
+    pub async fn issue_host_key(&self, req: &IssueRequest, actor: &str) -> Result<KeyRecord, ServiceError> {
+        if req.generation > 15 {
+            return Err(ServiceError::BadRequest("generation must be between 0 and 15".into()));
+        }
+        let now = self.clock.now();
+        for _ in 0..16 {
+            let serial: u32 = rand::rng().random();
+            let key = self.authority.issue_host_key_with_serial(req.group, req.generation, serial)?;
+            let new = NewKey {
+                serial,
+                kind: "host",
+                key: key.to_string(),
+                group: Some(req.group.name().to_owned()),
+                generation: Some(req.generation),
+                max_hosts: DEFAULT_MAX_HOSTS,
+                max_activations: DEFAULT_MAX_ACTIVATIONS,
+                note: req.note.clone(),
+            };
+            if self.store.insert_key(new, actor, now).await? {
+                return self.store.key(serial).await?.ok_or(ServiceError::NotFound(serial));
+            }
+        }
+        Err(ServiceError::BadRequest("could not find a free serial; try again".into()))
+    }
+
+    /// Certifies a host (R22, R23), counting it against the key's limits.
+    pub async fn activate_host(&self, req: &HostActivationRequest) -> Result<HostActivation, ServiceError> {
+        let key: ProductKey = req
+            .host_key
+            .parse()
+            .map_err(|e| ServiceError::KeyNotValid(format!("host_key: {e}")))?;
+        if key.kind() != KeyKind::Host {
+            return Err(ServiceError::KeyNotValid(format!("this is a {} key, not a host key", key.kind())));
+        }
+        let public = from_hex(&req.host_public_key)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+            .ok_or_else(|| ServiceError::BadRequest("host_public_key must be 64 hex digits of an Ed25519 key".into()))?;
+        let hardware = parse_hardware_id(&req.hardware_id)?;
+        self.authority.check_key(key)?;
+        let usage = match self
+            .store
+            .activate(key.serial(), &to_hex(&hardware), &to_hex(public.as_bytes()), self.clock.now())
+            .await?
+        {
+            Ok(u) => u,
+            Err(refusal) => return Err(ServiceError::Refused(refusal)),
+        };
+        let cert = self.authority.certify(key, &public, self.clock.now())?;
+        let fields = key.host_fields()?;
+        Ok(HostActivation {
+            certificate: armor(labels::HOST_CERTIFICATE, &cert.to_bytes()),
+            key_group: fields.group.name().to_owned(),
+            generation: fields.generation,
+            serial: fields.serial,
+            usage,
+        })
+    }
+
+    /// Offline activation (R22): turns an installation ID into a confirmation ID.
+    pub async fn confirm(&self, installation_id: &str) -> Result<Vec<String>, ServiceError> {
+        let bytes = offline::decode(installation_id, INSTALLATION_ID_BYTES)
+            .map_err(|e| ServiceError::BadRequest(format!("installation ID: {e}")))?;
+        let mut payload = [0u8; 16];
+        payload[2..].copy_from_slice(&bytes[..14]);
+        let key = ProductKey::from_payload(u128::from_be_bytes(payload));
+        let req = HostActivationRequest {
+            host_key: key.to_string(),
+            host_public_key: to_hex(&bytes[14..46]),
+            hardware_id: to_hex(&bytes[46..]),
+        };
+        let activation = self.activate_host(&req).await?;
+        let cert = tally_core::trust::parse_certificate(&activation.certificate)
+            .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
+        // The host rebuilds the certificate from what it knows; it needs only the issue day
+        // (validity is day-aligned) and the signature.
+        let day = certificate_day(cert.body.not_before);
+        let mut out = Vec::with_capacity(CONFIRMATION_ID_BYTES);
+        out.extend_from_slice(&day.to_be_bytes());
+        out.extend_from_slice(&cert.signature);
+        Ok(offline::encode(&out))
+    }
+
+    /// Raises a key's limits.
+    pub async fn exception(&self, serial: u32, req: &ExceptionRequest, actor: &str) -> Result<KeyRecord, ServiceError> {
+        if req.reason.trim().is_empty() {
+            return Err(ServiceError::BadRequest("an exception needs a reason".into()));
+        }
+        if req.extra_hosts > 1000 || req.extra_activations > 1000 {
+            return Err(ServiceError::BadRequest("an exception adds at most 1000".into()));
+        }
+        self.store
+            .grant_exception(serial, req.extra_hosts, req.extra_activations, req.reason.trim(), actor, self.clock.now())
+            .await?
+            .ok_or(ServiceError::NotFound(serial))
+    }
+
+    /// Revokes a key.
+    pub async fn revoke(&self, serial: u32, req: &RevokeRequest, actor: &str) -> Result<KeyRecord, ServiceError> {
+        if req.reason.trim().is_empty() {
+            return Err(ServiceError::BadRequest("a revocation needs a reason".into()));
+        }
+        self.store
+            .revoke(serial, req.reason.trim(), actor, self.clock.now())
+            .await?
+            .ok_or(ServiceError::NotFound(serial))
+    }
+
+    /// All keys.
+    pub async fn keys(&self) -> Result<Vec<KeyRecord>, ServiceError> {
+        Ok(self.store.keys().await?)
+    }
+
+    /// One key with its activations.
+    pub async fn key(&self, serial: u32) -> Result<KeyDetail, ServiceError> {
+        let key = self.store.key(serial).await?.ok_or(ServiceError::NotFound(serial))?;
+        Ok(KeyDetail { key, activations: self.store.activations(serial).await? })
+    }
+
+    /// The audit log.
+    pub async fn audit(&self) -> Result<Vec<AuditEntry>, ServiceError> {
+        Ok(self.store.audit().await?)
+    }
+}
+
+/// The issue day (days since 1970) of a certificate, from its `not_before` (one day earlier).
+pub fn certificate_day(not_before: i64) -> u16 {
+    ((not_before + 86_400).div_euclid(86_400)).clamp(0, i64::from(u16::MAX)) as u16
+}
+
+/// Builds the installation ID a host shows for offline activation.
+pub fn installation_id(key: ProductKey, host_public: &VerifyingKey, hardware: &[u8; HARDWARE_ID_BYTES]) -> Vec<String> {
+    let mut bytes = Vec::with_capacity(INSTALLATION_ID_BYTES);
+    bytes.extend_from_slice(&key.payload().to_be_bytes()[2..]);
+    bytes.extend_from_slice(host_public.as_bytes());
+    bytes.extend_from_slice(hardware);
+    offline::encode(&bytes)
+}
+
+/// Rebuilds the host certificate from a confirmation ID: the host knows its key, its public key
+/// and the authority's public key; the confirmation supplies the issue day and the signature.
+pub fn certificate_from_confirmation(
+    confirmation: &str,
+    key: ProductKey,
+    host_public: &VerifyingKey,
+    authority: &VerifyingKey,
+) -> Result<tally_proto::HostCertificate, ServiceError> {
+    let bytes = offline::decode(confirmation, CONFIRMATION_ID_BYTES)
+        .map_err(|e| ServiceError::BadRequest(format!("confirmation ID: {e}")))?;
+    let day = i64::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+    let mut signature = [0u8; 64];
+    signature.copy_from_slice(&bytes[2..]);
+    let fields = key.host_fields()?;
+    let issued = Timestamp(day * DAY_MS);
+    Ok(tally_proto::HostCertificate {
+        body: crate::certificate_body(fields, host_public, authority, issued),
+        signature,
+    })
+}
