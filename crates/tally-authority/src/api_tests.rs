@@ -28,28 +28,62 @@ fn fixture() -> Fixture {
     let store = SqliteAuthorityStore::open(&dir.path().join("authority.db")).expect("db");
     let authority = Authority::generate();
     let anchor = TrustAnchor::new(authority.public());
-    let service = Arc::new(Service::new(authority, Arc::new(store), Arc::new(SystemClock)));
-    let router = app(AppState { service, operator_token: Arc::from(TOKEN) });
-    Fixture { router, anchor, _dir: dir }
+    let service = Arc::new(Service::new(
+        authority,
+        Arc::new(store),
+        Arc::new(SystemClock),
+    ));
+    let router = app(AppState {
+        service,
+        operator_token: Arc::from(TOKEN),
+    });
+    Fixture {
+        router,
+        anchor,
+        _dir: dir,
+    }
 }
 
-async fn call(router: &axum::Router, method: &str, uri: &str, token: Option<&str>, body: Option<String>) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+async fn call(
+    router: &axum::Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<String>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
-    let req = req.body(body.map_or_else(Body::empty, Body::from)).expect("request");
+    let req = req
+        .body(body.map_or_else(Body::empty, Body::from))
+        .expect("request");
     let resp = router.clone().oneshot(req).await.expect("infallible");
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (status, value)
 }
 
 async fn issue(f: &Fixture, group: &str) -> (String, u32) {
-    let (status, v) = call(&f.router, "POST", "/v1/keys", Some(TOKEN), Some(json!({ "group": group }).to_string())).await;
+    let (status, v) = call(
+        &f.router,
+        "POST",
+        "/v1/keys",
+        Some(TOKEN),
+        Some(json!({ "group": group }).to_string()),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
-    (v["key"].as_str().expect("key").to_owned(), v["serial"].as_u64().expect("serial") as u32)
+    (
+        v["key"].as_str().expect("key").to_owned(),
+        v["serial"].as_u64().expect("serial") as u32,
+    )
 }
 
 fn activation(key: &str, hw: u64) -> String {
@@ -67,10 +101,20 @@ fn activation(key: &str, hw: u64) -> String {
 async fn r22_online_activation_returns_a_certificate() {
     let f = fixture();
     let (key, serial) = issue(&f, "server-b").await;
-    let (status, v) = call(&f.router, "POST", "/v1/host-activations", None, Some(activation(&key, 1))).await;
+    let (status, v) = call(
+        &f.router,
+        "POST",
+        "/v1/host-activations",
+        None,
+        Some(activation(&key, 1)),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let cert = parse_certificate(v["certificate"].as_str().expect("cert")).expect("parses");
-    let host = f.anchor.verify_certificate(&cert, SystemClock.now()).expect("verifies");
+    let host = f
+        .anchor
+        .verify_certificate(&cert, SystemClock.now())
+        .expect("verifies");
     assert_eq!(host.coverage().group, KeyGroup::ServerB);
     assert_eq!(v["serial"], serial);
     assert_eq!(v["usage"]["hosts_used"], 1);
@@ -84,7 +128,9 @@ async fn r23_exactly_six_hosts_under_concurrency() {
     let mut tasks = Vec::new();
     for hw in 0..30u64 {
         let (router, body) = (f.router.clone(), activation(&key, hw));
-        tasks.push(tokio::spawn(async move { call(&router, "POST", "/v1/host-activations", None, Some(body)).await }));
+        tasks.push(tokio::spawn(async move {
+            call(&router, "POST", "/v1/host-activations", None, Some(body)).await
+        }));
     }
     let mut ok = 0;
     for t in tasks {
@@ -93,7 +139,12 @@ async fn r23_exactly_six_hosts_under_concurrency() {
             StatusCode::OK => ok += 1,
             StatusCode::CONFLICT => {
                 assert_eq!(v["error"], "limit_reached");
-                assert!(v["message"].as_str().is_some_and(|m| m.contains("exception")), "{v}");
+                assert!(
+                    v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("exception")),
+                    "{v}"
+                );
             }
             other => panic!("unexpected {other}: {v}"),
         }
@@ -109,25 +160,86 @@ async fn r23_reactivations_exceptions_and_revocation() {
     let (key, serial) = issue(&f, "server-a").await;
     let body = activation(&key, 7);
     for i in 1..=10 {
-        let (status, v) = call(&f.router, "POST", "/v1/host-activations", None, Some(body.clone())).await;
+        let (status, v) = call(
+            &f.router,
+            "POST",
+            "/v1/host-activations",
+            None,
+            Some(body.clone()),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "activation {i}: {v}");
     }
-    let (status, v) = call(&f.router, "POST", "/v1/host-activations", None, Some(body.clone())).await;
-    assert_eq!((status, v["error"].as_str()), (StatusCode::CONFLICT, Some("limit_reached")), "{v}");
-    let exception = json!({ "extra_activations": 1, "reason": "motherboard replaced, ticket 42" }).to_string();
+    let (status, v) = call(
+        &f.router,
+        "POST",
+        "/v1/host-activations",
+        None,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::CONFLICT, Some("limit_reached")),
+        "{v}"
+    );
+    let exception =
+        json!({ "extra_activations": 1, "reason": "motherboard replaced, ticket 42" }).to_string();
     let uri = format!("/v1/keys/{serial}/exception");
-    assert_eq!(call(&f.router, "POST", &uri, None, Some(exception.clone())).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(&f.router, "POST", &uri, None, Some(exception.clone()))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
     let (status, v) = call(&f.router, "POST", &uri, Some(TOKEN), Some(exception)).await;
-    assert_eq!((status, v["max_activations"].as_u64()), (StatusCode::OK, Some(11)), "{v}");
-    assert_eq!(call(&f.router, "POST", "/v1/host-activations", None, Some(body.clone())).await.0, StatusCode::OK);
+    assert_eq!(
+        (status, v["max_activations"].as_u64()),
+        (StatusCode::OK, Some(11)),
+        "{v}"
+    );
+    assert_eq!(
+        call(
+            &f.router,
+            "POST",
+            "/v1/host-activations",
+            None,
+            Some(body.clone())
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
     let (_, audit) = call(&f.router, "GET", "/v1/audit", Some(TOKEN), None).await;
-    assert!(audit.as_array().is_some_and(|a| a.iter().any(|e| e["detail"].as_str().is_some_and(|d| d.contains("ticket 42")))));
+    assert!(audit.as_array().is_some_and(|a| a.iter().any(|e| {
+        e["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("ticket 42"))
+    })));
     let revoke = json!({ "reason": "key leaked" }).to_string();
-    let (status, _) = call(&f.router, "POST", &format!("/v1/keys/{serial}/revoke"), Some(TOKEN), Some(revoke)).await;
+    let (status, _) = call(
+        &f.router,
+        "POST",
+        &format!("/v1/keys/{serial}/revoke"),
+        Some(TOKEN),
+        Some(revoke),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let (status, v) = call(&f.router, "POST", "/v1/host-activations", None, Some(body)).await;
-    assert_eq!((status, v["error"].as_str()), (StatusCode::FORBIDDEN, Some("key_revoked")), "{v}");
-    let (_, detail) = call(&f.router, "GET", &format!("/v1/keys/{serial}"), Some(TOKEN), None).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("key_revoked")),
+        "{v}"
+    );
+    let (_, detail) = call(
+        &f.router,
+        "GET",
+        &format!("/v1/keys/{serial}"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
     assert_eq!(detail["activations"][0]["count"], 11);
 }
 
@@ -145,32 +257,100 @@ async fn hostile_requests_get_4xx_json_errors() {
     let cases: Vec<(&str, &str, Option<&str>, Option<String>)> = vec![
         ("POST", "/v1/host-activations", None, Some("{".into())),
         ("POST", "/v1/host-activations", None, Some("[]".into())),
-        ("POST", "/v1/host-activations", None, Some(json!({"host_key": 5}).to_string())),
-        ("POST", "/v1/host-activations", None, Some(json!({"host_key": key, "host_public_key": "zz", "hardware_id": "00"}).to_string())),
-        ("POST", "/v1/host-activations", None, Some(activation(&forged, 1))),
-        ("POST", "/v1/host-activations", None, Some(activation("BCDFG-HJKMP-QRTVW-XY234-6789B", 1))),
-        ("POST", "/v1/host-activations", None, Some(json!({"host_key": key, "host_public_key": "00", "hardware_id": "00", "extra": 1}).to_string())),
-        ("POST", "/v1/host-activations", None, Some(format!("{{\"host_key\":\"{big}\"}}"))),
+        (
+            "POST",
+            "/v1/host-activations",
+            None,
+            Some(json!({"host_key": 5}).to_string()),
+        ),
+        (
+            "POST",
+            "/v1/host-activations",
+            None,
+            Some(
+                json!({"host_key": key, "host_public_key": "zz", "hardware_id": "00"}).to_string(),
+            ),
+        ),
+        (
+            "POST",
+            "/v1/host-activations",
+            None,
+            Some(activation(&forged, 1)),
+        ),
+        (
+            "POST",
+            "/v1/host-activations",
+            None,
+            Some(activation("BCDFG-HJKMP-QRTVW-XY234-6789B", 1)),
+        ),
+        (
+            "POST",
+            "/v1/host-activations",
+            None,
+            Some(
+                json!({"host_key": key, "host_public_key": "00", "hardware_id": "00", "extra": 1})
+                    .to_string(),
+            ),
+        ),
+        (
+            "POST",
+            "/v1/host-activations",
+            None,
+            Some(format!("{{\"host_key\":\"{big}\"}}")),
+        ),
         ("POST", "/v1/host-activations", None, None),
-        ("POST", "/v1/offline-confirmations", None, Some(json!({"installation_id": "1234567 7654321"}).to_string())),
-        ("POST", "/v1/offline-confirmations", None, Some(json!({"installation_id": "x".repeat(5000)}).to_string())),
+        (
+            "POST",
+            "/v1/offline-confirmations",
+            None,
+            Some(json!({"installation_id": "1234567 7654321"}).to_string()),
+        ),
+        (
+            "POST",
+            "/v1/offline-confirmations",
+            None,
+            Some(json!({"installation_id": "x".repeat(5000)}).to_string()),
+        ),
         ("GET", "/v1/keys", None, None),
         ("GET", "/v1/keys", Some("wrong"), None),
         ("GET", "/v1/keys/notanumber", Some(TOKEN), None),
         ("GET", "/v1/keys/99999999999", Some(TOKEN), None),
         ("GET", "/v1/keys/42", Some(TOKEN), None),
-        ("POST", "/v1/keys", Some(TOKEN), Some(json!({"group": "server-z"}).to_string())),
-        ("POST", "/v1/keys", Some(TOKEN), Some(json!({"group": "server-a", "generation": 99}).to_string())),
-        ("POST", "/v1/keys/1/exception", Some(TOKEN), Some(json!({"reason": " "}).to_string())),
+        (
+            "POST",
+            "/v1/keys",
+            Some(TOKEN),
+            Some(json!({"group": "server-z"}).to_string()),
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            Some(TOKEN),
+            Some(json!({"group": "server-a", "generation": 99}).to_string()),
+        ),
+        (
+            "POST",
+            "/v1/keys/1/exception",
+            Some(TOKEN),
+            Some(json!({"reason": " "}).to_string()),
+        ),
         ("DELETE", "/v1/keys", Some(TOKEN), None),
         ("GET", "/nope", None, None),
         ("GET", "/v1/host-activations", None, None),
     ];
     for (method, uri, token, body) in cases {
-        let shown = body.as_deref().map(|b| b.chars().take(60).collect::<String>());
+        let shown = body
+            .as_deref()
+            .map(|b| b.chars().take(60).collect::<String>());
         let (status, v) = call(&f.router, method, uri, token, body).await;
-        assert!(status.is_client_error(), "{method} {uri} {shown:?} -> {status}: {v}");
-        assert!(v["error"].is_string() && v["message"].is_string(), "{method} {uri} -> {v}");
+        assert!(
+            status.is_client_error(),
+            "{method} {uri} {shown:?} -> {status}: {v}"
+        );
+        assert!(
+            v["error"].is_string() && v["message"].is_string(),
+            "{method} {uri} -> {v}"
+        );
     }
 }
 
@@ -185,15 +365,43 @@ async fn r22_offline_activation_round_trip() {
     let id = installation_id(key, &host.verifying_key(), &[1, 2, 3, 4, 5]);
     assert_eq!(id.len(), 21);
     let mut typo = id.clone();
-    typo[3] = format!("{}{}", &typo[3][..6], (typo[3].as_bytes()[6] - b'0' + 1) % 10);
-    let (status, v) = call(&f.router, "POST", "/v1/offline-confirmations", None, Some(json!({"installation_id": typo.join(" ")}).to_string())).await;
+    typo[3] = format!(
+        "{}{}",
+        &typo[3][..6],
+        (typo[3].as_bytes()[6] - b'0' + 1) % 10
+    );
+    let (status, v) = call(
+        &f.router,
+        "POST",
+        "/v1/offline-confirmations",
+        None,
+        Some(json!({"installation_id": typo.join(" ")}).to_string()),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(v["message"].as_str().is_some_and(|m| m.contains("group 4 is wrong")), "{v}");
-    let (status, v) = call(&f.router, "POST", "/v1/offline-confirmations", None, Some(json!({"installation_id": id.join(" ")}).to_string())).await;
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("group 4 is wrong")),
+        "{v}"
+    );
+    let (status, v) = call(
+        &f.router,
+        "POST",
+        "/v1/offline-confirmations",
+        None,
+        Some(json!({"installation_id": id.join(" ")}).to_string()),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let confirmation = v["confirmation_id"].as_str().expect("confirmation");
     assert_eq!(confirmation.split(' ').count(), 27);
-    let cert = certificate_from_confirmation(confirmation, key, &host.verifying_key(), f.anchor.key()).expect("rebuilds");
-    let verified = f.anchor.verify_certificate(&cert, SystemClock.now()).expect("verifies");
+    let cert =
+        certificate_from_confirmation(confirmation, key, &host.verifying_key(), f.anchor.key())
+            .expect("rebuilds");
+    let verified = f
+        .anchor
+        .verify_certificate(&cert, SystemClock.now())
+        .expect("verifies");
     assert_eq!(verified.coverage().group, KeyGroup::ClientVl);
 }

@@ -12,6 +12,10 @@ use crate::{Authority, AuthorityError};
 pub const SECRET_FILE: &str = "authority.key";
 /// File name of the public key that clients trust.
 pub const PUBLIC_FILE: &str = "authority.pub";
+/// File name of the operator token (mode 0600).
+pub const TOKEN_FILE: &str = "operator.token";
+/// File name of the authority database.
+pub const DB_FILE: &str = "authority.db";
 
 /// Writes `contents` to `path` with mode 0600, creating it; refuses to overwrite.
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
@@ -47,7 +51,32 @@ pub fn init(dir: &Path) -> Result<(Authority, PathBuf), AuthorityError> {
     )?;
     let public = dir.join(PUBLIC_FILE);
     fs::write(&public, public_file_text(&authority))?;
+    let token: [u8; 32] = rand::RngExt::random(&mut rand::rng());
+    write_private(
+        &dir.join(TOKEN_FILE),
+        &format!("{}\n", tally_core::trust::to_hex(&token)),
+    )?;
     Ok((authority, public))
+}
+
+/// The operator token of the authority in `dir`.
+pub fn operator_token(dir: &Path) -> Result<String, AuthorityError> {
+    Ok(fs::read_to_string(dir.join(TOKEN_FILE))?.trim().to_owned())
+}
+
+/// Opens the service of the authority in `dir` (its keys and its database).
+pub fn open_service(
+    dir: &Path,
+    clock: std::sync::Arc<dyn tally_core::time::Clock>,
+) -> Result<crate::service::Service, AuthorityError> {
+    let authority = load(dir)?;
+    let store = crate::store::SqliteAuthorityStore::open(&dir.join(DB_FILE))
+        .map_err(|e| AuthorityError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(crate::service::Service::new(
+        authority,
+        std::sync::Arc::new(store),
+        clock,
+    ))
 }
 
 /// Loads the authority in `dir`.

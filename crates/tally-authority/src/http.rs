@@ -45,13 +45,21 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.code, "message": self.message }))).into_response()
+        (
+            self.status,
+            Json(json!({ "error": self.code, "message": self.message })),
+        )
+            .into_response()
     }
 }
 
@@ -59,7 +67,9 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         let status = match &e {
             ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ServiceError::KeyNotValid(_) | ServiceError::Refused(Refusal::UnknownKey) => StatusCode::FORBIDDEN,
+            ServiceError::KeyNotValid(_) | ServiceError::Refused(Refusal::UnknownKey) => {
+                StatusCode::FORBIDDEN
+            }
             ServiceError::Refused(Refusal::Revoked { .. }) => StatusCode::FORBIDDEN,
             ServiceError::Refused(_) => StatusCode::CONFLICT,
             ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -70,7 +80,9 @@ impl From<ServiceError> for ApiError {
             }
         };
         let message = match &e {
-            ServiceError::Refused(r @ (Refusal::TooManyHosts { .. } | Refusal::TooManyActivations { .. })) => format!(
+            ServiceError::Refused(
+                r @ (Refusal::TooManyHosts { .. } | Refusal::TooManyActivations { .. }),
+            ) => format!(
                 "{r}. Ask the vendor for an exception, quoting the key's last five characters and serial; \
                  the vendor runs `tally authority exception --serial SERIAL --hosts N --reason TEXT`"
             ),
@@ -100,15 +112,28 @@ where
 
 fn json_rejection(r: JsonRejection) -> ApiError {
     let status = r.status();
-    let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "bad_request" };
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "too_large"
+    } else {
+        "bad_request"
+    };
     // Clamp to 4xx: a body that cannot be read is the client's problem.
-    let status = if status.is_client_error() { status } else { StatusCode::BAD_REQUEST };
+    let status = if status.is_client_error() {
+        status
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     ApiError::new(status, code, r.body_text())
 }
 
 fn serial(p: Result<Path<u32>, PathRejection>) -> Result<u32, ApiError> {
-    p.map(|Path(s)| s)
-        .map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("serial: {}", r.body_text())))
+    p.map(|Path(s)| s).map_err(|r| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("serial: {}", r.body_text()),
+        )
+    })
 }
 
 fn operator(state: &AppState, headers: &HeaderMap) -> Result<&'static str, ApiError> {
@@ -120,12 +145,20 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<&'static str, ApiEr
     let expected = state.operator_token.as_bytes();
     // Constant-time comparison: no early exit on the first differing byte.
     let same = given.len() == expected.len()
-        && given.bytes().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        && given
+            .bytes()
+            .zip(expected.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if same {
         Ok("operator")
     } else {
         tracing::warn!("operator request refused: missing or wrong bearer token");
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "operator endpoints need `Authorization: Bearer TOKEN`"))
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "operator endpoints need `Authorization: Bearer TOKEN`",
+        ))
     }
 }
 
@@ -141,9 +174,16 @@ async fn authority_info(State(state): State<AppState>) -> Response {
     }))
 }
 
-async fn host_activation(State(state): State<AppState>, ApiJson(req): ApiJson<HostActivationRequest>) -> Result<Response, ApiError> {
+async fn host_activation(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<HostActivationRequest>,
+) -> Result<Response, ApiError> {
     let activation = state.service.activate_host(&req).await?;
-    tracing::info!(serial = activation.serial, hosts_used = activation.usage.hosts_used, "host activated");
+    tracing::info!(
+        serial = activation.serial,
+        hosts_used = activation.usage.hosts_used,
+        "host activated"
+    );
     Ok(ok(activation))
 }
 
@@ -153,22 +193,42 @@ struct ConfirmRequest {
     installation_id: String,
 }
 
-async fn offline_confirmation(State(state): State<AppState>, ApiJson(req): ApiJson<ConfirmRequest>) -> Result<Response, ApiError> {
+async fn offline_confirmation(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ConfirmRequest>,
+) -> Result<Response, ApiError> {
     let groups = state.service.confirm(&req.installation_id).await?;
-    Ok(ok(json!({ "confirmation_id": groups.join(" "), "groups": groups })))
+    Ok(ok(
+        json!({ "confirmation_id": groups.join(" "), "groups": groups }),
+    ))
 }
 
-async fn list_keys(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn list_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     operator(&state, &headers)?;
     Ok(ok(state.service.keys().await?))
 }
 
-async fn issue_key(State(state): State<AppState>, headers: HeaderMap, ApiJson(req): ApiJson<IssueRequest>) -> Result<Response, ApiError> {
+async fn issue_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<IssueRequest>,
+) -> Result<Response, ApiError> {
     let actor = operator(&state, &headers)?;
-    Ok((StatusCode::CREATED, Json(state.service.issue_host_key(&req, actor).await?)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(state.service.issue_host_key(&req, actor).await?),
+    )
+        .into_response())
 }
 
-async fn key_detail(State(state): State<AppState>, headers: HeaderMap, p: Result<Path<u32>, PathRejection>) -> Result<Response, ApiError> {
+async fn key_detail(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    p: Result<Path<u32>, PathRejection>,
+) -> Result<Response, ApiError> {
     operator(&state, &headers)?;
     Ok(ok(state.service.key(serial(p)?).await?))
 }
@@ -199,15 +259,27 @@ async fn audit(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
 }
 
 async fn openapi() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see /openapi.json")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see /openapi.json",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed; see /openapi.json")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed; see /openapi.json",
+    )
 }
 
 /// The router.

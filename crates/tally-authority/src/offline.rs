@@ -103,10 +103,16 @@ pub fn encode(bytes: &[u8]) -> Vec<String> {
 
 /// Decodes typed groups (separated by spaces or dashes) back to `n` bytes.
 pub fn decode(text: &str, n: usize) -> Result<Vec<u8>, DigitsError> {
-    let groups: Vec<&str> = text.split(|c: char| c.is_whitespace() || c == '-').filter(|g| !g.is_empty()).collect();
+    let groups: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == '-')
+        .filter(|g| !g.is_empty())
+        .collect();
     let expected = groups_for(n);
     if groups.len() != expected {
-        return Err(DigitsError::GroupCount { expected, got: groups.len() });
+        return Err(DigitsError::GroupCount {
+            expected,
+            got: groups.len(),
+        });
     }
     let mut digits = Vec::with_capacity(expected * GROUP_DIGITS);
     for (i, g) in groups.iter().enumerate() {
@@ -141,12 +147,17 @@ mod tests {
 
     #[test]
     fn round_trip_and_lengths() {
-        let bytes: Vec<u8> = (0..51u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+        let bytes: Vec<u8> = (0..51u8)
+            .map(|i| i.wrapping_mul(37).wrapping_add(11))
+            .collect();
         let groups = encode(&bytes);
         assert_eq!(groups.len(), 21);
         assert_eq!(decode(&groups.join(" "), 51), Ok(bytes));
         assert_eq!(groups_for(66), 27);
-        assert_eq!(decode(&encode(&[0xFF; 66]).join("-"), 66), Ok(vec![0xFF; 66]));
+        assert_eq!(
+            decode(&encode(&[0xFF; 66]).join("-"), 66),
+            Ok(vec![0xFF; 66])
+        );
     }
 
     // R22: a typo in any group is caught and that group is named.
@@ -164,13 +175,27 @@ mod tests {
                     let mut chars = g.clone().into_bytes();
                     chars[pos] = digit;
                     typo[gi] = String::from_utf8(chars).expect("ascii");
-                    assert_eq!(decode(&typo.join(" "), 51), Err(DigitsError::Check(gi + 1)), "group {} pos {pos}", gi + 1);
+                    assert_eq!(
+                        decode(&typo.join(" "), 51),
+                        Err(DigitsError::Check(gi + 1)),
+                        "group {} pos {pos}",
+                        gi + 1
+                    );
                 }
             }
         }
         let mut swapped = groups.clone();
         swapped.swap(2, 3);
-        assert!(matches!(decode(&swapped.join(" "), 51), Err(DigitsError::Check(_))));
-        assert_eq!(decode("123", 51), Err(DigitsError::GroupCount { expected: 21, got: 1 }));
+        assert!(matches!(
+            decode(&swapped.join(" "), 51),
+            Err(DigitsError::Check(_))
+        ));
+        assert_eq!(
+            decode("123", 51),
+            Err(DigitsError::GroupCount {
+                expected: 21,
+                got: 1
+            })
+        );
     }
 }

@@ -13,8 +13,8 @@ use thiserror::Error;
 
 use crate::offline;
 use crate::store::{
-    ActivationRecord, AuditEntry, AuthorityStore, DEFAULT_MAX_ACTIVATIONS, DEFAULT_MAX_HOSTS, KeyRecord, NewKey,
-    Refusal, StoreError, Usage,
+    ActivationRecord, AuditEntry, AuthorityStore, DEFAULT_MAX_ACTIVATIONS, DEFAULT_MAX_HOSTS,
+    KeyRecord, NewKey, Refusal, StoreError, Usage,
 };
 use crate::{Authority, AuthorityError};
 
@@ -159,7 +159,9 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service").field("authority", &self.authority).finish_non_exhaustive()
+        f.debug_struct("Service")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,8 +174,16 @@ pub fn parse_hardware_id(text: &str) -> Result<[u8; HARDWARE_ID_BYTES], ServiceE
 
 impl Service {
     /// A service for `authority` over `store`.
-    pub fn new(authority: Authority, store: Arc<dyn AuthorityStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { authority, store, clock }
+    pub fn new(
+        authority: Authority,
+        store: Arc<dyn AuthorityStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            authority,
+            store,
+            clock,
+        }
     }
 
     /// The authority.
@@ -182,14 +192,22 @@ impl Service {
     }
 
     /// Issues and records a host key.
-    pub async fn issue_host_key(&self, req: &IssueRequest, actor: &str) -> Result<KeyRecord, ServiceError> {
+    pub async fn issue_host_key(
+        &self,
+        req: &IssueRequest,
+        actor: &str,
+    ) -> Result<KeyRecord, ServiceError> {
         if req.generation > 15 {
-            return Err(ServiceError::BadRequest("generation must be between 0 and 15".into()));
+            return Err(ServiceError::BadRequest(
+                "generation must be between 0 and 15".into(),
+            ));
         }
         let now = self.clock.now();
         for _ in 0..16 {
             let serial: u32 = rand::rng().random();
-            let key = self.authority.issue_host_key_with_serial(req.group, req.generation, serial)?;
+            let key =
+                self.authority
+                    .issue_host_key_with_serial(req.group, req.generation, serial)?;
             let new = NewKey {
                 serial,
                 kind: "host",
@@ -201,30 +219,51 @@ impl Service {
                 note: req.note.clone(),
             };
             if self.store.insert_key(new, actor, now).await? {
-                return self.store.key(serial).await?.ok_or(ServiceError::NotFound(serial));
+                return self
+                    .store
+                    .key(serial)
+                    .await?
+                    .ok_or(ServiceError::NotFound(serial));
             }
         }
-        Err(ServiceError::BadRequest("could not find a free serial; try again".into()))
+        Err(ServiceError::BadRequest(
+            "could not find a free serial; try again".into(),
+        ))
     }
 
     /// Certifies a host (R22, R23), counting it against the key's limits.
-    pub async fn activate_host(&self, req: &HostActivationRequest) -> Result<HostActivation, ServiceError> {
+    pub async fn activate_host(
+        &self,
+        req: &HostActivationRequest,
+    ) -> Result<HostActivation, ServiceError> {
         let key: ProductKey = req
             .host_key
             .parse()
             .map_err(|e| ServiceError::KeyNotValid(format!("host_key: {e}")))?;
         if key.kind() != KeyKind::Host {
-            return Err(ServiceError::KeyNotValid(format!("this is a {} key, not a host key", key.kind())));
+            return Err(ServiceError::KeyNotValid(format!(
+                "this is a {} key, not a host key",
+                key.kind()
+            )));
         }
         let public = from_hex(&req.host_public_key)
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .and_then(|b| VerifyingKey::from_bytes(&b).ok())
-            .ok_or_else(|| ServiceError::BadRequest("host_public_key must be 64 hex digits of an Ed25519 key".into()))?;
+            .ok_or_else(|| {
+                ServiceError::BadRequest(
+                    "host_public_key must be 64 hex digits of an Ed25519 key".into(),
+                )
+            })?;
         let hardware = parse_hardware_id(&req.hardware_id)?;
         self.authority.check_key(key)?;
         let usage = match self
             .store
-            .activate(key.serial(), &to_hex(&hardware), &to_hex(public.as_bytes()), self.clock.now())
+            .activate(
+                key.serial(),
+                &to_hex(&hardware),
+                &to_hex(public.as_bytes()),
+                self.clock.now(),
+            )
             .await?
         {
             Ok(u) => u,
@@ -266,23 +305,46 @@ impl Service {
     }
 
     /// Raises a key's limits.
-    pub async fn exception(&self, serial: u32, req: &ExceptionRequest, actor: &str) -> Result<KeyRecord, ServiceError> {
+    pub async fn exception(
+        &self,
+        serial: u32,
+        req: &ExceptionRequest,
+        actor: &str,
+    ) -> Result<KeyRecord, ServiceError> {
         if req.reason.trim().is_empty() {
-            return Err(ServiceError::BadRequest("an exception needs a reason".into()));
+            return Err(ServiceError::BadRequest(
+                "an exception needs a reason".into(),
+            ));
         }
         if req.extra_hosts > 1000 || req.extra_activations > 1000 {
-            return Err(ServiceError::BadRequest("an exception adds at most 1000".into()));
+            return Err(ServiceError::BadRequest(
+                "an exception adds at most 1000".into(),
+            ));
         }
         self.store
-            .grant_exception(serial, req.extra_hosts, req.extra_activations, req.reason.trim(), actor, self.clock.now())
+            .grant_exception(
+                serial,
+                req.extra_hosts,
+                req.extra_activations,
+                req.reason.trim(),
+                actor,
+                self.clock.now(),
+            )
             .await?
             .ok_or(ServiceError::NotFound(serial))
     }
 
     /// Revokes a key.
-    pub async fn revoke(&self, serial: u32, req: &RevokeRequest, actor: &str) -> Result<KeyRecord, ServiceError> {
+    pub async fn revoke(
+        &self,
+        serial: u32,
+        req: &RevokeRequest,
+        actor: &str,
+    ) -> Result<KeyRecord, ServiceError> {
         if req.reason.trim().is_empty() {
-            return Err(ServiceError::BadRequest("a revocation needs a reason".into()));
+            return Err(ServiceError::BadRequest(
+                "a revocation needs a reason".into(),
+            ));
         }
         self.store
             .revoke(serial, req.reason.trim(), actor, self.clock.now())
@@ -297,8 +359,15 @@ impl Service {
 
     /// One key with its activations.
     pub async fn key(&self, serial: u32) -> Result<KeyDetail, ServiceError> {
-        let key = self.store.key(serial).await?.ok_or(ServiceError::NotFound(serial))?;
-        Ok(KeyDetail { key, activations: self.store.activations(serial).await? })
+        let key = self
+            .store
+            .key(serial)
+            .await?
+            .ok_or(ServiceError::NotFound(serial))?;
+        Ok(KeyDetail {
+            key,
+            activations: self.store.activations(serial).await?,
+        })
     }
 
     /// The audit log.
@@ -313,7 +382,11 @@ pub fn certificate_day(not_before: i64) -> u16 {
 }
 
 /// Builds the installation ID a host shows for offline activation.
-pub fn installation_id(key: ProductKey, host_public: &VerifyingKey, hardware: &[u8; HARDWARE_ID_BYTES]) -> Vec<String> {
+pub fn installation_id(
+    key: ProductKey,
+    host_public: &VerifyingKey,
+    hardware: &[u8; HARDWARE_ID_BYTES],
+) -> Vec<String> {
     let mut bytes = Vec::with_capacity(INSTALLATION_ID_BYTES);
     bytes.extend_from_slice(&key.payload().to_be_bytes()[2..]);
     bytes.extend_from_slice(host_public.as_bytes());

@@ -107,13 +107,17 @@ pub enum Refusal {
         reason: String,
     },
     /// R23: the key already activated its maximum of distinct machines.
-    #[error("this key already activated {max} machines (the limit); the vendor can grant an exception")]
+    #[error(
+        "this key already activated {max} machines (the limit); the vendor can grant an exception"
+    )]
     TooManyHosts {
         /// The limit.
         max: u32,
     },
     /// R23: this machine reactivated its maximum number of times.
-    #[error("this machine already activated {max} times with this key (the limit); the vendor can grant an exception")]
+    #[error(
+        "this machine already activated {max} times with this key (the limit); the vendor can grant an exception"
+    )]
     TooManyActivations {
         /// The limit.
         max: u32,
@@ -158,7 +162,12 @@ pub struct NewKey {
 #[async_trait]
 pub trait AuthorityStore: Send + Sync + 'static {
     /// Records an issued key; `false` if the serial is taken.
-    async fn insert_key(&self, key: NewKey, actor: &str, now: Timestamp) -> Result<bool, StoreError>;
+    async fn insert_key(
+        &self,
+        key: NewKey,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
     /// A key by serial.
     async fn key(&self, serial: u32) -> Result<Option<KeyRecord>, StoreError>;
     /// All keys.
@@ -184,8 +193,13 @@ pub trait AuthorityStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<KeyRecord>, StoreError>;
     /// Revokes a key.
-    async fn revoke(&self, serial: u32, reason: &str, actor: &str, now: Timestamp)
-    -> Result<Option<KeyRecord>, StoreError>;
+    async fn revoke(
+        &self,
+        serial: u32,
+        reason: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<KeyRecord>, StoreError>;
     /// The audit log, newest first.
     async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError>;
 }
@@ -206,19 +220,26 @@ impl SqliteAuthorityStore {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path).map_err(backend)?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(backend)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(backend)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
         if version > MIGRATIONS.len() as i64 {
             return Err(StoreError::TooNew(version));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.transaction().map_err(backend)?;
             tx.execute_batch(sql).map_err(backend)?;
-            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(backend)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                .map_err(backend)?;
             tx.commit().map_err(backend)?;
         }
-        Ok(Self { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     async fn with<T: Send + 'static>(
@@ -257,11 +278,22 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 }
 
 fn load_key(c: &Connection, serial: u32) -> rusqlite::Result<Option<KeyRecord>> {
-    c.query_row(&format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.serial = ?1"), params![serial], key_row)
-        .optional()
+    c.query_row(
+        &format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.serial = ?1"),
+        params![serial],
+        key_row,
+    )
+    .optional()
 }
 
-fn audit(c: &Connection, now: Timestamp, actor: &str, action: &str, serial: Option<u32>, detail: &str) -> rusqlite::Result<()> {
+fn audit(
+    c: &Connection,
+    now: Timestamp,
+    actor: &str,
+    action: &str,
+    serial: Option<u32>,
+    detail: &str,
+) -> rusqlite::Result<()> {
     c.execute(
         "INSERT INTO audit (at, actor, action, serial, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![now.millis(), actor, action, serial, detail],
@@ -271,7 +303,12 @@ fn audit(c: &Connection, now: Timestamp, actor: &str, action: &str, serial: Opti
 
 #[async_trait]
 impl AuthorityStore for SqliteAuthorityStore {
-    async fn insert_key(&self, key: NewKey, actor: &str, now: Timestamp) -> Result<bool, StoreError> {
+    async fn insert_key(
+        &self,
+        key: NewKey,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
         let actor = actor.to_owned();
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -297,7 +334,9 @@ impl AuthorityStore for SqliteAuthorityStore {
 
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.with(|c| {
-            let mut s = c.prepare(&format!("SELECT {KEY_COLUMNS} FROM keys k ORDER BY k.created_at, k.serial"))?;
+            let mut s = c.prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys k ORDER BY k.created_at, k.serial"
+            ))?;
             s.query_map([], key_row)?.collect()
         })
         .await
@@ -403,7 +442,13 @@ impl AuthorityStore for SqliteAuthorityStore {
         .await
     }
 
-    async fn revoke(&self, serial: u32, reason: &str, actor: &str, now: Timestamp) -> Result<Option<KeyRecord>, StoreError> {
+    async fn revoke(
+        &self,
+        serial: u32,
+        reason: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<KeyRecord>, StoreError> {
         let (reason, actor) = (reason.to_owned(), actor.to_owned());
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -424,7 +469,8 @@ impl AuthorityStore for SqliteAuthorityStore {
 
     async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {
         self.with(|c| {
-            let mut s = c.prepare("SELECT at, actor, action, serial, detail FROM audit ORDER BY id DESC")?;
+            let mut s =
+                c.prepare("SELECT at, actor, action, serial, detail FROM audit ORDER BY id DESC")?;
             s.query_map([], |r| {
                 Ok(AuditEntry {
                     at: Timestamp(r.get(0)?),

@@ -96,7 +96,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The host logs its events at info; one-shot commands only warn unless asked.
     let default_level = match &cli.command {
-        Command::Host(cmd::host::HostCommand::Run(_)) | Command::Agent(_) => "info",
+        Command::Host(cmd::host::HostCommand::Run(_))
+        | Command::Agent(_)
+        | Command::Authority(cmd::authority::AuthorityCommand::Run { .. }) => "info",
         _ => "warn",
     };
     let _log_guard = init_tracing(&cli, default_level);
@@ -117,7 +119,7 @@ fn main() -> ExitCode {
             Command::Client(args) => cmd::client::run(args).await,
             Command::Agent(c) => cmd::agent::run(c).await,
             Command::Slmgr(args) => cmd::slmgr::run(args).await,
-            Command::Authority(c) => cmd::authority::run(c),
+            Command::Authority(c) => cmd::authority::run(c).await,
             Command::Catalog(c) => cmd::catalog::run(c),
             Command::Bench(args) => cmd::bench::run(args).await,
         }

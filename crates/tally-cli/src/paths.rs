@@ -8,6 +8,10 @@ pub const HOST_SECRET: &str = "host.key";
 pub const HOST_PUBLIC: &str = "host.pub";
 /// The host certificate issued by the authority.
 pub const HOST_CERT: &str = "host.cert";
+/// The host key installed on this host (R22).
+pub const HOST_PRODUCT_KEY: &str = "host-product.key";
+/// The last installation ID shown for offline activation.
+pub const INSTALLATION_ID: &str = "installation-id.txt";
 /// The host database.
 pub const HOST_DB: &str = "tally.db";
 /// The authority public key clients of a dev host trust.

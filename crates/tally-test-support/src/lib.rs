@@ -39,6 +39,45 @@ impl Process {
         Self { child, stderr }
     }
 
+    /// Spawns `tally` with `args` and waits (up to 20 s) for a stdout line starting with
+    /// `prefix` followed by an address, e.g. `tally authority listening on `.
+    pub fn spawn_listening(
+        bin: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        prefix: &str,
+    ) -> (Self, SocketAddr) {
+        let mut child = Command::new(bin)
+            .args(args)
+            .envs(envs.iter().copied())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stderr = collect_stderr(&mut child);
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            let prefix = prefix.to_owned();
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.strip_prefix(&prefix) {
+                        let _ = tx.send(addr.trim().to_owned());
+                    }
+                }
+            });
+        }
+        let process = Self { child, stderr };
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a.parse().unwrap_or_else(|e| panic!("bad address {a}: {e}")),
+            Err(_) => panic!(
+                "{args:?} did not start listening within 20 s; stderr:\n{}",
+                process.stderr()
+            ),
+        };
+        (process, addr)
+    }
+
     /// What it logged so far.
     pub fn stderr(&self) -> String {
         self.stderr

@@ -37,6 +37,74 @@ pub enum AuthorityCommand {
         /// Newest product generation the key activates (0-15); older generations are included.
         #[arg(long, default_value_t = 1)]
         generation: u8,
+        /// Free text kept with the key (customer, order).
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the authority's HTTP API (online and offline host activation, operator endpoints).
+    Run {
+        /// The authority directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+    },
+    /// List issued keys and their use; with --serial, one key and its activations.
+    Keys {
+        /// The authority directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// One key.
+        #[arg(long)]
+        serial: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Raise a key's limits (R23); the reason is kept in the audit log.
+    Exception {
+        /// The authority directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The key's serial.
+        #[arg(long)]
+        serial: u32,
+        /// More distinct hosts.
+        #[arg(long, default_value_t = 0)]
+        hosts: u32,
+        /// More activations per host.
+        #[arg(long, default_value_t = 0)]
+        activations: u32,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Revoke a key: hosts can no longer activate or reactivate with it.
+    Revoke {
+        /// The authority directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The key's serial.
+        #[arg(long)]
+        serial: u32,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Turn a host's installation ID (read out by phone, or a file) into a confirmation ID.
+    Confirm {
+        /// The authority directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The installation ID's digit groups, or a file holding them.
+        installation_id: String,
+        /// Also write the confirmation ID to this file.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -58,8 +126,26 @@ pub enum AuthorityCommand {
     },
 }
 
+fn service(dir: &std::path::Path) -> anyhow::Result<tally_authority::service::Service> {
+    Ok(dir::open_service(dir, std::sync::Arc::new(SystemClock))?)
+}
+
+/// Reads `arg` as a file if one exists by that name, else as the text itself.
+pub fn text_or_file(arg: &str) -> anyhow::Result<String> {
+    let path = std::path::Path::new(arg);
+    if arg.len() < 4096 && path.is_file() {
+        Ok(std::fs::read_to_string(path).with_context(|| format!("cannot read {arg}"))?)
+    } else {
+        Ok(arg.to_owned())
+    }
+}
+
+fn service_err(e: tally_authority::service::ServiceError) -> anyhow::Error {
+    anyhow::anyhow!("{e} ({})", e.code())
+}
+
 /// Runs an authority command.
-pub fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AuthorityCommand::Init { dir: d, json } => {
             let (authority, public) = dir::init(&d)?;
@@ -80,19 +166,160 @@ pub fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
             dir: d,
             group,
             generation,
+            note,
             json,
         } => {
-            let authority = dir::load(&d)?;
-            let key = authority.issue_host_key(group, generation)?;
+            let req = tally_authority::service::IssueRequest {
+                group,
+                generation,
+                note,
+            };
+            let key = service(&d)?
+                .issue_host_key(&req, "cli")
+                .await
+                .map_err(service_err)?;
             if json {
-                output::json(&json!({
-                    "key": key.to_string(),
-                    "group": group.name(),
-                    "generation": generation,
-                    "serial": key.serial(),
-                }))?;
+                output::json(&key)?;
             } else {
-                println!("{key}");
+                println!("{}", key.key);
+            }
+        }
+        AuthorityCommand::Run { dir: d, listen } => {
+            let svc = std::sync::Arc::new(service(&d)?);
+            let token = dir::operator_token(&d).context("cannot read the operator token")?;
+            let router = tally_authority::http::app(tally_authority::http::AppState {
+                service: svc,
+                operator_token: std::sync::Arc::from(token.as_str()),
+            });
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, dir = %d.display(), "authority started");
+            println!("tally authority listening on {addr}");
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            crate::cmd::host::spawn_signal_handler(shutdown.clone());
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await?;
+            tracing::info!("authority stopped");
+        }
+        AuthorityCommand::Keys {
+            dir: d,
+            serial,
+            json,
+        } => {
+            let svc = service(&d)?;
+            match serial {
+                Some(s) => {
+                    let detail = svc.key(s).await.map_err(service_err)?;
+                    if json {
+                        output::json(&detail)?;
+                    } else {
+                        let k = &detail.key;
+                        println!(
+                            "{} serial {} {} gen {}: {}/{} hosts, {} activations per host{}",
+                            k.key,
+                            k.serial,
+                            k.group.as_deref().unwrap_or("-"),
+                            k.generation.unwrap_or(0),
+                            k.hosts_used,
+                            k.max_hosts,
+                            k.max_activations,
+                            if k.revoked_at.is_some() {
+                                " (REVOKED)"
+                            } else {
+                                ""
+                            }
+                        );
+                        for a in &detail.activations {
+                            println!(
+                                "  hardware {} activations {} first {} last {}",
+                                a.hardware, a.count, a.first_at, a.last_at
+                            );
+                        }
+                    }
+                }
+                None => {
+                    let keys = svc.keys().await.map_err(service_err)?;
+                    if json {
+                        output::json(&keys)?;
+                    } else {
+                        let mut t = crate::output::Table::new(&[
+                            "SERIAL", "KEY", "GROUP", "GEN", "HOSTS", "STATE", "NOTE",
+                        ]);
+                        for k in &keys {
+                            t.row(vec![
+                                k.serial.to_string(),
+                                k.key.clone(),
+                                k.group.clone().unwrap_or_default(),
+                                k.generation.map(|g| g.to_string()).unwrap_or_default(),
+                                format!("{}/{}", k.hosts_used, k.max_hosts),
+                                if k.revoked_at.is_some() {
+                                    "revoked".into()
+                                } else {
+                                    "active".into()
+                                },
+                                k.note.clone(),
+                            ]);
+                        }
+                        print!("{}", t.render());
+                    }
+                }
+            }
+        }
+        AuthorityCommand::Exception {
+            dir: d,
+            serial,
+            hosts,
+            activations,
+            reason,
+        } => {
+            let req = tally_authority::service::ExceptionRequest {
+                extra_hosts: hosts,
+                extra_activations: activations,
+                reason,
+            };
+            let k = service(&d)?
+                .exception(serial, &req, "cli")
+                .await
+                .map_err(service_err)?;
+            println!(
+                "Key {serial}: now {} hosts and {} activations per host.",
+                k.max_hosts, k.max_activations
+            );
+        }
+        AuthorityCommand::Revoke {
+            dir: d,
+            serial,
+            reason,
+        } => {
+            let req = tally_authority::service::RevokeRequest { reason };
+            service(&d)?
+                .revoke(serial, &req, "cli")
+                .await
+                .map_err(service_err)?;
+            println!("Key {serial} revoked.");
+        }
+        AuthorityCommand::Confirm {
+            dir: d,
+            installation_id,
+            out,
+            json,
+        } => {
+            let id = text_or_file(&installation_id)?;
+            let groups = service(&d)?.confirm(&id).await.map_err(service_err)?;
+            if let Some(out) = &out {
+                std::fs::write(out, format!("{}\n", groups.join(" ")))
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+            }
+            if json {
+                output::json(&json!({ "confirmation_id": groups.join(" "), "groups": groups }))?;
+            } else {
+                println!("Confirmation ID (read it to the customer, group by group):");
+                for line in groups.chunks(6) {
+                    println!("  {}", line.join(" "));
+                }
             }
         }
         AuthorityCommand::Certify {

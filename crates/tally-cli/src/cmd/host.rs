@@ -50,6 +50,35 @@ pub enum HostCommand {
         #[arg(long, value_name = "FILE")]
         trust: Option<PathBuf>,
     },
+    /// Install the host key the vendor gave you (R22): host keys go on hosts only.
+    InstallKey {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// The host key.
+        key: String,
+    },
+    /// Activate the installed host key with the authority, once (R22): `--online URL`, or
+    /// `--offline` (prints an installation ID to read out) then `--confirmation ID`.
+    Activate {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// The authority's URL, e.g. https://activation.vendor.example.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["offline", "confirmation"])]
+        online: Option<String>,
+        /// Print the installation ID for activation by phone or file.
+        #[arg(long, conflicts_with = "confirmation")]
+        offline: bool,
+        /// The confirmation ID the authority gave (digit groups, or a file holding them).
+        #[arg(long, value_name = "ID")]
+        confirmation: Option<String>,
+        /// The authority public key to check the certificate against (kept as
+        /// DATA_DIR/authority.pub) [default: DATA_DIR/authority.pub].
+        #[arg(long, value_name = "FILE")]
+        trust: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the certificate, the counts per pool (R2-R5) and the registry size (R6).
     Status {
         #[command(flatten)]
@@ -507,6 +536,50 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         HostCommand::Status { dir, json: as_json } => status(&dir.resolve(), as_json).await,
+        HostCommand::InstallKey { dir, key } => {
+            let dir = dir.resolve();
+            let key: tally_core::ProductKey =
+                key.trim().parse().context("that is not a valid key")?;
+            match key.kind() {
+                tally_core::KeyKind::Host => {}
+                tally_core::KeyKind::Setup => bail!(
+                    "this is an edition's setup key: it belongs on clients (`tally client install-key`), not on a host"
+                ),
+                tally_core::KeyKind::Mak => bail!(
+                    "this is a MAK: it activates clients directly with the vendor (`tally client install-key`); \
+                     a host needs a host key"
+                ),
+            }
+            let fields = key.host_fields()?;
+            ensure_host_key(&dir)?;
+            std::fs::write(dir.join(paths::HOST_PRODUCT_KEY), format!("{key}\n"))?;
+            println!(
+                "Host key for {} generation {} installed (ends {}). Activate it once: \
+                 tally host activate --online URL   or   tally host activate --offline",
+                fields.group,
+                fields.generation,
+                key.partial()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        HostCommand::Activate {
+            dir,
+            online,
+            offline,
+            confirmation,
+            trust,
+            json: as_json,
+        } => {
+            activate(
+                &dir.resolve(),
+                online,
+                offline,
+                confirmation,
+                trust,
+                as_json,
+            )
+            .await
+        }
         HostCommand::Clients {
             dir,
             limit,
@@ -548,6 +621,177 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// This host's hardware id for the authority: 5 bytes of SHA-256 of its fingerprint (R12, R23).
+fn hardware_id() -> [u8; tally_authority::service::HARDWARE_ID_BYTES] {
+    let hw = tally_client::hardware::probe();
+    let digest = tally_core::trust::sha256(&serde_json::to_vec(&hw).unwrap_or_default());
+    let mut id = [0u8; tally_authority::service::HARDWARE_ID_BYTES];
+    id.copy_from_slice(&digest[..tally_authority::service::HARDWARE_ID_BYTES]);
+    id
+}
+
+fn installed_host_key(dir: &Path) -> anyhow::Result<tally_core::ProductKey> {
+    let text = std::fs::read_to_string(dir.join(paths::HOST_PRODUCT_KEY)).with_context(|| {
+        format!(
+            "no host key installed in {}: run `tally host install-key KEY` first",
+            dir.display()
+        )
+    })?;
+    Ok(text.trim().parse()?)
+}
+
+fn host_secret(dir: &Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let path = dir.join(paths::HOST_SECRET);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(parse_secret(labels::HOST_SECRET, &text)?)
+}
+
+/// Installs a certificate after checking it against the trusted authority key.
+fn install_certificate(
+    dir: &Path,
+    cert: &tally_proto::HostCertificate,
+    anchor_text: &str,
+) -> anyhow::Result<tally_core::trust::VerifiedHost> {
+    let anchor = parse_authority_public(anchor_text)?;
+    let verified = anchor
+        .verify_certificate(cert, SystemClock.now())
+        .context("the certificate does not verify under the authority key")?;
+    HostIdentity::new(host_secret(dir)?, cert.clone())
+        .context("this certificate is not for this host")?;
+    std::fs::write(dir.join(paths::AUTHORITY_PUB), anchor_text)?;
+    std::fs::write(
+        dir.join(paths::HOST_CERT),
+        armor(labels::HOST_CERTIFICATE, &cert.to_bytes()),
+    )?;
+    Ok(verified)
+}
+
+async fn activate(
+    dir: &Path,
+    online: Option<String>,
+    offline: bool,
+    confirmation: Option<String>,
+    trust: Option<PathBuf>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let key = installed_host_key(dir)?;
+    ensure_host_key(dir)?;
+    let public = host_secret(dir)?.verifying_key();
+    let trust_text = match &trust {
+        Some(p) => Some(
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        ),
+        None => std::fs::read_to_string(dir.join(paths::AUTHORITY_PUB)).ok(),
+    };
+    if offline {
+        let groups = tally_authority::service::installation_id(key, &public, &hardware_id());
+        let file = dir.join(paths::INSTALLATION_ID);
+        std::fs::write(&file, format!("{}\n", groups.join(" ")))?;
+        if as_json {
+            json(
+                &serde_json::json!({ "installation_id": groups.join(" "), "groups": groups, "file": file }),
+            )?;
+        } else {
+            println!(
+                "Installation ID ({} groups; also in {}):",
+                groups.len(),
+                file.display()
+            );
+            for line in groups.chunks(6) {
+                println!("  {}", line.join(" "));
+            }
+            println!(
+                "Give it to the vendor; then: tally host activate --confirmation \"DIGITS\" --trust authority.pub"
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (cert, anchor_text) = if let Some(confirmation) = confirmation {
+        let anchor_text = trust_text
+            .context("offline activation needs the authority's public key: pass --trust FILE")?;
+        let anchor = parse_authority_public(&anchor_text)?;
+        let text = crate::cmd::authority::text_or_file(&confirmation)?;
+        let cert = tally_authority::service::certificate_from_confirmation(
+            &text,
+            key,
+            &public,
+            anchor.key(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        (cert, anchor_text)
+    } else if let Some(url) = online {
+        let base = url.trim_end_matches('/');
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let anchor_text = match trust_text {
+            Some(t) => t,
+            None => {
+                let info: serde_json::Value = client
+                    .get(format!("{base}/v1/authority"))
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the authority at {base}"))?
+                    .json()
+                    .await?;
+                let text = info["public_key_file"]
+                    .as_str()
+                    .context("the authority did not send its key")?
+                    .to_owned();
+                warn!(authority_id = %info["authority_id"], "no --trust given: trusting the key the authority sent; check its id with your vendor");
+                text
+            }
+        };
+        let body = serde_json::json!({
+            "host_key": key.to_string(),
+            "host_public_key": to_hex(public.as_bytes()),
+            "hardware_id": to_hex(&hardware_id()),
+        });
+        let resp = client
+            .post(format!("{base}/v1/host-activations"))
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the authority at {base}"))?;
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.context("the authority sent no JSON")?;
+        if !status.is_success() {
+            if as_json {
+                json(&v)?;
+            }
+            bail!(
+                "the authority refused ({}): {}",
+                v["error"].as_str().unwrap_or("error"),
+                v["message"].as_str().unwrap_or("no message")
+            );
+        }
+        let cert = parse_certificate(
+            v["certificate"]
+                .as_str()
+                .context("no certificate in the answer")?,
+        )?;
+        (cert, anchor_text)
+    } else {
+        bail!("say how: --online URL, --offline, or --confirmation ID");
+    };
+    let verified = install_certificate(dir, &cert, &anchor_text)?;
+    let cov = verified.coverage();
+    if as_json {
+        json(
+            &serde_json::json!({ "activated": true, "key_group": cov.group.name(), "generation": cov.generation }),
+        )?;
+    } else {
+        println!(
+            "Host activated for {} generation {}. Start it with: tally host run --data-dir {}",
+            cov.group,
+            cov.generation,
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Serialize)]
