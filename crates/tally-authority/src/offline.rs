@@ -65,8 +65,8 @@ fn group_check(index: usize, group: &[u8]) -> u8 {
 
 /// Decimal digits needed for `n` bytes.
 fn digits_for(n: usize) -> usize {
-    // ceil(n * 8 * log10(2)); 0.30103 slightly over log10(2) is safe.
-    ((n * 8) as f64 * 0.301_03).ceil() as usize
+    // ceil(bits * log10(2)) with 0.30103 (just above log10(2)) in integers: never too few.
+    (n * 8 * 30_103).div_ceil(100_000)
 }
 
 /// Number of groups for `n` bytes.
