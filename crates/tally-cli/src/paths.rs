@@ -12,6 +12,8 @@ pub const HOST_CERT: &str = "host.cert";
 pub const HOST_PRODUCT_KEY: &str = "host-product.key";
 /// The last installation ID shown for offline activation.
 pub const INSTALLATION_ID: &str = "installation-id.txt";
+/// The signed catalog imported into the host (R24).
+pub const HOST_CATALOG: &str = "catalog.toml";
 /// The host database.
 pub const HOST_DB: &str = "tally.db";
 /// The authority public key clients of a dev host trust.

@@ -290,3 +290,84 @@ mod tests {
         assert!(err.to_string().contains("not listed"), "{err}");
     }
 }
+
+/// Signed catalogs (R24): the catalog's TOML text followed by one last line
+/// `# tally-catalog-signature-v1 HEX`, an Ed25519 signature by the authority over
+/// `"tally/v1/catalog\0"` and every byte before that line. Being a TOML comment, the line
+/// leaves the file a valid catalog for tools that ignore signatures.
+pub mod signed {
+    use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+
+    use super::{Catalog, CatalogError};
+    use crate::trust::{from_hex, to_hex};
+
+    const MARKER: &str = "# tally-catalog-signature-v1 ";
+    const CONTEXT: &[u8] = b"tally/v1/catalog\0";
+
+    fn message(body: &str) -> Vec<u8> {
+        let mut m = CONTEXT.to_vec();
+        m.extend_from_slice(body.as_bytes());
+        m
+    }
+
+    /// Signs a catalog's text (which must parse) and returns the signed text.
+    pub fn sign(text: &str, key: &SigningKey) -> Result<String, CatalogError> {
+        let mut body = text.to_owned();
+        if !body.ends_with('\n') {
+            body.push('\n');
+        }
+        Catalog::parse(&body)?;
+        let signature = key.sign(&message(&body));
+        Ok(format!("{body}{MARKER}{}\n", to_hex(&signature.to_bytes())))
+    }
+
+    /// Verifies a signed catalog against the authority key and parses it.
+    pub fn verify(text: &str, authority: &VerifyingKey) -> Result<Catalog, CatalogError> {
+        let invalid = |m: &str| CatalogError::Invalid(m.to_owned());
+        let trimmed = text.trim_end_matches('\n');
+        let (body_end, last) = match trimmed.rfind('\n') {
+            Some(i) => (i + 1, &trimmed[i + 1..]),
+            None => (0, trimmed),
+        };
+        let hex = last.strip_prefix(MARKER).ok_or_else(|| {
+            invalid("the catalog is not signed by the authority (no signature line)")
+        })?;
+        let bytes = from_hex(hex.trim())
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .ok_or_else(|| invalid("the catalog's signature line is damaged"))?;
+        let body = &text[..body_end];
+        authority
+            .verify_strict(&message(body), &Signature::from_bytes(&bytes))
+            .map_err(|_| invalid("the catalog's signature does not verify: it was altered, or signed by another authority"))?;
+        Catalog::parse(body)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::catalog::DEMO_CATALOG;
+        use crate::trust::generate_key;
+
+        // R24: signed catalogs verify; tampered, unsigned or foreign ones do not.
+        #[test]
+        fn r24_signed_catalogs_verify_and_tampering_is_caught() {
+            let key = generate_key();
+            let signed = sign(DEMO_CATALOG, &key).expect("sign");
+            assert_eq!(
+                verify(&signed, &key.verifying_key())
+                    .expect("verifies")
+                    .version(),
+                1
+            );
+            let tampered = signed.replace("Acme Server Web 2026", "Acme Server Web 2099");
+            assert!(verify(&tampered, &key.verifying_key()).is_err());
+            assert!(
+                verify(DEMO_CATALOG, &key.verifying_key())
+                    .expect_err("unsigned")
+                    .to_string()
+                    .contains("not signed")
+            );
+            assert!(verify(&signed, &generate_key().verifying_key()).is_err());
+        }
+    }
+}

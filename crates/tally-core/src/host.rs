@@ -138,6 +138,15 @@ impl HostSession {
         self.intervals
     }
 
+    /// The same host serving another catalog (R24).
+    pub fn with_catalog(&self, catalog: Arc<Catalog>) -> Self {
+        Self {
+            catalog,
+            identity: self.identity.clone(),
+            intervals: self.intervals,
+        }
+    }
+
     /// An unsigned error frame.
     pub fn error_frame(result: ResultCode) -> Vec<u8> {
         Message::Error(ErrorMessage { result }).encode()

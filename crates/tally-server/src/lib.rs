@@ -91,7 +91,7 @@ pub struct Handled {
 
 /// The host: session logic, counting state, durable store, clock.
 pub struct HostService {
-    session: Arc<HostSession>,
+    session: std::sync::RwLock<Arc<HostSession>>,
     tables: Mutex<CountTables>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
@@ -114,16 +114,22 @@ impl HostService {
     ) -> Result<Self, ServerError> {
         let tables = CountTables::from_snapshots(store.load_tables().await?);
         Ok(Self {
-            session,
+            session: std::sync::RwLock::new(session),
             tables: Mutex::new(tables),
             store,
             clock,
         })
     }
 
-    /// The session.
-    pub fn session(&self) -> &HostSession {
-        &self.session
+    /// The session in force (cheap: an `Arc` clone).
+    pub fn session(&self) -> Arc<HostSession> {
+        Arc::clone(&self.session.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Serves `catalog` from now on (R24); requests in flight finish with the old one.
+    pub fn set_catalog(&self, catalog: Arc<tally_core::Catalog>) {
+        let mut session = self.session.write().unwrap_or_else(PoisonError::into_inner);
+        *session = Arc::new(session.with_catalog(catalog));
     }
 
     /// The store.
@@ -151,7 +157,8 @@ impl HostService {
     /// changes are durable; if they cannot be stored, the reply says so and counts nothing.
     pub async fn handle(&self, frame: &[u8], peer: SocketAddr) -> Handled {
         let now = self.clock.now();
-        match self.session.handle(frame, now, &self.tables) {
+        let session = self.session();
+        match session.handle(frame, now, &self.tables) {
             Outcome::Reply(reply) => Handled {
                 reply,
                 close: false,
@@ -165,11 +172,10 @@ impl HostService {
                 let (cmid, sku, machine) = (reg.cmid, reg.sku, reg.machine_name.clone());
                 let (result, count, threshold) = (reg.result, reg.count, pending.threshold);
                 let reply = match self.store.commit(pending.changes.clone()).await {
-                    Ok(()) => self.session.seal(&pending),
+                    Ok(()) => session.seal(&pending),
                     Err(error) => {
                         warn!(%peer, %error, %cmid, "could not store activation; answering storage_failure");
-                        self.session
-                            .seal_failure(&pending, ResultCode::STORAGE_FAILURE)
+                        session.seal_failure(&pending, ResultCode::STORAGE_FAILURE)
                     }
                 };
                 // R27: event 12290 for each activation request, with machine name and time.

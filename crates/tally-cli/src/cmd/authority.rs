@@ -109,6 +109,17 @@ pub enum AuthorityCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Sign a catalog so hosts can import it (R24).
+    SignCatalog {
+        /// The authority directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The catalog (TOML).
+        file: PathBuf,
+        /// Where to write the signed catalog.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Certify a host's public key for the group of a host key it holds (R16).
     Certify {
         /// The authority directory.
@@ -183,6 +194,20 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{}", key.key);
             }
+        }
+        AuthorityCommand::SignCatalog { dir: d, file, out } => {
+            let authority = dir::load(&d)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let signed = tally_core::catalog::signed::sign(&text, authority.secret())
+                .with_context(|| format!("{}", file.display()))?;
+            std::fs::write(&out, signed)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "Signed catalog written to {}. On each host: tally host catalog import {}",
+                out.display(),
+                out.display()
+            );
         }
         AuthorityCommand::Run { dir: d, listen } => {
             let svc = std::sync::Arc::new(service(&d)?);

@@ -79,6 +79,10 @@ pub enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Catalogs: `tally host catalog import FILE` loads a newer catalog signed by the authority
+    /// into this host (a running host picks it up within seconds, R24).
+    #[command(subcommand)]
+    Catalog(HostCatalogCommand),
     /// Show the certificate, the counts per pool (R2-R5) and the registry size (R6).
     Status {
         #[command(flatten)]
@@ -101,6 +105,72 @@ pub enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `tally host catalog ...`
+#[derive(Subcommand)]
+pub enum HostCatalogCommand {
+    /// Import a catalog signed by the authority (`tally authority sign-catalog`); it must be
+    /// newer than the one in force.
+    Import {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// The signed catalog file.
+        file: PathBuf,
+    },
+}
+
+/// The signed catalog imported into `dir`, verified against `dir/authority.pub`, if any.
+pub fn imported_catalog(dir: &Path) -> anyhow::Result<Option<Catalog>> {
+    let path = dir.join(paths::HOST_CATALOG);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let anchor = parse_authority_public(
+        &std::fs::read_to_string(dir.join(paths::AUTHORITY_PUB)).with_context(|| {
+            format!(
+                "{} needs {} to verify it",
+                path.display(),
+                paths::AUTHORITY_PUB
+            )
+        })?,
+    )?;
+    Ok(Some(
+        tally_core::catalog::signed::verify(&text, anchor.key())
+            .with_context(|| format!("{}", path.display()))?,
+    ))
+}
+
+/// Watches the imported catalog file and swaps it into the running host when it changes.
+async fn watch_catalog(dir: PathBuf, service: Arc<HostService>, shutdown: CancellationToken) {
+    let path = dir.join(paths::HOST_CATALOG);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match imported_catalog(&dir) {
+            Ok(Some(catalog)) => {
+                info!(
+                    version = catalog.version(),
+                    editions = catalog.editions().len(),
+                    "catalog loaded (R24)"
+                );
+                service.set_catalog(Arc::new(catalog));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                warn!(error = %format!("{error:#}"), "new catalog refused; still serving the previous one")
+            }
+        }
+    }
 }
 
 /// The data directory option.
@@ -536,6 +606,36 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         HostCommand::Status { dir, json: as_json } => status(&dir.resolve(), as_json).await,
+        HostCommand::Catalog(HostCatalogCommand::Import { dir, file }) => {
+            let dir = dir.resolve();
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let anchor = parse_authority_public(
+                &std::fs::read_to_string(dir.join(paths::AUTHORITY_PUB)).context(
+                    "this host has no authority key (DATA_DIR/authority.pub): activate it first",
+                )?,
+            )?;
+            let catalog = tally_core::catalog::signed::verify(&text, anchor.key())
+                .with_context(|| format!("{} refused", file.display()))?;
+            let current = imported_catalog(&dir)?.unwrap_or_else(Catalog::demo);
+            if catalog.version() <= current.version() {
+                bail!(
+                    "catalog version {} is not newer than the one in force (version {})",
+                    catalog.version(),
+                    current.version()
+                );
+            }
+            let tmp = dir.join(format!(".{}.tmp", paths::HOST_CATALOG));
+            std::fs::write(&tmp, &text)?;
+            std::fs::rename(&tmp, dir.join(paths::HOST_CATALOG))?;
+            println!(
+                "Catalog '{}' version {} imported ({} editions); a running host loads it within seconds.",
+                catalog.name(),
+                catalog.version(),
+                catalog.editions().len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         HostCommand::InstallKey { dir, key } => {
             let dir = dir.resolve();
             let key: tally_core::ProductKey =
@@ -586,7 +686,8 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
             offset,
             json: as_json,
         } => {
-            let store = open_store(&dir.resolve(), Durability::Full)?;
+            let data_dir = dir.resolve();
+            let store = open_store(&data_dir, Durability::Full)?;
             let total = store.registry_len().await?;
             let rows = store.registry(RegistryPage { offset, limit }).await?;
             if as_json {
@@ -601,7 +702,7 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
                     "ACTIVATED",
                     "REQUESTS",
                 ]);
-                let catalog = Catalog::demo();
+                let catalog = imported_catalog(&data_dir)?.unwrap_or_else(Catalog::demo);
                 for r in &rows {
                     t.row(vec![
                         r.machine_name.clone(),
@@ -807,7 +908,7 @@ async fn status(dir: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
     let store = open_store(dir, Durability::Full)?;
     let now = SystemClock.now();
     let tables = CountTables::from_snapshots(store.load_tables().await?);
-    let catalog = Catalog::demo();
+    let catalog = imported_catalog(dir)?.unwrap_or_else(Catalog::demo);
     let pools: Vec<PoolStatus> = tables
         .summary(now)
         .into_iter()
@@ -905,7 +1006,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or(file.data_dir)
         .unwrap_or_else(paths::default_host_dir);
-    let catalog = load_catalog(args.catalog.catalog.as_deref().or(file.catalog.as_deref()))?;
+    // R24: a signed catalog imported into the data directory wins over the configured one.
+    let catalog = match imported_catalog(&dir)? {
+        Some(c) => c,
+        None => load_catalog(args.catalog.catalog.as_deref().or(file.catalog.as_deref()))?,
+    };
     let defaults = Intervals::default();
     let intervals = Intervals {
         activation_secs: args
@@ -983,6 +1088,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    tokio::spawn(watch_catalog(
+        dir.clone(),
+        Arc::clone(&service),
+        shutdown.clone(),
+    ));
     tally_server::run(listener, service, config, shutdown).await?;
     info!("host stopped");
     Ok(ExitCode::SUCCESS)
