@@ -229,12 +229,21 @@ impl Agent {
                 },
                 Err(e) => denied(e.code(), e.to_string()),
             },
-            AgentRequest::Activate { host } => {
+            AgentRequest::Activate {
+                authority: Some(url),
+                ..
+            } => {
+                let _one = self.attempt.lock().await;
+                self.client.activate_mak(Some(url), now).await
+            }
+            AgentRequest::Activate { host, .. } => {
                 let r = self.activate(host.as_deref()).await;
                 log_attempt(&r);
                 r
             }
-            AgentRequest::InstallKey { key } => self.client.install_key(key, now),
+            AgentRequest::InstallKey { key, confirm } => {
+                self.client.install_key(key, *confirm, now)
+            }
             AgentRequest::UninstallKey => self.client.uninstall_key(now),
             AgentRequest::Rearm => self.client.rearm(now),
             AgentRequest::Generalize => self.client.generalize(now),

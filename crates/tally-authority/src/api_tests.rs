@@ -405,3 +405,73 @@ async fn r22_offline_activation_round_trip() {
         .expect("verifies");
     assert_eq!(verified.coverage().group, KeyGroup::ClientVl);
 }
+
+// R25: a MAK's budget holds under concurrency; the same machine reactivating costs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r25_mak_budget_under_concurrency() {
+    let f = fixture();
+    let (status, v) = call(
+        &f.router,
+        "POST",
+        "/v1/maks",
+        Some(TOKEN),
+        Some(json!({ "budget": 3 }).to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let mak = v["key"].as_str().expect("mak").to_owned();
+    let body = |hw: u64| {
+        json!({ "mak": mak, "cmid": uuid::Uuid::from_u128(u128::from(hw)), "sku": uuid::Uuid::nil(), "hardware_id": format!("{hw:010x}") })
+            .to_string()
+    };
+    let mut tasks = Vec::new();
+    for hw in 0..20u64 {
+        let (router, b) = (f.router.clone(), body(hw));
+        tasks.push(tokio::spawn(async move {
+            call(&router, "POST", "/v1/mak-activations", None, Some(b)).await
+        }));
+    }
+    let mut ok_hw = Vec::new();
+    for (hw, t) in tasks.into_iter().enumerate() {
+        let (status, v) = t.await.expect("join");
+        if status == StatusCode::OK {
+            ok_hw.push(hw as u64);
+            let claim = tally_core::trust::MakClaim {
+                serial: v["serial"].as_u64().expect("serial") as u32,
+                cmid: *uuid::Uuid::from_u128(hw as u128).as_bytes(),
+                sku: *uuid::Uuid::nil().as_bytes(),
+                hardware: {
+                    let b = (hw as u64).to_be_bytes();
+                    [b[3], b[4], b[5], b[6], b[7]]
+                },
+                day: v["day"].as_u64().expect("day") as u16,
+            };
+            let sig: [u8; 64] = tally_core::trust::from_hex(v["signature"].as_str().expect("sig"))
+                .and_then(|b| b.try_into().ok())
+                .expect("64 bytes");
+            claim
+                .verify(&f.anchor, &sig)
+                .expect("the authority's signature verifies");
+        } else {
+            assert_eq!(
+                (status, v["error"].as_str()),
+                (StatusCode::CONFLICT, Some("limit_reached")),
+                "{v}"
+            );
+        }
+    }
+    assert_eq!(ok_hw.len(), 3);
+    let (status, _) = call(
+        &f.router,
+        "POST",
+        "/v1/mak-activations",
+        None,
+        Some(body(ok_hw[0])),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "reactivating the same machine is not a new one"
+    );
+}

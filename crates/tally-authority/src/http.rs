@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::service::{
-    ExceptionRequest, HostActivationRequest, IssueRequest, RevokeRequest, Service, ServiceError,
+    ExceptionRequest, HostActivationRequest, IssueRequest, MakActivationRequest, MakIssueRequest,
+    RevokeRequest, Service, ServiceError,
 };
 use crate::store::Refusal;
 
@@ -187,6 +188,32 @@ async fn host_activation(
     Ok(ok(activation))
 }
 
+async fn mak_activation(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<MakActivationRequest>,
+) -> Result<Response, ApiError> {
+    let activation = state.service.activate_mak(&req).await?;
+    tracing::info!(
+        serial = activation.serial,
+        machines = activation.usage.hosts_used,
+        "MAK client activated"
+    );
+    Ok(ok(activation))
+}
+
+async fn issue_mak(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<MakIssueRequest>,
+) -> Result<Response, ApiError> {
+    let actor = operator(&state, &headers)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(state.service.issue_mak(&req, actor).await?),
+    )
+        .into_response())
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfirmRequest {
@@ -289,6 +316,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/authority", get(authority_info))
         .route("/v1/host-activations", post(host_activation))
         .route("/v1/offline-confirmations", post(offline_confirmation))
+        .route("/v1/mak-activations", post(mak_activation))
+        .route("/v1/maks", post(issue_mak))
         .route("/v1/keys", get(list_keys).post(issue_key))
         .route("/v1/keys/{serial}", get(key_detail))
         .route("/v1/keys/{serial}/exception", post(exception))

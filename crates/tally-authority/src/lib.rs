@@ -24,7 +24,10 @@ use thiserror::Error;
 
 pub mod dir;
 pub mod http;
-pub mod offline;
+/// Offline activation IDs (the encoding lives in `tally_core::digits`).
+pub mod offline {
+    pub use tally_core::digits::*;
+}
 pub mod service;
 pub mod store;
 
@@ -150,6 +153,11 @@ impl Authority {
             },
             self.authenticator(unsigned),
         ))
+    }
+
+    /// Issues a MAK with a chosen serial (R25).
+    pub fn issue_mak_with_serial(&self, serial: u32) -> ProductKey {
+        ProductKey::mak(serial, self.authenticator(ProductKey::mak(serial, 0)))
     }
 
     /// Checks that a host key or MAK was issued by this authority.

@@ -118,6 +118,47 @@ fn one() -> u8 {
     1
 }
 
+/// An operator asks for a MAK (R25).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MakIssueRequest {
+    /// Distinct machines the MAK may activate.
+    pub budget: u32,
+    /// Free text.
+    #[serde(default)]
+    pub note: String,
+}
+
+/// Activations of one machine with one MAK (reinstalls of the same machine are not new ones).
+pub const MAK_ACTIVATIONS_PER_MACHINE: u32 = 10;
+
+/// A MAK client asks to be activated (R25).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MakActivationRequest {
+    /// The MAK.
+    pub mak: String,
+    /// The client's CMID.
+    pub cmid: uuid::Uuid,
+    /// The client's edition.
+    pub sku: uuid::Uuid,
+    /// The client's hardware id, 10 hex digits.
+    pub hardware_id: String,
+}
+
+/// A MAK client activated.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct MakActivation {
+    /// The MAK's serial.
+    pub serial: u32,
+    /// Issue day (days since 1970).
+    pub day: u16,
+    /// The authority's signature over the claim, hex.
+    pub signature: String,
+    /// What the activation used of the MAK's budget.
+    pub usage: Usage,
+}
+
 /// An operator raises a key's limits.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -280,6 +321,90 @@ impl Service {
         })
     }
 
+    /// Issues and records a MAK with a budget of machines (R25).
+    pub async fn issue_mak(
+        &self,
+        req: &MakIssueRequest,
+        actor: &str,
+    ) -> Result<KeyRecord, ServiceError> {
+        if req.budget == 0 || req.budget > 1_000_000 {
+            return Err(ServiceError::BadRequest(
+                "budget must be between 1 and 1000000".into(),
+            ));
+        }
+        let now = self.clock.now();
+        for _ in 0..16 {
+            let serial: u32 = rand::rng().random();
+            let key = self.authority.issue_mak_with_serial(serial);
+            let new = NewKey {
+                serial,
+                kind: "mak",
+                key: key.to_string(),
+                group: None,
+                generation: None,
+                max_hosts: req.budget,
+                max_activations: MAK_ACTIVATIONS_PER_MACHINE,
+                note: req.note.clone(),
+            };
+            if self.store.insert_key(new, actor, now).await? {
+                return self
+                    .store
+                    .key(serial)
+                    .await?
+                    .ok_or(ServiceError::NotFound(serial));
+            }
+        }
+        Err(ServiceError::BadRequest(
+            "could not find a free serial; try again".into(),
+        ))
+    }
+
+    /// Activates a MAK client (R25), counted against the MAK's budget.
+    pub async fn activate_mak(
+        &self,
+        req: &MakActivationRequest,
+    ) -> Result<MakActivation, ServiceError> {
+        let key: ProductKey = req
+            .mak
+            .parse()
+            .map_err(|e| ServiceError::KeyNotValid(format!("mak: {e}")))?;
+        if key.kind() != KeyKind::Mak {
+            return Err(ServiceError::KeyNotValid(format!(
+                "this is a {} key, not a MAK",
+                key.kind()
+            )));
+        }
+        let hardware = parse_hardware_id(&req.hardware_id)?;
+        self.authority.check_key(key)?;
+        let now = self.clock.now();
+        let usage = match self
+            .store
+            .activate(key.serial(), &to_hex(&hardware), &req.cmid.to_string(), now)
+            .await?
+        {
+            Ok(u) => u,
+            Err(refusal) => return Err(ServiceError::Refused(refusal)),
+        };
+        let claim = tally_core::trust::MakClaim {
+            serial: key.serial(),
+            cmid: *req.cmid.as_bytes(),
+            sku: *req.sku.as_bytes(),
+            hardware,
+            day: now
+                .millis()
+                .div_euclid(DAY_MS)
+                .clamp(0, i64::from(u16::MAX)) as u16,
+        };
+        let signature =
+            ed25519_dalek::Signer::sign(self.authority.secret(), &claim.signed_bytes()).to_bytes();
+        Ok(MakActivation {
+            serial: claim.serial,
+            day: claim.day,
+            signature: to_hex(&signature),
+            usage,
+        })
+    }
+
     /// Offline activation (R22): turns an installation ID into a confirmation ID.
     pub async fn confirm(&self, installation_id: &str) -> Result<Vec<String>, ServiceError> {
         let bytes = offline::decode(installation_id, INSTALLATION_ID_BYTES)
@@ -287,6 +412,24 @@ impl Service {
         let mut payload = [0u8; 16];
         payload[2..].copy_from_slice(&bytes[..14]);
         let key = ProductKey::from_payload(u128::from_be_bytes(payload));
+        if key.kind() == KeyKind::Mak {
+            // R25 offline: MAK payload, CMID, SKU, hardware id.
+            let uuid = |b: &[u8]| {
+                uuid::Uuid::from_slice(b)
+                    .map_err(|_| ServiceError::BadRequest("installation ID".into()))
+            };
+            let req = MakActivationRequest {
+                mak: key.to_string(),
+                cmid: uuid(&bytes[14..30])?,
+                sku: uuid(&bytes[30..46])?,
+                hardware_id: to_hex(&bytes[46..]),
+            };
+            let a = self.activate_mak(&req).await?;
+            let mut out = Vec::with_capacity(CONFIRMATION_ID_BYTES);
+            out.extend_from_slice(&a.day.to_be_bytes());
+            out.extend_from_slice(&from_hex(&a.signature).unwrap_or_default());
+            return Ok(offline::encode(&out));
+        }
         let req = HostActivationRequest {
             host_key: key.to_string(),
             host_public_key: to_hex(&bytes[14..46]),

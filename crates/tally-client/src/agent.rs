@@ -35,11 +35,17 @@ pub enum AgentRequest {
         /// HOST[:PORT] for this attempt only.
         #[serde(default)]
         host: Option<String>,
+        /// The authority URL, for a MAK client (R25); remembered.
+        #[serde(default)]
+        authority: Option<String>,
     },
     /// Install a setup key (privileged, R13).
     InstallKey {
         /// The key.
         key: String,
+        /// Confirms installing a host key on a client (R22).
+        #[serde(default)]
+        confirm: bool,
     },
     /// Remove the key (privileged).
     UninstallKey,
@@ -171,7 +177,15 @@ impl Licensing {
 
     /// Activates now: through the agent, or directly at the configured host.
     pub async fn activate(&self) -> Result<OpResult, AgentError> {
-        match call(&self.socket, &AgentRequest::Activate { host: None }).await {
+        match call(
+            &self.socket,
+            &AgentRequest::Activate {
+                host: None,
+                authority: None,
+            },
+        )
+        .await
+        {
             Err(AgentError::NotRunning(_)) => Ok(self
                 .client
                 .activate(None, &machine_name(), SystemClock.now())

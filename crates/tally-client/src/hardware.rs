@@ -109,6 +109,14 @@ pub fn probe() -> Hardware {
     Hardware::from_pairs(found.iter().map(|(k, v)| (*k, v.as_str())))
 }
 
+/// This machine's hardware id for the authority: 5 bytes of SHA-256 of the fingerprint.
+pub fn id() -> [u8; 5] {
+    let digest = tally_core::trust::sha256(&serde_json::to_vec(&probe()).unwrap_or_default());
+    let mut id = [0u8; 5];
+    id.copy_from_slice(&digest[..5]);
+    id
+}
+
 fn tracing_free_warn(path: &std::ffi::OsStr) {
     eprintln!(
         "warning: {OVERRIDE_ENV}={} is not a readable JSON object; probing the hardware instead",

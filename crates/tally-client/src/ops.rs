@@ -232,9 +232,9 @@ impl Client {
         }
     }
 
-    /// Installs a setup key. A host key is refused unless `confirm` (R22: host keys belong on
-    /// hosts; a client cannot use one anyway).
-    pub fn install_key(&self, key: &str, now: Timestamp) -> OpResult {
+    /// Installs a setup key (host-activated client) or a MAK (R25). A host key is refused
+    /// unless `confirm` (R22: host keys belong on hosts; a client cannot use one anyway).
+    pub fn install_key(&self, key: &str, confirm: bool, now: Timestamp) -> OpResult {
         let key: ProductKey = match key.trim().parse() {
             Ok(k) => k,
             Err(e) => {
@@ -243,12 +243,42 @@ impl Client {
                 )));
             }
         };
+        if key.kind() == KeyKind::Mak {
+            return match ClientState::update(&self.dir, now, |s| s.install_mak(key, now)) {
+                Ok(()) => self.done(
+                    now,
+                    0,
+                    "MAK installed: this client now activates directly with the vendor's authority \
+                     (`tally client activate --authority URL`, or --offline)"
+                        .into(),
+                ),
+                Err(e) => OpResult::from_error(&e),
+            };
+        }
         if key.kind() == KeyKind::Host {
-            return OpResult::from_error(&StateError::Key(
-                "this is a host key: it belongs on a Tally host (`tally host`), not on a client. Clients install \
-                 their edition's setup key (see `tally catalog list`)"
-                    .into(),
-            ));
+            // R22: host keys belong on hosts; on a client it takes an explicit confirmation.
+            if !confirm {
+                return OpResult::from_error(&StateError::Key(
+                    "this is a host key: it belongs on a Tally host (`tally host install-key`), not on a client; \
+                     clients install their edition's setup key (see `tally catalog list`) or a MAK. \
+                     To install it here anyway, repeat with --yes"
+                        .into(),
+                ));
+            }
+            return match ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
+                s.uninstall_key();
+                s.key = Some(key);
+                Ok(())
+            }) {
+                Ok(()) => self.done(
+                    now,
+                    0,
+                    "host key installed as asked; this installation cannot activate with it \
+                     (clients activate with a setup key or a MAK)"
+                        .into(),
+                ),
+                Err(e) => OpResult::from_error(&e),
+            };
         }
         let catalog = Arc::clone(&self.catalog);
         match ClientState::update(&self.dir, now, |s| {
@@ -348,6 +378,10 @@ impl Client {
             Ok(s) => s,
             Err(e) => return OpResult::from_error(&e),
         };
+        if state.is_mak() {
+            // R25: a MAK client activates with the authority, never with a host.
+            return self.activate_mak(None, now).await;
+        }
         let Some(edition) = state.edition(&self.catalog).cloned() else {
             return OpResult::from_error(&StateError::Key(
                 "no key installed: run `tally client install-key SETUP_KEY` first (see `tally catalog list`)".into(),
@@ -447,6 +481,224 @@ impl Client {
                 status,
             },
         }
+    }
+
+    /// R25: activates a MAK client online with the authority at `url` (or the saved one).
+    pub async fn activate_mak(&self, url: Option<&str>, now: Timestamp) -> OpResult {
+        let state = match ClientState::load(&self.dir, now) {
+            Ok(s) => s,
+            Err(e) => return OpResult::from_error(&e),
+        };
+        let (Some(key), Some(sku)) = (state.key.filter(|k| k.kind() == KeyKind::Mak), state.sku)
+        else {
+            return OpResult::from_error(&StateError::Key("no MAK installed".into()));
+        };
+        let Some(url) = url
+            .map(str::to_owned)
+            .or_else(|| state.authority_url.clone())
+        else {
+            return self.done(
+                now,
+                codes::NO_HOST,
+                "a MAK client needs the authority: pass --authority URL".into(),
+            );
+        };
+        let Some(trust) = self.trust.clone() else {
+            return self.done(
+                now,
+                codes::NO_TRUST,
+                "no trusted authority key: `tally client trust FILE`".into(),
+            );
+        };
+        let hardware = hardware::id();
+        let body = serde_json::json!({
+            "mak": key.to_string(), "cmid": state.cmid, "sku": sku, "hardware_id": tally_core::trust::to_hex(&hardware),
+        });
+        let base = url.trim_end_matches('/').to_owned();
+        let answer: Result<serde_json::Value, String> = async {
+            let client = reqwest::Client::builder()
+                .timeout(self.timeout)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let resp = client
+                .post(format!("{base}/v1/mak-activations"))
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| format!("cannot reach the authority at {base}: {e}"))?;
+            let status = resp.status();
+            let v: serde_json::Value = resp
+                .json()
+                .await
+                .map_err(|e| format!("the authority sent no JSON: {e}"))?;
+            if status.is_success() {
+                Ok(v)
+            } else {
+                Err(format!(
+                    "the authority refused ({}): {}",
+                    v["error"].as_str().unwrap_or("error"),
+                    v["message"].as_str().unwrap_or("")
+                ))
+            }
+        }
+        .await;
+        let v = match answer {
+            Ok(v) => v,
+            Err(message) => {
+                let _ = ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
+                    s.record_failure(
+                        Some(base.clone()),
+                        "mak_refused",
+                        codes::HOST_UNREACHABLE,
+                        now,
+                    );
+                    Ok(())
+                });
+                return OpResult {
+                    ok: false,
+                    code: codes::HOST_UNREACHABLE,
+                    result: "mak_refused".into(),
+                    message,
+                    count: None,
+                    threshold: None,
+                    status: self.status(now).ok(),
+                };
+            }
+        };
+        let signature = v["signature"]
+            .as_str()
+            .and_then(tally_core::trust::from_hex)
+            .and_then(|b| <[u8; 64]>::try_from(b).ok());
+        let (Some(serial), Some(day), Some(signature)) =
+            (v["serial"].as_u64(), v["day"].as_u64(), signature)
+        else {
+            return self.done(
+                now,
+                codes::PROTOCOL_ERROR,
+                "the authority's answer is incomplete".into(),
+            );
+        };
+        self.finish_mak(
+            key,
+            sku,
+            hardware,
+            serial as u32,
+            day as u16,
+            &signature,
+            Some(base),
+            &trust,
+            now,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_mak(
+        &self,
+        key: ProductKey,
+        sku: Uuid,
+        hardware: [u8; 5],
+        serial: u32,
+        day: u16,
+        signature: &[u8; 64],
+        url: Option<String>,
+        trust: &TrustAnchor,
+        now: Timestamp,
+    ) -> OpResult {
+        let cmid = match ClientState::load(&self.dir, now) {
+            Ok(s) => s.cmid,
+            Err(e) => return OpResult::from_error(&e),
+        };
+        let claim = tally_core::trust::MakClaim {
+            serial,
+            cmid: *cmid.as_bytes(),
+            sku: *sku.as_bytes(),
+            hardware,
+            day,
+        };
+        if serial != key.serial() || claim.verify(trust, signature).is_err() {
+            return self.done(
+                now,
+                codes::UNTRUSTED_RESPONSE,
+                "the MAK activation does not verify under the trusted authority key".into(),
+            );
+        }
+        let hw = hardware::probe();
+        let saved = ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
+            s.license.on_permanent_activation(now, Some(&hw));
+            if url.is_some() {
+                s.authority_url = url.clone();
+            }
+            s.last_attempt = Some(crate::state::Attempt {
+                at: now,
+                host: url.clone(),
+                result: "activated".into(),
+                code: 0,
+                count: None,
+            });
+            Ok(())
+        });
+        match saved {
+            Ok(()) => self.done(
+                now,
+                0,
+                "activated with the MAK (permanent; no renewal needed)".into(),
+            ),
+            Err(e) => OpResult::from_error(&e),
+        }
+    }
+
+    /// R25 offline: the installation ID a MAK client reads out (or sends as a file).
+    pub fn mak_installation_id(&self, now: Timestamp) -> Result<Vec<String>, StateError> {
+        let state = ClientState::load(&self.dir, now)?;
+        let (Some(key), Some(sku)) = (state.key.filter(|k| k.kind() == KeyKind::Mak), state.sku)
+        else {
+            return Err(StateError::Key("no MAK installed".into()));
+        };
+        let mut bytes = Vec::with_capacity(51);
+        bytes.extend_from_slice(&key.payload().to_be_bytes()[2..]);
+        bytes.extend_from_slice(state.cmid.as_bytes());
+        bytes.extend_from_slice(sku.as_bytes());
+        bytes.extend_from_slice(&hardware::id());
+        Ok(tally_core::digits::encode(&bytes))
+    }
+
+    /// R25 offline: applies the confirmation ID the authority gave.
+    pub fn mak_confirm(&self, confirmation: &str, now: Timestamp) -> OpResult {
+        let state = match ClientState::load(&self.dir, now) {
+            Ok(s) => s,
+            Err(e) => return OpResult::from_error(&e),
+        };
+        let (Some(key), Some(sku)) = (state.key.filter(|k| k.kind() == KeyKind::Mak), state.sku)
+        else {
+            return OpResult::from_error(&StateError::Key("no MAK installed".into()));
+        };
+        let Some(trust) = self.trust.clone() else {
+            return self.done(
+                now,
+                codes::NO_TRUST,
+                "no trusted authority key: `tally client trust FILE`".into(),
+            );
+        };
+        let bytes = match tally_core::digits::decode(confirmation, 66) {
+            Ok(b) => b,
+            Err(e) => {
+                return OpResult::from_error(&StateError::Key(format!("confirmation ID: {e}")));
+            }
+        };
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(&bytes[2..]);
+        let day = u16::from_be_bytes([bytes[0], bytes[1]]);
+        self.finish_mak(
+            key,
+            sku,
+            hardware::id(),
+            key.serial(),
+            day,
+            &signature,
+            None,
+            &trust,
+            now,
+        )
     }
 
     /// R19: the cached host first; if it does not answer, DNS in RFC 2782 order, dropping each

@@ -105,6 +105,9 @@ pub struct ClientState {
     /// Host certificates verified before (armored), so later activations skip the fetch.
     #[serde(default)]
     pub host_certificates: Vec<String>,
+    /// The authority a MAK client activates with (R25).
+    #[serde(default)]
+    pub authority_url: Option<String>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -127,6 +130,7 @@ impl ClientState {
             cached_host: None,
             last_attempt: None,
             host_certificates: Vec::new(),
+            authority_url: None,
         }
     }
 
@@ -213,7 +217,8 @@ impl ClientState {
                 "no edition in the catalog has this setup key (see `tally catalog list`)".into(),
             )
         })?;
-        if self.sku != Some(edition.sku) {
+        // A new edition, or a MAK client going back to host activation (R25), starts afresh.
+        if self.sku != Some(edition.sku) || self.is_mak() {
             let rearms = self.license.rearms_left;
             self.license = License {
                 rearms_left: rearms,
@@ -224,6 +229,32 @@ impl ClientState {
         self.sku = Some(edition.sku);
         self.license.install(now);
         Ok(edition)
+    }
+
+    /// Whether a MAK is installed (R25).
+    pub fn is_mak(&self) -> bool {
+        self.key.is_some_and(|k| k.kind() == KeyKind::Mak)
+    }
+
+    /// R25: installs a MAK: the client activates directly with the authority from now on. The
+    /// edition stays the one its setup key named.
+    pub fn install_mak(&mut self, key: ProductKey, now: Timestamp) -> Result<(), StateError> {
+        if self.sku.is_none() {
+            return Err(StateError::Key(
+                "install the edition's setup key first (it names the edition), then the MAK".into(),
+            ));
+        }
+        if !self.is_mak() {
+            let rearms = self.license.rearms_left;
+            self.license = License {
+                rearms_left: rearms,
+                ..License::default()
+            };
+            self.license.install(now);
+        }
+        self.key = Some(key);
+        self.cached_host = None;
+        Ok(())
     }
 
     /// Removes the key: the installation is unlicensed.

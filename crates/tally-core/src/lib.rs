@@ -11,9 +11,11 @@
 //! - [`host`]: the host session: frame in, response and changes to persist out.
 //! - [`lifecycle`]: the client's licensing state machine (R2, R7–R12).
 //! - [`hardware`]: the weighted hardware fingerprint (R12).
+//! - [`digits`]: digit groups with check digits for offline activation (R22).
 
 pub mod catalog;
 pub mod counting;
+pub mod digits;
 pub mod hardware;
 pub mod host;
 pub mod keys;

@@ -115,6 +115,9 @@ pub struct License {
     pub rearms_left: u8,
     /// The hardware at the last successful activation (R12).
     pub hardware: Option<Hardware>,
+    /// A MAK activation (R25): permanent, no renewal, within hardware tolerance (R12).
+    #[serde(default)]
+    pub permanent: bool,
 }
 
 impl Default for License {
@@ -128,6 +131,7 @@ impl Default for License {
             intervals: Intervals::default(),
             rearms_left: MAX_REARMS,
             hardware: None,
+            permanent: false,
         }
     }
 }
@@ -184,7 +188,23 @@ impl License {
 
     /// Whether an attempt is due at `now` (R8).
     pub fn is_due(&self, now: Timestamp) -> bool {
+        if self.permanent && self.status == LicenseStatus::Licensed {
+            return false; // R25: a MAK activation is not renewed
+        }
         self.status != LicenseStatus::Unlicensed && self.next_attempt.is_none_or(|t| now >= t)
+    }
+
+    /// R25: the authority activated this installation with a MAK: licensed for good (no
+    /// renewal), as long as the hardware stays within tolerance (R12).
+    pub fn on_permanent_activation(&mut self, now: Timestamp, hardware: Option<&Hardware>) {
+        self.status = LicenseStatus::Licensed;
+        self.permanent = true;
+        self.validity_end = None;
+        self.next_attempt = None;
+        self.last_success = Some(now);
+        if let Some(hw) = hardware {
+            self.hardware = Some(hw.clone());
+        }
     }
 
     /// Applies the outcome of an attempt made at `now` from `hardware` (R2, R7, R8, R9, R12).
@@ -268,6 +288,7 @@ impl License {
         };
         if self.status_at(now) == LicenseStatus::Licensed && !baseline.within_tolerance(current) {
             self.status = LicenseStatus::OutOfTolerance;
+            self.permanent = false;
             self.validity_end = None;
             self.next_attempt = Some(now);
             return true;
@@ -405,6 +426,18 @@ mod tests {
         l.generalize(T0.plus_days(5)).expect("rearm left");
         assert_eq!(l.grace_end, Some(T0.plus_days(35)));
         assert_eq!(l.rearms_left, 2);
+    }
+
+    // R25 + R12: a MAK activation is permanent (no renewal) while the hardware is in tolerance.
+    #[test]
+    fn r25_permanent_activation_until_hardware_changes() {
+        let base = Hardware::from_pairs([("disk", "SN-1")]);
+        let mut l = installed();
+        l.on_permanent_activation(T0, Some(&base));
+        assert_eq!(l.status_at(T0.plus_days(2000)), LicenseStatus::Licensed);
+        assert!(!l.is_due(T0.plus_days(2000)));
+        assert!(l.check_hardware(&Hardware::from_pairs([("disk", "SN-2")]), T0.plus_days(10)));
+        assert!(l.is_due(T0.plus_days(10)));
     }
 
     // R12: a change past tolerance requires reactivation; a small change does not.

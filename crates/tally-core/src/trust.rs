@@ -381,6 +381,46 @@ impl HostIdentity {
     }
 }
 
+/// What a MAK activation proof covers (R25): the key's serial, the client, its edition, its
+/// hardware id and the issue day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MakClaim {
+    /// The MAK's serial.
+    pub serial: u32,
+    /// The client's CMID.
+    pub cmid: [u8; 16],
+    /// The edition.
+    pub sku: [u8; 16],
+    /// The client's hardware id.
+    pub hardware: [u8; 5],
+    /// Days since 1970 when the authority activated it.
+    pub day: u16,
+}
+
+impl MakClaim {
+    /// Domain separator of the authority's signature.
+    pub const SIGNING_CONTEXT: &'static [u8] = b"tally/v1/mak-activation\0";
+
+    /// The signed bytes.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut m = Self::SIGNING_CONTEXT.to_vec();
+        m.extend_from_slice(&self.serial.to_be_bytes());
+        m.extend_from_slice(&self.cmid);
+        m.extend_from_slice(&self.sku);
+        m.extend_from_slice(&self.hardware);
+        m.extend_from_slice(&self.day.to_be_bytes());
+        m
+    }
+
+    /// Verifies the authority's signature on this claim.
+    pub fn verify(&self, anchor: &TrustAnchor, signature: &[u8; 64]) -> Result<(), TrustError> {
+        anchor
+            .key()
+            .verify_strict(&self.signed_bytes(), &Signature::from_bytes(signature))
+            .map_err(|_| TrustError::BadResponseSignature)
+    }
+}
+
 /// Signs a certificate body with an authority key.
 pub fn sign_certificate(authority: &SigningKey, body: CertificateBody) -> HostCertificate {
     let signature = authority.sign(&body.signed_bytes()).to_bytes();

@@ -109,6 +109,21 @@ pub enum AuthorityCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Issue a MAK that activates up to BUDGET machines directly with the authority (R25).
+    IssueMak {
+        /// The authority directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Distinct machines it may activate.
+        #[arg(long)]
+        budget: u32,
+        /// Free text kept with the key.
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sign a catalog so hosts can import it (R24).
     SignCatalog {
         /// The authority directory.
@@ -187,6 +202,23 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
             };
             let key = service(&d)?
                 .issue_host_key(&req, "cli")
+                .await
+                .map_err(service_err)?;
+            if json {
+                output::json(&key)?;
+            } else {
+                println!("{}", key.key);
+            }
+        }
+        AuthorityCommand::IssueMak {
+            dir: d,
+            budget,
+            note,
+            json,
+        } => {
+            let req = tally_authority::service::MakIssueRequest { budget, note };
+            let key = service(&d)?
+                .issue_mak(&req, "cli")
                 .await
                 .map_err(service_err)?;
             if json {

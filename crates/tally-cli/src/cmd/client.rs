@@ -126,6 +126,9 @@ pub enum ClientCommand {
     InstallKey {
         /// The key, e.g. FCK62-BC4QC-96T2H-XD989-PVGG9.
         key: String,
+        /// Install a host key here even though it belongs on a host (R22).
+        #[arg(long)]
+        yes: bool,
     },
     /// Remove the key (needs root or the agent's owner).
     UninstallKey,
@@ -136,6 +139,15 @@ pub enum ClientCommand {
         /// cached host].
         #[arg(long, value_name = "HOST:PORT")]
         host: Option<String>,
+        /// MAK clients (R25): the vendor's authority URL (remembered).
+        #[arg(long, value_name = "URL")]
+        authority: Option<String>,
+        /// MAK clients: print the installation ID for activation by phone.
+        #[arg(long, conflicts_with_all = ["confirmation", "authority", "host"])]
+        offline: bool,
+        /// MAK clients: apply the confirmation ID (digit groups, or a file holding them).
+        #[arg(long, value_name = "ID")]
+        confirmation: Option<String>,
     },
     /// Show the license state, timers and last result.
     Status,
@@ -164,9 +176,17 @@ pub enum ClientCommand {
 impl ClientCommand {
     fn request(&self) -> Option<AgentRequest> {
         Some(match self {
-            Self::InstallKey { key } => AgentRequest::InstallKey { key: key.clone() },
+            Self::InstallKey { key, yes } => AgentRequest::InstallKey {
+                key: key.clone(),
+                confirm: *yes,
+            },
             Self::UninstallKey => AgentRequest::UninstallKey,
-            Self::Activate { host } => AgentRequest::Activate { host: host.clone() },
+            Self::Activate {
+                host, authority, ..
+            } => AgentRequest::Activate {
+                host: host.clone(),
+                authority: authority.clone(),
+            },
             Self::Status => AgentRequest::Status,
             Self::Rearm => AgentRequest::Rearm,
             Self::Generalize => AgentRequest::Generalize,
@@ -206,14 +226,18 @@ pub async fn execute(opts: &ClientOpts, req: AgentRequest) -> anyhow::Result<OpR
             },
             Err(e) => return Err(e.into()),
         },
-        AgentRequest::Activate { host } => {
+        AgentRequest::Activate {
+            authority: Some(url),
+            ..
+        } => client.activate_mak(Some(&url), now).await,
+        AgentRequest::Activate { host, .. } => {
             let name = opts
                 .machine_name
                 .clone()
                 .unwrap_or_else(agent::machine_name);
             client.activate(host.as_deref(), &name, now).await
         }
-        AgentRequest::InstallKey { key } => client.install_key(&key, now),
+        AgentRequest::InstallKey { key, confirm } => client.install_key(&key, confirm, now),
         AgentRequest::UninstallKey => client.uninstall_key(now),
         AgentRequest::Rearm => client.rearm(now),
         AgentRequest::Generalize => client.generalize(now),
@@ -344,6 +368,33 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         });
+    }
+    // R25 offline MAK activation works on the state directly.
+    if let ClientCommand::Activate { offline: true, .. } = &args.command {
+        let groups = args.opts.client()?.mak_installation_id(SystemClock.now())?;
+        if args.opts.json {
+            output::json(
+                &serde_json::json!({ "installation_id": groups.join(" "), "groups": groups }),
+            )?;
+        } else {
+            println!(
+                "Installation ID ({} groups): give it to the vendor:",
+                groups.len()
+            );
+            for line in groups.chunks(6) {
+                println!("  {}", line.join(" "));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let ClientCommand::Activate {
+        confirmation: Some(c),
+        ..
+    } = &args.command
+    {
+        let text = crate::cmd::authority::text_or_file(c)?;
+        let result = args.opts.client()?.mak_confirm(&text, SystemClock.now());
+        return report(&result, true, args.opts.json, false);
     }
     let Some(req) = args.command.request() else {
         return Ok(ExitCode::SUCCESS);

@@ -43,11 +43,18 @@ pub async fn run(args: SlmgrArgs) -> anyhow::Result<ExitCode> {
         "/ipk" => (
             AgentRequest::InstallKey {
                 key: need("a key")?,
+                confirm: false,
             },
             false,
         ),
         "/upk" => (AgentRequest::UninstallKey, false),
-        "/ato" => (AgentRequest::Activate { host: None }, false),
+        "/ato" => (
+            AgentRequest::Activate {
+                host: None,
+                authority: None,
+            },
+            false,
+        ),
         "/dli" | "/xpr" => (AgentRequest::Status, false),
         "/dlv" => (AgentRequest::Status, true),
         "/skms" => (

@@ -366,6 +366,38 @@ fn hosts_refuse_setup_keys_and_maks() {
         &["host", "install-key", "--data-dir", s(&host), &mak],
     );
     assert!(out_text(&out).contains("MAK"), "{}", out_text(&out));
+    // R22: a host key on a client warns and needs --yes.
+    let (_, host_key, _) = authority(tmp.path(), "server-a");
+    let client = tmp.path().join("client");
+    let out = tally(
+        bin(),
+        &[
+            "client",
+            "--state-dir",
+            s(&client),
+            "install-key",
+            &host_key,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out_text(&out).contains("--yes"), "{}", out_text(&out));
+    let (code, v) = tally_json(
+        bin(),
+        &[
+            "client",
+            "--state-dir",
+            s(&client),
+            "--json",
+            "install-key",
+            &host_key,
+            "--yes",
+        ],
+    );
+    assert_eq!(
+        (code, v["status"]["status"].as_str()),
+        (Some(0), Some("unlicensed")),
+        "{v}"
+    );
 }
 
 /// The demo catalog as version 2, with a new pool and edition (generation 1) and a
@@ -534,4 +566,142 @@ fn r24_signed_catalog_import_into_a_running_host() {
         ],
     );
     assert!(out_text(&out).contains("not newer"), "{}", out_text(&out));
+}
+
+// R25 end to end: MAK clients activate directly with the authority (online and by digit
+// groups), within the MAK's budget; the activation is permanent; a setup key turns the client
+// back into a host-activated one.
+#[test]
+fn mak_clients_online_offline_budget_and_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let adir = tmp.path().join("authority");
+    assert!(
+        tally(bin(), &["authority", "init", "--dir", s(&adir)])
+            .status
+            .success()
+    );
+    let (_, v) = tally_json(
+        bin(),
+        &[
+            "authority",
+            "issue-mak",
+            "--dir",
+            s(&adir),
+            "--budget",
+            "2",
+            "--json",
+        ],
+    );
+    let (mak, serial) = (
+        v["key"].as_str().expect("mak").to_owned(),
+        v["serial"].as_u64().expect("serial"),
+    );
+    let (_auth, addr) = Process::spawn_listening(
+        bin(),
+        &[
+            "authority",
+            "run",
+            "--dir",
+            s(&adir),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+        "tally authority listening on ",
+    );
+    let url = format!("http://{addr}");
+    let trust = adir.join("authority.pub");
+    let client = |n: u32, args: &[&str]| -> (Option<i32>, serde_json::Value) {
+        let dir = tmp.path().join(format!("c{n}"));
+        let hw = tmp.path().join(format!("hw{n}.json"));
+        std::fs::write(&hw, format!("{{\"disk\": \"mak-disk-{n}\"}}")).expect("hw");
+        let mut all = vec!["client", "--state-dir", s(&dir), "--json"];
+        all.extend_from_slice(args);
+        let out = std::process::Command::new(bin())
+            .args(&all)
+            .env("TALLY_HARDWARE_FILE", &hw)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        )
+    };
+    for n in 1..=3 {
+        assert_eq!(client(n, &["trust", s(&trust)]).0, Some(0));
+        assert_eq!(client(n, &["install-key", SERVER_DATACENTER]).0, Some(0));
+        let (code, v) = client(n, &["install-key", &mak]);
+        assert_eq!(code, Some(0), "{v}");
+    }
+    for n in 1..=2 {
+        let (code, v) = client(n, &["activate", "--authority", &url]);
+        assert_eq!(
+            (code, v["result"].as_str()),
+            (Some(0), Some("activated")),
+            "client {n}: {v}"
+        );
+        let st = &v["status"];
+        assert_eq!(
+            (
+                st["status"].as_str(),
+                st["validity_end"].is_null(),
+                st["next_attempt"].is_null()
+            ),
+            (Some("licensed"), true, true),
+            "{st}"
+        );
+    }
+    let (code, v) = client(3, &["activate", "--authority", &url]);
+    assert_eq!(code, Some(1), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limit_reached")),
+        "{v}"
+    );
+
+    // Offline for the third, after the vendor grants one more machine.
+    let (_, id) = client(3, &["activate", "--offline"]);
+    let id = id["installation_id"].as_str().expect("id").to_owned();
+    let out = tally(bin(), &["authority", "confirm", "--dir", s(&adir), &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", out_text(&out));
+    let out = tally(
+        bin(),
+        &[
+            "authority",
+            "exception",
+            "--dir",
+            s(&adir),
+            "--serial",
+            &serial.to_string(),
+            "--hosts",
+            "1",
+            "--reason",
+            "lab",
+        ],
+    );
+    assert!(out.status.success());
+    let (code, c) = tally_json(
+        bin(),
+        &["authority", "confirm", "--dir", s(&adir), &id, "--json"],
+    );
+    assert_eq!(code, Some(0), "{c}");
+    let (code, v) = client(
+        3,
+        &[
+            "activate",
+            "--confirmation",
+            c["confirmation_id"].as_str().expect("conf"),
+        ],
+    );
+    assert_eq!(
+        (code, v["status"]["status"].as_str()),
+        (Some(0), Some("licensed")),
+        "{v}"
+    );
+
+    // A setup key makes client 1 host-activated again, back in grace.
+    let (_, v) = client(1, &["install-key", SERVER_DATACENTER]);
+    assert_eq!(v["status"]["status"], "initial_grace", "{v}");
 }

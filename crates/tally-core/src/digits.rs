@@ -1,4 +1,4 @@
-//! Offline ("by phone") activation IDs (R22): bytes written as groups of six decimal digits,
+//! Digit groups for offline ("by phone") activation IDs (R22): bytes written as groups of six decimal digits,
 //! each followed by a check digit, so a typo in any group is caught and named.
 //!
 //! The check digit of group *g* (1-based) is the Luhn check digit over the two digits of *g*
