@@ -243,23 +243,35 @@ impl Service {
                 "generation must be between 0 and 15".into(),
             ));
         }
-        let now = self.clock.now();
-        for _ in 0..16 {
-            let serial: u32 = rand::rng().random();
-            let key =
-                self.authority
-                    .issue_host_key_with_serial(req.group, req.generation, serial)?;
-            let new = NewKey {
+        let (group, generation, note) = (req.group, req.generation, req.note.clone());
+        self.insert_with_free_serial(actor, |serial| {
+            let key = self
+                .authority
+                .issue_host_key_with_serial(group, generation, serial)?;
+            Ok(NewKey {
                 serial,
                 kind: "host",
                 key: key.to_string(),
-                group: Some(req.group.name().to_owned()),
-                generation: Some(req.generation),
+                group: Some(group.name().to_owned()),
+                generation: Some(generation),
                 max_hosts: DEFAULT_MAX_HOSTS,
                 max_activations: DEFAULT_MAX_ACTIVATIONS,
-                note: req.note.clone(),
-            };
-            if self.store.insert_key(new, actor, now).await? {
+                note: note.clone(),
+            })
+        })
+        .await
+    }
+
+    /// Records the key `make` builds for a random serial, trying again if the serial is taken.
+    async fn insert_with_free_serial(
+        &self,
+        actor: &str,
+        make: impl Fn(u32) -> Result<NewKey, ServiceError>,
+    ) -> Result<KeyRecord, ServiceError> {
+        let now = self.clock.now();
+        for _ in 0..16 {
+            let serial: u32 = rand::rng().random();
+            if self.store.insert_key(make(serial)?, actor, now).await? {
                 return self
                     .store
                     .key(serial)
@@ -332,31 +344,19 @@ impl Service {
                 "budget must be between 1 and 1000000".into(),
             ));
         }
-        let now = self.clock.now();
-        for _ in 0..16 {
-            let serial: u32 = rand::rng().random();
-            let key = self.authority.issue_mak_with_serial(serial);
-            let new = NewKey {
+        self.insert_with_free_serial(actor, |serial| {
+            Ok(NewKey {
                 serial,
                 kind: "mak",
-                key: key.to_string(),
+                key: self.authority.issue_mak_with_serial(serial).to_string(),
                 group: None,
                 generation: None,
                 max_hosts: req.budget,
                 max_activations: MAK_ACTIVATIONS_PER_MACHINE,
                 note: req.note.clone(),
-            };
-            if self.store.insert_key(new, actor, now).await? {
-                return self
-                    .store
-                    .key(serial)
-                    .await?
-                    .ok_or(ServiceError::NotFound(serial));
-            }
-        }
-        Err(ServiceError::BadRequest(
-            "could not find a free serial; try again".into(),
-        ))
+            })
+        })
+        .await
     }
 
     /// Activates a MAK client (R25), counted against the MAK's budget.
