@@ -63,6 +63,8 @@ pub struct RegistryUpdate {
     pub count: u32,
     /// Whether the count reached the edition's threshold.
     pub activated: bool,
+    /// The requester's address, when the I/O layer knows it (R27).
+    pub peer: Option<String>,
 }
 
 /// Everything one request changes, persisted in one transaction.
@@ -233,6 +235,7 @@ impl HostSession {
             result,
             count,
             activated: result.is_success() && threshold > 0 && count >= u32::from(threshold),
+            peer: None,
         };
         PendingActivation {
             request,

@@ -167,7 +167,8 @@ impl HostService {
                 warn!(%peer, %reason, "malformed request; closing connection");
                 Handled { reply, close: true }
             }
-            Outcome::Activation(pending) => {
+            Outcome::Activation(mut pending) => {
+                pending.changes.registry.peer = Some(peer.to_string());
                 let reg = &pending.changes.registry;
                 let (cmid, sku, machine) = (reg.cmid, reg.sku, reg.machine_name.clone());
                 let (result, count, threshold) = (reg.result, reg.count, pending.threshold);

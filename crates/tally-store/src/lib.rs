@@ -86,6 +86,32 @@ pub struct RegistryEntry {
     pub requests: u64,
 }
 
+/// One entry of the host's event log (R27).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Event {
+    /// When.
+    pub at: Timestamp,
+    /// The event id: 12290 activation request, 12293/12294 DNS publishing, 1000+ Tally's own.
+    pub event_id: u32,
+    /// `info`, `warning` or `error`.
+    pub level: String,
+    /// A sentence for people.
+    pub message: String,
+    /// The event's fields (machine name, CMID, result, …).
+    pub data: serde_json::Value,
+}
+
+/// Which events to return, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only events at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only events with this id.
+    pub event_id: Option<u32>,
+    /// At most this many.
+    pub limit: u32,
+}
+
 /// A page of the registry, most recently seen first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegistryPage {
@@ -113,4 +139,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of clients in the registry.
     async fn registry_len(&self) -> Result<u64, StoreError>;
+
+    /// Appends events to the log (durable when it returns, like [`Store::commit`]).
+    async fn record_events(&self, events: Vec<Event>) -> Result<(), StoreError>;
+
+    /// Events matching `query`, newest first.
+    async fn events(&self, query: EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// Deletes events older than `before`; returns how many (the retention setting).
+    async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
 }

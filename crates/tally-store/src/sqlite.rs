@@ -19,12 +19,15 @@ use tally_core::time::Timestamp;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::{RegistryEntry, RegistryPage, Store, StoreError};
+use crate::{Event, EventQuery, RegistryEntry, RegistryPage, Store, StoreError};
 
 /// Most requests committed in one transaction.
 pub const MAX_BATCH: usize = 512;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_events.sql"),
+];
 
 /// How hard commits go to disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,8 +40,13 @@ pub enum Durability {
     Normal,
 }
 
+enum Work {
+    Changes(Changes),
+    Events(Vec<Event>),
+}
+
 struct Job {
-    changes: Changes,
+    work: Work,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -108,6 +116,14 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
+    async fn submit(&self, work: Work) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .send(Job { work, done })
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Opens (creating and migrating if needed) the database at `path`.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let mut writer = open_connection(path, durability)?;
@@ -166,7 +182,18 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
 fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
     let tx = conn.transaction().map_err(backend("begin"))?;
     for job in batch {
-        apply(&tx, &job.changes).map_err(backend("write"))?;
+        match &job.work {
+            Work::Changes(changes) => {
+                apply(&tx, changes).map_err(backend("write"))?;
+                // R27: event 12290 is written with the activation it describes.
+                insert_event(&tx, &activation_event(changes)).map_err(backend("write event"))?;
+            }
+            Work::Events(events) => {
+                for e in events {
+                    insert_event(&tx, e).map_err(backend("write event"))?;
+                }
+            }
+        }
     }
     tx.commit().map_err(backend("commit"))
 }
@@ -216,6 +243,42 @@ fn apply(conn: &Connection, changes: &Changes) -> rusqlite::Result<()> {
         r.result.0,
         r.count,
         r.activated,
+    ])?;
+    Ok(())
+}
+
+/// R27: the 12290 event of an activation request.
+fn activation_event(changes: &Changes) -> Event {
+    let r = &changes.registry;
+    Event {
+        at: r.seen_at,
+        event_id: 12290,
+        level: "info".into(),
+        message: format!("activation request from {}", r.machine_name),
+        data: serde_json::json!({
+            "machine": r.machine_name,
+            "cmid": r.cmid,
+            "sku": r.sku,
+            "pool": r.pool,
+            "result": r.result.name().unwrap_or("unknown"),
+            "code": format!("0x{:08X}", r.result.0),
+            "count": r.count,
+            "activated": r.activated,
+            "peer": r.peer,
+        }),
+    }
+}
+
+fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO events (at, event_id, level, message, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        e.at.millis(),
+        e.event_id,
+        e.level,
+        e.message,
+        e.data.to_string()
     ])?;
     Ok(())
 }
@@ -278,11 +341,48 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, changes: Changes) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.jobs
-            .send(Job { changes, done })
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        self.submit(Work::Changes(changes)).await
+    }
+
+    async fn record_events(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        self.submit(Work::Events(events)).await
+    }
+
+    async fn events(&self, query: EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT at, event_id, level, message, data FROM events
+                     WHERE at >= ?1 AND (?2 IS NULL OR event_id = ?2) ORDER BY at DESC, id DESC LIMIT ?3",
+                )
+                .map_err(backend("read events"))?;
+            stmt.query_map(
+                params![query.since.map_or(i64::MIN, Timestamp::millis), query.event_id, query.limit.max(1)],
+                |r| {
+                    let data: String = r.get(4)?;
+                    Ok(Event {
+                        at: Timestamp(r.get(0)?),
+                        event_id: r.get(1)?,
+                        level: r.get(2)?,
+                        message: r.get(3)?,
+                        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+                    })
+                },
+            )
+            .and_then(Iterator::collect)
+            .map_err(backend("read events"))
+        })
+        .await
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
+        // The delete runs on the read connection; WAL serialises it with the writer.
+        self.read(move |conn| {
+            conn.execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
+                .map(|n| n as u64)
+                .map_err(backend("prune events"))
+        })
+        .await
     }
 
     async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError> {
@@ -327,6 +427,7 @@ mod tests {
     use tally_proto::{LicenseState, ResultCode};
 
     use super::*;
+    use crate::{Event, EventQuery};
 
     const POOL: Uuid = Uuid::from_u128(1);
 
@@ -345,6 +446,7 @@ mod tests {
                 result: ResultCode::SUCCESS,
                 count,
                 activated: count >= 5,
+                peer: Some("127.0.0.1:9".into()),
             },
         }
     }
@@ -395,6 +497,59 @@ mod tests {
             .expect("present");
         assert!(e.activated);
         assert_eq!(e.last_count, 10);
+    }
+
+    // R27: every committed activation has its 12290 event; events can be queried and pruned.
+    #[tokio::test]
+    async fn r27_events_are_recorded_queried_and_pruned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("t.db"), Durability::Normal).expect("open");
+        let mut tables = CountTables::default();
+        for n in 0..3 {
+            store
+                .commit(changes(&mut tables, n, 1000 + n as i64))
+                .await
+                .expect("commit");
+        }
+        let own = Event {
+            at: Timestamp(5000),
+            event_id: 1000,
+            level: "info".into(),
+            message: "host started".into(),
+            data: serde_json::json!({}),
+        };
+        store.record_events(vec![own]).await.expect("record");
+        let all = store
+            .events(EventQuery {
+                limit: 100,
+                ..EventQuery::default()
+            })
+            .await
+            .expect("events");
+        assert_eq!(
+            all.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+            [1000, 12290, 12290, 12290]
+        );
+        assert_eq!(all[1].data["machine"], "pc-2");
+        assert_eq!(all[1].data["peer"], "127.0.0.1:9");
+        let q = EventQuery {
+            since: Some(Timestamp(1001)),
+            event_id: Some(12290),
+            limit: 100,
+        };
+        assert_eq!(store.events(q).await.expect("events").len(), 2);
+        assert_eq!(store.prune_events(Timestamp(1002)).await.expect("prune"), 2);
+        assert_eq!(
+            store
+                .events(EventQuery {
+                    limit: 100,
+                    ..EventQuery::default()
+                })
+                .await
+                .expect("events")
+                .len(),
+            2
+        );
     }
 
     #[test]
