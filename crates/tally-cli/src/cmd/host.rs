@@ -91,6 +91,24 @@ pub enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Query the event log (R27): 12290 activation requests, 12293/12294 DNS publishing,
+    /// 1000 start, 1001 stop, 1004 catalog loaded.
+    Events {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Only the last period, e.g. `2h`, `30m`, `7d` (a bare number is minutes).
+        #[arg(long, value_name = "PERIOD")]
+        since: Option<IntervalArg>,
+        /// Only this event id.
+        #[arg(long)]
+        id: Option<u32>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the clients this host has served (the registry, R6), most recent first.
     Clients {
         #[command(flatten)]
@@ -163,6 +181,15 @@ async fn watch_catalog(dir: PathBuf, service: Arc<HostService>, shutdown: Cancel
                     editions = catalog.editions().len(),
                     "catalog loaded (R24)"
                 );
+                let data = serde_json::json!({ "version": catalog.version(), "editions": catalog.editions().len() });
+                record_event(
+                    service.store(),
+                    EVENT_CATALOG_LOADED,
+                    "info",
+                    "catalog loaded",
+                    data,
+                )
+                .await;
                 service.set_catalog(Arc::new(catalog));
             }
             Ok(None) => {}
@@ -266,8 +293,51 @@ struct HostFileConfig {
     idle_timeout_secs: u64,
     /// "full" or "normal".
     durability: Option<DurabilityArg>,
+    /// Days the event log keeps events (R27) so it cannot fill the disk.
+    #[serde(default = "default_event_retention_days")]
+    event_retention_days: u32,
     /// DNS publishing (R17, R18); absent: not published (records can be made by hand).
     dns: Option<DnsConfig>,
+}
+
+fn default_event_retention_days() -> u32 {
+    90
+}
+
+/// Records one of the host's own events (and logs failures to record it).
+pub async fn record_event(
+    store: &Arc<dyn Store>,
+    event_id: u32,
+    level: &str,
+    message: &str,
+    data: serde_json::Value,
+) {
+    let event = tally_store::Event {
+        at: SystemClock.now(),
+        event_id,
+        level: level.to_owned(),
+        message: message.to_owned(),
+        data,
+    };
+    if let Err(error) = store.record_events(vec![event]).await {
+        warn!(%error, event_id, "cannot record an event");
+    }
+}
+
+/// R27 retention: prunes old events now and then once a day.
+async fn prune_events_loop(store: Arc<dyn Store>, days: u32, shutdown: CancellationToken) {
+    loop {
+        let before = SystemClock.now().plus_days(-i64::from(days));
+        match store.prune_events(before).await {
+            Ok(0) => {}
+            Ok(n) => info!(deleted = n, retention_days = days, "old events pruned"),
+            Err(error) => warn!(%error, "cannot prune old events"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -317,6 +387,13 @@ struct DnsConfig {
     #[serde(default)]
     domains: Vec<tally_dns::publish::Target>,
 }
+
+/// Event id: the host started.
+pub const EVENT_STARTED: u32 = 1000;
+/// Event id: the host stopped.
+pub const EVENT_STOPPED: u32 = 1001;
+/// Event id: a newer catalog was loaded (R24).
+pub const EVENT_CATALOG_LOADED: u32 = 1004;
 
 /// File where the host keeps its last DNS publishing result (for `host status`).
 pub const DNS_STATUS_FILE: &str = "dns-status.json";
@@ -376,6 +453,7 @@ async fn publish_loop(
     publication: tally_dns::publish::Publication,
     refresh: Duration,
     status_path: PathBuf,
+    store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -401,6 +479,29 @@ async fn publish_loop(
                     "DNS publishing failed"
                 );
             }
+        }
+        for r in &results {
+            let (id, level, message) = if r.ok {
+                (
+                    tally_dns::EVENT_PUBLISH_OK,
+                    "info",
+                    "DNS SRV record published",
+                )
+            } else {
+                (
+                    tally_dns::EVENT_PUBLISH_FAILED,
+                    "warning",
+                    "DNS publishing failed",
+                )
+            };
+            record_event(
+                &store,
+                id,
+                level,
+                message,
+                serde_json::to_value(r).unwrap_or_default(),
+            )
+            .await;
         }
         let status = serde_json::json!({
             "enabled": true,
@@ -606,6 +707,36 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         HostCommand::Status { dir, json: as_json } => status(&dir.resolve(), as_json).await,
+        HostCommand::Events {
+            dir,
+            since,
+            id,
+            limit,
+            json: as_json,
+        } => {
+            let store = open_store(&dir.resolve(), Durability::Full)?;
+            let since =
+                since.map(|p| Timestamp(SystemClock.now().millis() - i64::from(p.0) * 1000));
+            let events = store
+                .events(tally_store::EventQuery {
+                    since,
+                    event_id: id,
+                    limit,
+                })
+                .await?;
+            if as_json {
+                json(&events)?;
+            } else {
+                for e in &events {
+                    println!(
+                        "{}  {:>5}  {:<7}  {}  {}",
+                        e.at, e.event_id, e.level, e.message, e.data
+                    );
+                }
+                println!("{} event(s)", events.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         HostCommand::Catalog(HostCatalogCommand::Import { dir, file }) => {
             let dir = dir.resolve();
             let text = std::fs::read_to_string(&file)
@@ -1078,6 +1209,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                 publication,
                 refresh,
                 dns_status,
+                Arc::clone(service.store()),
                 shutdown.clone(),
             ));
         }
@@ -1093,7 +1225,23 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         Arc::clone(&service),
         shutdown.clone(),
     ));
+    tokio::spawn(prune_events_loop(
+        Arc::clone(service.store()),
+        file.event_retention_days.max(1),
+        shutdown.clone(),
+    ));
+    let store = Arc::clone(service.store());
+    let started = serde_json::json!({ "addr": addr.to_string() });
+    record_event(&store, EVENT_STARTED, "info", "host started", started).await;
     tally_server::run(listener, service, config, shutdown).await?;
+    record_event(
+        &store,
+        EVENT_STOPPED,
+        "info",
+        "host stopped",
+        serde_json::json!({}),
+    )
+    .await;
     info!("host stopped");
     Ok(ExitCode::SUCCESS)
 }

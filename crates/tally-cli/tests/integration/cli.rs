@@ -154,6 +154,51 @@ fn r3_count_sequence_with_real_host_and_client_processes() {
     assert_eq!(st["pools"][0]["count"], 25);
     assert_eq!(st["pools"][0]["capacity"], 50);
     assert_eq!(st["certificate"]["key_group"], "server-c");
+
+    // R27: the durable event log has one 12290 per request (26) with the machine names, and the
+    // host's own start event.
+    let data_dir = host.data_dir.to_str().expect("utf-8");
+    let (_, events) = tally_json(
+        bin(),
+        &[
+            "host",
+            "events",
+            "--data-dir",
+            data_dir,
+            "--id",
+            "12290",
+            "--limit",
+            "1000",
+            "--json",
+        ],
+    );
+    let events = events.as_array().expect("events");
+    assert_eq!(events.len(), 26);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["data"]["machine"] == "pc24" && e["data"]["activated"] == true)
+    );
+    assert!(events.iter().all(|e| {
+        e["data"]["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:"))
+    }));
+    let (_, started) = tally_json(
+        bin(),
+        &[
+            "host",
+            "events",
+            "--data-dir",
+            data_dir,
+            "--id",
+            "1000",
+            "--since",
+            "1h",
+            "--json",
+        ],
+    );
+    assert_eq!(started.as_array().map(Vec::len), Some(1));
 }
 
 #[test]

@@ -177,6 +177,20 @@ fn r17_wrong_tsig_key_is_refused_and_logged() {
         host.stderr()
     );
     assert!(srv_records(&named).is_empty());
+    // R27: the failure is in the durable event log too.
+    let (_, events) = tally_json(
+        bin(),
+        &[
+            "host",
+            "events",
+            "--data-dir",
+            s(&host.data_dir),
+            "--id",
+            "12293",
+            "--json",
+        ],
+    );
+    assert!(events.as_array().is_some_and(|e| !e.is_empty()), "{events}");
     let (_, st) = tally_json(
         bin(),
         &["host", "status", "--data-dir", s(&host.data_dir), "--json"],
