@@ -140,6 +140,15 @@ impl HostSession {
         self.intervals
     }
 
+    /// The same host sending other intervals (R9, R26).
+    pub fn with_intervals(&self, intervals: Intervals) -> Self {
+        Self {
+            catalog: Arc::clone(&self.catalog),
+            identity: self.identity.clone(),
+            intervals,
+        }
+    }
+
     /// The same host serving another catalog (R24).
     pub fn with_catalog(&self, catalog: Arc<Catalog>) -> Self {
         Self {

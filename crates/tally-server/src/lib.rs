@@ -126,6 +126,12 @@ impl HostService {
         Arc::clone(&self.session.read().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Sends `intervals` from now on (R9, R26).
+    pub fn set_intervals(&self, intervals: tally_core::host::Intervals) {
+        let mut session = self.session.write().unwrap_or_else(PoisonError::into_inner);
+        *session = Arc::new(session.with_intervals(intervals));
+    }
+
     /// Serves `catalog` from now on (R24); requests in flight finish with the old one.
     pub fn set_catalog(&self, catalog: Arc<tally_core::Catalog>) {
         let mut session = self.session.write().unwrap_or_else(PoisonError::into_inner);
@@ -156,6 +162,14 @@ impl HostService {
     /// Handles one frame from `peer`. The reply to an activation is sent only after its
     /// changes are durable; if they cannot be stored, the reply says so and counts nothing.
     pub async fn handle(&self, frame: &[u8], peer: SocketAddr) -> Handled {
+        let started = std::time::Instant::now();
+        let handled = self.handle_inner(frame, peer).await;
+        metrics::histogram!("tally_request_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        handled
+    }
+
+    async fn handle_inner(&self, frame: &[u8], peer: SocketAddr) -> Handled {
         let now = self.clock.now();
         let session = self.session();
         match session.handle(frame, now, &self.tables) {
@@ -164,6 +178,8 @@ impl HostService {
                 close: false,
             },
             Outcome::Close { reply, reason } => {
+                metrics::counter!("tally_requests_total", "result" => "malformed_request")
+                    .increment(1);
                 warn!(%peer, %reason, "malformed request; closing connection");
                 Handled { reply, close: true }
             }
@@ -172,7 +188,12 @@ impl HostService {
                 let reg = &pending.changes.registry;
                 let (cmid, sku, machine) = (reg.cmid, reg.sku, reg.machine_name.clone());
                 let (result, count, threshold) = (reg.result, reg.count, pending.threshold);
-                let reply = match self.store.commit(pending.changes.clone()).await {
+                let commit_started = std::time::Instant::now();
+                let committed = self.store.commit(pending.changes.clone()).await;
+                metrics::histogram!("tally_store_commit_seconds")
+                    .record(commit_started.elapsed().as_secs_f64());
+                metrics::counter!("tally_requests_total", "result" => result.name().unwrap_or("unknown")).increment(1);
+                let reply = match committed {
                     Ok(()) => session.seal(&pending),
                     Err(error) => {
                         warn!(%peer, %error, %cmid, "could not store activation; answering storage_failure");
@@ -209,6 +230,18 @@ pub async fn run(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    run_rebindable(listener, service, config, shutdown, None).await
+}
+
+/// As [`run`]; a listener sent on `rebind` replaces the current one (R26: a port change). The
+/// old listener is closed; connections already accepted finish their requests.
+pub async fn run_rebindable(
+    mut listener: TcpListener,
+    service: Arc<HostService>,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+    mut rebind: Option<tokio::sync::mpsc::Receiver<TcpListener>>,
+) -> Result<(), ServerError> {
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let tracker = TaskTracker::new();
     let config = Arc::new(config);
@@ -224,6 +257,12 @@ pub async fn run(
         };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
+            Some(new) = async { match rebind.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                info!(addr = ?new.local_addr().ok(), "now listening on the new address; the old one is closed");
+                listener = new;
+                drop(permit);
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(conn) => { backoff = Duration::from_millis(1); conn }
                 Err(error) => {
@@ -255,13 +294,26 @@ pub async fn run(
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     service: &HostService,
     config: &ServerConfig,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
+    metrics::gauge!("tally_connections_open").increment(1.0);
+    let result = serve_frames(stream, peer, service, config, shutdown).await;
+    metrics::gauge!("tally_connections_open").decrement(1.0);
+    result
+}
+
+async fn serve_frames(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    service: &HostService,
+    config: &ServerConfig,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
     // Room for one whole frame plus the start of a pipelined next one.
     let mut buf = [0u8; 2 * MAX_FRAME];
     let mut have = 0usize;

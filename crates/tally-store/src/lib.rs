@@ -112,13 +112,41 @@ pub struct EventQuery {
     pub limit: u32,
 }
 
-/// A page of the registry, most recently seen first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A page of the registry.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct RegistryPage {
     /// Rows to skip.
     pub offset: u64,
     /// Rows to return at most.
     pub limit: u32,
+    /// Only machines whose name contains this text (case-insensitive).
+    pub search: Option<String>,
+    /// Order.
+    pub sort: RegistrySort,
+}
+
+/// Registry orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RegistrySort {
+    /// Most recently seen first.
+    #[default]
+    LastSeen,
+    /// By machine name.
+    Machine,
+    /// Oldest first seen first.
+    FirstSeen,
+}
+
+impl RegistrySort {
+    /// Parses `last_seen`, `machine` or `first_seen`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "last_seen" => Some(Self::LastSeen),
+            "machine" => Some(Self::Machine),
+            "first_seen" => Some(Self::FirstSeen),
+            _ => None,
+        }
+    }
 }
 
 /// What a host needs from storage.
@@ -137,8 +165,11 @@ pub trait Store: Send + Sync + 'static {
     /// One client's registry entry.
     async fn registry_entry(&self, cmid: Uuid) -> Result<Option<RegistryEntry>, StoreError>;
 
-    /// Number of clients in the registry.
+    /// Number of clients in the registry (matching `search` when given).
     async fn registry_len(&self) -> Result<u64, StoreError>;
+
+    /// Number of clients whose machine name contains `search`.
+    async fn registry_count(&self, search: Option<String>) -> Result<u64, StoreError>;
 
     /// Appends events to the log (durable when it returns, like [`Store::commit`]).
     async fn record_events(&self, events: Vec<Event>) -> Result<(), StoreError>;

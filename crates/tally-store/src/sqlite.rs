@@ -19,7 +19,7 @@ use tally_core::time::Timestamp;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::{Event, EventQuery, RegistryEntry, RegistryPage, Store, StoreError};
+use crate::{Event, EventQuery, RegistryEntry, RegistryPage, RegistrySort, Store, StoreError};
 
 /// Most requests committed in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -387,12 +387,34 @@ impl Store for SqliteStore {
 
     async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError> {
         self.read(move |conn| {
+            let order = match page.sort {
+                RegistrySort::LastSeen => "last_seen DESC, cmid",
+                RegistrySort::Machine => "machine_name COLLATE NOCASE, cmid",
+                RegistrySort::FirstSeen => "first_seen, cmid",
+            };
+            // The order comes from a closed enum, never from the request text.
             let sql = format!(
-                "SELECT {REGISTRY_COLUMNS} FROM registry ORDER BY last_seen DESC, cmid LIMIT ?1 OFFSET ?2"
+                "SELECT {REGISTRY_COLUMNS} FROM registry WHERE (?3 IS NULL OR instr(lower(machine_name), lower(?3)) > 0)
+                 ORDER BY {order} LIMIT ?1 OFFSET ?2"
             );
             conn.prepare_cached(&sql)
-                .and_then(|mut s| s.query_map(params![page.limit, page.offset as i64], registry_row)?.collect())
+                .and_then(|mut s| {
+                    s.query_map(params![page.limit, page.offset as i64, page.search], registry_row)?.collect()
+                })
                 .map_err(backend("read registry"))
+        })
+        .await
+    }
+
+    async fn registry_count(&self, search: Option<String>) -> Result<u64, StoreError> {
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT count(*) FROM registry WHERE (?1 IS NULL OR instr(lower(machine_name), lower(?1)) > 0)",
+                params![search],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(backend("count registry"))
         })
         .await
     }
@@ -481,9 +503,33 @@ mod tests {
             .registry(RegistryPage {
                 offset: 0,
                 limit: 3,
+                ..RegistryPage::default()
             })
             .await
             .expect("page");
+        let found = store
+            .registry(RegistryPage {
+                limit: 10,
+                search: Some("PC-1".into()),
+                sort: RegistrySort::Machine,
+                ..RegistryPage::default()
+            })
+            .await
+            .expect("search");
+        assert_eq!(
+            found
+                .iter()
+                .map(|e| e.machine_name.as_str())
+                .collect::<Vec<_>>(),
+            ["pc-1", "pc-10", "pc-11", "pc-12", "pc-13"]
+        );
+        assert_eq!(
+            store
+                .registry_count(Some("pc-1".into()))
+                .await
+                .expect("count"),
+            5
+        );
         assert_eq!(
             page.iter()
                 .map(|e| e.machine_name.as_str())

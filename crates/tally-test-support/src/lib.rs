@@ -174,6 +174,8 @@ pub struct HostProcess {
     child: Child,
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The admin API's address.
+    pub admin: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
@@ -186,7 +188,8 @@ impl HostProcess {
         Self::start_on(bin, data_dir, "127.0.0.1:0", extra)
     }
 
-    /// As [`HostProcess::start_dev`], on a given listen address.
+    /// As [`HostProcess::start_dev`], on a given listen address. The admin API listens on a
+    /// free loopback port.
     pub fn start_on(bin: &Path, data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let dir = data_dir
             .to_str()
@@ -201,6 +204,7 @@ impl HostProcess {
                 "--data-dir",
                 dir,
             ])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(extra)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -213,25 +217,42 @@ impl HostProcess {
             thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
                     if let Some(addr) = line.strip_prefix("tally host listening on ") {
-                        let _ = tx.send(addr.trim().to_owned());
+                        let _ = tx.send((true, addr.trim().to_owned()));
+                    } else if let Some(addr) = line.strip_prefix("tally admin listening on ") {
+                        let _ = tx.send((false, addr.trim().to_owned()));
                     }
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a.parse().unwrap_or_else(|e| panic!("bad address {a}: {e}")),
-            Err(_) => {
-                let _ = child.kill();
-                let log = stderr
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                panic!("host did not start listening within 20 s; stderr:\n{log}");
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() || admin.is_none() {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok((is_host, a)) => {
+                    let parsed: SocketAddr =
+                        a.parse().unwrap_or_else(|e| panic!("bad address {a}: {e}"));
+                    if is_host {
+                        addr = Some(parsed);
+                    } else {
+                        admin = Some(parsed);
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let log = stderr
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    panic!("host did not start listening within 20 s; stderr:\n{log}");
+                }
             }
+        }
+        let (Some(addr), Some(admin)) = (addr, admin) else {
+            unreachable!("the loop ends when both are set")
         };
         Self {
             child,
             addr,
+            admin,
             data_dir: data_dir.to_owned(),
             stderr,
         }

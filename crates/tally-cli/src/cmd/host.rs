@@ -248,6 +248,10 @@ pub struct RunArgs {
     /// Do not publish DNS records even if the config file has a `[dns]` section (R17).
     #[arg(long)]
     no_dns_publish: bool,
+    /// Address of the admin API, metrics and dashboard (R26) [default: 127.0.0.1:1689; with
+    /// --dev a free loopback port]. It is printed and written to DATA_DIR/admin.addr.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, clap::ValueEnum)]
@@ -293,6 +297,8 @@ struct HostFileConfig {
     idle_timeout_secs: u64,
     /// "full" or "normal".
     durability: Option<DurabilityArg>,
+    /// Address of the admin API, metrics and dashboard (loopback by default).
+    admin_listen: Option<SocketAddr>,
     /// Days the event log keeps events (R27) so it cannot fill the disk.
     #[serde(default = "default_event_retention_days")]
     event_retention_days: u32,
@@ -450,13 +456,28 @@ impl DnsConfig {
 }
 
 async fn publish_loop(
-    publication: tally_dns::publish::Publication,
+    mut publication: tally_dns::publish::Publication,
     refresh: Duration,
     status_path: PathBuf,
     store: Arc<dyn Store>,
+    mut control: tokio::sync::watch::Receiver<crate::cmd::live::DnsControl>,
     shutdown: CancellationToken,
 ) {
     loop {
+        let ctl = *control.borrow_and_update();
+        if !ctl.enabled {
+            // R17: publishing turned off; the records stay until their TTL or an admin removes them.
+            let _ = std::fs::write(
+                &status_path,
+                serde_json::json!({ "enabled": false }).to_string(),
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = control.changed() => if r.is_err() { return } else { continue },
+            }
+        }
+        // R17: republish at once when the port changes.
+        publication.port = ctl.port;
         let results = publication.publish().await;
         for r in &results {
             if r.ok {
@@ -518,6 +539,7 @@ async fn publish_loop(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(refresh) => {}
+            r = control.changed() => if r.is_err() { return },
         }
     }
 }
@@ -820,7 +842,13 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
             let data_dir = dir.resolve();
             let store = open_store(&data_dir, Durability::Full)?;
             let total = store.registry_len().await?;
-            let rows = store.registry(RegistryPage { offset, limit }).await?;
+            let rows = store
+                .registry(RegistryPage {
+                    offset,
+                    limit,
+                    ..RegistryPage::default()
+                })
+                .await?;
             if as_json {
                 json(&serde_json::json!({ "total": total, "offset": offset, "clients": rows }))?;
             } else {
@@ -1161,7 +1189,29 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         DurabilityArg::Full => Durability::Full,
         DurabilityArg::Normal => Durability::Normal,
     };
-    let listen = args.listen.or(file.listen).unwrap_or_else(default_listen);
+    // R26: settings changed live persist and win over the config file and the flags.
+    let persisted = crate::cmd::live::Persisted::load(&dir)?;
+    let mut listen = args.listen.or(file.listen).unwrap_or_else(default_listen);
+    if let Some(port) = persisted.port {
+        listen.set_port(port);
+    }
+    let intervals = Intervals {
+        activation_secs: persisted
+            .activation_interval_secs
+            .unwrap_or(intervals.activation_secs),
+        renewal_secs: persisted
+            .renewal_interval_secs
+            .unwrap_or(intervals.renewal_secs),
+    };
+    let priority = persisted
+        .priority
+        .clone()
+        .unwrap_or_else(|| "normal".to_owned());
+    if priority != "normal"
+        && let Err(error) = crate::cmd::live::set_priority(&priority)
+    {
+        warn!(%error, "cannot apply the saved process priority");
+    }
     let config = ServerConfig {
         max_connections: args
             .max_connections
@@ -1195,8 +1245,13 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let dns_status = dir.join(DNS_STATUS_FILE);
-    match file.dns {
-        Some(dns) if dns.publish && !args.no_dns_publish => {
+    let dns_configured = file.dns.is_some();
+    let dns_on = file.dns.as_ref().is_some_and(|d| d.publish) && !args.no_dns_publish;
+    let dns_on = persisted
+        .dns_publish
+        .map_or(dns_on, |p| p && dns_configured);
+    let dns_control = match file.dns {
+        Some(dns) => {
             let config_dir = args
                 .config
                 .as_deref()
@@ -1205,21 +1260,76 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default();
             let publication = dns.publication(&config_dir, addr)?;
             let refresh = Duration::from_secs(dns.refresh_secs.max(10));
+            let (tx, rx) = tokio::sync::watch::channel(crate::cmd::live::DnsControl {
+                enabled: dns_on,
+                port: addr.port(),
+            });
+            let store = Arc::clone(service.store());
             tokio::spawn(publish_loop(
                 publication,
                 refresh,
                 dns_status,
-                Arc::clone(service.store()),
+                store,
+                rx,
                 shutdown.clone(),
             ));
+            Some(tx)
         }
-        _ => {
+        None => {
             let _ = std::fs::write(
                 &dns_status,
                 serde_json::json!({ "enabled": false }).to_string(),
             );
+            None
         }
-    }
+    };
+    let (rebind_tx, rebind_rx) = tokio::sync::mpsc::channel(1);
+    let settings = tally_admin::Settings {
+        port: addr.port(),
+        listen: addr.to_string(),
+        activation_interval_secs: intervals.activation_secs,
+        renewal_interval_secs: intervals.renewal_secs,
+        dns_publish: dns_on,
+        priority,
+    };
+    let control = Arc::new(crate::cmd::live::LiveHost::new(
+        settings,
+        Arc::clone(&service),
+        rebind_tx,
+        dns_control,
+        dir.clone(),
+    ));
+    // Dev hosts (many may run on one machine) take a free port; real hosts 1689 by default.
+    let default_admin = SocketAddr::from(([127, 0, 0, 1], if args.dev { 0 } else { 1689 }));
+    let admin_listen = args
+        .admin_listen
+        .or(file.admin_listen)
+        .unwrap_or(default_admin);
+    let admin_listener = TcpListener::bind(admin_listen).await.with_context(|| {
+        format!("cannot listen on {admin_listen} for the admin API (use --admin-listen)")
+    })?;
+    let admin_addr = admin_listener.local_addr()?;
+    let admin = tally_admin::app(tally_admin::AdminState {
+        service: Arc::clone(&service),
+        control,
+        token: Arc::from(crate::cmd::live::admin_token(&dir)?.as_str()),
+        metrics: crate::cmd::live::install_metrics(),
+        data_dir: dir.clone(),
+    });
+    std::fs::write(
+        dir.join(crate::cmd::live::ADMIN_ADDR_FILE),
+        admin_addr.to_string(),
+    )?;
+    let admin_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let serve = axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
+        if let Err(error) = serve.await {
+            warn!(%error, "admin API stopped");
+        }
+    });
+    info!(%admin_addr, "admin API, metrics and dashboard listening");
+    println!("tally admin listening on {admin_addr}");
     tokio::spawn(watch_catalog(
         dir.clone(),
         Arc::clone(&service),
@@ -1233,7 +1343,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = Arc::clone(service.store());
     let started = serde_json::json!({ "addr": addr.to_string() });
     record_event(&store, EVENT_STARTED, "info", "host started", started).await;
-    tally_server::run(listener, service, config, shutdown).await?;
+    tally_server::run_rebindable(listener, service, config, shutdown, Some(rebind_rx)).await?;
     record_event(
         &store,
         EVENT_STOPPED,

@@ -158,6 +158,8 @@ fn online_activation_limits_exception_and_revocation() {
             s(&hosts[0].0),
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
         ],
         &[],
         "tally host listening on ",

@@ -1,0 +1,331 @@
+//! Host administration over HTTP (R26, R27): an authenticated JSON API on a separate address
+//! (loopback by default), a Prometheus `/metrics` endpoint and the embedded web dashboard.
+//!
+//! The API changes the running host through [`HostControl`], which the binary implements
+//! (rebinding the port, swapping intervals, switching DNS publishing); this crate only speaks
+//! HTTP. Every error is `{"error": CODE, "message": TEXT}`; a token never appears in logs.
+//!
+//! # Layout
+//! - [`HostControl`], [`Settings`], [`SettingsChange`]: the live settings seam.
+//! - [`app`]: the router.
+//! - `assets/dashboard.html`: the dashboard (no external resources: works air-gapped).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tally_core::time::{Clock, SystemClock, Timestamp};
+use tally_core::trust::to_hex;
+use tally_server::HostService;
+use tally_store::{EventQuery, RegistryPage, RegistrySort};
+
+/// The dashboard page.
+pub const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+
+/// The host's live settings (R26).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// The activation port (R15).
+    pub port: u16,
+    /// The full listen address.
+    pub listen: String,
+    /// Retry interval after a failure, seconds (R8, R9).
+    pub activation_interval_secs: u32,
+    /// Renewal interval, seconds (R8, R9).
+    pub renewal_interval_secs: u32,
+    /// Whether DNS publishing is on (R17).
+    pub dns_publish: bool,
+    /// `normal` or `low` process priority (R26).
+    pub priority: String,
+}
+
+/// A change to the settings; absent fields stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsChange {
+    /// New activation port: the host rebinds without dropping requests in flight.
+    pub port: Option<u16>,
+    /// New retry interval, seconds.
+    pub activation_interval_secs: Option<u32>,
+    /// New renewal interval, seconds.
+    pub renewal_interval_secs: Option<u32>,
+    /// DNS publishing on or off.
+    pub dns_publish: Option<bool>,
+    /// `normal` or `low`.
+    pub priority: Option<String>,
+}
+
+/// What the admin API needs from the running host.
+#[async_trait]
+pub trait HostControl: Send + Sync + 'static {
+    /// The settings in force.
+    fn settings(&self) -> Settings;
+    /// Applies and persists a change; the error is a sentence for the admin.
+    async fn apply(&self, change: SettingsChange) -> Result<Settings, String>;
+    /// The DNS publishing state (last attempt and results).
+    fn dns_state(&self) -> serde_json::Value;
+}
+
+/// Shared state of the admin router.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The host.
+    pub service: Arc<HostService>,
+    /// Live settings.
+    pub control: Arc<dyn HostControl>,
+    /// The bearer token.
+    pub token: Arc<str>,
+    /// The Prometheus recorder's handle, if metrics are on.
+    pub metrics: Option<PrometheusHandle>,
+    /// The host's data directory (for its display).
+    pub data_dir: PathBuf,
+}
+
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1, "message": self.2 }))).into_response()
+    }
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// R26: the API needs `Authorization: Bearer TOKEN`; a refusal is logged without the token.
+async fn require_token(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if same(given.as_bytes(), state.token.as_bytes()) {
+        next.run(req).await
+    } else {
+        tracing::warn!(path = %req.uri().path(), "admin request refused: missing or wrong token");
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send `Authorization: Bearer TOKEN` (DATA_DIR/admin.token)".into(),
+        )
+        .into_response()
+    }
+}
+
+async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let session = state.service.session();
+    let identity = session.identity();
+    let cert = identity.certificate();
+    let catalog = session.catalog();
+    let pools: Vec<serde_json::Value> = state
+        .service
+        .counts()
+        .into_iter()
+        .map(|p| {
+            let editions: Vec<_> = catalog
+                .editions()
+                .iter()
+                .filter(|e| e.pool == p.pool)
+                .collect();
+            let min_threshold = editions.iter().map(|e| e.threshold).min().unwrap_or(0);
+            let max_threshold = editions.iter().map(|e| e.threshold).max().unwrap_or(0);
+            json!({
+                "pool": p.pool,
+                "name": catalog.pool(p.pool).map_or_else(|| p.pool.to_string(), |x| x.name.clone()),
+                "count": p.count,
+                "capacity": p.capacity,
+                "server_threshold": min_threshold,
+                "client_threshold": max_threshold,
+            })
+        })
+        .collect();
+    let clients = state
+        .service
+        .store()
+        .registry_len()
+        .await
+        .map_err(internal)?;
+    Ok(Json(json!({
+        "certificate": {
+            "fingerprint": to_hex(&identity.fingerprint()),
+            "key_group": identity.coverage().group.name(),
+            "generation": identity.coverage().generation,
+            "not_after": Timestamp(cert.body.not_after.saturating_mul(1000)),
+        },
+        "catalog": { "name": catalog.name(), "version": catalog.version() },
+        "pools": pools,
+        "registry_clients": clients,
+        "settings": state.control.settings(),
+        "dns": state.control.dns_state(),
+        "data_dir": state.data_dir,
+        "time": SystemClock.now(),
+    })))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "admin request failed");
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error (see the host log)".into(),
+    )
+}
+
+async fn get_settings(State(state): State<AdminState>) -> Json<Settings> {
+    Json(state.control.settings())
+}
+
+async fn patch_settings(
+    State(state): State<AdminState>,
+    body: Result<Json<SettingsChange>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Settings>, ApiError> {
+    let Json(change) =
+        body.map_err(|r| ApiError(StatusCode::BAD_REQUEST, "bad_request", r.body_text()))?;
+    let settings = state
+        .control
+        .apply(change.clone())
+        .await
+        .map_err(|m| ApiError(StatusCode::BAD_REQUEST, "bad_setting", m))?;
+    tracing::info!(?change, "settings changed");
+    Ok(Json(settings))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    since_secs: Option<u64>,
+    id: Option<u32>,
+    limit: Option<u32>,
+}
+
+async fn events(
+    State(state): State<AdminState>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) =
+        q.map_err(|r| ApiError(StatusCode::BAD_REQUEST, "bad_request", r.body_text()))?;
+    let since = q
+        .since_secs
+        .map(|s| Timestamp(SystemClock.now().millis() - (s.min(1 << 40) as i64) * 1000));
+    let events = state
+        .service
+        .store()
+        .events(EventQuery {
+            since,
+            event_id: q.id,
+            limit: q.limit.unwrap_or(100).min(10_000),
+        })
+        .await
+        .map_err(internal)?;
+    Ok(Json(json!(events)))
+}
+
+#[derive(Deserialize)]
+struct ClientsQuery {
+    offset: Option<u64>,
+    limit: Option<u32>,
+    q: Option<String>,
+    sort: Option<String>,
+}
+
+async fn clients(
+    State(state): State<AdminState>,
+    q: Result<Query<ClientsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) =
+        q.map_err(|r| ApiError(StatusCode::BAD_REQUEST, "bad_request", r.body_text()))?;
+    let sort = match q.sort.as_deref() {
+        None => RegistrySort::LastSeen,
+        Some(s) => RegistrySort::parse(s).ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "sort is last_seen, machine or first_seen".into(),
+            )
+        })?,
+    };
+    let search =
+        q.q.filter(|s| !s.is_empty())
+            .map(|s| s.chars().take(100).collect::<String>());
+    let store = state.service.store();
+    let page = RegistryPage {
+        offset: q.offset.unwrap_or(0),
+        limit: q.limit.unwrap_or(50).clamp(1, 500),
+        search: search.clone(),
+        sort,
+    };
+    let rows = store.registry(page.clone()).await.map_err(internal)?;
+    let total = store.registry_count(search).await.map_err(internal)?;
+    Ok(Json(
+        json!({ "total": total, "offset": page.offset, "limit": page.limit, "clients": rows }),
+    ))
+}
+
+async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return ApiError(StatusCode::NOT_FOUND, "not_found", "metrics are off".into())
+            .into_response();
+    };
+    // Gauges that are cheaper to read at scrape time than to maintain per request.
+    let session = state.service.session();
+    for p in state.service.counts() {
+        let name = session
+            .catalog()
+            .pool(p.pool)
+            .map_or_else(|| p.pool.to_string(), |x| x.name.clone());
+        metrics::gauge!("tally_pool_count", "pool" => name.clone()).set(f64::from(p.count));
+        metrics::gauge!("tally_pool_table_size", "pool" => name).set(f64::from(p.capacity));
+    }
+    let dns = state.control.dns_state();
+    let publishing =
+        dns.get("enabled") == Some(&json!(true)) && dns.get("ok") == Some(&json!(true));
+    metrics::gauge!("tally_dns_publish_ok").set(if publishing { 1.0 } else { 0.0 });
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint".into(),
+    )
+}
+
+/// The admin router: `/` (dashboard), `/metrics`, and `/api/v1/*` behind the token.
+pub fn app(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/status", get(status))
+        .route("/settings", get(get_settings).patch(patch_settings))
+        .route("/events", get(events))
+        .route("/clients", get(clients))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/metrics", get(metrics_endpoint))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
+        .with_state(state)
+}
