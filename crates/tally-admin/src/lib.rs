@@ -287,7 +287,7 @@ async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
             .catalog()
             .pool(p.pool)
             .map_or_else(|| p.pool.to_string(), |x| x.name.clone());
-        metrics::gauge!("tally_pool_count", "pool" => name.clone()).set(f64::from(p.count));
+        metrics::gauge!("tally_pool_clients", "pool" => name.clone()).set(f64::from(p.count));
         metrics::gauge!("tally_pool_table_size", "pool" => name).set(f64::from(p.capacity));
     }
     let dns = state.control.dns_state();

@@ -76,18 +76,27 @@ pub fn set_priority(priority: &str) -> Result<(), String> {
         "normal" => 0,
         other => return Err(format!("priority is `low` or `normal`, not `{other}`")),
     };
-    // SAFETY: setpriority only reads its integer arguments; PRIO_PROCESS with who = 0 means
-    // this process. No memory is shared with the call.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "cannot set priority {priority}: {} (raising it back needs root)",
-            std::io::Error::last_os_error()
-        ))
+    // On Linux a nice value belongs to a thread: set it on every thread of the process (threads
+    // made later inherit it from the thread that makes them).
+    let tids: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for tid in tids {
+        // SAFETY: setpriority only reads its integer arguments (which thread, which value); no
+        // memory is passed to the kernel.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+        if rc != 0 {
+            return Err(format!(
+                "cannot set priority {priority}: {} (raising it back needs root)",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
+    Ok(())
 }
 
 /// The running host as the admin API sees it.
@@ -231,7 +240,34 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets);
     match builder.map(PrometheusBuilder::install_recorder) {
-        Ok(Ok(handle)) => Some(handle),
+        Ok(Ok(handle)) => {
+            use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+            describe_counter!(
+                "tally_requests_total",
+                "Activation requests answered, by result."
+            );
+            describe_histogram!(
+                "tally_request_duration_seconds",
+                Unit::Seconds,
+                "Time to answer one request."
+            );
+            describe_histogram!(
+                "tally_store_commit_seconds",
+                Unit::Seconds,
+                "Time for a request's changes to become durable."
+            );
+            describe_gauge!("tally_connections_open", "Client connections open now.");
+            describe_gauge!(
+                "tally_pool_clients",
+                "Live entries of a pool's table: its count (R2-R4)."
+            );
+            describe_gauge!("tally_pool_table_size", "A pool's table capacity (R5).");
+            describe_gauge!(
+                "tally_dns_publish_ok",
+                "1 when DNS publishing is on and the last attempt succeeded."
+            );
+            Some(handle)
+        }
         Ok(Err(error)) => {
             warn!(%error, "metrics are off");
             None

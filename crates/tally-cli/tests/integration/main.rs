@@ -4,6 +4,7 @@
 // Test code: a failed expectation is a test failure, which is what `expect` reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod authority;
 mod cli;
 mod dns;

@@ -1,0 +1,337 @@
+//! Issue 6 with real processes: the admin API's authentication, settings applied live and kept
+//! across restarts (R26), the event log over HTTP (R27), Prometheus metrics checked by promtool,
+//! and the dashboard in headless Chromium.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tally_test_support::{HostProcess, in_ci, tally, tally_json};
+
+use crate::bin;
+
+const SERVER_WEB: &str = "FW777-M677J-W8KJV-QG4VJ-HC6WP";
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn token(host: &HostProcess) -> String {
+    std::fs::read_to_string(host.data_dir.join("admin.token"))
+        .expect("token")
+        .trim()
+        .to_owned()
+}
+
+async fn get(host: &HostProcess, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(format!("http://{}{path}", host.admin));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("admin reachable");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn patch(host: &HostProcess, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .patch(format!("http://{}/api/v1/settings", host.admin))
+        .bearer_auth(token(host))
+        .json(&body)
+        .send()
+        .await
+        .expect("admin reachable");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn activate(root: &Path, name: &str, host: &HostProcess, addr: &str) -> (Option<i32>, Value) {
+    let dir = root.join(name);
+    assert!(
+        tally(
+            bin(),
+            &[
+                "client",
+                "--state-dir",
+                s(&dir),
+                "trust",
+                s(&host.data_dir.join("authority.pub"))
+            ]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        tally(
+            bin(),
+            &["client", "--state-dir", s(&dir), "install-key", SERVER_WEB]
+        )
+        .status
+        .success()
+    );
+    tally_json(
+        bin(),
+        &[
+            "client",
+            "--state-dir",
+            s(&dir),
+            "--json",
+            "--machine-name",
+            name,
+            "activate",
+            "--host",
+            addr,
+        ],
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+// R26: the admin API needs the token (401 and a log line without it; the token is never
+// logged); settings apply to the running host without a restart and persist across restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r26_settings_apply_live_and_persist() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    let t = token(&host);
+    let (status, v) = get(&host, "/api/v1/status", None).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (401, Some("unauthorized")),
+        "{v}"
+    );
+    let (status, _) = get(&host, "/api/v1/status", Some("wrong")).await;
+    assert_eq!(status, 401);
+    assert!(host.wait_for_log("admin request refused", Duration::from_secs(5)));
+    assert!(
+        !host.stderr().contains(&t),
+        "the token must never be logged"
+    );
+
+    // Intervals (R9) apply to the next response.
+    let (status, v) = patch(
+        &host,
+        json!({ "activation_interval_secs": 90, "renewal_interval_secs": 600 }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, a) = activate(tmp.path(), "c1", &host, &host.addr.to_string());
+    assert_eq!(a["status"]["renewal_interval_secs"], 600, "{a}");
+    assert_eq!(a["status"]["activation_interval_secs"], 90);
+
+    // A port change rebinds without dropping the request in flight.
+    let mut in_flight = tokio::net::TcpStream::connect(host.addr)
+        .await
+        .expect("connect old port");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    in_flight
+        .write_all(&[0, 2, tally_proto::PROTOCOL_VERSION])
+        .await
+        .expect("half a frame");
+    let new_port = free_port();
+    let (status, v) = patch(&host, json!({ "port": new_port })).await;
+    assert_eq!(
+        (status, v["port"].as_u64()),
+        (200, Some(u64::from(new_port))),
+        "{v}"
+    );
+    in_flight
+        .write_all(&[0x03])
+        .await
+        .expect("rest of the frame");
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), in_flight.read(&mut buf))
+        .await
+        .expect("answered")
+        .expect("read");
+    assert!(
+        n > 4 && buf[3] == 0x04,
+        "the request in flight on the old port was answered"
+    );
+    let new_addr = format!("127.0.0.1:{new_port}");
+    let (code, a) = activate(tmp.path(), "c2", &host, &new_addr);
+    assert_eq!((code, a["count"].as_u64()), (Some(2), Some(2)), "{a}");
+    assert!(
+        tokio::net::TcpStream::connect(host.addr).await.is_err(),
+        "the old port is closed"
+    );
+
+    // Bad values are refused with a reason; nothing changes.
+    let (status, v) = patch(&host, json!({ "renewal_interval_secs": 0 })).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (400, Some("bad_setting")),
+        "{v}"
+    );
+    let (status, _) = patch(&host, json!({ "nonsense": 1 })).await;
+    assert_eq!(status, 400);
+    let (status, v) = patch(&host, json!({ "dns_publish": true })).await;
+    assert!(
+        status == 400 && v["message"].as_str().is_some_and(|m| m.contains("[dns]")),
+        "{v}"
+    );
+
+    // R26 low/normal priority: the kernel's nice value follows.
+    let nice = |pid: u32| -> i64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(16))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(-99)
+    };
+    assert_eq!(patch(&host, json!({ "priority": "low" })).await.0, 200);
+    assert_eq!(nice(host.pid()), 10);
+    assert_eq!(patch(&host, json!({ "priority": "normal" })).await.0, 200);
+    assert_eq!(nice(host.pid()), 0);
+
+    // R27 over HTTP: the setting changes are events.
+    let (_, events) = get(&host, "/api/v1/events?id=1002", Some(&t)).await;
+    assert!(events.as_array().is_some_and(|e| e.len() >= 4), "{events}");
+
+    // Persisted: after a restart the host listens on the new port with the new intervals.
+    host.kill9();
+    let data = host.data_dir.clone();
+    let host = HostProcess::start_dev(bin(), &data, &[]);
+    assert_eq!(host.addr.port(), new_port);
+    let (_, st) = get(&host, "/api/v1/status", Some(&token(&host))).await;
+    assert_eq!(st["settings"]["renewal_interval_secs"], 600, "{st}");
+    assert_eq!(st["pools"][0]["count"], 2);
+}
+
+// Metrics: a live /metrics passes `promtool check metrics` and counts what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    for n in 0..3 {
+        activate(tmp.path(), &format!("c{n}"), &host, &host.addr.to_string());
+    }
+    let text = reqwest::get(format!("http://{}/metrics", host.admin))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("tally_requests_total{result=\"success\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tally_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tally_pool_clients{pool=\"Acme 2026\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("tally_store_commit_seconds"), "{text}");
+    let promtool = Path::new("/usr/bin/promtool");
+    if !promtool.exists() {
+        assert!(
+            !in_ci(),
+            "CI must install promtool (Debian package prometheus)"
+        );
+        eprintln!("skipped promtool check: install Debian's prometheus package");
+        return;
+    }
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// The dashboard in headless Chromium shows the numbers the API gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_headless_chromium_matches_the_api() {
+    let chromium = Path::new("/usr/bin/chromium");
+    if !chromium.exists() {
+        assert!(
+            !in_ci(),
+            "CI must install Debian's chromium for the dashboard test"
+        );
+        eprintln!("skipped: Debian's chromium is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    for n in 0..7 {
+        activate(tmp.path(), &format!("pc{n}"), &host, &host.addr.to_string());
+    }
+    let t = token(&host);
+    let (_, st) = get(&host, "/api/v1/status", Some(&t)).await;
+    let url = format!("http://{}/#token={t}", host.admin);
+    let profile = tempfile::tempdir().expect("profile");
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=5000",
+    ];
+    let run = |extra: &[String]| {
+        std::process::Command::new(chromium)
+            .args(flags)
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("chromium")
+    };
+    let dom = String::from_utf8_lossy(&run(&["--dump-dom".to_owned()]).stdout).to_string();
+    assert!(
+        dom.contains("data-loaded=\"yes\""),
+        "the page did not finish loading:\n{dom}"
+    );
+    let pool = &st["pools"][0];
+    assert!(
+        dom.contains(&format!("data-count=\"{}\"", pool["count"])),
+        "pool count {} not shown:\n{dom}",
+        pool["count"]
+    );
+    assert!(
+        dom.contains(&format!(
+            "id=\"registry-total\">{}<",
+            st["registry_clients"]
+        )),
+        "{dom}"
+    );
+    assert!(dom.contains("pc6"), "the registry lists the clients");
+    assert!(
+        dom.contains("activation request from"),
+        "recent events shown"
+    );
+    // A picture for the test output (target/dashboard.png).
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = run(&[
+        format!("--screenshot={}", shot.display()),
+        "--window-size=1280,900".to_owned(),
+    ]);
+    eprintln!("dashboard screenshot: {}", shot.display());
+}
