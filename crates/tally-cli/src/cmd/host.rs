@@ -83,19 +83,27 @@ pub enum HostCommand {
     /// into this host (a running host picks it up within seconds, R24).
     #[command(subcommand)]
     Catalog(HostCatalogCommand),
-    /// Show the certificate, the counts per pool (R2-R5) and the registry size (R6).
+    /// Show the certificate, the counts per pool (R2-R5) and the registry size (R6); with
+    /// --target, of a remote host through its admin API.
     Status {
         #[command(flatten)]
         dir: DirArgs,
+        #[command(flatten)]
+        remote: crate::cmd::remote::RemoteArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Change settings of the running host, live and kept across restarts (R26); with
+    /// --target, of a remote host.
+    Set(SetArgs),
     /// Query the event log (R27): 12290 activation requests, 12293/12294 DNS publishing,
-    /// 1000 start, 1001 stop, 1004 catalog loaded.
+    /// 1000 start, 1001 stop, 1002 setting changed, 1004 catalog loaded.
     Events {
         #[command(flatten)]
         dir: DirArgs,
+        #[command(flatten)]
+        remote: crate::cmd::remote::RemoteArgs,
         /// Only the last period, e.g. `2h`, `30m`, `7d` (a bare number is minutes).
         #[arg(long, value_name = "PERIOD")]
         since: Option<IntervalArg>,
@@ -198,6 +206,105 @@ async fn watch_catalog(dir: PathBuf, service: Arc<HostService>, shutdown: Cancel
             }
         }
     }
+}
+
+/// `tally host set` options: each is optional; what is given changes.
+#[derive(Args, Clone, Debug)]
+pub struct SetArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    #[command(flatten)]
+    pub remote: crate::cmd::remote::RemoteArgs,
+    /// The activation port (R15); the host rebinds without dropping requests in flight.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Retry interval sent to clients: minutes, or with a unit (`30s`, `2h`).
+    #[arg(long, value_name = "MIN")]
+    pub activation_interval: Option<IntervalArg>,
+    /// Renewal interval sent to clients: minutes, or with a unit (`7d`).
+    #[arg(long, value_name = "MIN")]
+    pub renewal_interval: Option<IntervalArg>,
+    /// DNS publishing (R17).
+    #[arg(long, value_name = "on|off")]
+    pub dns: Option<OnOff>,
+    /// Process priority.
+    #[arg(long, value_name = "low|normal")]
+    pub priority: Option<PriorityArg>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// on or off.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// A process priority (R26).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PriorityArg {
+    /// Nice 10: activation yields to other work.
+    Low,
+    /// Nice 0.
+    Normal,
+}
+
+/// Applies `tally host set` through the admin API.
+pub async fn set(args: SetArgs) -> anyhow::Result<ExitCode> {
+    let mut change = serde_json::Map::new();
+    if let Some(p) = args.port {
+        change.insert("port".into(), p.into());
+    }
+    if let Some(i) = args.activation_interval {
+        change.insert("activation_interval_secs".into(), i.0.into());
+    }
+    if let Some(i) = args.renewal_interval {
+        change.insert("renewal_interval_secs".into(), i.0.into());
+    }
+    if let Some(d) = args.dns {
+        change.insert("dns_publish".into(), matches!(d, OnOff::On).into());
+    }
+    if let Some(p) = args.priority {
+        change.insert(
+            "priority".into(),
+            if matches!(p, PriorityArg::Low) {
+                "low"
+            } else {
+                "normal"
+            }
+            .into(),
+        );
+    }
+    if change.is_empty() {
+        bail!(
+            "nothing to change: give --port, --activation-interval, --renewal-interval, --dns or --priority"
+        );
+    }
+    let admin = crate::cmd::remote::Admin::resolve(&args.remote, &args.dir.resolve())?;
+    let settings = admin
+        .patch("settings", &serde_json::Value::Object(change))
+        .await?;
+    if args.json {
+        json(&settings)?;
+    } else {
+        println!(
+            "Settings in force: listen {}, activation {} min, renewal {} min, DNS {}, priority {}",
+            settings["listen"].as_str().unwrap_or("?"),
+            settings["activation_interval_secs"].as_u64().unwrap_or(0) / 60,
+            settings["renewal_interval_secs"].as_u64().unwrap_or(0) / 60,
+            if settings["dns_publish"] == true {
+                "on"
+            } else {
+                "off"
+            },
+            settings["priority"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The data directory option.
@@ -728,13 +835,65 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        HostCommand::Status { dir, json: as_json } => status(&dir.resolve(), as_json).await,
+        HostCommand::Status {
+            dir,
+            remote,
+            json: as_json,
+        } if remote.target.is_some() => {
+            let status = crate::cmd::remote::Admin::resolve(&remote, &dir.resolve())?
+                .get("status")
+                .await?;
+            if as_json {
+                json(&status)?;
+            } else {
+                print_remote_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HostCommand::Status {
+            dir, json: as_json, ..
+        } => status(&dir.resolve(), as_json).await,
+        HostCommand::Set(args) => set(args).await,
+        HostCommand::Events {
+            dir,
+            remote,
+            since,
+            id,
+            limit,
+            json: as_json,
+        } if remote.target.is_some() => {
+            let mut q = format!("events?limit={limit}");
+            if let Some(s) = since {
+                q.push_str(&format!("&since_secs={}", s.0));
+            }
+            if let Some(i) = id {
+                q.push_str(&format!("&id={i}"));
+            }
+            let events = crate::cmd::remote::Admin::resolve(&remote, &dir.resolve())?
+                .get(&q)
+                .await?;
+            if as_json {
+                json(&events)?;
+            } else {
+                for e in events.as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:>5}  {}  {}",
+                        e["at"],
+                        e["event_id"],
+                        e["message"].as_str().unwrap_or(""),
+                        e["data"]
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         HostCommand::Events {
             dir,
             since,
             id,
             limit,
             json: as_json,
+            ..
         } => {
             let store = open_store(&dir.resolve(), Durability::Full)?;
             let since =
@@ -1052,6 +1211,40 @@ async fn activate(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_remote_status(s: &serde_json::Value) {
+    println!(
+        "Certificate: {} generation {}; catalog {} v{}",
+        s["certificate"]["key_group"].as_str().unwrap_or("?"),
+        s["certificate"]["generation"],
+        s["catalog"]["name"].as_str().unwrap_or("?"),
+        s["catalog"]["version"]
+    );
+    let mut t = Table::new(&["POOL", "COUNT", "TABLE SIZE", "THRESHOLDS"]);
+    for p in s["pools"].as_array().into_iter().flatten() {
+        t.row(vec![
+            p["name"].as_str().unwrap_or("?").to_owned(),
+            p["count"].to_string(),
+            p["capacity"].to_string(),
+            format!("{}/{}", p["server_threshold"], p["client_threshold"]),
+        ]);
+    }
+    print!("{}", t.render());
+    let st = &s["settings"];
+    println!(
+        "Listen {}; intervals {} / {} min; DNS {}; priority {}; {} clients in registry",
+        st["listen"].as_str().unwrap_or("?"),
+        st["activation_interval_secs"].as_u64().unwrap_or(0) / 60,
+        st["renewal_interval_secs"].as_u64().unwrap_or(0) / 60,
+        if st["dns_publish"] == true {
+            "on"
+        } else {
+            "off"
+        },
+        st["priority"].as_str().unwrap_or("?"),
+        s["registry_clients"]
+    );
 }
 
 #[derive(Serialize)]

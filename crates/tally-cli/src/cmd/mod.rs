@@ -8,4 +8,5 @@ pub mod client;
 pub mod demo;
 pub mod host;
 pub mod live;
+pub mod remote;
 pub mod slmgr;

@@ -15,11 +15,21 @@ use crate::cmd::client::{ClientOpts, execute, report};
     after_help = "Options:\n  /ipk KEY          install a setup key\n  /upk              remove the key\n  \
 /ato              activate now\n  /dli, /dlv        display license information (/dlv: verbose)\n  \
 /xpr              show the expiry\n  /skms HOST[:PORT] use this host (discovery off, R20)\n  \
-/ckms             clear the host (discovery on)\n  /rearm            reset the grace period (R11)"
+/ckms             clear the host (discovery on)\n  /rearm            reset the grace period (R11)\n\n\
+On a host (with --data-dir DIR, or --target URL --token-file FILE):\n  \
+/dli              the host's counts and settings\n  /sprt PORT        set the activation port\n  \
+/sai MINUTES      set the activation (retry) interval\n  /sri MINUTES      set the renewal interval\n  \
+/sdns             publish DNS records\n  /cdns             stop publishing DNS records\n  \
+/cpri             low process priority\n  /spri             normal process priority"
 )]
 pub struct SlmgrArgs {
     #[command(flatten)]
     opts: ClientOpts,
+    /// Act on the host whose data directory this is (host options).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    remote: crate::cmd::remote::RemoteArgs,
     /// The slmgr-style option and its value, e.g. `/ipk KEY`.
     #[arg(num_args = 1..=2, allow_hyphen_values = true, value_name = "OPTION")]
     args: Vec<String>,
@@ -39,6 +49,40 @@ pub async fn run(args: SlmgrArgs) -> anyhow::Result<ExitCode> {
             None => bail!("{option} needs {what}"),
         }
     };
+    // Host options (R26) go to the host's admin API.
+    let host_mode = args.data_dir.is_some() || args.remote.target.is_some();
+    let number = |what: &str| -> anyhow::Result<u32> {
+        need(what)?
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{option} needs {what} as a number"))
+    };
+    let host_change = match option.as_str() {
+        "/sprt" => Some(serde_json::json!({ "port": number("a port")? })),
+        "/sai" => Some(
+            serde_json::json!({ "activation_interval_secs": number("minutes")?.saturating_mul(60) }),
+        ),
+        "/sri" => Some(
+            serde_json::json!({ "renewal_interval_secs": number("minutes")?.saturating_mul(60) }),
+        ),
+        "/sdns" => Some(serde_json::json!({ "dns_publish": true })),
+        "/cdns" => Some(serde_json::json!({ "dns_publish": false })),
+        "/cpri" => Some(serde_json::json!({ "priority": "low" })),
+        "/spri" => Some(serde_json::json!({ "priority": "normal" })),
+        _ => None,
+    };
+    if host_change.is_some() || (host_mode && option == "/dli") {
+        let dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(crate::paths::default_host_dir);
+        let admin = crate::cmd::remote::Admin::resolve(&args.remote, &dir)?;
+        let answer = match host_change {
+            Some(change) => admin.patch("settings", &change).await?,
+            None => admin.get("status").await?,
+        };
+        crate::output::json(&answer)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let (req, verbose) = match option.as_str() {
         "/ipk" => (
             AgentRequest::InstallKey {

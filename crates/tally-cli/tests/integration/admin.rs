@@ -335,3 +335,94 @@ async fn dashboard_in_headless_chromium_matches_the_api() {
     ]);
     eprintln!("dashboard screenshot: {}", shot.display());
 }
+
+// R26 remote administration from the command line: --target with good and bad credentials,
+// the local host through its data directory, and the slmgr host options.
+#[test]
+fn remote_admin_from_the_command_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    let url = format!("http://{}", host.admin);
+    let token_file = host.data_dir.join("admin.token");
+    let (code, v) = tally_json(
+        bin(),
+        &[
+            "host",
+            "set",
+            "--target",
+            &url,
+            "--token-file",
+            s(&token_file),
+            "--renewal-interval",
+            "3h",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        (code, v["renewal_interval_secs"].as_u64()),
+        (Some(0), Some(10_800)),
+        "{v}"
+    );
+    let out = tally(
+        bin(),
+        &["host", "status", "--target", &url, "--token", "wrong"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tally(bin(), &["host", "status", "--target", &url]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--token-file"),
+        "a remote host needs a token"
+    );
+    // The host on this machine, found through its data directory.
+    let data = s(&host.data_dir);
+    let (_, v) = tally_json(
+        bin(),
+        &[
+            "host",
+            "set",
+            "--data-dir",
+            data,
+            "--activation-interval",
+            "45",
+            "--json",
+        ],
+    );
+    assert_eq!(v["activation_interval_secs"], 2700);
+    let (_, v) = tally_json(bin(), &["slmgr", "--data-dir", data, "/sri", "20"]);
+    assert_eq!(v["renewal_interval_secs"], 1200, "{v}");
+    let (_, v) = tally_json(bin(), &["slmgr", "--data-dir", data, "/dli"]);
+    assert_eq!(v["settings"]["renewal_interval_secs"], 1200, "{v}");
+    let (_, ev) = tally_json(
+        bin(),
+        &[
+            "host",
+            "events",
+            "--target",
+            &url,
+            "--token-file",
+            s(&token_file),
+            "--id",
+            "1002",
+            "--json",
+        ],
+    );
+    assert_eq!(ev.as_array().map(Vec::len), Some(3), "{ev}");
+    let (_, st) = tally_json(
+        bin(),
+        &[
+            "host",
+            "status",
+            "--target",
+            &url,
+            "--token-file",
+            s(&token_file),
+            "--json",
+        ],
+    );
+    assert_eq!(st["settings"]["activation_interval_secs"], 2700);
+}
