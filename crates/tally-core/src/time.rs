@@ -39,6 +39,32 @@ impl Timestamp {
         Self(self.0.saturating_add(minutes.saturating_mul(MINUTE_MS)))
     }
 
+    /// Midnight UTC of a calendar date, or `None` if the date does not exist.
+    pub fn from_ymd(y: i64, m: u32, d: u32) -> Option<Self> {
+        if !(1..=12).contains(&m) || d == 0 {
+            return None;
+        }
+        // Howard Hinnant's days_from_civil.
+        let yy = if m <= 2 { y - 1 } else { y };
+        let era = yy.div_euclid(400);
+        let yoe = yy.rem_euclid(400);
+        let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+        let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        // Reject dates like 2026-02-30 by converting back.
+        (civil_from_days(days) == (y, m, d)).then(|| Self(days * DAY_MS))
+    }
+
+    /// Parses `YYYY-MM-DD` as midnight UTC.
+    pub fn parse_date(s: &str) -> Option<Self> {
+        let mut it = s.trim().splitn(3, '-');
+        let y = it.next()?.parse().ok()?;
+        let m = it.next()?.parse().ok()?;
+        let d = it.next()?.parse().ok()?;
+        Self::from_ymd(y, m, d)
+    }
+
     /// Formats as RFC 3339 UTC (`2026-11-24T02:22:12Z`).
     pub fn to_rfc3339(self) -> String {
         let secs = self.seconds();
@@ -142,6 +168,22 @@ mod tests {
             Timestamp(951_782_400_000).to_rfc3339(),
             "2000-02-29T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn dates_parse_and_invalid_ones_are_refused() {
+        assert_eq!(
+            Timestamp::parse_date("2026-11-24").map(|t| t.to_rfc3339()),
+            Some("2026-11-24T00:00:00Z".into())
+        );
+        assert_eq!(Timestamp::parse_date("1970-01-01"), Some(Timestamp(0)));
+        assert_eq!(
+            Timestamp::parse_date("2024-02-29").map(|t| t.to_rfc3339()),
+            Some("2024-02-29T00:00:00Z".into())
+        );
+        assert_eq!(Timestamp::parse_date("2026-02-30"), None);
+        assert_eq!(Timestamp::parse_date("2026-13-01"), None);
+        assert_eq!(Timestamp::parse_date("yesterday"), None);
     }
 
     #[test]

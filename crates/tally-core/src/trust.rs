@@ -273,6 +273,13 @@ impl VerifiedHost {
         self.coverage
     }
 
+    /// Verifies a compliance report signed by this host (R6).
+    pub fn verify_report(&self, bytes: &[u8], signature: &[u8; 64]) -> Result<(), TrustError> {
+        self.key
+            .verify_strict(&report_message(bytes), &Signature::from_bytes(signature))
+            .map_err(|_| TrustError::BadResponseSignature)
+    }
+
     /// Verifies a response to the request whose frame hashed to `request_digest` and carried
     /// `nonce`, for `edition` (R16, R21). A successful count is accepted only from a host whose
     /// key group and generation cover the edition.
@@ -371,6 +378,11 @@ impl HostIdentity {
         self.coverage
     }
 
+    /// Signs a compliance report's bytes (R6).
+    pub fn sign_report(&self, bytes: &[u8]) -> [u8; 64] {
+        self.key.sign(&report_message(bytes)).to_bytes()
+    }
+
     /// Signs a response to the request that hashed to `request_digest`.
     pub fn sign(&self, response: &mut ActivationResponse, request_digest: &[u8; 32]) {
         response.host_fingerprint = self.fingerprint;
@@ -419,6 +431,12 @@ impl MakClaim {
             .verify_strict(&self.signed_bytes(), &Signature::from_bytes(signature))
             .map_err(|_| TrustError::BadResponseSignature)
     }
+}
+
+fn report_message(bytes: &[u8]) -> Vec<u8> {
+    let mut m = b"tally/v1/report\0".to_vec();
+    m.extend_from_slice(bytes);
+    m
 }
 
 /// Signs a certificate body with an authority key.

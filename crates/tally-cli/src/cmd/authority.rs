@@ -124,6 +124,21 @@ pub enum AuthorityCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check a host's compliance report (R6): signed by a host this authority certified, and
+    /// not edited since.
+    VerifyReport {
+        /// The authority directory (for its public key).
+        #[arg(long, value_name = "DIR", required_unless_present = "trust")]
+        dir: Option<PathBuf>,
+        /// Or the authority public key file.
+        #[arg(long, value_name = "FILE")]
+        trust: Option<PathBuf>,
+        /// The report (CSV or JSON).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sign a catalog so hosts can import it (R24).
     SignCatalog {
         /// The authority directory.
@@ -225,6 +240,34 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 output::json(&key)?;
             } else {
                 println!("{}", key.key);
+            }
+        }
+        AuthorityCommand::VerifyReport {
+            dir: d,
+            trust,
+            file,
+            json,
+        } => {
+            let key_file = match (trust, d) {
+                (Some(t), _) => t,
+                (None, Some(d)) => d.join(dir::PUBLIC_FILE),
+                (None, None) => anyhow::bail!("pass --dir or --trust"),
+            };
+            let anchor =
+                tally_core::trust::parse_authority_public(&std::fs::read_to_string(&key_file)?)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let verified = crate::cmd::report::verify(&text, &anchor)
+                .with_context(|| format!("{} does not verify", file.display()))?;
+            if json {
+                output::json(&verified)?;
+            } else {
+                println!(
+                    "{}: verified; signed by a {} host; {} clients.",
+                    file.display(),
+                    verified.key_group,
+                    verified.total
+                );
             }
         }
         AuthorityCommand::SignCatalog { dir: d, file, out } => {

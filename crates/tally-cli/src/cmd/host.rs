@@ -94,6 +94,32 @@ pub enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A compliance report (R6): the clients served in a period, per edition, signed by this
+    /// host's key (check it with `tally authority verify-report`).
+    Report {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// First day, YYYY-MM-DD [default: 30 days ago].
+        #[arg(long, value_name = "DATE")]
+        from: Option<String>,
+        /// Day after the last, YYYY-MM-DD [default: tomorrow].
+        #[arg(long, value_name = "DATE")]
+        to: Option<String>,
+        /// csv or json.
+        #[arg(long, default_value = "json", value_parser = ["csv", "json"])]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check a host configuration file: every key is known and every value valid.
+    Config {
+        /// `check FILE`.
+        #[arg(value_parser = ["check"])]
+        action: String,
+        /// The config file.
+        file: PathBuf,
+    },
     /// Change settings of the running host, live and kept across restarts (R26); with
     /// --target, of a remote host.
     Set(SetArgs),
@@ -854,6 +880,57 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
             dir, json: as_json, ..
         } => status(&dir.resolve(), as_json).await,
         HostCommand::Set(args) => set(args).await,
+        HostCommand::Report {
+            dir,
+            from,
+            to,
+            format,
+            out,
+        } => {
+            let dir = dir.resolve();
+            let now = SystemClock.now();
+            let from = from
+                .as_deref()
+                .map(crate::cmd::report::date)
+                .transpose()?
+                .unwrap_or(now.plus_days(-30));
+            let to = to
+                .as_deref()
+                .map(crate::cmd::report::date)
+                .transpose()?
+                .unwrap_or(now.plus_days(1));
+            let identity = load_identity(&dir)?;
+            let catalog = imported_catalog(&dir)?.unwrap_or_else(Catalog::demo);
+            let store = open_store(&dir, Durability::Full)?;
+            let clients = crate::cmd::report::clients_in_period(&store, from, to).await?;
+            let text = crate::cmd::report::build(
+                &identity,
+                &catalog,
+                &clients,
+                from,
+                to,
+                format == "csv",
+            )?;
+            crate::cmd::report::emit(&text, out.as_deref())?;
+            if let Some(out) = &out {
+                eprintln!(
+                    "Report of {} clients written to {}.",
+                    clients.len(),
+                    out.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HostCommand::Config { file, .. } => {
+            let config = read_config(Some(&file))?;
+            if let Some(dns) = &config.dns {
+                let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+                dns.publication(&dir, config.listen.unwrap_or_else(default_listen))
+                    .context("the [dns] section is not usable")?;
+            }
+            println!("{}: valid", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
         HostCommand::Events {
             dir,
             remote,

@@ -9,4 +9,5 @@ pub mod demo;
 pub mod host;
 pub mod live;
 pub mod remote;
+pub mod report;
 pub mod slmgr;

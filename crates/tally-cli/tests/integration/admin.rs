@@ -426,3 +426,89 @@ fn remote_admin_from_the_command_line() {
     );
     assert_eq!(st["settings"]["activation_interval_secs"], 2700);
 }
+
+// R6: a signed compliance report verifies at the authority; any edit is caught. And
+// `host config check` names a bad key.
+#[test]
+fn compliance_report_is_signed_and_tampering_is_caught() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    for n in 0..3 {
+        activate(tmp.path(), &format!("pc{n}"), &host, &host.addr.to_string());
+    }
+    let trust = host.data_dir.join("authority.pub");
+    for format in ["json", "csv"] {
+        let file = tmp.path().join(format!("report.{format}"));
+        let out = tally(
+            bin(),
+            &[
+                "host",
+                "report",
+                "--data-dir",
+                s(&host.data_dir),
+                "--format",
+                format,
+                "--out",
+                s(&file),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&file).expect("report");
+        assert!(text.contains("pc2"), "{text}");
+        let (code, v) = tally_json(
+            bin(),
+            &[
+                "authority",
+                "verify-report",
+                "--trust",
+                s(&trust),
+                s(&file),
+                "--json",
+            ],
+        );
+        assert_eq!(
+            (code, v["total"].as_u64(), v["key_group"].as_str()),
+            (Some(0), Some(3), Some("server-c")),
+            "{v}"
+        );
+        std::fs::write(&file, text.replace("pc2", "pc9")).expect("tamper");
+        let out = tally(
+            bin(),
+            &["authority", "verify-report", "--trust", s(&trust), s(&file)],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "tampered {format} report accepted"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("altered"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let good = tmp.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = \"0.0.0.0:1688\"\nrenewal_interval = \"7d\"\n",
+    )
+    .expect("write");
+    assert!(
+        tally(bin(), &["host", "config", "check", s(&good)])
+            .status
+            .success()
+    );
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "listen = \"0.0.0.0:1688\"\nrenewal_intervall = 5\n").expect("write");
+    let out = tally(bin(), &["host", "config", "check", s(&bad)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("renewal_intervall"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
