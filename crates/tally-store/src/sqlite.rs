@@ -144,6 +144,18 @@ impl SqliteStore {
         })
     }
 
+    /// Writes a consistent copy of the database to `path` while the host keeps running
+    /// (`VACUUM INTO`); `path` must not exist.
+    pub async fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
+        let target = path.to_string_lossy().into_owned();
+        self.read(move |conn| {
+            conn.execute("VACUUM INTO ?1", params![target])
+                .map(|_| ())
+                .map_err(backend("backup"))
+        })
+        .await
+    }
+
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,

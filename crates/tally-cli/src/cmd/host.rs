@@ -112,6 +112,16 @@ pub enum HostCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Copy the host database while the host runs (a consistent snapshot). To restore: stop
+    /// the host, put the copy in place of DATA_DIR/tally.db (removing tally.db-wal and
+    /// tally.db-shm), start the host.
+    Backup {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// The backup file to create.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Check a host configuration file: every key is known and every value valid.
     Config {
         /// `check FILE`.
@@ -919,6 +929,16 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
                     out.display()
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        HostCommand::Backup { dir, out } => {
+            if out.exists() {
+                bail!("{} exists; choose a new file", out.display());
+            }
+            open_store(&dir.resolve(), Durability::Full)?
+                .backup_to(&out)
+                .await?;
+            println!("Database copied to {}.", out.display());
             Ok(ExitCode::SUCCESS)
         }
         HostCommand::Config { file, .. } => {

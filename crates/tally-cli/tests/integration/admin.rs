@@ -512,3 +512,46 @@ fn compliance_report_is_signed_and_tampering_is_caught() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// Operations: an online backup taken while the host serves restores to the same state.
+#[test]
+fn online_backup_restores_the_same_state() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    for n in 0..4 {
+        activate(tmp.path(), &format!("pc{n}"), &host, &host.addr.to_string());
+    }
+    let backup = tmp.path().join("tally-backup.db");
+    let out = tally(
+        bin(),
+        &[
+            "host",
+            "backup",
+            "--data-dir",
+            s(&host.data_dir),
+            "--out",
+            s(&backup),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = tmp.path().join("restored");
+    std::fs::create_dir_all(&restored).expect("mkdir");
+    for f in ["host.key", "host.cert", "authority.pub"] {
+        std::fs::copy(host.data_dir.join(f), restored.join(f)).expect("copy identity");
+    }
+    std::fs::copy(&backup, restored.join("tally.db")).expect("restore");
+    let (_, a) = tally_json(
+        bin(),
+        &["host", "status", "--data-dir", s(&host.data_dir), "--json"],
+    );
+    let (_, b) = tally_json(
+        bin(),
+        &["host", "status", "--data-dir", s(&restored), "--json"],
+    );
+    assert_eq!(a["pools"], b["pools"]);
+    assert_eq!(b["registry_clients"], 4);
+}
