@@ -13,6 +13,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod tls;
+
 use async_trait::async_trait;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};

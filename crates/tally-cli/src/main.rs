@@ -94,6 +94,9 @@ fn init_tracing(cli: &Cli, default: &str) -> tracing_appender::non_blocking::Wor
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the process (ring: already used for DNS TSIG), installed
+    // before any HTTP client is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // The host logs its events at info; one-shot commands only warn unless asked.
     let default_level = match &cli.command {
         Command::Host(cmd::host::HostCommand::Run(_))

@@ -391,6 +391,12 @@ pub struct RunArgs {
     /// Do not publish DNS records even if the config file has a `[dns]` section (R17).
     #[arg(long)]
     no_dns_publish: bool,
+    /// Serve the admin API over TLS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM) for --admin-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
     /// Address of the admin API, metrics and dashboard (R26) [default: 127.0.0.1:1689; with
     /// --dev a free loopback port]. It is printed and written to DATA_DIR/admin.addr.
     #[arg(long, value_name = "ADDR")]
@@ -442,6 +448,10 @@ struct HostFileConfig {
     durability: Option<DurabilityArg>,
     /// Address of the admin API, metrics and dashboard (loopback by default).
     admin_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) to serve the admin API over TLS.
+    admin_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for `admin_tls_cert`.
+    admin_tls_key: Option<PathBuf>,
     /// Days the event log keeps events (R27) so it cannot fill the disk.
     #[serde(default = "default_event_retention_days")]
     event_retention_days: u32,
@@ -541,6 +551,8 @@ struct DnsConfig {
 pub const EVENT_STARTED: u32 = 1000;
 /// Event id: the host stopped.
 pub const EVENT_STOPPED: u32 = 1001;
+/// Event id: a host key was installed or the host activated with the authority.
+pub const EVENT_KEY: u32 = 1003;
 /// Event id: a newer catalog was loaded (R24).
 pub const EVENT_CATALOG_LOADED: u32 = 1004;
 
@@ -1062,6 +1074,9 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
             let fields = key.host_fields()?;
             ensure_host_key(&dir)?;
             std::fs::write(dir.join(paths::HOST_PRODUCT_KEY), format!("{key}\n"))?;
+            let store: Arc<dyn Store> = Arc::new(open_store(&dir, Durability::Full)?);
+            let data = serde_json::json!({ "key": key.partial(), "group": fields.group.name(), "generation": fields.generation });
+            record_event(&store, EVENT_KEY, "info", "host key installed", data).await;
             println!(
                 "Host key for {} generation {} installed (ends {}). Activate it once: \
                  tally host activate --online URL   or   tally host activate --offline",
@@ -1295,6 +1310,16 @@ async fn activate(
     };
     let verified = install_certificate(dir, &cert, &anchor_text)?;
     let cov = verified.coverage();
+    let store: Arc<dyn Store> = Arc::new(open_store(dir, Durability::Full)?);
+    let data = serde_json::json!({ "key": key.partial(), "group": cov.group.name(), "generation": cov.generation });
+    record_event(
+        &store,
+        EVENT_KEY,
+        "info",
+        "host activated with the authority",
+        data,
+    )
+    .await;
     if as_json {
         json(
             &serde_json::json!({ "activated": true, "key_group": cov.group.name(), "generation": cov.generation }),
@@ -1606,18 +1631,46 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
         metrics: crate::cmd::live::install_metrics(),
         data_dir: dir.clone(),
     });
+    let admin_shutdown = shutdown.clone();
+    let stopped = async move { admin_shutdown.cancelled().await };
+    let tls = match (
+        args.admin_tls_cert.or(file.admin_tls_cert),
+        args.admin_tls_key.or(file.admin_tls_key),
+    ) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => bail!("admin TLS needs both admin_tls_cert and admin_tls_key"),
+    };
+    let scheme = if let Some((cert, key)) = tls {
+        let acceptor = tally_admin::tls::acceptor(&cert, &key).map_err(|e| anyhow::anyhow!(e))?;
+        // Local `tally host …` commands trust this certificate.
+        std::fs::copy(&cert, dir.join(crate::cmd::live::ADMIN_CERT_FILE))?;
+        let listener = tally_admin::tls::TlsListener::new(admin_listener, acceptor);
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, admin)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                warn!(%error, "admin API stopped");
+            }
+        });
+        "https"
+    } else {
+        let _ = std::fs::remove_file(dir.join(crate::cmd::live::ADMIN_CERT_FILE));
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                warn!(%error, "admin API stopped");
+            }
+        });
+        "http"
+    };
     std::fs::write(
         dir.join(crate::cmd::live::ADMIN_ADDR_FILE),
-        admin_addr.to_string(),
+        format!("{scheme}://{admin_addr}"),
     )?;
-    let admin_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let serve = axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(async move { admin_shutdown.cancelled().await });
-        if let Err(error) = serve.await {
-            warn!(%error, "admin API stopped");
-        }
-    });
     info!(%admin_addr, "admin API, metrics and dashboard listening");
     println!("tally admin listening on {admin_addr}");
     tokio::spawn(watch_catalog(

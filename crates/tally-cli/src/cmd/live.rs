@@ -22,8 +22,10 @@ use crate::cmd::host::record_event;
 pub const SETTINGS_FILE: &str = "settings.json";
 /// File holding the admin token (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
-/// File where the running host writes its admin address.
+/// File where the running host writes its admin URL.
 pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+/// Copy of the admin TLS certificate, for local commands to trust.
+pub const ADMIN_CERT_FILE: &str = "admin-cert.pem";
 /// Event id: a setting changed (R26).
 pub const EVENT_SETTING_CHANGED: u32 = 1002;
 

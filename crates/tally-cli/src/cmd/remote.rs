@@ -28,6 +28,37 @@ pub struct RemoteArgs {
     /// A file holding the admin token (the host's DATA_DIR/admin.token).
     #[arg(long, value_name = "FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// For an https target: the certificate (PEM) to trust, e.g. the host's self-signed one.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+    let builder = match ca_file {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("cannot read {}", ca.display()))?
+            {
+                roots.add(cert.with_context(|| format!("{}", ca.display()))?)?;
+            }
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            builder.tls_backend_preconfigured(config)
+        }
+        None => {
+            // Public CAs: the platform's verifier with the ring provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            builder
+        }
+    };
+    Ok(builder.build()?)
 }
 
 /// A resolved admin endpoint.
@@ -50,8 +81,19 @@ impl Admin {
                             data_dir.display()
                         )
                     })?;
-                format!("http://{}", addr.trim())
+                let addr = addr.trim();
+                if addr.contains("://") {
+                    addr.to_owned()
+                } else {
+                    format!("http://{addr}")
+                }
             }
+        };
+        let local_cert = data_dir.join(crate::cmd::live::ADMIN_CERT_FILE);
+        let ca = match (&args.ca_file, &args.target) {
+            (Some(ca), _) => Some(ca.clone()),
+            (None, None) if local_cert.exists() => Some(local_cert),
+            _ => None,
         };
         let token = match (&args.token, &args.token_file) {
             (Some(t), _) => t.clone(),
@@ -66,9 +108,7 @@ impl Admin {
                 bail!("a remote host needs its admin token: --token-file FILE (or --token)")
             }
         };
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?;
+        let client = client(ca.as_deref())?;
         Ok(Self {
             base,
             token: token.trim().to_owned(),

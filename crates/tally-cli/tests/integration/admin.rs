@@ -24,7 +24,7 @@ fn token(host: &HostProcess) -> String {
 }
 
 async fn get(host: &HostProcess, path: &str, token: Option<&str>) -> (u16, Value) {
-    let mut req = reqwest::Client::new().get(format!("http://{}{path}", host.admin));
+    let mut req = crate::http().get(format!("http://{}{path}", host.admin));
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -34,7 +34,7 @@ async fn get(host: &HostProcess, path: &str, token: Option<&str>) -> (u16, Value
 }
 
 async fn patch(host: &HostProcess, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = crate::http()
         .patch(format!("http://{}/api/v1/settings", host.admin))
         .bearer_auth(token(host))
         .json(&body)
@@ -212,7 +212,9 @@ async fn metrics_pass_promtool() {
     for n in 0..3 {
         activate(tmp.path(), &format!("c{n}"), &host, &host.addr.to_string());
     }
-    let text = reqwest::get(format!("http://{}/metrics", host.admin))
+    let text = crate::http()
+        .get(format!("http://{}/metrics", host.admin))
+        .send()
         .await
         .expect("metrics")
         .text()
@@ -554,4 +556,118 @@ fn online_backup_restores_the_same_state() {
     );
     assert_eq!(a["pools"], b["pools"]);
     assert_eq!(b["registry_clients"], 4);
+}
+
+// R26 optional TLS: the admin API over HTTPS with the admin's certificate; the command line
+// trusts it with --ca-file (remote) or the copy in the data directory (local); plain HTTP fails.
+#[test]
+fn admin_api_over_tls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (tmp.path().join("admin.crt"), tmp.path().join("admin.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=tally-admin",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    match made {
+        Ok(o) if o.status.success() => {}
+        other => {
+            assert!(
+                !in_ci(),
+                "openssl is needed to make a test certificate: {other:?}"
+            );
+            eprintln!("skipped: openssl could not make a test certificate");
+            return;
+        }
+    }
+    let host = HostProcess::start_dev(
+        bin(),
+        &tmp.path().join("host"),
+        &["--admin-tls-cert", s(&cert), "--admin-tls-key", s(&key)],
+    );
+    let url = format!("https://{}", host.admin);
+    let token_file = host.data_dir.join("admin.token");
+    let (code, v) = tally_json(
+        bin(),
+        &[
+            "host",
+            "status",
+            "--target",
+            &url,
+            "--token-file",
+            s(&token_file),
+            "--ca-file",
+            s(&cert),
+            "--json",
+        ],
+    );
+    assert_eq!(
+        (code, v["certificate"]["key_group"].as_str()),
+        (Some(0), Some("server-c")),
+        "{v}"
+    );
+    // Local commands find the URL and trust the certificate through the data directory.
+    let (code, v) = tally_json(
+        bin(),
+        &[
+            "host",
+            "set",
+            "--data-dir",
+            s(&host.data_dir),
+            "--renewal-interval",
+            "9h",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        (code, v["renewal_interval_secs"].as_u64()),
+        (Some(0), Some(32_400)),
+        "{v}"
+    );
+    // Without trusting the certificate, or over plain HTTP, nothing is served.
+    let out = tally(
+        bin(),
+        &[
+            "host",
+            "status",
+            "--target",
+            &url,
+            "--token-file",
+            s(&token_file),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let plain = format!("http://{}", host.admin);
+    let out = tally(
+        bin(),
+        &[
+            "host",
+            "status",
+            "--target",
+            &plain,
+            "--token-file",
+            s(&token_file),
+        ],
+    );
+    assert!(!out.status.success());
 }

@@ -337,6 +337,23 @@ fn offline_activation_by_digit_groups() {
         ],
     );
     assert!(out.status.success(), "{}", out_text(&out));
+    let (_, events) = tally_json(
+        bin(),
+        &[
+            "host",
+            "events",
+            "--data-dir",
+            s(&host),
+            "--id",
+            "1003",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        events.as_array().map(Vec::len),
+        Some(2),
+        "install and activation are events: {events}"
+    );
     let (_, st) = tally_json(bin(), &["host", "status", "--data-dir", s(&host), "--json"]);
     assert_eq!(st["certificate"]["key_group"], "client-vl", "{st}");
 }

@@ -14,6 +14,12 @@ mod trust;
 
 use std::path::Path;
 
+/// An HTTP client (with the process's TLS provider installed first, as the binary does).
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// The `tally` binary built for these tests.
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tally"))
