@@ -13,6 +13,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod report;
 pub mod tls;
 
 use async_trait::async_trait;
@@ -56,6 +57,8 @@ pub struct Settings {
 pub struct SettingsChange {
     /// New activation port: the host rebinds without dropping requests in flight.
     pub port: Option<u16>,
+    /// New listen address (address and port), rebound the same way.
+    pub listen: Option<String>,
     /// New retry interval, seconds.
     pub activation_interval_secs: Option<u32>,
     /// New renewal interval, seconds.
@@ -237,6 +240,52 @@ async fn events(
 }
 
 #[derive(Deserialize)]
+struct ReportQuery {
+    from: i64,
+    to: i64,
+    format: Option<String>,
+}
+
+/// R6: a signed compliance report for `[from, to)` (Unix ms), JSON or CSV.
+async fn report(
+    State(state): State<AdminState>,
+    q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        q.map_err(|r| ApiError(StatusCode::BAD_REQUEST, "bad_request", r.body_text()))?;
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "format is csv or json".into(),
+            ));
+        }
+    };
+    let clients = report::clients_in_period(
+        state.service.store().as_ref(),
+        Timestamp(q.from),
+        Timestamp(q.to),
+    )
+    .await
+    .map_err(internal)?;
+    let session = state.service.session();
+    let text = report::build(
+        session.identity(),
+        session.catalog(),
+        &clients,
+        Timestamp(q.from),
+        Timestamp(q.to),
+        csv,
+    )
+    .map_err(internal)?;
+    let content_type = if csv { "text/csv" } else { "application/json" };
+    Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
+#[derive(Deserialize)]
 struct ClientsQuery {
     offset: Option<u64>,
     limit: Option<u32>,
@@ -322,6 +371,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/settings", get(get_settings).patch(patch_settings))
         .route("/events", get(events))
         .route("/clients", get(clients))
+        .route("/report", get(report))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(dashboard))

@@ -257,8 +257,8 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 tally_core::trust::parse_authority_public(&std::fs::read_to_string(&key_file)?)?;
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let verified = crate::cmd::report::verify(&text, &anchor)
-                .with_context(|| format!("{} does not verify", file.display()))?;
+            let verified = tally_admin::report::verify(&text, &anchor)
+                .map_err(|e| anyhow::anyhow!("{} does not verify: {e}", file.display()))?;
             if json {
                 output::json(&verified)?;
             } else {

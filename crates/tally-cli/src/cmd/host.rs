@@ -99,6 +99,8 @@ pub enum HostCommand {
     Report {
         #[command(flatten)]
         dir: DirArgs,
+        #[command(flatten)]
+        remote: crate::cmd::remote::RemoteArgs,
         /// First day, YYYY-MM-DD [default: 30 days ago].
         #[arg(long, value_name = "DATE")]
         from: Option<String>,
@@ -157,6 +159,11 @@ pub enum HostCommand {
     Clients {
         #[command(flatten)]
         dir: DirArgs,
+        #[command(flatten)]
+        remote: crate::cmd::remote::RemoteArgs,
+        /// Only machines whose name contains this text.
+        #[arg(long)]
+        search: Option<String>,
         /// Rows to show.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -254,6 +261,9 @@ pub struct SetArgs {
     /// The activation port (R15); the host rebinds without dropping requests in flight.
     #[arg(long)]
     pub port: Option<u16>,
+    /// The listen address, ADDR:PORT (rebinds the same way).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
     /// Retry interval sent to clients: minutes, or with a unit (`30s`, `2h`).
     #[arg(long, value_name = "MIN")]
     pub activation_interval: Option<IntervalArg>,
@@ -295,6 +305,9 @@ pub async fn set(args: SetArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = args.port {
         change.insert("port".into(), p.into());
     }
+    if let Some(l) = args.listen {
+        change.insert("listen".into(), l.to_string().into());
+    }
     if let Some(i) = args.activation_interval {
         change.insert("activation_interval_secs".into(), i.0.into());
     }
@@ -317,7 +330,7 @@ pub async fn set(args: SetArgs) -> anyhow::Result<ExitCode> {
     }
     if change.is_empty() {
         bail!(
-            "nothing to change: give --port, --activation-interval, --renewal-interval, --dns or --priority"
+            "nothing to change: give --port, --listen, --activation-interval, --renewal-interval, --dns or --priority"
         );
     }
     let admin = crate::cmd::remote::Admin::resolve(&args.remote, &args.dir.resolve())?;
@@ -904,6 +917,7 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
         HostCommand::Set(args) => set(args).await,
         HostCommand::Report {
             dir,
+            remote,
             from,
             to,
             format,
@@ -911,35 +925,36 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
         } => {
             let dir = dir.resolve();
             let now = SystemClock.now();
-            let from = from
-                .as_deref()
-                .map(crate::cmd::report::date)
-                .transpose()?
-                .unwrap_or(now.plus_days(-30));
-            let to = to
-                .as_deref()
-                .map(crate::cmd::report::date)
-                .transpose()?
-                .unwrap_or(now.plus_days(1));
-            let identity = load_identity(&dir)?;
-            let catalog = imported_catalog(&dir)?.unwrap_or_else(Catalog::demo);
-            let store = open_store(&dir, Durability::Full)?;
-            let clients = crate::cmd::report::clients_in_period(&store, from, to).await?;
-            let text = crate::cmd::report::build(
-                &identity,
-                &catalog,
-                &clients,
-                from,
-                to,
-                format == "csv",
-            )?;
-            crate::cmd::report::emit(&text, out.as_deref())?;
-            if let Some(out) = &out {
-                eprintln!(
-                    "Report of {} clients written to {}.",
-                    clients.len(),
-                    out.display()
+            let date = |d: Option<String>, default: Timestamp| -> anyhow::Result<Timestamp> {
+                match d {
+                    Some(d) => tally_admin::report::date(&d).map_err(|e| anyhow::anyhow!(e)),
+                    None => Ok(default),
+                }
+            };
+            let (from, to) = (date(from, now.plus_days(-30))?, date(to, now.plus_days(1))?);
+            let text = if remote.target.is_some() {
+                let admin = crate::cmd::remote::Admin::resolve(&remote, &dir)?;
+                let q = format!(
+                    "report?from={}&to={}&format={format}",
+                    from.millis(),
+                    to.millis()
                 );
+                admin.get_text(&q).await?
+            } else {
+                let identity = load_identity(&dir)?;
+                let catalog = imported_catalog(&dir)?.unwrap_or_else(Catalog::demo);
+                let store = open_store(&dir, Durability::Full)?;
+                let clients = tally_admin::report::clients_in_period(&store, from, to).await?;
+                tally_admin::report::build(&identity, &catalog, &clients, from, to, format == "csv")
+                    .map_err(|e| anyhow::anyhow!(e))?
+            };
+            match &out {
+                Some(p) => {
+                    std::fs::write(p, &text)
+                        .with_context(|| format!("cannot write {}", p.display()))?;
+                    eprintln!("Report written to {}.", p.display());
+                }
+                None => print!("{text}"),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -1106,15 +1121,53 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
         }
         HostCommand::Clients {
             dir,
+            remote,
+            search,
             limit,
             offset,
             json: as_json,
+        } if remote.target.is_some() => {
+            let mut q = format!("clients?offset={offset}&limit={}", limit.clamp(1, 500));
+            if let Some(text) = &search {
+                q.push_str(&format!(
+                    "&q={}",
+                    text.replace('&', "%26").replace(' ', "%20")
+                ));
+            }
+            let page = crate::cmd::remote::Admin::resolve(&remote, &dir.resolve())?
+                .get(&q)
+                .await?;
+            if as_json {
+                json(&page)?;
+            } else {
+                for c in page["clients"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {}  last seen {}  count {}  activated {}",
+                        c["machine_name"].as_str().unwrap_or("?"),
+                        c["cmid"].as_str().unwrap_or("?"),
+                        c["last_seen"],
+                        c["last_count"],
+                        c["activated"]
+                    );
+                }
+                println!("{} clients in total", page["total"]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        HostCommand::Clients {
+            dir,
+            search,
+            limit,
+            offset,
+            json: as_json,
+            ..
         } => {
             let data_dir = dir.resolve();
             let store = open_store(&data_dir, Durability::Full)?;
-            let total = store.registry_len().await?;
+            let total = store.registry_count(search.clone()).await?;
             let rows = store
                 .registry(RegistryPage {
+                    search,
                     offset,
                     limit,
                     ..RegistryPage::default()
@@ -1507,6 +1560,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     // R26: settings changed live persist and win over the config file and the flags.
     let persisted = crate::cmd::live::Persisted::load(&dir)?;
     let mut listen = args.listen.or(file.listen).unwrap_or_else(default_listen);
+    if let Some(l) = persisted.listen.as_deref().and_then(|l| l.parse().ok()) {
+        listen = l;
+    }
     if let Some(port) = persisted.port {
         listen.set_port(port);
     }

@@ -35,6 +35,9 @@ pub const EVENT_SETTING_CHANGED: u32 = 1002;
 pub struct Persisted {
     /// Port.
     pub port: Option<u16>,
+    /// Listen address.
+    #[serde(default)]
+    pub listen: Option<String>,
     /// Seconds.
     pub activation_interval_secs: Option<u32>,
     /// Seconds.
@@ -168,12 +171,20 @@ impl HostControl for LiveHost {
             }
             next.dns_publish = on;
         }
-        if let Some(port) = change.port {
+        if change.port.is_some() || change.listen.is_some() {
             let old: SocketAddr = next
                 .listen
                 .parse()
                 .map_err(|e| format!("listen address: {e}"))?;
-            let new = SocketAddr::new(old.ip(), port);
+            let mut new = match &change.listen {
+                Some(l) => l
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("listen address '{l}': {e}"))?,
+                None => old,
+            };
+            if let Some(port) = change.port {
+                new.set_port(port);
+            }
             if new != old {
                 // Bind first: a port that cannot be taken changes nothing.
                 let listener = TcpListener::bind(new)
@@ -201,6 +212,7 @@ impl HostControl for LiveHost {
         }
         let persisted = Persisted {
             port: Some(next.port),
+            listen: Some(next.listen.clone()),
             activation_interval_secs: Some(next.activation_interval_secs),
             renewal_interval_secs: Some(next.renewal_interval_secs),
             dns_publish: Some(next.dns_publish),

@@ -9,5 +9,4 @@ pub mod demo;
 pub mod host;
 pub mod live;
 pub mod remote;
-pub mod report;
 pub mod slmgr;

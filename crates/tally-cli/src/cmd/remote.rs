@@ -143,6 +143,21 @@ impl Admin {
         self.answer(resp).await
     }
 
+    /// GET `path` as text (reports).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let resp = self
+            .client
+            .get(format!("{}/api/v1/{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the host's admin API at {}", self.base))?;
+        if !resp.status().is_success() {
+            return self.answer(resp).await.map(|v| v.to_string());
+        }
+        Ok(resp.text().await?)
+    }
+
     /// PATCH `path` with a JSON body.
     pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let resp = self

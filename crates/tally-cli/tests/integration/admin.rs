@@ -427,6 +427,81 @@ fn remote_admin_from_the_command_line() {
         ],
     );
     assert_eq!(st["settings"]["activation_interval_secs"], 2700);
+
+    // Clients and a signed report over the API.
+    for n in 0..3 {
+        activate(
+            tmp.path(),
+            &format!("lab-{n}"),
+            &host,
+            &host.addr.to_string(),
+        );
+    }
+    let remote = ["--target", url.as_str(), "--token-file", s(&token_file)];
+    let (_, page) = tally_json(
+        bin(),
+        &[
+            &["host", "clients"][..],
+            &remote,
+            &["--search", "lab-1", "--json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["clients"][0]["machine_name"].as_str()
+        ),
+        (Some(1), Some("lab-1")),
+        "{page}"
+    );
+    let report = tmp.path().join("remote-report.csv");
+    let out = tally(
+        bin(),
+        &[
+            &["host", "report"][..],
+            &remote,
+            &["--format", "csv", "--out", s(&report)],
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trust = host.data_dir.join("authority.pub");
+    let (code, v) = tally_json(
+        bin(),
+        &[
+            "authority",
+            "verify-report",
+            "--trust",
+            s(&trust),
+            s(&report),
+            "--json",
+        ],
+    );
+    assert_eq!((code, v["total"].as_u64()), (Some(0), Some(3)), "{v}");
+
+    // The listen address (not only the port) changes live.
+    let listen = format!("127.0.0.2:{}", free_port());
+    let (code, v) = tally_json(
+        bin(),
+        &[
+            &["host", "set"][..],
+            &remote,
+            &["--listen", &listen, "--json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        (code, v["listen"].as_str()),
+        (Some(0), Some(listen.as_str())),
+        "{v}"
+    );
+    let (code, a) = activate(tmp.path(), "moved", &host, &listen);
+    assert_eq!((code, a["count"].as_u64()), (Some(2), Some(4)), "{a}");
 }
 
 // R6: a signed compliance report verifies at the authority; any edit is caught. And

@@ -10,25 +10,23 @@
 //! authority → host → report.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tally_core::Catalog;
 use tally_core::time::{Clock, SystemClock, Timestamp};
 use tally_core::trust::{
     HostIdentity, TrustAnchor, armor, from_hex, labels, parse_certificate, to_hex,
 };
-use tally_store::{RegistryEntry, RegistryPage, RegistrySort, Store};
+use tally_store::{RegistryEntry, RegistryPage, RegistrySort, Store, StoreError};
 
 const SIGNATURE_MARKER: &str = "# tally-report-signature-v1 ";
 
-/// Every registry entry seen in `[from, to)`.
+/// Every registry entry seen in `[from, to)`, read page by page.
 pub async fn clients_in_period(
     store: &dyn Store,
     from: Timestamp,
     to: Timestamp,
-) -> anyhow::Result<Vec<RegistryEntry>> {
+) -> Result<Vec<RegistryEntry>, StoreError> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
@@ -68,7 +66,7 @@ pub fn build(
     from: Timestamp,
     to: Timestamp,
     csv: bool,
-) -> anyhow::Result<String> {
+) -> Result<String, String> {
     let name = |sku| {
         catalog
             .edition(sku)
@@ -84,8 +82,7 @@ pub fn build(
     let now = SystemClock.now();
     if csv {
         let mut text = format!(
-            "# tally-report-v1 from={} to={} generated={}\nedition,sku,cmid,machine,first_seen,last_seen,activated\n",
-            from, to, now
+            "# tally-report-v1 from={from} to={to} generated={now}\nedition,sku,cmid,machine,first_seen,last_seen,activated\n"
         );
         for c in clients {
             text.push_str(&format!(
@@ -120,12 +117,12 @@ pub fn build(
             "first_seen": c.first_seen, "last_seen": c.last_seen, "activated": c.activated,
         })).collect::<Vec<_>>(),
     });
-    let signature = identity.sign_report(&serde_json::to_vec(&report)?);
-    Ok(
-        serde_json::to_string_pretty(
-            &json!({ "report": report, "signature": to_hex(&signature) }),
-        )? + "\n",
-    )
+    let bytes = serde_json::to_vec(&report).map_err(|e| e.to_string())?;
+    let signature = identity.sign_report(&bytes);
+    let text =
+        serde_json::to_string_pretty(&json!({ "report": report, "signature": to_hex(&signature) }))
+            .map_err(|e| e.to_string())?;
+    Ok(text + "\n")
 }
 
 /// What a verified report says.
@@ -137,25 +134,24 @@ pub struct Verified {
     pub total: u64,
 }
 
-/// Verifies a report (JSON or CSV) against the authority key.
-pub fn verify(text: &str, anchor: &TrustAnchor) -> anyhow::Result<Verified> {
+/// Verifies a report (JSON or CSV) against the authority key; the error says why not.
+pub fn verify(text: &str, anchor: &TrustAnchor) -> Result<Verified, String> {
     let now = SystemClock.now();
+    let altered = || "the report was altered after signing (signature does not verify)".to_owned();
     if text.trim_start().starts_with('{') {
-        let v: Value = serde_json::from_str(text).context("not a report: invalid JSON")?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| format!("not a report: invalid JSON: {e}"))?;
         let report = &v["report"];
-        let cert = parse_certificate(
-            report["host_certificate"]
-                .as_str()
-                .context("no host certificate")?,
-        )?;
+        let cert = report["host_certificate"]
+            .as_str()
+            .ok_or("no host certificate")?;
+        let cert = parse_certificate(cert).map_err(|e| e.to_string())?;
         let host = anchor
             .verify_certificate(&cert, now)
-            .context("the host certificate does not verify")?;
-        let sig = signature(v["signature"].as_str().context("no signature")?)?;
-        host.verify_report(&serde_json::to_vec(report)?, &sig)
-            .map_err(|_| {
-                anyhow::anyhow!("the report was altered after signing (signature does not verify)")
-            })?;
+            .map_err(|e| format!("the host certificate does not verify: {e}"))?;
+        let sig = signature(v["signature"].as_str().ok_or("no signature")?)?;
+        let bytes = serde_json::to_vec(report).map_err(|e| e.to_string())?;
+        host.verify_report(&bytes, &sig).map_err(|_| altered())?;
         return Ok(Verified {
             key_group: host.coverage().group.name().into(),
             total: report["total"].as_u64().unwrap_or(0),
@@ -163,7 +159,7 @@ pub fn verify(text: &str, anchor: &TrustAnchor) -> anyhow::Result<Verified> {
     }
     let body_end = text
         .rfind(SIGNATURE_MARKER)
-        .context("not a signed report: no signature line")?;
+        .ok_or("not a signed report: no signature line")?;
     let sig = signature(text[body_end + SIGNATURE_MARKER.len()..].trim())?;
     let body = &text[..body_end];
     let cert_line = body
@@ -173,14 +169,13 @@ pub fn verify(text: &str, anchor: &TrustAnchor) -> anyhow::Result<Verified> {
             l.strip_prefix("# ")
                 .filter(|l| l.starts_with(labels::HOST_CERTIFICATE))
         })
-        .context("no host certificate in the report")?;
-    let cert = parse_certificate(cert_line)?;
+        .ok_or("no host certificate in the report")?;
+    let cert = parse_certificate(cert_line).map_err(|e| e.to_string())?;
     let host = anchor
         .verify_certificate(&cert, now)
-        .context("the host certificate does not verify")?;
-    host.verify_report(body.as_bytes(), &sig).map_err(|_| {
-        anyhow::anyhow!("the report was altered after signing (signature does not verify)")
-    })?;
+        .map_err(|e| format!("the host certificate does not verify: {e}"))?;
+    host.verify_report(body.as_bytes(), &sig)
+        .map_err(|_| altered())?;
     let total = body
         .lines()
         .find_map(|l| l.strip_prefix("# total,all,"))
@@ -192,27 +187,13 @@ pub fn verify(text: &str, anchor: &TrustAnchor) -> anyhow::Result<Verified> {
     })
 }
 
-fn signature(hex: &str) -> anyhow::Result<[u8; 64]> {
+fn signature(hex: &str) -> Result<[u8; 64], String> {
     from_hex(hex)
         .and_then(|b| b.try_into().ok())
-        .context("the signature is damaged")
+        .ok_or_else(|| "the signature is damaged".to_owned())
 }
 
 /// Parses a `--from`/`--to` date.
-pub fn date(s: &str) -> anyhow::Result<Timestamp> {
-    match Timestamp::parse_date(s) {
-        Some(t) => Ok(t),
-        None => bail!("'{s}' is not a date: use YYYY-MM-DD"),
-    }
-}
-
-/// Writes `text` to `out`, or stdout.
-pub fn emit(text: &str, out: Option<&Path>) -> anyhow::Result<()> {
-    match out {
-        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display())),
-        None => {
-            print!("{text}");
-            Ok(())
-        }
-    }
+pub fn date(s: &str) -> Result<Timestamp, String> {
+    Timestamp::parse_date(s).ok_or_else(|| format!("'{s}' is not a date: use YYYY-MM-DD"))
 }
