@@ -27,16 +27,7 @@ pub struct Process {
 impl Process {
     /// Spawns `tally` with `args` and `envs`.
     pub fn spawn(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(bin)
-            .args(args)
-            .envs(envs.iter().copied())
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stderr = collect_stderr(&mut child);
-        Self { child, stderr }
+        Self::spawn_reading(bin, args, envs, &[]).0
     }
 
     /// Spawns `tally` with `args` and waits (up to 20 s) for a stdout line starting with
@@ -47,35 +38,63 @@ impl Process {
         envs: &[(&str, &str)],
         prefix: &str,
     ) -> (Self, SocketAddr) {
+        let (process, addrs) = Self::spawn_reading(bin, args, envs, &[prefix]);
+        (process, addrs[0])
+    }
+
+    /// Spawns `tally` and waits (up to 20 s) until stdout has had one `PREFIX ADDRESS` line for
+    /// each of `prefixes`; returns the addresses in the order of `prefixes`.
+    pub fn spawn_reading(
+        bin: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        prefixes: &[&str],
+    ) -> (Self, Vec<SocketAddr>) {
         let mut child = Command::new(bin)
             .args(args)
             .envs(envs.iter().copied())
             .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
+            .stdout(if prefixes.is_empty() {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stderr = collect_stderr(&mut child);
         let (tx, rx) = mpsc::channel();
         if let Some(out) = child.stdout.take() {
-            let prefix = prefix.to_owned();
+            let wanted: Vec<String> = prefixes.iter().map(|p| (*p).to_owned()).collect();
             thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.strip_prefix(&prefix) {
-                        let _ = tx.send(addr.trim().to_owned());
+                    for (i, prefix) in wanted.iter().enumerate() {
+                        if let Some(addr) = line.strip_prefix(prefix.as_str()) {
+                            let _ = tx.send((i, addr.trim().to_owned()));
+                        }
                     }
                 }
             });
         }
         let process = Self { child, stderr };
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a.parse().unwrap_or_else(|e| panic!("bad address {a}: {e}")),
-            Err(_) => panic!(
-                "{args:?} did not start listening within 20 s; stderr:\n{}",
-                process.stderr()
-            ),
-        };
-        (process, addr)
+        let mut found: Vec<Option<SocketAddr>> = vec![None; prefixes.len()];
+        while found.iter().any(Option::is_none) {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok((i, a)) => {
+                    found[i] = Some(a.parse().unwrap_or_else(|e| panic!("bad address {a}: {e}")))
+                }
+                Err(_) => panic!(
+                    "{args:?} did not start listening within 20 s; stderr:\n{}",
+                    process.stderr()
+                ),
+            }
+        }
+        (process, found.into_iter().flatten().collect())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What it logged so far.
@@ -87,191 +106,6 @@ impl Process {
     }
 
     /// Whether it still runs.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// SIGTERM, then waits up to `limit` for the exit.
-    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
-        terminate(&mut self.child, limit)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Collects the child's stderr lines into a shared string, from a background thread.
-fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
-    let log = Arc::new(Mutex::new(String::new()));
-    if let Some(err) = child.stderr.take() {
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-    }
-    log
-}
-
-fn terminate(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
-/// Polls `f` every 50 ms until it returns `Some` or `limit` passes.
-pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Runs `tally` with `args` and waits for it.
-pub fn tally(bin: &Path, args: &[&str]) -> Output {
-    match Command::new(bin).args(args).env_remove("RUST_LOG").output() {
-        Ok(o) => o,
-        Err(e) => panic!("cannot run {}: {e}", bin.display()),
-    }
-}
-
-/// Runs `tally` and parses its stdout as JSON; panics with stderr on bad JSON.
-pub fn tally_json(bin: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
-    let out = tally(bin, args);
-    let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "tally {args:?} printed no JSON ({e}); stdout: {} stderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), value)
-}
-
-/// A running `tally host run` process; killed when dropped.
-pub struct HostProcess {
-    child: Child,
-    /// The address it listens on.
-    pub addr: SocketAddr,
-    /// The admin API's address.
-    pub admin: SocketAddr,
-    /// Its data directory.
-    pub data_dir: PathBuf,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl HostProcess {
-    /// Starts `tally host run --dev --listen 127.0.0.1:0 --data-dir DIR [extra…]` and waits
-    /// until it listens.
-    pub fn start_dev(bin: &Path, data_dir: &Path, extra: &[&str]) -> Self {
-        Self::start_on(bin, data_dir, "127.0.0.1:0", extra)
-    }
-
-    /// As [`HostProcess::start_dev`], on a given listen address. The admin API listens on a
-    /// free loopback port.
-    pub fn start_on(bin: &Path, data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
-        let dir = data_dir
-            .to_str()
-            .unwrap_or_else(|| panic!("non-UTF-8 path {}", data_dir.display()));
-        let mut child = Command::new(bin)
-            .args([
-                "host",
-                "run",
-                "--dev",
-                "--listen",
-                listen,
-                "--data-dir",
-                dir,
-            ])
-            .args(["--admin-listen", "127.0.0.1:0"])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stderr = collect_stderr(&mut child);
-        let (tx, rx) = mpsc::channel();
-        if let Some(out) = child.stdout.take() {
-            thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.strip_prefix("tally host listening on ") {
-                        let _ = tx.send((true, addr.trim().to_owned()));
-                    } else if let Some(addr) = line.strip_prefix("tally admin listening on ") {
-                        let _ = tx.send((false, addr.trim().to_owned()));
-                    }
-                }
-            });
-        }
-        let (mut addr, mut admin) = (None, None);
-        while addr.is_none() || admin.is_none() {
-            match rx.recv_timeout(Duration::from_secs(20)) {
-                Ok((is_host, a)) => {
-                    let parsed: SocketAddr =
-                        a.parse().unwrap_or_else(|e| panic!("bad address {a}: {e}"));
-                    if is_host {
-                        addr = Some(parsed);
-                    } else {
-                        admin = Some(parsed);
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let log = stderr
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clone();
-                    panic!("host did not start listening within 20 s; stderr:\n{log}");
-                }
-            }
-        }
-        let (Some(addr), Some(admin)) = (addr, admin) else {
-            unreachable!("the loop ends when both are set")
-        };
-        Self {
-            child,
-            addr,
-            admin,
-            data_dir: data_dir.to_owned(),
-            stderr,
-        }
-    }
-
-    /// The host's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// What the host logged so far.
-    pub fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -310,9 +144,126 @@ impl HostProcess {
     }
 }
 
-impl Drop for HostProcess {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Collects the child's stderr lines into a shared string, from a background thread.
+fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let log = Arc::new(Mutex::new(String::new()));
+    if let Some(err) = child.stderr.take() {
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    log
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `limit` passes.
+pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `tally` with `args` and waits for it.
+pub fn tally(bin: &Path, args: &[&str]) -> Output {
+    match Command::new(bin).args(args).env_remove("RUST_LOG").output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run {}: {e}", bin.display()),
+    }
+}
+
+/// Runs `tally` and parses its stdout as JSON; panics with stderr on bad JSON.
+pub fn tally_json(bin: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = tally(bin, args);
+    let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tally {args:?} printed no JSON ({e}); stdout: {} stderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), value)
+}
+
+/// A running `tally host run --dev` process (a [`Process`] with its addresses); killed when
+/// dropped.
+pub struct HostProcess {
+    process: Process,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The admin API's address.
+    pub admin: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+impl std::ops::Deref for HostProcess {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for HostProcess {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+impl HostProcess {
+    /// Starts `tally host run --dev --listen 127.0.0.1:0 --data-dir DIR [extra…]` and waits
+    /// until it listens.
+    pub fn start_dev(bin: &Path, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_on(bin, data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// As [`HostProcess::start_dev`], on a given listen address. The admin API listens on a
+    /// free loopback port.
+    pub fn start_on(bin: &Path, data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        let dir = data_dir
+            .to_str()
+            .unwrap_or_else(|| panic!("non-UTF-8 path {}", data_dir.display()));
+        let mut args = vec![
+            "host",
+            "run",
+            "--dev",
+            "--listen",
+            listen,
+            "--data-dir",
+            dir,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let (process, addrs) = Process::spawn_reading(
+            bin,
+            &args,
+            &[],
+            &["tally host listening on ", "tally admin listening on "],
+        );
+        Self {
+            process,
+            addr: addrs[0],
+            admin: addrs[1],
+            data_dir: data_dir.to_owned(),
+        }
     }
 }

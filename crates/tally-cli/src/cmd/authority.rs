@@ -181,6 +181,16 @@ pub fn text_or_file(arg: &str) -> anyhow::Result<String> {
     }
 }
 
+/// Prints an issued key: the key alone, or its whole record as JSON.
+fn print_key(key: &tally_authority::store::KeyRecord, json: bool) -> anyhow::Result<()> {
+    if json {
+        output::json(key)
+    } else {
+        println!("{}", key.key);
+        Ok(())
+    }
+}
+
 fn service_err(e: tally_authority::service::ServiceError) -> anyhow::Error {
     anyhow::anyhow!("{e} ({})", e.code())
 }
@@ -219,11 +229,7 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 .issue_host_key(&req, "cli")
                 .await
                 .map_err(service_err)?;
-            if json {
-                output::json(&key)?;
-            } else {
-                println!("{}", key.key);
-            }
+            print_key(&key, json)?;
         }
         AuthorityCommand::IssueMak {
             dir: d,
@@ -236,11 +242,7 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 .issue_mak(&req, "cli")
                 .await
                 .map_err(service_err)?;
-            if json {
-                output::json(&key)?;
-            } else {
-                println!("{}", key.key);
-            }
+            print_key(&key, json)?;
         }
         AuthorityCommand::VerifyReport {
             dir: d,
