@@ -59,6 +59,30 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is shut down")]
     Closed,
+    /// A write was asked of a store opened for reading only.
+    #[error("database {path} is open for reading only; only the running host writes it")]
+    ReadOnly {
+        /// The database.
+        path: String,
+    },
+    /// No database where one was expected.
+    #[error("no database at {path}; start the host once (`tally host run`) to create it")]
+    Missing {
+        /// Where it was looked for.
+        path: String,
+    },
+    /// The database needs a migration that only the running host may apply.
+    #[error(
+        "database {path} has schema version {found}, this Tally uses {supported}; start the host once (`tally host run`) to upgrade it"
+    )]
+    NeedsUpgrade {
+        /// The database.
+        path: String,
+        /// Version in the file.
+        found: i64,
+        /// Version this build uses.
+        supported: i64,
+    },
 }
 
 /// One client in the registry (R6).

@@ -43,17 +43,24 @@ pub enum Durability {
 enum Work {
     Changes(Changes),
     Events(Vec<Event>),
+    /// Retention: delete events older than this (run alone, not in a batch).
+    Prune(Timestamp),
 }
 
 struct Job {
     work: Work,
-    done: oneshot::Sender<Result<(), StoreError>>,
+    /// The number of rows affected (prune) or 0.
+    done: oneshot::Sender<Result<u64, StoreError>>,
 }
 
 /// The SQLite store. Cloning shares the same database and writer.
+///
+/// A store opened with [`SqliteStore::open_read_only`] has no writer: every write returns
+/// [`StoreError::ReadOnly`], so a command that only looks at a running host's data can never
+/// become a second writer or migrate the schema under it.
 #[derive(Clone)]
 pub struct SqliteStore {
-    jobs: mpsc::Sender<Job>,
+    jobs: Option<mpsc::Sender<Job>>,
     reader: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
 }
@@ -116,12 +123,58 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
-    async fn submit(&self, work: Work) -> Result<(), StoreError> {
+    async fn submit(&self, work: Work) -> Result<u64, StoreError> {
+        let jobs = self.jobs.as_ref().ok_or_else(|| StoreError::ReadOnly {
+            path: self.path.display().to_string(),
+        })?;
         let (done, wait) = oneshot::channel();
-        self.jobs
-            .send(Job { work, done })
+        jobs.send(Job { work, done })
             .map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Opens an existing database for reading only: no writer thread, no migrations. For
+    /// commands that look at a host's data while the host may be running (the host stays the
+    /// one writer). Fails if the file does not exist or its schema is not this build's.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |e: rusqlite::Error| StoreError::Open {
+            path: path.display().to_string(),
+            source: Arc::new(e),
+        };
+        if !path.exists() {
+            return Err(StoreError::Missing {
+                path: path.display().to_string(),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(StoreError::TooNew {
+                found: version,
+                supported,
+            });
+        }
+        if version < supported {
+            return Err(StoreError::NeedsUpgrade {
+                path: path.display().to_string(),
+                found: version,
+                supported,
+            });
+        }
+        Ok(Self {
+            jobs: None,
+            reader: Arc::new(Mutex::new(conn)),
+            path: Arc::new(path.to_owned()),
+        })
     }
 
     /// Opens (creating and migrating if needed) the database at `path`.
@@ -138,7 +191,7 @@ impl SqliteStore {
                 source: Arc::new(e),
             })?;
         Ok(Self {
-            jobs,
+            jobs: Some(jobs),
             reader: Arc::new(Mutex::new(reader)),
             path: Arc::new(path.to_owned()),
         })
@@ -173,20 +226,44 @@ impl SqliteStore {
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
+        if let Work::Prune(before) = first.work {
+            let result = conn
+                .execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
+                .map(|n| n as u64)
+                .map_err(backend("prune events"));
+            let _ = first.done.send(result);
+            continue;
+        }
         let mut batch = vec![first];
+        let mut deferred = None;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
+                Ok(job) if matches!(job.work, Work::Prune(_)) => {
+                    deferred = Some(job);
+                    break;
+                }
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
-        let result = apply_batch(&mut conn, &batch);
+        let result = apply_batch(&mut conn, &batch).map(|()| 0);
         if let Err(error) = &result {
             tracing::error!(%error, batch = batch.len(), "storage commit failed");
         }
         for job in batch {
             // The requester may have gone (connection closed); nothing to tell it then.
             let _ = job.done.send(result.clone());
+        }
+        if let Some(Job {
+            work: Work::Prune(before),
+            done,
+        }) = deferred
+        {
+            let result = conn
+                .execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
+                .map(|n| n as u64)
+                .map_err(backend("prune events"));
+            let _ = done.send(result);
         }
     }
 }
@@ -205,6 +282,7 @@ fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
                     insert_event(&tx, e).map_err(backend("write event"))?;
                 }
             }
+            Work::Prune(_) => {} // run alone by the writer loop, never batched
         }
     }
     tx.commit().map_err(backend("commit"))
@@ -353,11 +431,11 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, changes: Changes) -> Result<(), StoreError> {
-        self.submit(Work::Changes(changes)).await
+        self.submit(Work::Changes(changes)).await.map(|_| ())
     }
 
     async fn record_events(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        self.submit(Work::Events(events)).await
+        self.submit(Work::Events(events)).await.map(|_| ())
     }
 
     async fn events(&self, query: EventQuery) -> Result<Vec<Event>, StoreError> {
@@ -388,13 +466,8 @@ impl Store for SqliteStore {
     }
 
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
-        // The delete runs on the read connection; WAL serialises it with the writer.
-        self.read(move |conn| {
-            conn.execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
-                .map(|n| n as u64)
-                .map_err(backend("prune events"))
-        })
-        .await
+        // Through the writer: only the writer thread writes the database.
+        self.submit(Work::Prune(before)).await
     }
 
     async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError> {
@@ -607,6 +680,42 @@ mod tests {
                 .expect("events")
                 .len(),
             2
+        );
+    }
+
+    // One writer: a read-only store reads what the writer committed, never writes or migrates.
+    #[tokio::test]
+    async fn read_only_store_reads_but_never_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tally.db");
+        let missing = SqliteStore::open_read_only(&path).expect_err("no file yet");
+        assert!(matches!(missing, StoreError::Missing { .. }), "{missing}");
+        assert!(
+            !path.exists(),
+            "a read-only open must not create the database"
+        );
+        let writer = SqliteStore::open(&path, Durability::Normal).expect("open");
+        let mut tables = CountTables::default();
+        writer
+            .commit(changes(&mut tables, 1, 10))
+            .await
+            .expect("commit");
+        let reader = SqliteStore::open_read_only(&path).expect("read-only");
+        assert_eq!(reader.registry_len().await.expect("len"), 1);
+        let err = reader.record_events(vec![]).await.expect_err("read-only");
+        assert!(matches!(err, StoreError::ReadOnly { .. }), "{err}");
+        let err = reader
+            .prune_events(Timestamp(i64::MAX))
+            .await
+            .expect_err("read-only");
+        assert!(matches!(err, StoreError::ReadOnly { .. }), "{err}");
+        // Retention goes through the writer.
+        assert_eq!(
+            writer
+                .prune_events(Timestamp(i64::MAX))
+                .await
+                .expect("prune"),
+            1
         );
     }
 
