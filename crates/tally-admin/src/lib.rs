@@ -140,6 +140,8 @@ async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
     let pools: Vec<serde_json::Value> = state
         .service
         .counts()
+        .await
+        .map_err(internal)?
         .into_iter()
         .map(|p| {
             let editions: Vec<_> = catalog
@@ -333,7 +335,9 @@ async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
     };
     // Gauges that are cheaper to read at scrape time than to maintain per request.
     let session = state.service.session();
-    for p in state.service.counts() {
+    // When the database is unreachable the pool gauges keep their last values; the request
+    // counters show the storage failures.
+    for p in state.service.counts().await.unwrap_or_default() {
         let name = session
             .catalog()
             .pool(p.pool)

@@ -1,11 +1,17 @@
 //! The host's session logic, sans-I/O: bytes in, bytes (and changes to persist) out.
 //!
 //! The server calls [`HostSession::handle`] with one frame; for an activation request it gets
-//! a [`PendingActivation`]: the response to sign and the changes the store must make durable
-//! before the response may be sent (commit before answering). Counting happens under the
-//! caller's lock on [`CountTables`]; signing ([`HostSession::seal`]) happens outside it.
+//! a [`PendingActivation`]: the unsigned response and the [`Changes`] the store must make
+//! durable before the response may be sent (commit before answering).
+//!
+//! The session decides *whether* a request is counted (edition known, pool matches, R21
+//! coverage) but does not count it: the count is taken by the store inside the transaction that
+//! makes it durable ([`CountTables::apply`] on the table as stored), so a count given to a client
+//! only ever includes machines whose rows are durable in the same or an earlier commit, a failed
+//! commit leaves nothing behind, and hosts sharing one database count as one (X1). The store's
+//! answer ([`Counted`]) then goes into the response, which [`HostSession::seal`] signs.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use tally_proto::{
     ActivationRequest, ActivationResponse, DecodeError, ErrorMessage, LicenseState, Message,
@@ -14,7 +20,7 @@ use tally_proto::{
 use uuid::Uuid;
 
 use crate::catalog::Catalog;
-use crate::counting::{CountTables, TableChange};
+use crate::counting::CountTables;
 use crate::time::Timestamp;
 use crate::trust::{HostIdentity, sha256};
 
@@ -67,13 +73,59 @@ pub struct RegistryUpdate {
     pub peer: Option<String>,
 }
 
+/// A request to count one client in its pool's table (R2–R5), applied by the store in commit
+/// order with [`CountTables::apply`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountRequest {
+    /// The pool.
+    pub pool: Uuid,
+    /// The client.
+    pub cmid: Uuid,
+    /// The edition's threshold from the host's catalog (R5 sizes the table from it, never from
+    /// the client's claim).
+    pub threshold: u16,
+    /// When the host received the request.
+    pub at: Timestamp,
+}
+
+/// What the store answers for one committed request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counted {
+    /// The count (R2: requester included); 0 when the request was not counted.
+    pub count: u32,
+    /// Whether the count reached the edition's threshold.
+    pub activated: bool,
+}
+
 /// Everything one request changes, persisted in one transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Changes {
-    /// The pool table change, if the request was counted.
-    pub table: Option<TableChange>,
-    /// The registry record (R6).
+    /// What to count, if the request is to be counted (a refusal counts nothing).
+    pub counting: Option<CountRequest>,
+    /// The registry record (R6). Its `count` and `activated` are filled in by
+    /// [`Changes::settle`] once the store has counted.
     pub registry: RegistryUpdate,
+}
+
+impl Changes {
+    /// Records the store's count in the registry update and says what it means.
+    pub fn settle(&mut self, count: u32) -> Counted {
+        let activated = match &self.counting {
+            Some(c) => c.threshold > 0 && count >= u32::from(c.threshold),
+            None => false,
+        };
+        self.registry.count = count;
+        self.registry.activated = activated;
+        Counted { count, activated }
+    }
+}
+
+impl CountTables {
+    /// Counts one request (see [`crate::counting::PoolTable::record`]) and returns the count and
+    /// the table change to persist.
+    pub fn apply(&mut self, req: &CountRequest) -> (u32, crate::counting::TableChange) {
+        self.record(req.pool, req.cmid, req.threshold, req.at)
+    }
 }
 
 /// An answered activation request, waiting for its changes to be durable and its signature.
@@ -164,7 +216,7 @@ impl HostSession {
     }
 
     /// Handles one whole frame received at `now`.
-    pub fn handle(&self, frame: &[u8], now: Timestamp, tables: &Mutex<CountTables>) -> Outcome {
+    pub fn handle(&self, frame: &[u8], now: Timestamp) -> Outcome {
         let msg = match Message::decode(frame) {
             Ok(m) => m,
             Err(reason) => {
@@ -184,7 +236,7 @@ impl HostSession {
                 Message::CertificateResponse(self.identity.certificate().clone()).encode(),
             ),
             Message::ActivationRequest(request) => {
-                Outcome::Activation(Box::new(self.activate(request, sha256(frame), now, tables)))
+                Outcome::Activation(Box::new(self.activate(request, sha256(frame), now)))
             }
             // A host is never sent responses; a peer that does is not speaking our protocol.
             _ => Outcome::Close {
@@ -202,7 +254,6 @@ impl HostSession {
         request: ActivationRequest,
         request_digest: [u8; 32],
         now: Timestamp,
-        tables: &Mutex<CountTables>,
     ) -> PendingActivation {
         let edition = self.catalog.edition(request.sku);
         let checked = match edition {
@@ -212,23 +263,26 @@ impl HostSession {
             Some(e) if !self.identity.coverage().covers(e) => Err(ResultCode::EDITION_NOT_COVERED),
             Some(e) => Ok(e),
         };
-        let (result, count, table, threshold) = match checked {
-            Ok(e) => {
-                // R5 sizes the table from the threshold in the host's catalog, never from the
-                // client's claim, so a hostile request cannot grow the table.
-                let (count, change) = tables
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .record(e.pool, request.cmid, e.threshold, now);
-                (ResultCode::SUCCESS, count, Some(change), e.threshold)
-            }
-            Err(code) => (code, 0, None, edition.map_or(0, |e| e.threshold)),
+        let (result, counting, threshold) = match checked {
+            // R5 sizes the table from the threshold in the host's catalog, never from the
+            // client's claim, so a hostile request cannot grow the table.
+            Ok(e) => (
+                ResultCode::SUCCESS,
+                Some(CountRequest {
+                    pool: e.pool,
+                    cmid: request.cmid,
+                    threshold: e.threshold,
+                    at: now,
+                }),
+                e.threshold,
+            ),
+            Err(code) => (code, None, edition.map_or(0, |e| e.threshold)),
         };
         let response = ActivationResponse {
             nonce: request.nonce,
             host_fingerprint: self.identity.fingerprint(),
             result,
-            count,
+            count: 0,
             activation_interval_secs: self.intervals.activation_secs,
             renewal_interval_secs: self.intervals.renewal_secs,
             host_time: now.millis(),
@@ -242,8 +296,8 @@ impl HostSession {
             license_state: request.license_state,
             seen_at: now,
             result,
-            count,
-            activated: result.is_success() && threshold > 0 && count >= u32::from(threshold),
+            count: 0,
+            activated: false,
             peer: None,
         };
         PendingActivation {
@@ -251,13 +305,15 @@ impl HostSession {
             response,
             request_digest,
             threshold,
-            changes: Changes { table, registry },
+            changes: Changes { counting, registry },
         }
     }
 
-    /// Signs the response and encodes it.
-    pub fn seal(&self, pending: &PendingActivation) -> Vec<u8> {
+    /// Signs the response carrying `count`, the count the store committed (0 for a refusal),
+    /// and encodes it.
+    pub fn seal(&self, pending: &PendingActivation, count: u32) -> Vec<u8> {
         let mut response = pending.response.clone();
+        response.count = count;
         self.identity.sign(&mut response, &pending.request_digest);
         Message::ActivationResponse(response).encode()
     }
@@ -287,7 +343,7 @@ mod tests {
     struct Fixture {
         session: HostSession,
         anchor: TrustAnchor,
-        tables: Mutex<CountTables>,
+        tables: std::sync::Mutex<CountTables>,
         clock: ManualClock,
         catalog: Arc<Catalog>,
     }
@@ -320,7 +376,7 @@ mod tests {
                 },
             ),
             anchor: TrustAnchor::new(authority.verifying_key()),
-            tables: Mutex::new(CountTables::default()),
+            tables: std::sync::Mutex::new(CountTables::default()),
             clock,
             catalog,
         }
@@ -353,11 +409,16 @@ mod tests {
     /// Sends one request through the session and verifies the answer as a client would.
     fn activate(f: &Fixture, cmid: u128, e: &crate::Edition) -> (ActivationResponse, Changes) {
         let (frame, req) = request(cmid, e);
-        let Outcome::Activation(pending) = f.session.handle(&frame, f.clock.now(), &f.tables)
-        else {
+        let Outcome::Activation(mut pending) = f.session.handle(&frame, f.clock.now()) else {
             panic!("expected an activation outcome");
         };
-        let bytes = f.session.seal(&pending);
+        // What a store does inside its transaction.
+        let count = match &pending.changes.counting {
+            Some(req) => f.tables.lock().expect("lock").apply(req).0,
+            None => 0,
+        };
+        pending.changes.settle(count);
+        let bytes = f.session.seal(&pending, count);
         let Ok(Message::ActivationResponse(resp)) = Message::decode(&bytes) else {
             panic!("expected a response");
         };
@@ -447,7 +508,7 @@ mod tests {
         let (resp, changes) = activate(&f, 1, &dc);
         assert_eq!(resp.result, ResultCode::EDITION_NOT_COVERED);
         assert_eq!(resp.count, 0);
-        assert!(changes.table.is_none(), "nothing counted");
+        assert!(changes.counting.is_none(), "nothing counted");
         assert_eq!(changes.registry.result, ResultCode::EDITION_NOT_COVERED);
         // Lower groups are served.
         let web = edition(&f, EditionKind::Server, KeyGroup::ServerA);
@@ -460,13 +521,13 @@ mod tests {
         let mut e = edition(&f, EditionKind::Client, KeyGroup::ClientVl);
         e.pool = Uuid::from_u128(5);
         let (frame, _) = request(1, &e);
-        let Outcome::Activation(p) = f.session.handle(&frame, f.clock.now(), &f.tables) else {
+        let Outcome::Activation(p) = f.session.handle(&frame, f.clock.now()) else {
             panic!("activation")
         };
         assert_eq!(p.response.result, ResultCode::POOL_MISMATCH);
         e.sku = Uuid::from_u128(6);
         let (frame, _) = request(1, &e);
-        let Outcome::Activation(p) = f.session.handle(&frame, f.clock.now(), &f.tables) else {
+        let Outcome::Activation(p) = f.session.handle(&frame, f.clock.now()) else {
             panic!("activation")
         };
         assert_eq!(p.response.result, ResultCode::UNKNOWN_EDITION);
@@ -475,9 +536,7 @@ mod tests {
     #[test]
     fn garbage_frames_close_with_an_error_frame() {
         let f = fixture(KeyGroup::ServerC);
-        let Outcome::Close { reply, .. } =
-            f.session.handle(&[0, 2, 1, 0x42], f.clock.now(), &f.tables)
-        else {
+        let Outcome::Close { reply, .. } = f.session.handle(&[0, 2, 1, 0x42], f.clock.now()) else {
             panic!("close")
         };
         assert_eq!(
@@ -486,11 +545,10 @@ mod tests {
                 result: ResultCode::MALFORMED_REQUEST
             }))
         );
-        let Outcome::Reply(cert) = f.session.handle(
-            &Message::CertificateRequest.encode(),
-            f.clock.now(),
-            &f.tables,
-        ) else {
+        let Outcome::Reply(cert) = f
+            .session
+            .handle(&Message::CertificateRequest.encode(), f.clock.now())
+        else {
             panic!("certificate")
         };
         assert!(matches!(

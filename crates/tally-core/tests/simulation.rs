@@ -195,11 +195,18 @@ impl Sim {
             machine_name: MachineName::lossy(&format!("sim-{i}")),
         };
         let frame = Message::ActivationRequest(request.clone()).encode();
-        let Outcome::Activation(pending) = self.session.handle(&frame, now, &self.tables) else {
+        let Outcome::Activation(mut pending) = self.session.handle(&frame, now) else {
             panic!("a valid request must be counted");
         };
         self.exchanges += 1;
-        let bytes = self.session.seal(&pending);
+        // What the store does inside its commit: count on the table as stored.
+        let req = pending
+            .changes
+            .counting
+            .expect("a valid request is counted");
+        let count = self.tables.lock().unwrap().apply(&req).0;
+        pending.changes.settle(count);
+        let bytes = self.session.seal(&pending, count);
         let Ok(Message::ActivationResponse(resp)) = Message::decode(&bytes) else {
             panic!("response decodes")
         };

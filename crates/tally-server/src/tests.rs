@@ -10,6 +10,7 @@ use tally_core::keys::KeyGroup;
 use tally_core::time::{Clock, ManualClock, Timestamp};
 use tally_core::trust::{HostIdentity, generate_key};
 use tally_proto::{Message, PROTOCOL_VERSION};
+use tally_store::Store;
 use tally_store::sqlite::{Durability, SqliteStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

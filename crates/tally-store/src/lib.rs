@@ -18,7 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 use tally_core::counting::PoolSnapshot;
-use tally_core::host::Changes;
+use tally_core::host::{Changes, Counted};
 use tally_core::time::Timestamp;
 use thiserror::Error;
 use uuid::Uuid;
@@ -173,15 +173,36 @@ impl RegistrySort {
     }
 }
 
+/// One pool's live numbers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PoolCount {
+    /// The pool.
+    pub pool: Uuid,
+    /// Live entries (R4).
+    pub count: u32,
+    /// Table capacity (R5).
+    pub capacity: u32,
+}
+
 /// What a host needs from storage.
+///
+/// **Counting contract (R2–R5, X1):** [`Store::commit`] counts the request on the pool's table
+/// *as stored*, inside the transaction that makes the change durable, with
+/// [`tally_core::counting::CountTables::apply`], and returns that count. Requests are counted
+/// in commit order; a failed commit counts nothing and leaves no trace; stores shared by several
+/// hosts (PostgreSQL) serialise each pool across hosts, so the fleet counts as one host would.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Every pool's table, to rebuild the counting state at start.
+    /// Every pool's table as stored.
     async fn load_tables(&self) -> Result<Vec<PoolSnapshot>, StoreError>;
 
-    /// Makes one request's changes durable. Returns once they are (see the durability
-    /// contract in the crate docs).
-    async fn commit(&self, changes: Changes) -> Result<(), StoreError>;
+    /// Every pool's live count at `now` (R4) and capacity (R5), as stored, ordered by pool.
+    async fn pool_counts(&self, now: Timestamp) -> Result<Vec<PoolCount>, StoreError>;
+
+    /// Counts one request and makes its changes durable (pool table, registry row, event
+    /// 12290). Returns once they are (see the durability contract in the crate docs) with the
+    /// count committed; on `Err` nothing of the request was stored or counted.
+    async fn commit(&self, changes: Changes) -> Result<Counted, StoreError>;
 
     /// A page of the registry.
     async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError>;

@@ -13,13 +13,15 @@ use std::thread;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use tally_core::counting::PoolSnapshot;
-use tally_core::host::Changes;
+use tally_core::counting::{CountTables, PoolSnapshot};
+use tally_core::host::{Changes, Counted};
 use tally_core::time::Timestamp;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::{Event, EventQuery, RegistryEntry, RegistryPage, RegistrySort, Store, StoreError};
+use crate::{
+    Event, EventQuery, PoolCount, RegistryEntry, RegistryPage, RegistrySort, Store, StoreError,
+};
 
 /// Most requests committed in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -47,10 +49,18 @@ enum Work {
     Prune(Timestamp),
 }
 
+/// What the writer answers: the count committed (changes), rows deleted (prune), or nothing.
+#[derive(Clone, Copy, Debug, Default)]
+enum Answer {
+    #[default]
+    Done,
+    Counted(Counted),
+    Deleted(u64),
+}
+
 struct Job {
     work: Work,
-    /// The number of rows affected (prune) or 0.
-    done: oneshot::Sender<Result<u64, StoreError>>,
+    done: oneshot::Sender<Result<Answer, StoreError>>,
 }
 
 /// The SQLite store. Cloning shares the same database and writer.
@@ -123,7 +133,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 impl SqliteStore {
-    async fn submit(&self, work: Work) -> Result<u64, StoreError> {
+    async fn submit(&self, work: Work) -> Result<Answer, StoreError> {
         let jobs = self.jobs.as_ref().ok_or_else(|| StoreError::ReadOnly {
             path: self.path.display().to_string(),
         })?;
@@ -224,14 +234,15 @@ impl SqliteStore {
     }
 }
 
+/// The writer thread. It owns the write connection and the counting tables: as the one writer,
+/// its tables are exactly what is stored, so it counts on them inside each transaction. After a
+/// failed transaction they are dropped and reloaded from the database, so nothing a failed commit
+/// counted survives (no phantom counts).
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+    let mut tables: Option<CountTables> = None;
     while let Ok(first) = rx.recv() {
         if let Work::Prune(before) = first.work {
-            let result = conn
-                .execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
-                .map(|n| n as u64)
-                .map_err(backend("prune events"));
-            let _ = first.done.send(result);
+            let _ = first.done.send(prune(&conn, before));
             continue;
         }
         let mut batch = vec![first];
@@ -246,72 +257,109 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = apply_batch(&mut conn, &batch).map(|()| 0);
-        if let Err(error) = &result {
-            tracing::error!(%error, batch = batch.len(), "storage commit failed");
-        }
-        for job in batch {
-            // The requester may have gone (connection closed); nothing to tell it then.
-            let _ = job.done.send(result.clone());
+        match apply_batch(&mut conn, &mut tables, &mut batch) {
+            Ok(answers) => {
+                for (job, answer) in batch.into_iter().zip(answers) {
+                    // The requester may have gone (connection closed); nothing to tell it then.
+                    let _ = job.done.send(Ok(answer));
+                }
+            }
+            Err(error) => {
+                tables = None;
+                tracing::error!(%error, batch = batch.len(), "storage commit failed; nothing of this batch was counted");
+                for job in batch {
+                    let _ = job.done.send(Err(error.clone()));
+                }
+            }
         }
         if let Some(Job {
             work: Work::Prune(before),
             done,
         }) = deferred
         {
-            let result = conn
-                .execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
-                .map(|n| n as u64)
-                .map_err(backend("prune events"));
-            let _ = done.send(result);
+            let _ = done.send(prune(&conn, before));
         }
     }
 }
 
-fn apply_batch(conn: &mut Connection, batch: &[Job]) -> Result<(), StoreError> {
+fn prune(conn: &Connection, before: Timestamp) -> Result<Answer, StoreError> {
+    conn.execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
+        .map(|n| Answer::Deleted(n as u64))
+        .map_err(backend("prune events"))
+}
+
+fn apply_batch(
+    conn: &mut Connection,
+    cache: &mut Option<CountTables>,
+    batch: &mut [Job],
+) -> Result<Vec<Answer>, StoreError> {
     let tx = conn.transaction().map_err(backend("begin"))?;
-    for job in batch {
-        match &job.work {
+    let tables = match cache {
+        Some(t) => t,
+        None => cache.insert(CountTables::from_snapshots(
+            read_tables(&tx).map_err(backend("load tables"))?,
+        )),
+    };
+    let mut answers = Vec::with_capacity(batch.len());
+    for job in batch.iter_mut() {
+        match &mut job.work {
             Work::Changes(changes) => {
-                apply(&tx, changes).map_err(backend("write"))?;
+                let count = match &changes.counting {
+                    Some(req) => {
+                        let (count, change) = tables.apply(req);
+                        write_table_change(&tx, &change).map_err(backend("write"))?;
+                        count
+                    }
+                    None => 0,
+                };
+                let counted = changes.settle(count);
+                write_registry(&tx, changes).map_err(backend("write"))?;
                 // R27: event 12290 is written with the activation it describes.
                 insert_event(&tx, &activation_event(changes)).map_err(backend("write event"))?;
+                answers.push(Answer::Counted(counted));
             }
             Work::Events(events) => {
-                for e in events {
+                for e in events.iter() {
                     insert_event(&tx, e).map_err(backend("write event"))?;
                 }
+                answers.push(Answer::Done);
             }
-            Work::Prune(_) => {} // run alone by the writer loop, never batched
+            Work::Prune(_) => answers.push(Answer::Done), // run alone by the writer loop
         }
     }
-    tx.commit().map_err(backend("commit"))
+    tx.commit().map_err(backend("commit"))?;
+    Ok(answers)
 }
 
-fn apply(conn: &Connection, changes: &Changes) -> rusqlite::Result<()> {
-    if let Some(t) = changes.table.as_ref().filter(|t| t.capacity_changed) {
+fn write_table_change(
+    conn: &Connection,
+    t: &tally_core::counting::TableChange,
+) -> rusqlite::Result<()> {
+    if t.capacity_changed {
         conn.prepare_cached(
             "INSERT INTO pool_capacity (pool, capacity) VALUES (?1, ?2)
              ON CONFLICT (pool) DO UPDATE SET capacity = max(capacity, excluded.capacity)",
         )?
         .execute(params![t.pool.as_bytes(), t.capacity])?;
     }
-    if let Some(t) = &changes.table {
-        conn.prepare_cached(
-            "INSERT INTO pool_entries (pool, cmid, last_seen) VALUES (?1, ?2, ?3)
-             ON CONFLICT (pool, cmid) DO UPDATE SET last_seen = excluded.last_seen",
-        )?
-        .execute(params![
-            t.pool.as_bytes(),
-            t.upsert.0.as_bytes(),
-            t.upsert.1.millis()
-        ])?;
-        let mut delete =
-            conn.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1 AND cmid = ?2")?;
-        for cmid in &t.removed {
-            delete.execute(params![t.pool.as_bytes(), cmid.as_bytes()])?;
-        }
+    conn.prepare_cached(
+        "INSERT INTO pool_entries (pool, cmid, last_seen) VALUES (?1, ?2, ?3)
+         ON CONFLICT (pool, cmid) DO UPDATE SET last_seen = excluded.last_seen",
+    )?
+    .execute(params![
+        t.pool.as_bytes(),
+        t.upsert.0.as_bytes(),
+        t.upsert.1.millis()
+    ])?;
+    let mut delete =
+        conn.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1 AND cmid = ?2")?;
+    for cmid in &t.removed {
+        delete.execute(params![t.pool.as_bytes(), cmid.as_bytes()])?;
     }
+    Ok(())
+}
+
+fn write_registry(conn: &Connection, changes: &Changes) -> rusqlite::Result<()> {
     let r = &changes.registry;
     conn.prepare_cached(
         "INSERT INTO registry (cmid, machine_name, sku, pool, license_state, first_seen, last_seen,
@@ -373,6 +421,29 @@ fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
     Ok(())
 }
 
+fn read_tables(conn: &Connection) -> rusqlite::Result<Vec<PoolSnapshot>> {
+    let mut snapshots: Vec<PoolSnapshot> = conn
+        .prepare_cached("SELECT pool, capacity FROM pool_capacity ORDER BY pool")?
+        .query_map([], |r| {
+            Ok(PoolSnapshot {
+                pool: uuid_col(r, 0)?,
+                capacity: r.get(1)?,
+                entries: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt =
+        conn.prepare_cached("SELECT cmid, last_seen FROM pool_entries WHERE pool = ?1")?;
+    for snap in &mut snapshots {
+        snap.entries = stmt
+            .query_map(params![snap.pool.as_bytes()], |r| {
+                Ok((uuid_col(r, 0)?, Timestamp(r.get(1)?)))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(snapshots)
+}
+
 fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
     let bytes: Vec<u8> = row.get(idx)?;
     Uuid::from_slice(&bytes).map_err(|e| {
@@ -400,38 +471,28 @@ fn registry_row(row: &Row<'_>) -> rusqlite::Result<RegistryEntry> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn load_tables(&self) -> Result<Vec<PoolSnapshot>, StoreError> {
-        self.read(|conn| {
-            let mut snapshots: Vec<PoolSnapshot> = conn
-                .prepare("SELECT pool, capacity FROM pool_capacity ORDER BY pool")
-                .and_then(|mut s| {
-                    s.query_map([], |r| {
-                        Ok(PoolSnapshot {
-                            pool: uuid_col(r, 0)?,
-                            capacity: r.get(1)?,
-                            entries: Vec::new(),
-                        })
-                    })?
-                    .collect()
-                })
-                .map_err(backend("load pools"))?;
-            let mut stmt = conn
-                .prepare("SELECT cmid, last_seen FROM pool_entries WHERE pool = ?1")
-                .map_err(backend("load entries"))?;
-            for snap in &mut snapshots {
-                snap.entries = stmt
-                    .query_map(params![snap.pool.as_bytes()], |r| {
-                        Ok((uuid_col(r, 0)?, Timestamp(r.get(1)?)))
-                    })
-                    .and_then(Iterator::collect)
-                    .map_err(backend("load entries"))?;
-            }
-            Ok(snapshots)
-        })
-        .await
+        self.read(|conn| read_tables(conn).map_err(backend("load tables")))
+            .await
     }
 
-    async fn commit(&self, changes: Changes) -> Result<(), StoreError> {
-        self.submit(Work::Changes(changes)).await.map(|_| ())
+    async fn pool_counts(&self, now: Timestamp) -> Result<Vec<PoolCount>, StoreError> {
+        let tables = CountTables::from_snapshots(self.load_tables().await?);
+        Ok(tables
+            .summary(now)
+            .into_iter()
+            .map(|(pool, count, capacity)| PoolCount {
+                pool,
+                count,
+                capacity,
+            })
+            .collect())
+    }
+
+    async fn commit(&self, changes: Changes) -> Result<Counted, StoreError> {
+        match self.submit(Work::Changes(changes)).await? {
+            Answer::Counted(c) => Ok(c),
+            _ => Ok(Counted::default()),
+        }
     }
 
     async fn record_events(&self, events: Vec<Event>) -> Result<(), StoreError> {
@@ -467,7 +528,10 @@ impl Store for SqliteStore {
 
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
         // Through the writer: only the writer thread writes the database.
-        self.submit(Work::Prune(before)).await
+        match self.submit(Work::Prune(before)).await? {
+            Answer::Deleted(n) => Ok(n),
+            _ => Ok(0),
+        }
     }
 
     async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError> {
@@ -529,158 +593,35 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use tally_core::counting::CountTables;
-    use tally_core::host::RegistryUpdate;
+    // The behaviour every backend shares is in the conformance suite (tests/conformance); here
+    // only what is SQLite's own.
+    use tally_core::host::{CountRequest, RegistryUpdate};
     use tally_proto::{LicenseState, ResultCode};
 
     use super::*;
-    use crate::{Event, EventQuery};
 
-    const POOL: Uuid = Uuid::from_u128(1);
-
-    fn changes(tables: &mut CountTables, n: u128, now: i64) -> Changes {
+    fn changes(n: u128, now: i64) -> Changes {
         let cmid = Uuid::from_u128(100 + n);
-        let (count, table) = tables.record(POOL, cmid, 5, Timestamp(now));
         Changes {
-            table: Some(table),
+            counting: Some(CountRequest {
+                pool: Uuid::from_u128(1),
+                cmid,
+                threshold: 5,
+                at: Timestamp(now),
+            }),
             registry: RegistryUpdate {
                 cmid,
                 machine_name: format!("pc-{n}"),
                 sku: Uuid::from_u128(9),
-                pool: POOL,
+                pool: Uuid::from_u128(1),
                 license_state: LicenseState::InitialGrace,
                 seen_at: Timestamp(now),
                 result: ResultCode::SUCCESS,
-                count,
-                activated: count >= 5,
-                peer: Some("127.0.0.1:9".into()),
+                count: 0,
+                activated: false,
+                peer: None,
             },
         }
-    }
-
-    // R4, R5, R6: what is committed comes back after reopening, evictions included.
-    #[tokio::test]
-    async fn commits_survive_reopen_and_rebuild_the_same_tables() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("tally.db");
-        let mut tables = CountTables::default();
-        {
-            let store = SqliteStore::open(&path, Durability::Full).expect("open");
-            let mut waits = Vec::new();
-            for n in 0..14 {
-                let c = changes(&mut tables, n, n as i64);
-                let s = store.clone();
-                waits.push(tokio::spawn(async move { s.commit(c).await }));
-            }
-            for w in waits {
-                w.await.expect("join").expect("commit");
-            }
-            assert_eq!(store.registry_len().await.expect("len"), 14);
-        }
-        let store = SqliteStore::open(&path, Durability::Full).expect("reopen");
-        let rebuilt = CountTables::from_snapshots(store.load_tables().await.expect("load"));
-        assert_eq!(
-            rebuilt.summary(Timestamp(100)),
-            tables.summary(Timestamp(100))
-        );
-        assert_eq!(rebuilt.summary(Timestamp(100)), vec![(POOL, 10, 10)]);
-        let page = store
-            .registry(RegistryPage {
-                offset: 0,
-                limit: 3,
-                ..RegistryPage::default()
-            })
-            .await
-            .expect("page");
-        let found = store
-            .registry(RegistryPage {
-                limit: 10,
-                search: Some("PC-1".into()),
-                sort: RegistrySort::Machine,
-                ..RegistryPage::default()
-            })
-            .await
-            .expect("search");
-        assert_eq!(
-            found
-                .iter()
-                .map(|e| e.machine_name.as_str())
-                .collect::<Vec<_>>(),
-            ["pc-1", "pc-10", "pc-11", "pc-12", "pc-13"]
-        );
-        assert_eq!(
-            store
-                .registry_count(Some("pc-1".into()))
-                .await
-                .expect("count"),
-            5
-        );
-        assert_eq!(
-            page.iter()
-                .map(|e| e.machine_name.as_str())
-                .collect::<Vec<_>>(),
-            ["pc-13", "pc-12", "pc-11"]
-        );
-        let e = store
-            .registry_entry(Uuid::from_u128(113))
-            .await
-            .expect("entry")
-            .expect("present");
-        assert!(e.activated);
-        assert_eq!(e.last_count, 10);
-    }
-
-    // R27: every committed activation has its 12290 event; events can be queried and pruned.
-    #[tokio::test]
-    async fn r27_events_are_recorded_queried_and_pruned() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("t.db"), Durability::Normal).expect("open");
-        let mut tables = CountTables::default();
-        for n in 0..3 {
-            store
-                .commit(changes(&mut tables, n, 1000 + n as i64))
-                .await
-                .expect("commit");
-        }
-        let own = Event {
-            at: Timestamp(5000),
-            event_id: 1000,
-            level: "info".into(),
-            message: "host started".into(),
-            data: serde_json::json!({}),
-        };
-        store.record_events(vec![own]).await.expect("record");
-        let all = store
-            .events(EventQuery {
-                limit: 100,
-                ..EventQuery::default()
-            })
-            .await
-            .expect("events");
-        assert_eq!(
-            all.iter().map(|e| e.event_id).collect::<Vec<_>>(),
-            [1000, 12290, 12290, 12290]
-        );
-        assert_eq!(all[1].data["machine"], "pc-2");
-        assert_eq!(all[1].data["peer"], "127.0.0.1:9");
-        let q = EventQuery {
-            since: Some(Timestamp(1001)),
-            event_id: Some(12290),
-            limit: 100,
-        };
-        assert_eq!(store.events(q).await.expect("events").len(), 2);
-        assert_eq!(store.prune_events(Timestamp(1002)).await.expect("prune"), 2);
-        assert_eq!(
-            store
-                .events(EventQuery {
-                    limit: 100,
-                    ..EventQuery::default()
-                })
-                .await
-                .expect("events")
-                .len(),
-            2
-        );
     }
 
     // One writer: a read-only store reads what the writer committed, never writes or migrates.
@@ -695,14 +636,13 @@ mod tests {
             "a read-only open must not create the database"
         );
         let writer = SqliteStore::open(&path, Durability::Normal).expect("open");
-        let mut tables = CountTables::default();
-        writer
-            .commit(changes(&mut tables, 1, 10))
-            .await
-            .expect("commit");
+        assert_eq!(
+            writer.commit(changes(1, 10)).await.expect("commit").count,
+            1
+        );
         let reader = SqliteStore::open_read_only(&path).expect("read-only");
         assert_eq!(reader.registry_len().await.expect("len"), 1);
-        let err = reader.record_events(vec![]).await.expect_err("read-only");
+        let err = reader.commit(changes(2, 11)).await.expect_err("read-only");
         assert!(matches!(err, StoreError::ReadOnly { .. }), "{err}");
         let err = reader
             .prune_events(Timestamp(i64::MAX))
@@ -716,6 +656,20 @@ mod tests {
                 .await
                 .expect("prune"),
             1
+        );
+    }
+
+    #[test]
+    fn an_older_schema_is_not_migrated_by_a_reader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tally.db");
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch("PRAGMA user_version = 1"))
+            .expect("setup");
+        let err = SqliteStore::open_read_only(&path).expect_err("needs upgrade");
+        assert!(
+            matches!(err, StoreError::NeedsUpgrade { found: 1, .. }),
+            "{err}"
         );
     }
 

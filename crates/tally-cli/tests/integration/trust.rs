@@ -161,15 +161,22 @@ async fn rogue_host(identity: HostIdentity, lie: Option<u32>) -> SocketAddr {
             let (session, tables) = (Arc::clone(&session), Arc::clone(&tables));
             tokio::spawn(async move {
                 while let Some(frame) = read_frame(&mut s).await {
-                    let reply = match session.handle(&frame, SystemClock.now(), &tables) {
+                    let reply = match session.handle(&frame, SystemClock.now()) {
                         Outcome::Reply(r) | Outcome::Close { reply: r, .. } => r,
                         Outcome::Activation(mut p) => {
-                            if let Some(count) = lie {
-                                // The rogue signs its lie with its own (certified) key.
-                                p.response.result = ResultCode::SUCCESS;
-                                p.response.count = count;
-                            }
-                            session.seal(&p)
+                            let honest = p
+                                .changes
+                                .counting
+                                .map_or(0, |req| tables.lock().expect("lock").apply(&req).0);
+                            let count = match lie {
+                                Some(count) => {
+                                    // The rogue signs its lie with its own (certified) key.
+                                    p.response.result = ResultCode::SUCCESS;
+                                    count
+                                }
+                                None => honest,
+                            };
+                            session.seal(&p, count)
                         }
                     };
                     if s.write_all(&reply).await.is_err() {

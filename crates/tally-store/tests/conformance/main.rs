@@ -1,0 +1,38 @@
+//! One storage conformance suite, run against every backend (rustls-test style: the same test
+//! bodies, instantiated once per backend). The backends are real databases: a SQLite file in a
+//! temp dir, and a throwaway PostgreSQL server started by the test harness.
+
+mod sqlite;
+mod suite;
+
+/// Instantiates every suite test for a backend module that provides `async fn backend() ->
+/// Option<impl suite::Backend>` (None: the backend's tool is missing and the test skips).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(b) = backend(stringify!($name)).await else { return };
+                $crate::suite::$name(&b).await;
+            }
+        )*
+    };
+}
+
+/// Every test of the suite.
+#[macro_export]
+macro_rules! all_conformance_tests {
+    () => {
+        $crate::conformance_tests!(
+            r2_r5_concurrent_commits_count_in_commit_order,
+            r4_renewals_do_not_double_count_and_entries_lapse,
+            r5_capacity_follows_the_highest_threshold_and_never_shrinks,
+            r6_registry_pages_search_and_entries,
+            r6_refusals_are_registered_but_not_counted,
+            r27_events_are_recorded_queried_and_pruned,
+            x3_a_failed_commit_counts_nothing,
+            durable_across_reopen,
+        );
+    };
+}

@@ -1,0 +1,312 @@
+//! The test bodies, written once against `dyn Store`.
+
+use std::sync::Arc;
+
+use tally_core::counting::CountTables;
+use tally_core::host::{Changes, CountRequest, RegistryUpdate};
+use tally_core::time::{DAY_MS, Timestamp};
+use tally_proto::{LicenseState, ResultCode};
+use tally_store::{Event, EventQuery, PoolCount, RegistryPage, RegistrySort, Store};
+use uuid::Uuid;
+
+/// A backend under test: a fresh, empty database per test.
+pub trait Backend {
+    /// The store under test.
+    fn store(&self) -> Arc<dyn Store>;
+    /// A second store on the same database (a restart, or another host of a fleet).
+    async fn reopen(&self) -> Arc<dyn Store>;
+    /// Makes the database refuse writes (or accept them again).
+    async fn fail_writes(&self, on: bool);
+}
+
+pub const POOL: Uuid = Uuid::from_u128(1);
+const T0: i64 = 1_800_000_000_000;
+
+/// A counted request from client `n` at `T0 + ms`, for an edition with `threshold`.
+pub fn request(n: u128, ms: i64, threshold: u16) -> Changes {
+    let cmid = Uuid::from_u128(100 + n);
+    Changes {
+        counting: Some(CountRequest {
+            pool: POOL,
+            cmid,
+            threshold,
+            at: Timestamp(T0 + ms),
+        }),
+        registry: RegistryUpdate {
+            cmid,
+            machine_name: format!("pc-{n}"),
+            sku: Uuid::from_u128(9),
+            pool: POOL,
+            license_state: LicenseState::InitialGrace,
+            seen_at: Timestamp(T0 + ms),
+            result: ResultCode::SUCCESS,
+            count: 0,
+            activated: false,
+            peer: Some("127.0.0.1:9".into()),
+        },
+    }
+}
+
+async fn count_of(store: &dyn Store, ms: i64) -> Vec<PoolCount> {
+    store
+        .pool_counts(Timestamp(T0 + ms))
+        .await
+        .expect("pool counts")
+}
+
+// R2, R5, X1: concurrent commits are counted one after another, as a single host would in commit
+// order: every count from 1 to the capacity is given exactly once, then the table is full.
+pub async fn r2_r5_concurrent_commits_count_in_commit_order(b: &impl Backend) {
+    let store = b.store();
+    let waits: Vec<_> = (0..14)
+        .map(|n| {
+            let s = Arc::clone(&store);
+            tokio::spawn(async move { s.commit(request(n, n as i64, 5)).await })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for w in waits {
+        let c = w.await.expect("join").expect("commit");
+        assert_eq!(c.activated, c.count >= 5, "activated iff count reaches 5");
+        counts.push(c.count);
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10, 10, 10]);
+    assert_eq!(
+        count_of(&*store, 100).await,
+        [PoolCount {
+            pool: POOL,
+            count: 10,
+            capacity: 10
+        }]
+    );
+    assert_eq!(store.registry_len().await.expect("len"), 14);
+}
+
+// R4: a renewal refreshes the entry without raising the count; an entry not renewed for 30 days
+// no longer counts.
+pub async fn r4_renewals_do_not_double_count_and_entries_lapse(b: &impl Backend) {
+    let store = b.store();
+    for n in 1..=3 {
+        assert_eq!(
+            store.commit(request(n, 0, 25)).await.expect("commit").count,
+            n as u32
+        );
+    }
+    let renewed = store
+        .commit(request(1, 20 * DAY_MS, 25))
+        .await
+        .expect("renew");
+    assert_eq!(renewed.count, 3, "R4 renewal is not counted twice");
+    // Day 31: clients 2 and 3 lapsed, client 1 renewed on day 20; client 4 is new.
+    let c = store
+        .commit(request(4, 31 * DAY_MS, 25))
+        .await
+        .expect("commit");
+    assert_eq!(c.count, 2);
+    assert_eq!(count_of(&*store, 31 * DAY_MS).await[0].count, 2);
+    let entry = store
+        .registry_entry(Uuid::from_u128(101))
+        .await
+        .expect("entry")
+        .expect("present");
+    assert_eq!(entry.requests, 2);
+    assert_eq!(entry.first_seen, Timestamp(T0));
+}
+
+// R5: the table holds twice the highest threshold that has used the pool, and never shrinks.
+pub async fn r5_capacity_follows_the_highest_threshold_and_never_shrinks(b: &impl Backend) {
+    let store = b.store();
+    store.commit(request(1, 0, 25)).await.expect("commit");
+    store.commit(request(2, 1, 5)).await.expect("commit");
+    assert_eq!(count_of(&*store, 2).await[0].capacity, 50);
+    for n in 3..=60 {
+        store.commit(request(n, n as i64, 5)).await.expect("commit");
+    }
+    let pools = count_of(&*store, 100).await;
+    assert_eq!((pools[0].count, pools[0].capacity), (50, 50));
+    // The requester never gives way; the least recently seen do.
+    let tables = CountTables::from_snapshots(store.load_tables().await.expect("load"));
+    let table = tables.pool(POOL).expect("pool");
+    assert!(table.contains(Uuid::from_u128(160), Timestamp(T0 + 100)));
+    assert!(!table.contains(Uuid::from_u128(101), Timestamp(T0 + 100)));
+}
+
+// R6: every client in the registry, with pages, search and counts.
+pub async fn r6_registry_pages_search_and_entries(b: &impl Backend) {
+    let store = b.store();
+    for n in 0..14 {
+        store.commit(request(n, n as i64, 5)).await.expect("commit");
+    }
+    let page = store
+        .registry(RegistryPage {
+            offset: 0,
+            limit: 3,
+            ..RegistryPage::default()
+        })
+        .await
+        .expect("page");
+    let names = |v: &[tally_store::RegistryEntry]| {
+        v.iter().map(|e| e.machine_name.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(names(&page), ["pc-13", "pc-12", "pc-11"]);
+    let found = store
+        .registry(RegistryPage {
+            limit: 10,
+            search: Some("PC-1".into()),
+            sort: RegistrySort::Machine,
+            ..RegistryPage::default()
+        })
+        .await
+        .expect("search");
+    assert_eq!(names(&found), ["pc-1", "pc-10", "pc-11", "pc-12", "pc-13"]);
+    assert_eq!(
+        store
+            .registry_count(Some("pc-1".into()))
+            .await
+            .expect("count"),
+        5
+    );
+    let first = store
+        .registry(RegistryPage {
+            limit: 2,
+            offset: 1,
+            sort: RegistrySort::FirstSeen,
+            ..RegistryPage::default()
+        })
+        .await
+        .expect("first seen");
+    assert_eq!(names(&first), ["pc-1", "pc-2"]);
+    let e = store
+        .registry_entry(Uuid::from_u128(113))
+        .await
+        .expect("entry")
+        .expect("present");
+    assert!(e.activated);
+    assert_eq!((e.last_count, e.last_result), (10, ResultCode::SUCCESS.0));
+    assert_eq!(
+        store
+            .registry_entry(Uuid::from_u128(7))
+            .await
+            .expect("none"),
+        None
+    );
+}
+
+// R6: a refused request is in the registry with its result; it counts nothing.
+pub async fn r6_refusals_are_registered_but_not_counted(b: &impl Backend) {
+    let store = b.store();
+    store.commit(request(1, 0, 5)).await.expect("commit");
+    let mut refused = request(2, 1, 5);
+    refused.counting = None;
+    refused.registry.result = ResultCode::EDITION_NOT_COVERED;
+    let c = store.commit(refused).await.expect("commit");
+    assert_eq!((c.count, c.activated), (0, false));
+    assert_eq!(count_of(&*store, 2).await[0].count, 1);
+    let e = store
+        .registry_entry(Uuid::from_u128(102))
+        .await
+        .expect("entry")
+        .expect("present");
+    assert_eq!(e.last_result, ResultCode::EDITION_NOT_COVERED.0);
+}
+
+// R27: every committed activation has its 12290 event; events can be queried and pruned.
+pub async fn r27_events_are_recorded_queried_and_pruned(b: &impl Backend) {
+    let store = b.store();
+    for n in 0..3 {
+        store
+            .commit(request(n, 1000 + n as i64, 5))
+            .await
+            .expect("commit");
+    }
+    let own = Event {
+        at: Timestamp(T0 + 5000),
+        event_id: 1000,
+        level: "info".into(),
+        message: "host started".into(),
+        data: serde_json::json!({}),
+    };
+    store.record_events(vec![own]).await.expect("record");
+    let all = store
+        .events(EventQuery {
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .await
+        .expect("events");
+    assert_eq!(
+        all.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        [1000, 12290, 12290, 12290]
+    );
+    assert_eq!(all[1].data["machine"], "pc-2");
+    assert_eq!(all[1].data["count"], 3);
+    assert_eq!(all[1].data["peer"], "127.0.0.1:9");
+    let q = EventQuery {
+        since: Some(Timestamp(T0 + 1001)),
+        event_id: Some(12290),
+        limit: 100,
+    };
+    assert_eq!(store.events(q).await.expect("events").len(), 2);
+    assert_eq!(
+        store
+            .prune_events(Timestamp(T0 + 1002))
+            .await
+            .expect("prune"),
+        2
+    );
+    let left = store
+        .events(EventQuery {
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .await
+        .expect("events");
+    assert_eq!(left.len(), 2);
+}
+
+// X3 and issue 12: a commit that fails counts nothing, tells the caller, and leaves no phantom
+// count behind; once writes work again the next client gets the count of machines stored.
+pub async fn x3_a_failed_commit_counts_nothing(b: &impl Backend) {
+    let store = b.store();
+    for n in 1..=3 {
+        store.commit(request(n, n as i64, 5)).await.expect("commit");
+    }
+    b.fail_writes(true).await;
+    for n in 4..=7 {
+        store
+            .commit(request(n, n as i64, 5))
+            .await
+            .expect_err("the database refuses writes");
+    }
+    assert_eq!(count_of(&*store, 10).await[0].count, 3, "no phantom counts");
+    b.fail_writes(false).await;
+    let c = store.commit(request(8, 8, 5)).await.expect("commit");
+    assert_eq!(
+        (c.count, c.activated),
+        (4, false),
+        "4 machines stored, below 5"
+    );
+    assert_eq!(store.registry_len().await.expect("len"), 4);
+    let events = store
+        .events(EventQuery {
+            event_id: Some(12290),
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 4, "no event for what was not stored");
+}
+
+// Durability: a second store on the same database sees exactly what was committed.
+pub async fn durable_across_reopen(b: &impl Backend) {
+    let store = b.store();
+    for n in 0..12 {
+        store.commit(request(n, n as i64, 5)).await.expect("commit");
+    }
+    let again = b.reopen().await;
+    assert_eq!(count_of(&*again, 100).await, count_of(&*store, 100).await);
+    let c = again.commit(request(12, 50, 5)).await.expect("commit");
+    assert_eq!(c.count, 10, "the reopened store counts on the stored table");
+}
