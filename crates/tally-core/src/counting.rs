@@ -61,6 +61,11 @@ impl PoolTable {
         self.by_age.range((cutoff, Uuid::max())..).count() as u32
     }
 
+    /// Every entry (CMID, last seen), live or not yet pruned, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (Uuid, Timestamp)> + '_ {
+        self.last_seen.iter().map(|(c, t)| (*c, *t))
+    }
+
     /// Whether `cmid` has a live entry at `now`.
     pub fn contains(&self, cmid: Uuid, now: Timestamp) -> bool {
         self.last_seen

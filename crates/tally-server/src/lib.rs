@@ -21,7 +21,7 @@ mod listener;
 mod service;
 
 pub use listener::{run, run_rebindable};
-pub use service::{Handled, HostService};
+pub use service::{DEFAULT_COMMIT_TIMEOUT, Handled, HostService};
 pub use tally_store::PoolCount;
 
 /// R27: the event id logged for each activation request.

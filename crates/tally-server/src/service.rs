@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use tally_core::host::{HostSession, Outcome};
 use tally_core::time::Clock;
 use tally_proto::ResultCode;
 use tally_store::{PoolCount, Store, StoreError};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{EVENT_ACTIVATION_REQUEST, ServerError};
 
@@ -25,7 +26,14 @@ pub struct HostService {
     session: std::sync::RwLock<Arc<HostSession>>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    commit_timeout: Duration,
 }
+
+/// How long a request waits for its commit before the client is told `storage_failure`: well
+/// inside a client's 5–10 s exchange timeout, so a database that hangs never makes clients hang
+/// (X3). A commit that completes after this is durable but unacknowledged; the client's retry
+/// renews the same entry (R4), so nothing is counted twice.
+pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for HostService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +55,14 @@ impl HostService {
             session: std::sync::RwLock::new(session),
             store,
             clock,
+            commit_timeout: DEFAULT_COMMIT_TIMEOUT,
         })
+    }
+
+    /// The same service giving commits `timeout` (see [`DEFAULT_COMMIT_TIMEOUT`]).
+    pub fn with_commit_timeout(mut self, timeout: Duration) -> Self {
+        self.commit_timeout = timeout;
+        self
     }
 
     /// The session in force (cheap: an `Arc` clone).
@@ -107,7 +122,17 @@ impl HostService {
                 let (cmid, sku, machine) = (reg.cmid, reg.sku, reg.machine_name.clone());
                 let threshold = pending.threshold;
                 let commit_started = std::time::Instant::now();
-                let committed = self.store.commit(pending.changes.clone()).await;
+                let committed = match tokio::time::timeout(
+                    self.commit_timeout,
+                    self.store.commit(pending.changes.clone()),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(StoreError::Timeout {
+                        seconds: self.commit_timeout.as_secs_f64(),
+                    }),
+                };
                 metrics::histogram!("tally_store_commit_seconds")
                     .record(commit_started.elapsed().as_secs_f64());
                 // Results, logs and metrics come from the commit's outcome, never from what was
@@ -119,7 +144,9 @@ impl HostService {
                         counted.count,
                     ),
                     Err(error) => {
-                        warn!(%peer, %error, %cmid, "could not store activation; answering storage_failure");
+                        // The store logs the outage once; per request only at debug, so a down
+                        // database or a flood cannot fill the log.
+                        debug!(%peer, %error, %cmid, "could not store activation; answering storage_failure");
                         let result = ResultCode::STORAGE_FAILURE;
                         (session.seal_failure(&pending, result), result, 0)
                     }

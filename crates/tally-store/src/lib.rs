@@ -23,6 +23,9 @@ use tally_core::time::Timestamp;
 use thiserror::Error;
 use uuid::Uuid;
 
+mod health;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
@@ -59,6 +62,12 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the store is shut down")]
     Closed,
+    /// A commit did not complete in time (the database hangs or is unreachable).
+    #[error("database did not answer within {seconds} s")]
+    Timeout {
+        /// The deadline.
+        seconds: f64,
+    },
     /// A write was asked of a store opened for reading only.
     #[error("database {path} is open for reading only; only the running host writes it")]
     ReadOnly {
@@ -108,6 +117,8 @@ pub struct RegistryEntry {
     pub activated: bool,
     /// Requests served.
     pub requests: u64,
+    /// The host that answered the latest request (fleet mode; `None` on a single host's SQLite).
+    pub served_by: Option<String>,
 }
 
 /// One entry of the host's event log (R27).
@@ -224,4 +235,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes events older than `before`; returns how many (the retention setting).
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Why the last commit failed, while the store is failing (`None` once a commit succeeds
+    /// again): for `/metrics`, the dashboard and status.
+    fn storage_error(&self) -> Option<String> {
+        None
+    }
+}
+
+/// R27: the 12290 event of an activation request, as every backend writes it.
+pub(crate) fn activation_event(changes: &Changes) -> Event {
+    let r = &changes.registry;
+    Event {
+        at: r.seen_at,
+        event_id: 12290,
+        level: "info".into(),
+        message: format!("activation request from {}", r.machine_name),
+        data: serde_json::json!({
+            "machine": r.machine_name,
+            "cmid": r.cmid,
+            "sku": r.sku,
+            "pool": r.pool,
+            "result": r.result.name().unwrap_or("unknown"),
+            "code": format!("0x{:08X}", r.result.0),
+            "count": r.count,
+            "activated": r.activated,
+            "peer": r.peer,
+        }),
+    }
 }

@@ -71,6 +71,7 @@ struct Job {
 #[derive(Clone)]
 pub struct SqliteStore {
     jobs: Option<mpsc::Sender<Job>>,
+    health: Arc<crate::health::Health>,
     reader: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
 }
@@ -182,6 +183,7 @@ impl SqliteStore {
         }
         Ok(Self {
             jobs: None,
+            health: Arc::default(),
             reader: Arc::new(Mutex::new(conn)),
             path: Arc::new(path.to_owned()),
         })
@@ -193,15 +195,18 @@ impl SqliteStore {
         migrate(&mut writer, path)?;
         let reader = open_connection(path, durability)?;
         let (jobs, rx) = mpsc::channel::<Job>();
+        let health: Arc<crate::health::Health> = Arc::default();
+        let writer_health = Arc::clone(&health);
         thread::Builder::new()
             .name("tally-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx))
+            .spawn(move || writer_loop(writer, rx, &writer_health))
             .map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
                 source: Arc::new(e),
             })?;
         Ok(Self {
             jobs: Some(jobs),
+            health,
             reader: Arc::new(Mutex::new(reader)),
             path: Arc::new(path.to_owned()),
         })
@@ -238,7 +243,7 @@ impl SqliteStore {
 /// its tables are exactly what is stored, so it counts on them inside each transaction. After a
 /// failed transaction they are dropped and reloaded from the database, so nothing a failed commit
 /// counted survives (no phantom counts).
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, health: &crate::health::Health) {
     let mut tables: Option<CountTables> = None;
     while let Ok(first) = rx.recv() {
         if let Work::Prune(before) = first.work {
@@ -259,6 +264,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
         }
         match apply_batch(&mut conn, &mut tables, &mut batch) {
             Ok(answers) => {
+                health.ok();
                 for (job, answer) in batch.into_iter().zip(answers) {
                     // The requester may have gone (connection closed); nothing to tell it then.
                     let _ = job.done.send(Ok(answer));
@@ -266,7 +272,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
             }
             Err(error) => {
                 tables = None;
-                tracing::error!(%error, batch = batch.len(), "storage commit failed; nothing of this batch was counted");
+                health.failed(&error);
                 for job in batch {
                     let _ = job.done.send(Err(error.clone()));
                 }
@@ -315,7 +321,8 @@ fn apply_batch(
                 let counted = changes.settle(count);
                 write_registry(&tx, changes).map_err(backend("write"))?;
                 // R27: event 12290 is written with the activation it describes.
-                insert_event(&tx, &activation_event(changes)).map_err(backend("write event"))?;
+                insert_event(&tx, &crate::activation_event(changes))
+                    .map_err(backend("write event"))?;
                 answers.push(Answer::Counted(counted));
             }
             Work::Events(events) => {
@@ -385,28 +392,6 @@ fn write_registry(conn: &Connection, changes: &Changes) -> rusqlite::Result<()> 
     Ok(())
 }
 
-/// R27: the 12290 event of an activation request.
-fn activation_event(changes: &Changes) -> Event {
-    let r = &changes.registry;
-    Event {
-        at: r.seen_at,
-        event_id: 12290,
-        level: "info".into(),
-        message: format!("activation request from {}", r.machine_name),
-        data: serde_json::json!({
-            "machine": r.machine_name,
-            "cmid": r.cmid,
-            "sku": r.sku,
-            "pool": r.pool,
-            "result": r.result.name().unwrap_or("unknown"),
-            "code": format!("0x{:08X}", r.result.0),
-            "count": r.count,
-            "activated": r.activated,
-            "peer": r.peer,
-        }),
-    }
-}
-
 fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO events (at, event_id, level, message, data) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -465,6 +450,7 @@ fn registry_row(row: &Row<'_>) -> rusqlite::Result<RegistryEntry> {
         last_count: row.get(7)?,
         activated: row.get(8)?,
         requests: row.get::<_, i64>(9)?.max(0) as u64,
+        served_by: None,
     })
 }
 
@@ -524,6 +510,10 @@ impl Store for SqliteStore {
             .map_err(backend("read events"))
         })
         .await
+    }
+
+    fn storage_error(&self) -> Option<String> {
+        self.health.error()
     }
 
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
