@@ -23,6 +23,9 @@ use tally_core::time::Timestamp;
 use thiserror::Error;
 use uuid::Uuid;
 
+pub mod migrate;
+#[cfg(feature = "postgres")]
+pub mod pg;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
