@@ -70,13 +70,25 @@ pub fn open_service(
     clock: std::sync::Arc<dyn tally_core::time::Clock>,
 ) -> Result<crate::service::Service, AuthorityError> {
     let authority = load(dir)?;
-    let store = crate::store::SqliteAuthorityStore::open(&dir.join(DB_FILE))
-        .map_err(|e| AuthorityError::Io(std::io::Error::other(e.to_string())))?;
+    let store = crate::store::SqliteAuthorityStore::open(&dir.join(DB_FILE))?;
     Ok(crate::service::Service::new(
         authority,
         std::sync::Arc::new(store),
         clock,
     ))
+}
+
+/// Opens the service of the authority in `dir` with its state in `database`: a PostgreSQL URL,
+/// or `None` for the SQLite file in `dir` (see [`crate::store::open`]). The keys and the
+/// operator token stay files in `dir` either way.
+pub async fn open_service_on(
+    dir: &Path,
+    database: Option<&str>,
+    clock: std::sync::Arc<dyn tally_core::time::Clock>,
+) -> Result<crate::service::Service, AuthorityError> {
+    let authority = load(dir)?;
+    let store = crate::store::open(dir, database).await?;
+    Ok(crate::service::Service::new(authority, store, clock))
 }
 
 /// Loads the authority in `dir`.

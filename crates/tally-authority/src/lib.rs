@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`Authority`]: key issuance, key checking, certification.
 //! - [`dir`]: the on-disk layout of an authority directory.
+//! - [`store`]: the authority's state (SQLite file, or PostgreSQL for several processes).
 
 use std::fmt;
 
@@ -57,6 +58,9 @@ pub enum AuthorityError {
     /// `init` would overwrite an existing authority.
     #[error("an authority already exists in {0}; refusing to overwrite its keys")]
     AlreadyExists(String),
+    /// The authority's database could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     /// No authority in the directory.
     #[error("no authority in {0}: run `tally authority init --dir {0}` first")]
     Missing(String),

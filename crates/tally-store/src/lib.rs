@@ -24,6 +24,9 @@ use thiserror::Error;
 use uuid::Uuid;
 
 mod health;
+pub mod migrate;
+#[cfg(feature = "postgres")]
+pub mod pg;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]

@@ -109,28 +109,7 @@ fn open_connection(path: &Path, durability: Durability) -> Result<Connection, St
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let open_err = |e: rusqlite::Error| StoreError::Open {
-        path: path.display().to_string(),
-        source: Arc::new(e),
-    };
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(open_err)?;
-    let supported = MIGRATIONS.len() as i64;
-    if version > supported {
-        return Err(StoreError::TooNew {
-            found: version,
-            supported,
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction().map_err(open_err)?;
-        tx.execute_batch(sql).map_err(open_err)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
-            .map_err(open_err)?;
-        tx.commit().map_err(open_err)?;
-    }
-    Ok(())
+    crate::migrate::sqlite(conn, MIGRATIONS, path)
 }
 
 impl SqliteStore {

@@ -3,6 +3,7 @@
 //! tool skips a test or fails it (it fails when `CI` is set).
 
 pub mod bind;
+pub mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

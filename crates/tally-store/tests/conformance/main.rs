@@ -2,6 +2,11 @@
 //! bodies, instantiated once per backend). The backends are real databases: a SQLite file in a
 //! temp dir, and a throwaway PostgreSQL server started by the test harness.
 
+// Test code: a failed expectation is a test failure, which is what `expect` reports.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 mod suite;
 

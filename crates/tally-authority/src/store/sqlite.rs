@@ -1,207 +1,23 @@
-//! The authority's storage: a trait (so a networked backend fits later, as for the host) and its
-//! SQLite backend. Limit checks and the activation they allow happen in one `BEGIN IMMEDIATE`
-//! transaction, so concurrent activations of one key cannot exceed its limits (R23).
+//! The SQLite backend of the authority store: one connection, used on the blocking pool.
+//! Limit checks and the activation they allow happen in one `BEGIN IMMEDIATE` transaction; a
+//! second process on the same file waits for the lock (`busy_timeout`), so the limits hold
+//! across processes too (R23).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde::{Deserialize, Serialize};
 use tally_core::time::Timestamp;
-use thiserror::Error;
 
-/// R23: distinct hosts per host key.
-pub const DEFAULT_MAX_HOSTS: u32 = 6;
-/// R23: activations per host (the first plus 9 reactivations).
-pub const DEFAULT_MAX_ACTIVATIONS: u32 = 10;
+use super::{
+    ActivationRecord, AuditEntry, AuthorityStore, KeyRecord, NewKey, Refusal, StoreError, Usage,
+};
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
-
-/// Storage errors.
-#[derive(Clone, Debug, Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The database failed.
-    #[error("authority database: {0}")]
-    Backend(Arc<dyn std::error::Error + Send + Sync>),
-    /// A newer schema.
-    #[error("authority database schema {0} is newer than this Tally; upgrade Tally")]
-    TooNew(i64),
-}
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
 
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(Arc::new(e))
-}
-
-/// A key as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRecord {
-    /// Serial.
-    pub serial: u32,
-    /// `host` or `mak`.
-    pub kind: String,
-    /// The key text.
-    pub key: String,
-    /// Key group (host keys).
-    pub group: Option<String>,
-    /// Generation (host keys).
-    pub generation: Option<u8>,
-    /// Distinct machines allowed (R23: 6 hosts; a MAK's budget).
-    pub max_hosts: u32,
-    /// Activations allowed per machine (R23: 10).
-    pub max_activations: u32,
-    /// Distinct machines so far.
-    pub hosts_used: u32,
-    /// When issued.
-    pub created_at: Timestamp,
-    /// Free text.
-    pub note: String,
-    /// When revoked, if it is.
-    pub revoked_at: Option<Timestamp>,
-    /// Why.
-    pub revoke_reason: Option<String>,
-}
-
-/// One machine's activations with a key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ActivationRecord {
-    /// The machine's hardware id.
-    pub hardware: String,
-    /// Host public key (hex) or the MAK client's CMID.
-    pub detail: String,
-    /// Activations of this machine with the key.
-    pub count: u32,
-    /// First activation.
-    pub first_at: Timestamp,
-    /// Latest activation.
-    pub last_at: Timestamp,
-}
-
-/// An operator action.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// When.
-    pub at: Timestamp,
-    /// Who (the operator token's name, or `cli`).
-    pub actor: String,
-    /// What.
-    pub action: String,
-    /// Which key.
-    pub serial: Option<u32>,
-    /// Details (e.g. the reason of an exception).
-    pub detail: String,
-}
-
-/// Why an activation was refused.
-#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
-#[serde(tag = "refusal", rename_all = "snake_case")]
-pub enum Refusal {
-    /// Not in the database.
-    #[error("unknown key")]
-    UnknownKey,
-    /// Revoked.
-    #[error("this key was revoked: {reason}")]
-    Revoked {
-        /// Why.
-        reason: String,
-    },
-    /// R23: the key already activated its maximum of distinct machines.
-    #[error(
-        "this key already activated {max} machines (the limit); the vendor can grant an exception"
-    )]
-    TooManyHosts {
-        /// The limit.
-        max: u32,
-    },
-    /// R23: this machine reactivated its maximum number of times.
-    #[error(
-        "this machine already activated {max} times with this key (the limit); the vendor can grant an exception"
-    )]
-    TooManyActivations {
-        /// The limit.
-        max: u32,
-    },
-}
-
-/// What an allowed activation used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Distinct machines, this one included.
-    pub hosts_used: u32,
-    /// The machine limit.
-    pub max_hosts: u32,
-    /// This machine's activations, this one included.
-    pub activations: u32,
-    /// The per-machine limit.
-    pub max_activations: u32,
-}
-
-/// A key to record.
-#[derive(Clone, Debug)]
-pub struct NewKey {
-    /// Serial.
-    pub serial: u32,
-    /// `host` or `mak`.
-    pub kind: &'static str,
-    /// Text.
-    pub key: String,
-    /// Group (host keys).
-    pub group: Option<String>,
-    /// Generation (host keys).
-    pub generation: Option<u8>,
-    /// Machines allowed.
-    pub max_hosts: u32,
-    /// Activations per machine.
-    pub max_activations: u32,
-    /// Free text.
-    pub note: String,
-}
-
-/// What the authority needs from storage.
-#[async_trait]
-pub trait AuthorityStore: Send + Sync + 'static {
-    /// Records an issued key; `false` if the serial is taken.
-    async fn insert_key(
-        &self,
-        key: NewKey,
-        actor: &str,
-        now: Timestamp,
-    ) -> Result<bool, StoreError>;
-    /// A key by serial.
-    async fn key(&self, serial: u32) -> Result<Option<KeyRecord>, StoreError>;
-    /// All keys.
-    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
-    /// A key's activations.
-    async fn activations(&self, serial: u32) -> Result<Vec<ActivationRecord>, StoreError>;
-    /// Checks the limits and records the activation of `hardware` atomically (R23).
-    async fn activate(
-        &self,
-        serial: u32,
-        hardware: &str,
-        detail: &str,
-        now: Timestamp,
-    ) -> Result<Result<Usage, Refusal>, StoreError>;
-    /// Raises a key's limits, with a reason kept in the audit log.
-    async fn grant_exception(
-        &self,
-        serial: u32,
-        extra_hosts: u32,
-        extra_activations: u32,
-        reason: &str,
-        actor: &str,
-        now: Timestamp,
-    ) -> Result<Option<KeyRecord>, StoreError>;
-    /// Revokes a key.
-    async fn revoke(
-        &self,
-        serial: u32,
-        reason: &str,
-        actor: &str,
-        now: Timestamp,
-    ) -> Result<Option<KeyRecord>, StoreError>;
-    /// The audit log, newest first.
-    async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// The SQLite backend: one connection, used on the blocking pool.
@@ -224,19 +40,7 @@ impl SqliteAuthorityStore {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
         )
         .map_err(backend)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(backend)?;
-        if version > MIGRATIONS.len() as i64 {
-            return Err(StoreError::TooNew(version));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction().map_err(backend)?;
-            tx.execute_batch(sql).map_err(backend)?;
-            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
-                .map_err(backend)?;
-            tx.commit().map_err(backend)?;
-        }
+        tally_store::migrate::sqlite(&mut conn, MIGRATIONS, path)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })

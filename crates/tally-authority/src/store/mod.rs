@@ -1,0 +1,253 @@
+//! The authority's storage: one trait, [`AuthorityStore`], and two backends.
+//!
+//! Every backend checks a key's limits and records the activation they allow in one
+//! transaction that excludes every other writer of that key, so concurrent activations cannot
+//! exceed the limits (R23, R25), whether they arrive at one process or at several processes on
+//! one database (X2).
+//!
+//! # Layout
+//! - [`sqlite`]: the default, a file in the authority directory (`BEGIN IMMEDIATE`).
+//! - [`postgres`] (feature `postgres`): a PostgreSQL database shared by any number of
+//!   `tally authority run` processes (the key's row is locked with `SELECT … FOR UPDATE`).
+//! - [`open`]: picks the backend from the `--database` URL.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tally_core::time::Timestamp;
+use thiserror::Error;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::PgAuthorityStore;
+pub use sqlite::SqliteAuthorityStore;
+
+/// R23: distinct hosts per host key.
+pub const DEFAULT_MAX_HOSTS: u32 = 6;
+/// R23: activations per host (the first plus 9 reactivations).
+pub const DEFAULT_MAX_ACTIVATIONS: u32 = 10;
+
+/// Storage errors.
+#[derive(Clone, Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed.
+    #[error("authority database: {0}")]
+    Backend(Arc<dyn std::error::Error + Send + Sync>),
+    /// The database could not be opened, reached or migrated; a schema written by a newer
+    /// Tally is refused here ([`tally_store::StoreError::TooNew`]).
+    #[error("authority database: {0}")]
+    Database(#[from] tally_store::StoreError),
+    /// A value read from the database is out of range (a damaged database).
+    #[error("authority database: column {0} holds a value out of range")]
+    BadValue(&'static str),
+    /// The `--database` URL names a backend this build does not have.
+    #[error(
+        "unsupported database URL {0:?}: give a postgres://USER@HOST[:PORT][,HOST[:PORT]...]/DATABASE URL, or none for the SQLite file in the authority directory"
+    )]
+    UnsupportedUrl(String),
+}
+
+/// A key as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Serial.
+    pub serial: u32,
+    /// `host` or `mak`.
+    pub kind: String,
+    /// The key text.
+    pub key: String,
+    /// Key group (host keys).
+    pub group: Option<String>,
+    /// Generation (host keys).
+    pub generation: Option<u8>,
+    /// Distinct machines allowed (R23: 6 hosts; a MAK's budget).
+    pub max_hosts: u32,
+    /// Activations allowed per machine (R23: 10).
+    pub max_activations: u32,
+    /// Distinct machines so far.
+    pub hosts_used: u32,
+    /// When issued.
+    pub created_at: Timestamp,
+    /// Free text.
+    pub note: String,
+    /// When revoked, if it is.
+    pub revoked_at: Option<Timestamp>,
+    /// Why.
+    pub revoke_reason: Option<String>,
+}
+
+/// One machine's activations with a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivationRecord {
+    /// The machine's hardware id.
+    pub hardware: String,
+    /// Host public key (hex) or the MAK client's CMID.
+    pub detail: String,
+    /// Activations of this machine with the key.
+    pub count: u32,
+    /// First activation.
+    pub first_at: Timestamp,
+    /// Latest activation.
+    pub last_at: Timestamp,
+}
+
+/// An operator action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When.
+    pub at: Timestamp,
+    /// Who (the operator token's name, or `cli`).
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// Which key.
+    pub serial: Option<u32>,
+    /// Details (e.g. the reason of an exception).
+    pub detail: String,
+}
+
+/// Why an activation was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum Refusal {
+    /// Not in the database.
+    #[error("unknown key")]
+    UnknownKey,
+    /// Revoked.
+    #[error("this key was revoked: {reason}")]
+    Revoked {
+        /// Why.
+        reason: String,
+    },
+    /// R23: the key already activated its maximum of distinct machines.
+    #[error(
+        "this key already activated {max} machines (the limit); the vendor can grant an exception"
+    )]
+    TooManyHosts {
+        /// The limit.
+        max: u32,
+    },
+    /// R23: this machine reactivated its maximum number of times.
+    #[error(
+        "this machine already activated {max} times with this key (the limit); the vendor can grant an exception"
+    )]
+    TooManyActivations {
+        /// The limit.
+        max: u32,
+    },
+}
+
+/// What an allowed activation used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Distinct machines, this one included.
+    pub hosts_used: u32,
+    /// The machine limit.
+    pub max_hosts: u32,
+    /// This machine's activations, this one included.
+    pub activations: u32,
+    /// The per-machine limit.
+    pub max_activations: u32,
+}
+
+/// A key to record.
+#[derive(Clone, Debug)]
+pub struct NewKey {
+    /// Serial.
+    pub serial: u32,
+    /// `host` or `mak`.
+    pub kind: &'static str,
+    /// Text.
+    pub key: String,
+    /// Group (host keys).
+    pub group: Option<String>,
+    /// Generation (host keys).
+    pub generation: Option<u8>,
+    /// Machines allowed.
+    pub max_hosts: u32,
+    /// Activations per machine.
+    pub max_activations: u32,
+    /// Free text.
+    pub note: String,
+}
+
+/// What the authority needs from storage.
+#[async_trait]
+pub trait AuthorityStore: Send + Sync + 'static {
+    /// Records an issued key; `false` if the serial is taken.
+    async fn insert_key(
+        &self,
+        key: NewKey,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// A key by serial.
+    async fn key(&self, serial: u32) -> Result<Option<KeyRecord>, StoreError>;
+    /// All keys.
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+    /// A key's activations.
+    async fn activations(&self, serial: u32) -> Result<Vec<ActivationRecord>, StoreError>;
+    /// Checks the limits and records the activation of `hardware` atomically (R23).
+    async fn activate(
+        &self,
+        serial: u32,
+        hardware: &str,
+        detail: &str,
+        now: Timestamp,
+    ) -> Result<Result<Usage, Refusal>, StoreError>;
+    /// Raises a key's limits, with a reason kept in the audit log.
+    async fn grant_exception(
+        &self,
+        serial: u32,
+        extra_hosts: u32,
+        extra_activations: u32,
+        reason: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+    /// Revokes a key.
+    async fn revoke(
+        &self,
+        serial: u32,
+        reason: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+    /// The audit log, newest first.
+    async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// Opens the authority's state: the SQLite file `authority.db` in `dir` when `database` is
+/// `None`, else the PostgreSQL database at the `postgres://` (or `postgresql://`) URL
+/// `database` (creating and migrating the schema in either case).
+pub async fn open(
+    dir: &Path,
+    database: Option<&str>,
+) -> Result<Arc<dyn AuthorityStore>, StoreError> {
+    match database {
+        None => {
+            let path = dir.join(crate::dir::DB_FILE);
+            let store = tokio::task::spawn_blocking(move || SqliteAuthorityStore::open(&path))
+                .await
+                .map_err(|e| StoreError::Backend(Arc::new(e)))??;
+            Ok(Arc::new(store))
+        }
+        #[cfg(feature = "postgres")]
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(PgAuthorityStore::connect(url).await?))
+        }
+        Some(other) => Err(StoreError::UnsupportedUrl(
+            // Never echo a password: keep only the scheme.
+            other.split(':').next().unwrap_or_default().to_owned(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

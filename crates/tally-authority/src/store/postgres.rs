@@ -1,0 +1,452 @@
+//! The PostgreSQL backend of the authority store: any number of `tally authority run`
+//! processes on one database (X2).
+//!
+//! Every write to a key's state first locks the key's row (`SELECT … FOR UPDATE`) in its
+//! transaction, and only then reads what it checks, in a statement of its own: under READ
+//! COMMITTED each statement sees what the previous holders of the lock committed, so the check
+//! and the write it allows are atomic across processes and the R23 limits and MAK budgets (R25)
+//! hold exactly. Transactions aborted as serialization failures or deadlocks are run again
+//! (`tally_store::pg::retry`). Tables are prefixed `authority_` so the database can also hold
+//! other Tally schemas.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Pool};
+use tally_core::time::Timestamp;
+use tally_store::pg;
+use tokio_postgres::Row;
+
+use super::{
+    ActivationRecord, AuditEntry, AuthorityStore, KeyRecord, NewKey, Refusal, StoreError, Usage,
+};
+
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+
+/// The advisory lock (and `tally_schema` row) of the authority's schema: "tallyAUT".
+pub const SCHEMA_LOCK_KEY: i64 = 0x7461_6c6c_7941_5554;
+
+/// The PostgreSQL backend: a connection pool (see `tally_store::pg::connect`).
+#[derive(Clone)]
+pub struct PgAuthorityStore {
+    pool: Pool,
+    /// The servers and database, for error messages (never the password).
+    servers: Arc<str>,
+}
+
+impl std::fmt::Debug for PgAuthorityStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgAuthorityStore")
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one attempt of a transaction failed.
+#[derive(Debug)]
+enum Fail {
+    Db(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl pg::Retryable for Fail {
+    fn is_retryable(&self) -> bool {
+        matches!(self, Self::Db(e) if pg::is_retryable(e))
+    }
+}
+
+impl From<Fail> for StoreError {
+    fn from(f: Fail) -> Self {
+        match f {
+            Fail::Db(e) => StoreError::Backend(Arc::new(e)),
+            Fail::Store(e) => e,
+        }
+    }
+}
+
+impl PgAuthorityStore {
+    /// Connects to the database at `url` (see `tally_store::pg::connect` for the URL forms)
+    /// and creates or migrates the authority's tables under an advisory lock, so several
+    /// processes may start at once on an empty database.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = pg::connect(url).await?;
+        let servers: Arc<str> = Arc::from(pg::describe(url));
+        let mut client = pg::client(&pool, &servers).await?;
+        tally_store::migrate::postgres(&mut client, MIGRATIONS, SCHEMA_LOCK_KEY).await?;
+        Ok(Self { pool, servers })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, Fail> {
+        pg::client(&self.pool, &self.servers)
+            .await
+            .map_err(|e| Fail::Store(e.into()))
+    }
+
+    async fn insert_key_once(
+        &self,
+        key: &NewKey,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, Fail> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let n = tx
+            .execute(
+                "INSERT INTO authority_keys (serial, kind, key_text, key_group, generation, max_hosts, max_activations, created_at, note)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                &[
+                    &i64::from(key.serial),
+                    &key.kind,
+                    &key.key,
+                    &key.group,
+                    &key.generation.map(i64::from),
+                    &i64::from(key.max_hosts),
+                    &i64::from(key.max_activations),
+                    &now.millis(),
+                    &key.note,
+                ],
+            )
+            .await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        audit(
+            &tx,
+            now,
+            actor,
+            &format!("issue_{}_key", key.kind),
+            Some(key.serial),
+            &key.note,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn activate_once(
+        &self,
+        serial: u32,
+        hardware: &str,
+        detail: &str,
+        now: Timestamp,
+    ) -> Result<Result<Usage, Refusal>, Fail> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        // The key's row lock orders every activation of this key, in every process (R23, X2).
+        // What is checked is read after it, in statements of their own (fresh snapshots).
+        if !lock_key(&tx, serial).await? {
+            return Ok(Err(Refusal::UnknownKey));
+        }
+        let Some(key) = load_key(&tx, serial).await? else {
+            return Ok(Err(Refusal::UnknownKey));
+        };
+        if key.revoked_at.is_some() {
+            return Ok(Err(Refusal::Revoked {
+                reason: key.revoke_reason.unwrap_or_default(),
+            }));
+        }
+        let existing = tx
+            .query_opt(
+                "SELECT count FROM authority_activations WHERE serial = $1 AND hardware = $2",
+                &[&i64::from(serial), &hardware],
+            )
+            .await?
+            .map(|r| column_u32(&r, 0, "authority_activations.count"))
+            .transpose()?;
+        let (hosts_used, activations) = match existing {
+            Some(n) if n >= key.max_activations => {
+                return Ok(Err(Refusal::TooManyActivations {
+                    max: key.max_activations,
+                }));
+            }
+            Some(n) => {
+                tx.execute(
+                    "UPDATE authority_activations SET count = count + 1, last_at = $3, detail = $4
+                     WHERE serial = $1 AND hardware = $2",
+                    &[&i64::from(serial), &hardware, &now.millis(), &detail],
+                )
+                .await?;
+                (key.hosts_used, n.saturating_add(1))
+            }
+            None if key.hosts_used >= key.max_hosts => {
+                return Ok(Err(Refusal::TooManyHosts { max: key.max_hosts }));
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO authority_activations (serial, hardware, detail, count, first_at, last_at)
+                     VALUES ($1, $2, $3, 1, $4, $4)",
+                    &[&i64::from(serial), &hardware, &detail, &now.millis()],
+                )
+                .await?;
+                (key.hosts_used.saturating_add(1), 1)
+            }
+        };
+        tx.commit().await?;
+        Ok(Ok(Usage {
+            hosts_used,
+            max_hosts: key.max_hosts,
+            activations,
+            max_activations: key.max_activations,
+        }))
+    }
+
+    async fn exception_once(
+        &self,
+        serial: u32,
+        extra_hosts: u32,
+        extra_activations: u32,
+        reason: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<KeyRecord>, Fail> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let n = tx
+            .execute(
+                "UPDATE authority_keys SET max_hosts = max_hosts + $2, max_activations = max_activations + $3
+                 WHERE serial = $1",
+                &[&i64::from(serial), &i64::from(extra_hosts), &i64::from(extra_activations)],
+            )
+            .await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let detail =
+            format!("+{extra_hosts} hosts, +{extra_activations} activations per host: {reason}");
+        audit(&tx, now, actor, "exception", Some(serial), &detail).await?;
+        let key = load_key(&tx, serial).await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    async fn revoke_once(
+        &self,
+        serial: u32,
+        reason: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<KeyRecord>, Fail> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let n = tx
+            .execute(
+                "UPDATE authority_keys SET revoked_at = $2, revoke_reason = $3 WHERE serial = $1",
+                &[&i64::from(serial), &now.millis(), &reason],
+            )
+            .await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        audit(&tx, now, actor, "revoke", Some(serial), reason).await?;
+        let key = load_key(&tx, serial).await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    async fn keys_once(&self) -> Result<Vec<KeyRecord>, Fail> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM authority_keys k ORDER BY k.created_at, k.serial"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(key_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn activations_once(&self, serial: u32) -> Result<Vec<ActivationRecord>, Fail> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT hardware, detail, count, first_at, last_at FROM authority_activations
+                 WHERE serial = $1 ORDER BY first_at, hardware",
+                &[&i64::from(serial)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ActivationRecord {
+                    hardware: r.try_get(0)?,
+                    detail: r.try_get(1)?,
+                    count: column_u32(r, 2, "authority_activations.count")?,
+                    first_at: Timestamp(r.try_get(3)?),
+                    last_at: Timestamp(r.try_get(4)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_once(&self) -> Result<Vec<AuditEntry>, Fail> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT at, actor, action, serial, detail FROM authority_audit ORDER BY id DESC",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: Timestamp(r.try_get(0)?),
+                    actor: r.try_get(1)?,
+                    action: r.try_get(2)?,
+                    serial: r
+                        .try_get::<_, Option<i64>>(3)?
+                        .map(|s| u32::try_from(s).map_err(|_| bad("authority_audit.serial")))
+                        .transpose()?,
+                    detail: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+}
+
+const KEY_COLUMNS: &str = "k.serial, k.kind, k.key_text, k.key_group, k.generation, k.max_hosts, \
+     k.max_activations, (SELECT count(*) FROM authority_activations a WHERE a.serial = k.serial), \
+     k.created_at, k.note, k.revoked_at, k.revoke_reason";
+
+fn bad(column: &'static str) -> Fail {
+    Fail::Store(StoreError::BadValue(column))
+}
+
+fn column_u32(r: &Row, i: usize, column: &'static str) -> Result<u32, Fail> {
+    u32::try_from(r.try_get::<_, i64>(i)?).map_err(|_| bad(column))
+}
+
+fn key_row(r: &Row) -> Result<KeyRecord, Fail> {
+    Ok(KeyRecord {
+        serial: column_u32(r, 0, "authority_keys.serial")?,
+        kind: r.try_get(1)?,
+        key: r.try_get(2)?,
+        group: r.try_get(3)?,
+        generation: r
+            .try_get::<_, Option<i64>>(4)?
+            .map(|g| u8::try_from(g).map_err(|_| bad("authority_keys.generation")))
+            .transpose()?,
+        max_hosts: column_u32(r, 5, "authority_keys.max_hosts")?,
+        max_activations: column_u32(r, 6, "authority_keys.max_activations")?,
+        hosts_used: column_u32(r, 7, "hosts_used")?,
+        created_at: Timestamp(r.try_get(8)?),
+        note: r.try_get(9)?,
+        revoked_at: r.try_get::<_, Option<i64>>(10)?.map(Timestamp),
+        revoke_reason: r.try_get(11)?,
+    })
+}
+
+/// Locks the key's row until the transaction ends; `false` if there is no such key.
+async fn lock_key(c: &(impl GenericClient + Sync), serial: u32) -> Result<bool, Fail> {
+    Ok(c.query_opt(
+        "SELECT serial FROM authority_keys WHERE serial = $1 FOR UPDATE",
+        &[&i64::from(serial)],
+    )
+    .await?
+    .is_some())
+}
+
+async fn load_key(c: &(impl GenericClient + Sync), serial: u32) -> Result<Option<KeyRecord>, Fail> {
+    c.query_opt(
+        &format!("SELECT {KEY_COLUMNS} FROM authority_keys k WHERE k.serial = $1"),
+        &[&i64::from(serial)],
+    )
+    .await?
+    .as_ref()
+    .map(key_row)
+    .transpose()
+}
+
+async fn audit(
+    c: &(impl GenericClient + Sync),
+    now: Timestamp,
+    actor: &str,
+    action: &str,
+    serial: Option<u32>,
+    detail: &str,
+) -> Result<(), Fail> {
+    c.execute(
+        "INSERT INTO authority_audit (at, actor, action, serial, detail) VALUES ($1, $2, $3, $4, $5)",
+        &[&now.millis(), &actor, &action, &serial.map(i64::from), &detail],
+    )
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl AuthorityStore for PgAuthorityStore {
+    async fn insert_key(
+        &self,
+        key: NewKey,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        Ok(pg::retry(|| self.insert_key_once(&key, actor, now)).await?)
+    }
+
+    async fn key(&self, serial: u32) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(pg::retry(|| async move {
+            let c = self.client().await?;
+            load_key(&c, serial).await
+        })
+        .await?)
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(pg::retry(|| self.keys_once()).await?)
+    }
+
+    async fn activations(&self, serial: u32) -> Result<Vec<ActivationRecord>, StoreError> {
+        Ok(pg::retry(|| self.activations_once(serial)).await?)
+    }
+
+    async fn activate(
+        &self,
+        serial: u32,
+        hardware: &str,
+        detail: &str,
+        now: Timestamp,
+    ) -> Result<Result<Usage, Refusal>, StoreError> {
+        Ok(pg::retry(|| self.activate_once(serial, hardware, detail, now)).await?)
+    }
+
+    async fn grant_exception(
+        &self,
+        serial: u32,
+        extra_hosts: u32,
+        extra_activations: u32,
+        reason: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(pg::retry(|| {
+            self.exception_once(serial, extra_hosts, extra_activations, reason, actor, now)
+        })
+        .await?)
+    }
+
+    async fn revoke(
+        &self,
+        serial: u32,
+        reason: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(pg::retry(|| self.revoke_once(serial, reason, actor, now)).await?)
+    }
+
+    async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(pg::retry(|| self.audit_once()).await?)
+    }
+}

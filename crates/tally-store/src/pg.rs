@@ -1,0 +1,321 @@
+//! PostgreSQL plumbing shared by the stores that run on PostgreSQL (the authority's, and the
+//! host fleet's): a connection pool that finds the read-write server among several, bounded
+//! timeouts so a down database gives an error instead of a hang, and retries of transactions
+//! that PostgreSQL aborted to keep them serializable.
+//!
+//! URLs are libpq's, as parsed by tokio-postgres:
+//! `postgres://USER[:PASSWORD]@HOST[:PORT][,HOST[:PORT]…]/DATABASE[?target_session_attrs=read-write]`.
+//! With several hosts, each connection tries them in order; `target_session_attrs=read-write`
+//! skips a standby, so after a failover the promoted standby is found by the next connection.
+//!
+//! TLS is not supported in this version: the connection is plain TCP (`sslmode=disable`, or
+//! the default `prefer` against a server without TLS). `sslmode=require` is refused with an
+//! error; run the database on a trusted network or through a local TLS tunnel.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
+};
+use thiserror::Error;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Config, NoTls};
+
+use crate::StoreError;
+
+/// How long one attempt to reach one server may take (unless the URL sets `connect_timeout`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a caller waits for a pooled connection (creating one included).
+pub const POOL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections per pool.
+pub const POOL_SIZE: usize = 16;
+/// Attempts of a transaction that PostgreSQL aborted as a serialization failure or deadlock.
+pub const RETRY_ATTEMPTS: u32 = 8;
+
+/// What went wrong talking to PostgreSQL; carried as the source of a [`StoreError`].
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PgError {
+    /// The URL does not parse.
+    #[error(
+        "bad database URL ({reason}); expected postgres://USER[:PASSWORD]@HOST[:PORT][,HOST[:PORT]...]/DATABASE"
+    )]
+    Url {
+        /// Why (tokio-postgres's message; it never contains the password).
+        reason: String,
+    },
+    /// The URL asks for TLS, which this build does not speak.
+    #[error(
+        "sslmode=require is not supported by this Tally (no TLS to PostgreSQL); use sslmode=disable on a trusted network"
+    )]
+    TlsUnsupported,
+    /// No server answered as read-write in time.
+    #[error(
+        "no read-write PostgreSQL server answered at {servers} ({cause}); check that the server runs and accepts connections from this machine, and the URL given with --database or TALLY_DATABASE_URL"
+    )]
+    Unreachable {
+        /// The servers tried (`host:port, …/database`), never the password.
+        servers: String,
+        /// What the last attempt saw.
+        cause: String,
+    },
+}
+
+/// Opens a pool on the database at `url` and checks that a read-write server answers.
+///
+/// Fails within about [`POOL_TIMEOUT`] when no server does, with an error naming the servers.
+/// Connections found broken are dropped when they go back to the pool (`Verified` recycling),
+/// so after a failover new connections go to the server that is now read-write.
+pub async fn connect(url: &str) -> Result<Pool, StoreError> {
+    let mut config = Config::from_str(url).map_err(|e| open_error(url, url_error(&e)))?;
+    let servers = servers(&config);
+    if config.get_ssl_mode() == SslMode::Require {
+        return Err(open_error(&servers, PgError::TlsUnsupported));
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("tally");
+    }
+    // A server that vanishes without closing the connection (power loss, partition) is noticed
+    // by the kernel within seconds instead of TCP's default of many minutes.
+    config.tcp_user_timeout(Duration::from_secs(5));
+    config.keepalives_idle(Duration::from_secs(10));
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .timeouts(Timeouts {
+            wait: Some(POOL_TIMEOUT),
+            create: Some(POOL_TIMEOUT),
+            recycle: Some(POOL_TIMEOUT),
+        })
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| {
+            open_error(
+                &servers,
+                PgError::Url {
+                    reason: e.to_string(),
+                },
+            )
+        })?;
+    // Fail now, not at the first request, when no server answers; the connection goes back
+    // to the pool for the first request.
+    let first = client(&pool, &servers).await.map_err(|e| match e {
+        StoreError::Backend { source, .. } => StoreError::Open {
+            path: servers.clone(),
+            source,
+        },
+        other => other,
+    })?;
+    drop(first);
+    Ok(pool)
+}
+
+/// The servers and database a URL names, for messages: `127.0.0.1:5432, 10.0.0.2:5432/tally`.
+/// Never contains the user's password. A URL that does not parse gives `(bad database URL)`.
+pub fn describe(url: &str) -> String {
+    Config::from_str(url).map_or_else(|_| "(bad database URL)".to_owned(), |c| servers(&c))
+}
+
+fn servers(config: &Config) -> String {
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            // libpq: one port for every host, or one per host; 5432 when none.
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432".to_owned()
+    } else {
+        hosts.join(", ")
+    };
+    format!("{hosts}/{}", config.get_dbname().unwrap_or("postgres"))
+}
+
+fn url_error(e: &tokio_postgres::Error) -> PgError {
+    PgError::Url {
+        reason: e.to_string(),
+    }
+}
+
+fn open_error(servers: &str, e: PgError) -> StoreError {
+    StoreError::Open {
+        path: servers.to_owned(),
+        source: Arc::new(e),
+    }
+}
+
+/// A connection from `pool` (`servers` is [`describe`]'s text, for the error), within
+/// [`POOL_TIMEOUT`]. The error says which servers were tried and what to check.
+pub async fn client(pool: &Pool, servers: &str) -> Result<Object, StoreError> {
+    pool.get().await.map_err(|e| {
+        let cause = match &e {
+            PoolError::Timeout(_) => format!("no connection within {POOL_TIMEOUT:?}"),
+            PoolError::Backend(b) => b.to_string(),
+            other => other.to_string(),
+        };
+        StoreError::Backend {
+            operation: "connect",
+            source: Arc::new(PgError::Unreachable {
+                servers: servers.to_owned(),
+                cause,
+            }),
+        }
+    })
+}
+
+/// Whether PostgreSQL aborted the transaction only because of concurrent ones, so running it
+/// again is right: `serialization_failure` (40001) or `deadlock_detected` (40P01).
+pub fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
+/// An error that may say "run the transaction again".
+pub trait Retryable {
+    /// Whether the failed transaction should simply be run again.
+    fn is_retryable(&self) -> bool;
+}
+
+impl Retryable for tokio_postgres::Error {
+    fn is_retryable(&self) -> bool {
+        is_retryable(self)
+    }
+}
+
+/// Runs `transaction` until it does not fail with a retryable error, at most
+/// [`RETRY_ATTEMPTS`] times, with a short growing pause between attempts so that the
+/// transactions that collided do not collide again at once. The closure must run the whole
+/// transaction (begin to commit), so a retry starts from scratch.
+pub async fn retry<T, E, F, Fut>(mut transaction: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Retryable,
+{
+    let mut attempt = 1;
+    loop {
+        match transaction().await {
+            Err(e) if e.is_retryable() && attempt < RETRY_ATTEMPTS => {
+                tracing::debug!(attempt, "transaction retried after a serialization failure");
+                // Spread the retries: 2, 4, 8 … ms plus a per-attempt offset from the clock.
+                let jitter = u64::from(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_micros())
+                        % 1000,
+                );
+                let pause =
+                    Duration::from_millis(1 << attempt.min(7)) + Duration::from_micros(jitter);
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_names_every_server_and_never_the_password() {
+        let d = describe(
+            "postgres://tally:s3cret@10.0.0.1:5433,10.0.0.2:5434/authority?target_session_attrs=read-write",
+        );
+        assert_eq!(d, "10.0.0.1:5433, 10.0.0.2:5434/authority");
+        assert!(!d.contains("s3cret"));
+        assert_eq!(describe("postgres://u@db/x"), "db:5432/x");
+        assert_eq!(describe("not a url ::"), "(bad database URL)");
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_and_a_tls_url_are_refused_with_advice() {
+        let e = connect("postgres://u@h:notaport/db")
+            .await
+            .expect_err("bad");
+        assert!(e.to_string().contains("bad database URL"), "{e}");
+        let e = connect("postgres://u:pw@127.0.0.1:1/db?sslmode=require")
+            .await
+            .expect_err("tls");
+        assert!(e.to_string().contains("sslmode=disable"), "{e}");
+        assert!(!e.to_string().contains("pw"), "{e}");
+    }
+
+    // X3: a database that is not there gives an error quickly, naming the server.
+    #[tokio::test]
+    async fn a_down_database_fails_fast_with_the_server_named() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let started = std::time::Instant::now();
+        let e = connect(&format!("postgres://tally:hunter2@127.0.0.1:{port}/db"))
+            .await
+            .expect_err("down");
+        assert!(started.elapsed() < Duration::from_secs(4));
+        let text = e.to_string();
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+        assert!(text.contains("check that the server runs"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[derive(Debug)]
+    struct Flaky(bool);
+
+    impl Retryable for Flaky {
+        fn is_retryable(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_repeats_only_retryable_failures_and_is_bounded() {
+        let mut n = 0;
+        let r: Result<u32, Flaky> = retry(|| {
+            n += 1;
+            let v = n;
+            async move { if v < 3 { Err(Flaky(true)) } else { Ok(v) } }
+        })
+        .await;
+        assert_eq!(r.ok(), Some(3));
+        let mut n = 0;
+        let r: Result<(), Flaky> = retry(|| {
+            n += 1;
+            async { Err(Flaky(false)) }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(n, 1);
+        let mut n = 0;
+        let r: Result<(), Flaky> = retry(|| {
+            n += 1;
+            async { Err(Flaky(true)) }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(n, RETRY_ATTEMPTS);
+    }
+}

@@ -1,0 +1,214 @@
+//! The suite on PostgreSQL (fleet mode), against a real throwaway server; plus what only a
+//! shared database can show: several hosts counting as one, an outage, a failover.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tally_store::Store;
+use tally_store::postgres::PgStore;
+use tally_test_support::postgres::PgServer;
+
+use crate::suite::{Backend, POOL, request};
+
+pub struct Postgres {
+    server: PgServer,
+    url: String,
+    store: Arc<PgStore>,
+}
+
+/// Starts a server off the async workers (the harness blocks on initdb and pg_ctl), keeping the
+/// test's name for the harness's SKIP line.
+async fn server() -> Option<PgServer> {
+    let name = std::thread::current().name().map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        let start = || {
+            let s = PgServer::start()?;
+            s.create_database("tally");
+            Some(s)
+        };
+        match name {
+            Some(n) => std::thread::scope(|scope| {
+                std::thread::Builder::new()
+                    .name(n)
+                    .spawn_scoped(scope, start)
+                    .expect("thread")
+                    .join()
+                    .expect("harness")
+            }),
+            None => start(),
+        }
+    })
+    .await
+    .expect("join")
+}
+
+async fn open(url: &str, host: &str) -> PgStore {
+    let pool = tally_store::pg::connect(url).await.expect("connect");
+    PgStore::open(pool, host).await.expect("open")
+}
+
+async fn backend(_test: &str) -> Option<Postgres> {
+    let server = server().await?;
+    let url = server.url("tally");
+    let store = Arc::new(open(&url, "host-a").await);
+    Some(Postgres { server, url, store })
+}
+
+impl Backend for Postgres {
+    fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store) as Arc<dyn Store>
+    }
+
+    async fn reopen(&self) -> Arc<dyn Store> {
+        // Another host of the fleet on the same database.
+        Arc::new(open(&self.url, "host-b").await)
+    }
+
+    async fn fail_writes(&self, on: bool) {
+        let sql = if on {
+            "CREATE FUNCTION tally_test_fail() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+             CREATE TRIGGER tally_test_fail BEFORE INSERT OR UPDATE ON registry
+               FOR EACH ROW EXECUTE FUNCTION tally_test_fail();"
+        } else {
+            "DROP TRIGGER tally_test_fail ON registry; DROP FUNCTION tally_test_fail();"
+        };
+        tokio::task::block_in_place(|| self.server.psql("tally", sql));
+    }
+}
+
+crate::all_conformance_tests!();
+
+// X1: three hosts on one database, 90 clients at once spread over them: the fleet gives every
+// count from 1 to the capacity (50) exactly once, as one host would in commit order, and never
+// more; the registry and the events say which host served each request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x1_three_hosts_count_as_one() {
+    let Some(b) = backend("x1_three_hosts_count_as_one").await else {
+        return;
+    };
+    let hosts = [
+        Arc::clone(&b.store),
+        Arc::new(open(&b.url, "host-b").await),
+        Arc::new(open(&b.url, "host-c").await),
+    ];
+    let waits: Vec<_> = (0..90)
+        .map(|n| {
+            let s = Arc::clone(&hosts[n % 3]);
+            tokio::spawn(async move { s.commit(request(n as u128, n as i64, 25)).await })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for w in waits {
+        counts.push(w.await.expect("join").expect("commit").count);
+    }
+    counts.sort_unstable();
+    let expected: Vec<u32> = (1..=50).chain(std::iter::repeat_n(50, 40)).collect();
+    assert_eq!(counts, expected);
+    for h in &hosts {
+        let pools = h
+            .pool_counts(tally_core::time::Timestamp(1_800_000_000_100))
+            .await
+            .expect("counts");
+        assert_eq!(
+            (pools[0].pool, pools[0].count, pools[0].capacity),
+            (POOL, 50, 50)
+        );
+        assert_eq!(h.registry_len().await.expect("len"), 90);
+    }
+    let e = hosts[0]
+        .registry_entry(uuid::Uuid::from_u128(101))
+        .await
+        .expect("entry")
+        .expect("present");
+    assert_eq!(e.served_by.as_deref(), Some("host-b"));
+    let events = hosts[2]
+        .events(tally_store::EventQuery {
+            event_id: Some(12290),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 90);
+    let served_by_c = events.iter().filter(|e| e.data["host"] == "host-c").count();
+    assert_eq!(served_by_c, 30);
+}
+
+// X3: the database goes away; commits fail quickly (never hang) and count nothing; when it is
+// back, the same store resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x3_outage_fails_fast_and_recovers_without_restart() {
+    let Some(b) = backend("x3_outage_fails_fast_and_recovers_without_restart").await else {
+        return;
+    };
+    for n in 1..=2 {
+        b.store
+            .commit(request(n, n as i64, 5))
+            .await
+            .expect("commit");
+    }
+    tokio::task::block_in_place(|| b.server.stop_immediate());
+    let started = Instant::now();
+    let err = b
+        .store
+        .commit(request(3, 3, 5))
+        .await
+        .expect_err("database down");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "failed in {:?}",
+        started.elapsed()
+    );
+    assert!(b.store.storage_error().is_some(), "{err}");
+    tokio::task::block_in_place(|| b.server.restart());
+    // The first commit after the restart may still meet a connection the server closed; the
+    // pool drops it, and a later one goes through.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let counted = loop {
+        match b.store.commit(request(4, 4, 5)).await {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => poll_pause().await,
+            Err(e) => panic!("store did not recover: {e}"),
+        }
+    };
+    assert_eq!(
+        counted.count, 3,
+        "clients 1, 2 and 4; client 3 was never stored"
+    );
+    assert!(b.store.storage_error().is_none());
+}
+
+// X3: the primary dies and a streaming standby is promoted; a store on the multi-host URL
+// continues on the new primary without a restart, with every acknowledged count there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x3_failover_to_a_promoted_standby() {
+    let Some(primary) = server().await else {
+        return;
+    };
+    let standby = tokio::task::block_in_place(|| primary.start_standby());
+    let url = PgServer::failover_url(&[&primary, &standby], "tally");
+    let store = open(&url, "host-a").await;
+    for n in 1..=3 {
+        store.commit(request(n, n as i64, 5)).await.expect("commit");
+    }
+    tokio::task::block_in_place(|| {
+        primary.stop_immediate();
+        standby.promote();
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let counted = loop {
+        match store.commit(request(4, 4, 5)).await {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => poll_pause().await,
+            Err(e) => panic!("store did not fail over: {e}"),
+        }
+    };
+    assert_eq!(counted.count, 4, "the standby had every acknowledged count");
+}
+
+/// Between two polls of a condition (the store recovering): short, bounded by the caller's
+/// deadline.
+async fn poll_pause() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
