@@ -71,6 +71,24 @@ pub enum StoreError {
         /// The deadline.
         seconds: f64,
     },
+    /// The database file cannot be written by this process.
+    #[error(
+        "database {path} is read-only for this process; give the host's user write access to the file and its directory (chown/chmod), then start again"
+    )]
+    NotWritable {
+        /// The database.
+        path: String,
+    },
+    /// The database failed its integrity check.
+    #[error(
+        "database {path} is damaged ({detail}); stop the host and run `tally host check`, then restore the latest backup (see OPERATIONS.md)"
+    )]
+    Corrupt {
+        /// The database.
+        path: String,
+        /// What SQLite reported.
+        detail: String,
+    },
     /// A write was asked of a store opened for reading only.
     #[error("database {path} is open for reading only; only the running host writes it")]
     ReadOnly {
@@ -198,6 +216,74 @@ pub struct PoolCount {
     pub capacity: u32,
 }
 
+/// Refused requests of one day, edition and result (issue 12: refusals are aggregated, not
+/// stored one row per machine).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RefusalCount {
+    /// Unix day (UTC).
+    pub day: i64,
+    /// The edition asked for; the nil UUID for editions the host does not know.
+    pub sku: Uuid,
+    /// The result code given.
+    pub result: u32,
+    /// How many such requests that day.
+    pub requests: u64,
+    /// The latest one.
+    pub last_at: Timestamp,
+}
+
+/// Limits every backend enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Most machines in the registry (R6). At the cap, new machines are still counted and
+    /// answered but not added to the registry; event 1005 is logged once and
+    /// [`Store::registry_full`] says so. Retention ([`Store::prune_registry`]) makes room.
+    pub registry_cap: u64,
+}
+
+/// Default [`StoreOptions::registry_cap`]: ten million machines (about 1.5 GB of SQLite).
+pub const DEFAULT_REGISTRY_CAP: u64 = 10_000_000;
+
+/// Event id logged once when the registry reaches its cap.
+pub const EVENT_REGISTRY_FULL: u32 = 1005;
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            registry_cap: DEFAULT_REGISTRY_CAP,
+        }
+    }
+}
+
+/// The aggregate key of a refused request: its day, the edition (nil when the host does not
+/// know it, so a requester cannot choose keys) and the result.
+pub(crate) fn refusal_key(changes: &Changes) -> (i64, Uuid, u32) {
+    let r = &changes.registry;
+    let sku = if r.result == tally_proto::ResultCode::UNKNOWN_EDITION {
+        Uuid::nil()
+    } else {
+        r.sku
+    };
+    (
+        r.seen_at.millis().div_euclid(tally_core::time::DAY_MS),
+        sku,
+        r.result.0,
+    )
+}
+
+/// The event logged when the registry reaches its cap.
+pub(crate) fn registry_full_event(at: Timestamp, cap: u64) -> Event {
+    Event {
+        at,
+        event_id: EVENT_REGISTRY_FULL,
+        level: "warning".into(),
+        message: format!(
+            "the registry holds {cap} machines, its cap: new machines are counted and answered but not registered; raise registry_cap or shorten registry_retention_days"
+        ),
+        data: serde_json::json!({ "cap": cap }),
+    }
+}
+
 /// What a host needs from storage.
 ///
 /// **Counting contract (R2–R5, X1):** [`Store::commit`] counts the request on the pool's table
@@ -214,7 +300,7 @@ pub trait Store: Send + Sync + 'static {
     async fn pool_counts(&self, now: Timestamp) -> Result<Vec<PoolCount>, StoreError>;
 
     /// Counts one request and makes its changes durable (pool table, registry row, event
-    /// 12290). Returns once they are (see the durability contract in the crate docs) with the
+    /// 12290; a refusal only adds to its day's [`RefusalCount`]). Returns once they are (see the durability contract in the crate docs) with the
     /// count committed; on `Err` nothing of the request was stored or counted.
     async fn commit(&self, changes: Changes) -> Result<Counted, StoreError>;
 
@@ -238,6 +324,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes events older than `before`; returns how many (the retention setting).
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Refused requests per day, edition and result, from `since` on, newest day first.
+    async fn refusals(&self, since: Timestamp) -> Result<Vec<RefusalCount>, StoreError>;
+
+    /// Removes machines not seen since `before` from the registry (retention); returns how
+    /// many. Never touches the counting tables.
+    async fn prune_registry(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Whether the registry reached its cap (see [`StoreOptions::registry_cap`]).
+    fn registry_full(&self) -> bool {
+        false
+    }
 
     /// Why the last commit failed, while the store is failing (`None` once a commit succeeds
     /// again): for `/metrics`, the dashboard and status.

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Pool};
@@ -30,7 +31,8 @@ use uuid::Uuid;
 
 use crate::health::Health;
 use crate::{
-    Event, EventQuery, PoolCount, RegistryEntry, RegistryPage, RegistrySort, Store, StoreError,
+    Event, EventQuery, PoolCount, RefusalCount, RegistryEntry, RegistryPage, RegistrySort, Store,
+    StoreError, StoreOptions,
 };
 
 /// Most requests committed in one transaction.
@@ -62,7 +64,54 @@ pub struct PgStore {
     pool: Pool,
     served_by: Arc<str>,
     health: Arc<Health>,
+    full: Arc<AtomicBool>,
+    stale: Arc<AtomicBool>,
 }
+
+/// The batcher's view of the registry's size. On PostgreSQL the cap is checked against the
+/// planner's row estimate (`pg_class.reltuples`), refreshed every [`SIZE_REFRESH`]: approximate
+/// by design, so that no fleet-wide counter row serialises every host's commits.
+struct RegistrySize {
+    cap: u64,
+    estimate: u64,
+    checked: Option<std::time::Instant>,
+    full: Arc<AtomicBool>,
+    /// Set by retention: the estimate is stale, refresh before the next batch.
+    stale: Arc<AtomicBool>,
+}
+
+impl RegistrySize {
+    /// The planner's estimate once the table is large (cheap at any size), an exact count while
+    /// it is small or has never been analysed (`reltuples` is -1 then).
+    async fn refresh(&mut self, client: &tokio_postgres::Client) -> Result<(), StoreError> {
+        let estimate: f32 = client
+            .query_one(
+                "SELECT reltuples FROM pg_class WHERE oid = 'registry'::regclass",
+                &[],
+            )
+            .await
+            .map_err(backend("estimate registry"))?
+            .get(0);
+        self.estimate = if estimate < EXACT_BELOW {
+            let n: i64 = client
+                .query_one("SELECT count(*) FROM registry", &[])
+                .await
+                .map_err(backend("count registry"))?
+                .get(0);
+            u64::try_from(n).unwrap_or(0)
+        } else {
+            estimate as u64
+        };
+        self.checked = Some(std::time::Instant::now());
+        Ok(())
+    }
+}
+
+/// Below this estimate the registry is counted exactly.
+const EXACT_BELOW: f32 = 100_000.0;
+
+/// How often the registry's size estimate is refreshed.
+const SIZE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,24 +140,45 @@ impl PgStore {
     /// hosts starting at once do not race). `served_by` names this host in the registry and the
     /// event log.
     pub async fn open(pool: Pool, served_by: &str) -> Result<Self, StoreError> {
+        Self::open_with(pool, served_by, StoreOptions::default()).await
+    }
+
+    /// As [`PgStore::open`], with limits.
+    pub async fn open_with(
+        pool: Pool,
+        served_by: &str,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
         {
             let mut client = pool.get().await.map_err(pool_error("connect"))?;
             crate::migrate::postgres(&mut client, MIGRATIONS, MIGRATION_LOCK).await?;
         }
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
         let health = Arc::new(Health::default());
+        let full: Arc<AtomicBool> = Arc::default();
         let served_by: Arc<str> = Arc::from(served_by);
+        let stale: Arc<AtomicBool> = Arc::default();
+        let size = RegistrySize {
+            cap: options.registry_cap,
+            estimate: 0,
+            checked: None,
+            full: Arc::clone(&full),
+            stale: Arc::clone(&stale),
+        };
         tokio::spawn(batcher(
             pool.clone(),
             rx,
             Arc::clone(&served_by),
             Arc::clone(&health),
+            size,
         ));
         Ok(Self {
             jobs,
             pool,
             served_by,
             health,
+            full,
+            stale,
         })
     }
 
@@ -136,6 +206,7 @@ async fn batcher(
     mut rx: mpsc::Receiver<Job>,
     served_by: Arc<str>,
     health: Arc<Health>,
+    mut size: RegistrySize,
 ) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -147,7 +218,7 @@ async fn batcher(
         }
         let mut result = Err(StoreError::Closed);
         for attempt in 1..=ATTEMPTS {
-            result = commit_batch(&pool, &mut batch, &served_by).await;
+            result = commit_batch(&pool, &mut batch, &served_by, &mut size).await;
             match &result {
                 Err(StoreError::Backend { source, .. })
                     if attempt < ATTEMPTS && retryable(source) =>
@@ -189,8 +260,15 @@ async fn commit_batch(
     pool: &Pool,
     batch: &mut [Job],
     served_by: &str,
+    size: &mut RegistrySize,
 ) -> Result<Vec<Counted>, StoreError> {
     let mut client = pool.get().await.map_err(pool_error("connect"))?;
+    if size.checked.is_none_or(|t| t.elapsed() >= SIZE_REFRESH)
+        || size.stale.swap(false, Ordering::Relaxed)
+    {
+        size.refresh(&client).await?;
+    }
+    let may_insert = size.estimate < size.cap;
     let tx = client.transaction().await.map_err(backend("begin"))?;
     // The pools this batch counts in, in order: lock order is the same on every host.
     let pools: Vec<(Uuid, u16)> = {
@@ -213,13 +291,22 @@ async fn commit_batch(
     let mut answers = Vec::with_capacity(batch.len());
     let mut registry: Vec<&Changes> = Vec::new();
     let mut events: Vec<Event> = Vec::new();
+    let mut refusals: BTreeMap<(i64, Uuid, u32), (i64, i64)> = BTreeMap::new();
     for job in batch.iter_mut() {
         match &mut job.work {
             Work::Changes(changes) => {
-                let count = match &changes.counting {
-                    Some(req) => tables.apply(req).0,
-                    None => 0,
+                let Some(req) = changes.counting else {
+                    // A refusal adds to its day's aggregate: bounded storage whatever is sent.
+                    let at = changes.registry.seen_at.millis();
+                    let e = refusals
+                        .entry(crate::refusal_key(changes))
+                        .or_insert((0, at));
+                    e.0 += 1;
+                    e.1 = e.1.max(at);
+                    answers.push(changes.settle(0));
+                    continue;
                 };
+                let count = tables.apply(&req).0;
                 answers.push(changes.settle(count));
                 events.push(crate::activation_event(changes));
             }
@@ -230,7 +317,9 @@ async fn commit_batch(
         }
     }
     for job in batch.iter() {
-        if let Work::Changes(c) = &job.work {
+        if let Work::Changes(c) = &job.work
+            && c.counting.is_some()
+        {
             registry.push(c);
         }
     }
@@ -239,9 +328,26 @@ async fn commit_batch(
             write_pool_diff(&tx, old, new).await?;
         }
     }
-    write_registry(&tx, &registry, served_by).await?;
+    let written = write_registry(&tx, &registry, served_by, may_insert).await?;
+    let newly_full = written.skipped && !size.full.load(Ordering::Relaxed);
+    if newly_full {
+        let at = registry.iter().map(|c| c.registry.seen_at).max();
+        events.push(crate::registry_full_event(
+            at.unwrap_or(Timestamp(0)),
+            size.cap,
+        ));
+    }
     write_events(&tx, &events, served_by).await?;
+    write_refusals(&tx, &refusals).await?;
     tx.commit().await.map_err(backend("commit"))?;
+    size.estimate += written.inserted;
+    if newly_full {
+        size.full.store(true, Ordering::Relaxed);
+        tracing::warn!(
+            cap = size.cap,
+            "registry full: new machines are counted but not registered (event 1005)"
+        );
+    }
     Ok(answers)
 }
 
@@ -340,27 +446,23 @@ async fn write_pool_diff(
 
 /// Registry rows in request order. A client that asked twice in one batch is written twice, in
 /// order, so its row ends as its latest request left it.
+/// Registry rows in request order; says how many were new and whether one was left out
+/// because the registry is at its cap.
 async fn write_registry(
     tx: &deadpool_postgres::Transaction<'_>,
     rows: &[&Changes],
     served_by: &str,
-) -> Result<(), StoreError> {
+    may_insert: bool,
+) -> Result<RegistryWritten, StoreError> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(RegistryWritten::default());
     }
     let stmt = tx
-        .prepare_cached(
-            "INSERT INTO registry (cmid, machine_name, sku, pool, license_state, first_seen,
-                                   last_seen, last_result, last_count, activated, requests, served_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, 1, $10)
-             ON CONFLICT (cmid) DO UPDATE SET
-                 machine_name = EXCLUDED.machine_name, sku = EXCLUDED.sku, pool = EXCLUDED.pool,
-                 license_state = EXCLUDED.license_state,
-                 last_seen = GREATEST(registry.last_seen, EXCLUDED.last_seen),
-                 last_result = EXCLUDED.last_result, last_count = EXCLUDED.last_count,
-                 activated = EXCLUDED.activated, requests = registry.requests + 1,
-                 served_by = EXCLUDED.served_by",
-        )
+        .prepare_cached(if may_insert {
+            UPSERT_REGISTRY
+        } else {
+            UPDATE_REGISTRY
+        })
         .await
         .map_err(backend("prepare"))?;
     // Sent as one pipeline: tokio-postgres queues every statement before awaiting any answer.
@@ -371,7 +473,7 @@ async fn write_registry(
         let count = i32::try_from(r.count).unwrap_or(i32::MAX);
         let stmt = &stmt;
         async move {
-            tx.execute(
+            tx.query_opt(
                 stmt,
                 &[
                     &r.cmid,
@@ -389,8 +491,69 @@ async fn write_registry(
             .await
         }
     });
+    let mut written = RegistryWritten::default();
     for w in futures_util::future::join_all(writes).await {
-        w.map_err(backend("write registry"))?;
+        match w.map_err(backend("write registry"))? {
+            Some(row) if row.get::<_, bool>(0) => written.inserted += 1,
+            Some(_) => {}
+            None => written.skipped = true,
+        }
+    }
+    Ok(written)
+}
+
+/// What [`write_registry`] did.
+#[derive(Debug, Default)]
+struct RegistryWritten {
+    /// New machines added.
+    inserted: u64,
+    /// Whether a new machine was left out (at the cap).
+    skipped: bool,
+}
+
+const UPSERT_REGISTRY: &str =
+    "INSERT INTO registry (cmid, machine_name, sku, pool, license_state, first_seen,
+                       last_seen, last_result, last_count, activated, requests, served_by)
+     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, 1, $10)
+     ON CONFLICT (cmid) DO UPDATE SET
+         machine_name = EXCLUDED.machine_name, sku = EXCLUDED.sku, pool = EXCLUDED.pool,
+         license_state = EXCLUDED.license_state,
+         last_seen = GREATEST(registry.last_seen, EXCLUDED.last_seen),
+         last_result = EXCLUDED.last_result, last_count = EXCLUDED.last_count,
+         activated = EXCLUDED.activated, requests = registry.requests + 1,
+         served_by = EXCLUDED.served_by
+     RETURNING (xmax = 0)";
+
+/// At the cap: machines already registered are updated, new ones are not added.
+const UPDATE_REGISTRY: &str =
+    "UPDATE registry SET machine_name = $2, sku = $3, pool = $4, license_state = $5,
+         last_seen = GREATEST(last_seen, $6), last_result = $7, last_count = $8,
+         activated = $9, requests = requests + 1, served_by = $10
+     WHERE cmid = $1
+     RETURNING false";
+
+async fn write_refusals(
+    tx: &deadpool_postgres::Transaction<'_>,
+    refusals: &BTreeMap<(i64, Uuid, u32), (i64, i64)>,
+) -> Result<(), StoreError> {
+    if refusals.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO refusals (day, sku, result, requests, last_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (day, sku, result) DO UPDATE SET
+                 requests = refusals.requests + EXCLUDED.requests,
+                 last_at = GREATEST(refusals.last_at, EXCLUDED.last_at)",
+        )
+        .await
+        .map_err(backend("prepare"))?;
+    for ((day, sku, result), (n, last)) in refusals {
+        let day = i32::try_from(*day).unwrap_or(i32::MAX);
+        let result = i64::from(*result);
+        tx.execute(&stmt, &[&day, sku, &result, n, last])
+            .await
+            .map_err(backend("write refusals"))?;
     }
     Ok(())
 }
@@ -614,5 +777,50 @@ impl Store for PgStore {
 
     fn storage_error(&self) -> Option<String> {
         self.health.error()
+    }
+
+    fn registry_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    async fn prune_registry(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM registry WHERE last_seen < $1",
+                &[&before.millis()],
+            )
+            .await
+            .map_err(backend("prune registry"))?;
+        self.full.store(false, Ordering::Relaxed);
+        // The next batch counts again.
+        self.stale.store(true, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    async fn refusals(&self, since: Timestamp) -> Result<Vec<RefusalCount>, StoreError> {
+        let day =
+            i32::try_from(since.millis().div_euclid(tally_core::time::DAY_MS)).unwrap_or(i32::MIN);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT day, sku, result, requests, last_at FROM refusals WHERE day >= $1
+                 ORDER BY day DESC, requests DESC",
+                &[&day],
+            )
+            .await
+            .map_err(backend("read refusals"))?;
+        Ok(rows
+            .iter()
+            .map(|r| RefusalCount {
+                day: i64::from(r.get::<_, i32>(0)),
+                sku: r.get(1),
+                result: u32::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                requests: u64::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+                last_at: Timestamp(r.get(4)),
+            })
+            .collect())
     }
 }

@@ -47,3 +47,15 @@ CREATE TABLE events (
 );
 CREATE INDEX events_at ON events (at);
 CREATE INDEX events_event_id ON events (event_id, at);
+
+-- Refused requests, counted per day, edition and result (never one row per machine): a flood of
+-- hostile requests adds at most one row per (day, edition, result). Unknown editions are stored
+-- under the nil UUID.
+CREATE TABLE refusals (
+    day      integer NOT NULL,
+    sku      uuid NOT NULL,
+    result   bigint NOT NULL,
+    requests bigint NOT NULL,
+    last_at  bigint NOT NULL,
+    PRIMARY KEY (day, sku, result)
+);

@@ -34,6 +34,10 @@ impl Backend for Sqlite {
         Arc::new(SqliteStore::open(&self.path, Durability::Normal).expect("reopen"))
     }
 
+    async fn with_options(&self, options: tally_store::StoreOptions) -> Arc<dyn Store> {
+        Arc::new(SqliteStore::open_with(&self.path, Durability::Normal, options).expect("open"))
+    }
+
     async fn fail_writes(&self, on: bool) {
         // A real failure of the real database: a trigger that aborts every registry write, put
         // in (and taken out) through a second connection, as a full disk would fail them.

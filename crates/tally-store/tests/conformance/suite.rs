@@ -17,6 +17,8 @@ pub trait Backend {
     async fn reopen(&self) -> Arc<dyn Store>;
     /// Makes the database refuse writes (or accept them again).
     async fn fail_writes(&self, on: bool);
+    /// A store on the same (empty) database with other limits, used alone by the test.
+    async fn with_options(&self, options: tally_store::StoreOptions) -> Arc<dyn Store>;
 }
 
 pub const POOL: Uuid = Uuid::from_u128(1);
@@ -193,22 +195,112 @@ pub async fn r6_registry_pages_search_and_entries(b: &impl Backend) {
     );
 }
 
-// R6: a refused request is in the registry with its result; it counts nothing.
-pub async fn r6_refusals_are_registered_but_not_counted(b: &impl Backend) {
+// Issue 12: refusals are counted per day, edition and result, never one row per machine: a
+// flood of requests for unknown editions from random machines adds one row, and nothing to the
+// registry or the event table; the edition of an unknown request is not kept.
+pub async fn refusals_are_aggregated_not_registered(b: &impl Backend) {
     let store = b.store();
     store.commit(request(1, 0, 5)).await.expect("commit");
-    let mut refused = request(2, 1, 5);
-    refused.counting = None;
-    refused.registry.result = ResultCode::EDITION_NOT_COVERED;
-    let c = store.commit(refused).await.expect("commit");
-    assert_eq!((c.count, c.activated), (0, false));
-    assert_eq!(count_of(&*store, 2).await[0].count, 1);
-    let e = store
-        .registry_entry(Uuid::from_u128(102))
+    let waits: Vec<_> = (0..40u128)
+        .map(|n| {
+            let s = Arc::clone(&store);
+            let mut refused = request(1000 + n, 10 + n as i64, 5);
+            refused.counting = None;
+            refused.registry.sku = Uuid::from_u128(0xdead_0000 + n); // attacker-chosen
+            refused.registry.result = ResultCode::UNKNOWN_EDITION;
+            tokio::spawn(async move { s.commit(refused).await })
+        })
+        .collect();
+    for w in waits {
+        let c = w.await.expect("join").expect("commit");
+        assert_eq!((c.count, c.activated), (0, false));
+    }
+    let mut not_covered = request(2, 60, 5);
+    not_covered.counting = None;
+    not_covered.registry.result = ResultCode::EDITION_NOT_COVERED;
+    store.commit(not_covered).await.expect("commit");
+    assert_eq!(
+        count_of(&*store, 100).await[0].count,
+        1,
+        "refusals count nothing"
+    );
+    assert_eq!(
+        store.registry_len().await.expect("len"),
+        1,
+        "no registry row per refusal"
+    );
+    let events = store
+        .events(EventQuery {
+            limit: 1000,
+            ..EventQuery::default()
+        })
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 1, "no event row per refusal");
+    let refusals = store.refusals(Timestamp(T0)).await.expect("refusals");
+    let day = T0.div_euclid(DAY_MS);
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert_eq!(
+        (
+            refusals[0].day,
+            refusals[0].sku,
+            refusals[0].result,
+            refusals[0].requests
+        ),
+        (day, Uuid::nil(), ResultCode::UNKNOWN_EDITION.0, 40)
+    );
+    assert_eq!(refusals[0].last_at, Timestamp(T0 + 49));
+    assert_eq!(
+        (refusals[1].sku, refusals[1].result, refusals[1].requests),
+        (Uuid::from_u128(9), ResultCode::EDITION_NOT_COVERED.0, 1)
+    );
+}
+
+// Issue 12: the registry has a cap (new machines are still counted and answered, not registered;
+// event 1005 once) and a retention that makes room again.
+pub async fn registry_cap_and_retention(b: &impl Backend) {
+    let store = b
+        .with_options(tally_store::StoreOptions { registry_cap: 3 })
+        .await;
+    for n in 1..=5 {
+        let c = store.commit(request(n, n as i64, 5)).await.expect("commit");
+        assert_eq!(
+            c.count, n as u32,
+            "counting does not depend on the registry"
+        );
+    }
+    store.commit(request(1, 10, 5)).await.expect("renewal");
+    assert_eq!(store.registry_len().await.expect("len"), 3);
+    assert!(store.registry_full());
+    let renewed = store
+        .registry_entry(Uuid::from_u128(101))
         .await
         .expect("entry")
-        .expect("present");
-    assert_eq!(e.last_result, ResultCode::EDITION_NOT_COVERED.0);
+        .expect("registered");
+    assert_eq!(
+        renewed.requests, 2,
+        "registered machines are still updated at the cap"
+    );
+    let full_events = store
+        .events(EventQuery {
+            event_id: Some(tally_store::EVENT_REGISTRY_FULL),
+            limit: 10,
+            ..EventQuery::default()
+        })
+        .await
+        .expect("events");
+    assert_eq!(full_events.len(), 1, "event 1005 once, not per request");
+    // Retention: machines not seen since T0 + 5 go; machine 1 (seen at +10) stays.
+    assert_eq!(
+        store
+            .prune_registry(Timestamp(T0 + 5))
+            .await
+            .expect("prune"),
+        2
+    );
+    assert!(!store.registry_full());
+    store.commit(request(6, 20, 5)).await.expect("commit");
+    assert_eq!(store.registry_len().await.expect("len"), 2);
 }
 
 // R27: every committed activation has its 12290 event; events can be queried and pruned.

@@ -1,12 +1,17 @@
 //! The embedded SQLite backend.
 //!
-//! One dedicated writer thread owns the write connection. [`Store::commit`] hands it a job and
-//! waits; the thread takes every job already queued (up to [`MAX_BATCH`]), applies them in one
-//! transaction and commits once: group commit. While one fsync runs, the next batch queues up,
-//! so throughput grows with concurrency instead of paying one fsync per request. Reads use a
-//! second connection (WAL lets them run beside the writer).
+//! One dedicated writer thread ([`writer`]) owns the write connection and does group commit;
+//! reads use a second connection (WAL lets them run beside the writer). A store opened with
+//! [`SqliteStore::open_read_only`] has no writer at all.
+//!
+//! At start the database is checked: schema version (newer refused, older migrated by the
+//! writer only), write access (a read-only file is refused with the fix, instead of a host that
+//! says "started" and fails every request), and integrity (`PRAGMA quick_check` for files up to
+//! [`FULL_CHECK_BYTES`]; larger files get a probe of every table at start and the full check
+//! from `tally host check`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -19,16 +24,24 @@ use tally_core::time::Timestamp;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::health::Health;
 use crate::{
-    Event, EventQuery, PoolCount, RegistryEntry, RegistryPage, RegistrySort, Store, StoreError,
+    Event, EventQuery, PoolCount, RefusalCount, RegistryEntry, RegistryPage, RegistrySort, Store,
+    StoreError, StoreOptions,
 };
 
-/// Most requests committed in one transaction.
-pub const MAX_BATCH: usize = 512;
+mod writer;
+
+pub use writer::MAX_BATCH;
+use writer::{Answer, Job, Work, Writer};
+
+/// Files up to this size get a full `PRAGMA quick_check` at start (well under a second).
+pub const FULL_CHECK_BYTES: u64 = 256 * 1024 * 1024;
 
 const MIGRATIONS: &[&str] = &[
-    include_str!("../migrations/sqlite/0001_init.sql"),
-    include_str!("../migrations/sqlite/0002_events.sql"),
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_events.sql"),
+    include_str!("../../migrations/sqlite/0003_refusals.sql"),
 ];
 
 /// How hard commits go to disk.
@@ -42,27 +55,6 @@ pub enum Durability {
     Normal,
 }
 
-enum Work {
-    Changes(Changes),
-    Events(Vec<Event>),
-    /// Retention: delete events older than this (run alone, not in a batch).
-    Prune(Timestamp),
-}
-
-/// What the writer answers: the count committed (changes), rows deleted (prune), or nothing.
-#[derive(Clone, Copy, Debug, Default)]
-enum Answer {
-    #[default]
-    Done,
-    Counted(Counted),
-    Deleted(u64),
-}
-
-struct Job {
-    work: Work,
-    done: oneshot::Sender<Result<Answer, StoreError>>,
-}
-
 /// The SQLite store. Cloning shares the same database and writer.
 ///
 /// A store opened with [`SqliteStore::open_read_only`] has no writer: every write returns
@@ -71,7 +63,8 @@ struct Job {
 #[derive(Clone)]
 pub struct SqliteStore {
     jobs: Option<mpsc::Sender<Job>>,
-    health: Arc<crate::health::Health>,
+    health: Arc<Health>,
+    full: Arc<AtomicBool>,
     reader: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
 }
@@ -91,12 +84,15 @@ fn backend(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreErro
     }
 }
 
-fn open_connection(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
-    let open_err = |e: rusqlite::Error| StoreError::Open {
+fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError::Open {
         path: path.display().to_string(),
         source: Arc::new(e),
-    };
-    let conn = Connection::open(path).map_err(open_err)?;
+    }
+}
+
+fn open_connection(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(open_error(path))?;
     let sync = match durability {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
@@ -104,12 +100,49 @@ fn open_connection(path: &Path, durability: Durability) -> Result<Connection, St
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA busy_timeout = 5000;"
     ))
-    .map_err(open_err)?;
+    .map_err(open_error(path))?;
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    crate::migrate::sqlite(conn, MIGRATIONS, path)
+/// Start-up checks of the writer's connection: writable, and not corrupt.
+fn check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let shown = || path.display().to_string();
+    if conn
+        .is_readonly(rusqlite::MAIN_DB)
+        .map_err(open_error(path))?
+    {
+        return Err(StoreError::NotWritable { path: shown() });
+    }
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let problem: Option<String> = if size <= FULL_CHECK_BYTES {
+        let first: String = conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(|e| StoreError::Corrupt {
+                path: shown(),
+                detail: e.to_string(),
+            })?;
+        (first != "ok").then_some(first)
+    } else {
+        // A probe of each table's first and last rows by its key: cheap at any size.
+        let probes = [
+            "SELECT count(*) FROM (SELECT 1 FROM registry ORDER BY cmid LIMIT 1)",
+            "SELECT count(*) FROM (SELECT 1 FROM registry ORDER BY cmid DESC LIMIT 1)",
+            "SELECT count(*) FROM (SELECT 1 FROM registry ORDER BY last_seen DESC LIMIT 1)",
+            "SELECT count(*) FROM (SELECT 1 FROM events ORDER BY id DESC LIMIT 1)",
+            "SELECT count(*) FROM pool_entries",
+        ];
+        probes
+            .iter()
+            .find_map(|sql| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).err())
+            .map(|e| e.to_string())
+    };
+    match problem {
+        Some(detail) => Err(StoreError::Corrupt {
+            path: shown(),
+            detail,
+        }),
+        None => Ok(()),
+    }
 }
 
 impl SqliteStore {
@@ -127,10 +160,6 @@ impl SqliteStore {
     /// commands that look at a host's data while the host may be running (the host stays the
     /// one writer). Fails if the file does not exist or its schema is not this build's.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        let open_err = |e: rusqlite::Error| StoreError::Open {
-            path: path.display().to_string(),
-            source: Arc::new(e),
-        };
         if !path.exists() {
             return Err(StoreError::Missing {
                 path: path.display().to_string(),
@@ -140,12 +169,12 @@ impl SqliteStore {
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(open_err)?;
+        .map_err(open_error(path))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
+            .map_err(open_error(path))?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(open_err)?;
+            .map_err(open_error(path))?;
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
             return Err(StoreError::TooNew {
@@ -163,22 +192,48 @@ impl SqliteStore {
         Ok(Self {
             jobs: None,
             health: Arc::default(),
+            full: Arc::default(),
             reader: Arc::new(Mutex::new(conn)),
             path: Arc::new(path.to_owned()),
         })
     }
 
-    /// Opens (creating and migrating if needed) the database at `path`.
+    /// Opens (creating and migrating if needed) the database at `path` with default limits.
     pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
-        let mut writer = open_connection(path, durability)?;
-        migrate(&mut writer, path)?;
+        Self::open_with(path, durability, StoreOptions::default())
+    }
+
+    /// Opens the database at `path` as the host's one writer: creates it if missing, migrates
+    /// it, checks that it is writable and not corrupt, and starts the writer thread.
+    pub fn open_with(
+        path: &Path,
+        durability: Durability,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            tracing::warn!(
+                path = %path.display(),
+                "the database file is empty: starting with an empty registry and counts; if this host had data, stop it and restore a backup (see OPERATIONS.md)"
+            );
+        }
+        let mut conn = open_connection(path, durability)?;
+        check(&conn, path)?;
+        crate::migrate::sqlite(&mut conn, MIGRATIONS, path)?;
         let reader = open_connection(path, durability)?;
         let (jobs, rx) = mpsc::channel::<Job>();
-        let health: Arc<crate::health::Health> = Arc::default();
-        let writer_health = Arc::clone(&health);
+        let health: Arc<Health> = Arc::default();
+        let full: Arc<AtomicBool> = Arc::default();
+        let writer = Writer::new(
+            conn,
+            path.to_owned(),
+            durability,
+            options,
+            Arc::clone(&health),
+            Arc::clone(&full),
+        );
         thread::Builder::new()
             .name("tally-sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, &writer_health))
+            .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
                 source: Arc::new(e),
@@ -186,9 +241,23 @@ impl SqliteStore {
         Ok(Self {
             jobs: Some(jobs),
             health,
+            full,
             reader: Arc::new(Mutex::new(reader)),
             path: Arc::new(path.to_owned()),
         })
+    }
+
+    /// The full integrity check (`PRAGMA integrity_check`), for `tally host check`: `Ok(())`
+    /// or the problems SQLite found (at most 100).
+    pub async fn integrity_check(&self) -> Result<Result<(), Vec<String>>, StoreError> {
+        self.read(|conn| {
+            let lines: Vec<String> = conn
+                .prepare("PRAGMA integrity_check(100)")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(backend("integrity check"))?;
+            Ok(if lines == ["ok"] { Ok(()) } else { Err(lines) })
+        })
+        .await
     }
 
     /// Writes a consistent copy of the database to `path` while the host keeps running
@@ -216,173 +285,6 @@ impl SqliteStore {
         .await
         .map_err(|_| StoreError::Closed)?
     }
-}
-
-/// The writer thread. It owns the write connection and the counting tables: as the one writer,
-/// its tables are exactly what is stored, so it counts on them inside each transaction. After a
-/// failed transaction they are dropped and reloaded from the database, so nothing a failed commit
-/// counted survives (no phantom counts).
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, health: &crate::health::Health) {
-    let mut tables: Option<CountTables> = None;
-    while let Ok(first) = rx.recv() {
-        if let Work::Prune(before) = first.work {
-            let _ = first.done.send(prune(&conn, before));
-            continue;
-        }
-        let mut batch = vec![first];
-        let mut deferred = None;
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) if matches!(job.work, Work::Prune(_)) => {
-                    deferred = Some(job);
-                    break;
-                }
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        match apply_batch(&mut conn, &mut tables, &mut batch) {
-            Ok(answers) => {
-                health.ok();
-                for (job, answer) in batch.into_iter().zip(answers) {
-                    // The requester may have gone (connection closed); nothing to tell it then.
-                    let _ = job.done.send(Ok(answer));
-                }
-            }
-            Err(error) => {
-                tables = None;
-                health.failed(&error);
-                for job in batch {
-                    let _ = job.done.send(Err(error.clone()));
-                }
-            }
-        }
-        if let Some(Job {
-            work: Work::Prune(before),
-            done,
-        }) = deferred
-        {
-            let _ = done.send(prune(&conn, before));
-        }
-    }
-}
-
-fn prune(conn: &Connection, before: Timestamp) -> Result<Answer, StoreError> {
-    conn.execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
-        .map(|n| Answer::Deleted(n as u64))
-        .map_err(backend("prune events"))
-}
-
-fn apply_batch(
-    conn: &mut Connection,
-    cache: &mut Option<CountTables>,
-    batch: &mut [Job],
-) -> Result<Vec<Answer>, StoreError> {
-    let tx = conn.transaction().map_err(backend("begin"))?;
-    let tables = match cache {
-        Some(t) => t,
-        None => cache.insert(CountTables::from_snapshots(
-            read_tables(&tx).map_err(backend("load tables"))?,
-        )),
-    };
-    let mut answers = Vec::with_capacity(batch.len());
-    for job in batch.iter_mut() {
-        match &mut job.work {
-            Work::Changes(changes) => {
-                let count = match &changes.counting {
-                    Some(req) => {
-                        let (count, change) = tables.apply(req);
-                        write_table_change(&tx, &change).map_err(backend("write"))?;
-                        count
-                    }
-                    None => 0,
-                };
-                let counted = changes.settle(count);
-                write_registry(&tx, changes).map_err(backend("write"))?;
-                // R27: event 12290 is written with the activation it describes.
-                insert_event(&tx, &crate::activation_event(changes))
-                    .map_err(backend("write event"))?;
-                answers.push(Answer::Counted(counted));
-            }
-            Work::Events(events) => {
-                for e in events.iter() {
-                    insert_event(&tx, e).map_err(backend("write event"))?;
-                }
-                answers.push(Answer::Done);
-            }
-            Work::Prune(_) => answers.push(Answer::Done), // run alone by the writer loop
-        }
-    }
-    tx.commit().map_err(backend("commit"))?;
-    Ok(answers)
-}
-
-fn write_table_change(
-    conn: &Connection,
-    t: &tally_core::counting::TableChange,
-) -> rusqlite::Result<()> {
-    if t.capacity_changed {
-        conn.prepare_cached(
-            "INSERT INTO pool_capacity (pool, capacity) VALUES (?1, ?2)
-             ON CONFLICT (pool) DO UPDATE SET capacity = max(capacity, excluded.capacity)",
-        )?
-        .execute(params![t.pool.as_bytes(), t.capacity])?;
-    }
-    conn.prepare_cached(
-        "INSERT INTO pool_entries (pool, cmid, last_seen) VALUES (?1, ?2, ?3)
-         ON CONFLICT (pool, cmid) DO UPDATE SET last_seen = excluded.last_seen",
-    )?
-    .execute(params![
-        t.pool.as_bytes(),
-        t.upsert.0.as_bytes(),
-        t.upsert.1.millis()
-    ])?;
-    let mut delete =
-        conn.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1 AND cmid = ?2")?;
-    for cmid in &t.removed {
-        delete.execute(params![t.pool.as_bytes(), cmid.as_bytes()])?;
-    }
-    Ok(())
-}
-
-fn write_registry(conn: &Connection, changes: &Changes) -> rusqlite::Result<()> {
-    let r = &changes.registry;
-    conn.prepare_cached(
-        "INSERT INTO registry (cmid, machine_name, sku, pool, license_state, first_seen, last_seen,
-                               last_result, last_count, activated, requests)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, 1)
-         ON CONFLICT (cmid) DO UPDATE SET
-             machine_name = excluded.machine_name, sku = excluded.sku, pool = excluded.pool,
-             license_state = excluded.license_state, last_seen = excluded.last_seen,
-             last_result = excluded.last_result, last_count = excluded.last_count,
-             activated = excluded.activated, requests = requests + 1",
-    )?
-    .execute(params![
-        r.cmid.as_bytes(),
-        r.machine_name,
-        r.sku.as_bytes(),
-        r.pool.as_bytes(),
-        r.license_state as u8,
-        r.seen_at.millis(),
-        r.result.0,
-        r.count,
-        r.activated,
-    ])?;
-    Ok(())
-}
-
-fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO events (at, event_id, level, message, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        e.at.millis(),
-        e.event_id,
-        e.level,
-        e.message,
-        e.data.to_string()
-    ])?;
-    Ok(())
 }
 
 fn read_tables(conn: &Connection) -> rusqlite::Result<Vec<PoolSnapshot>> {
@@ -454,7 +356,7 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, changes: Changes) -> Result<Counted, StoreError> {
-        match self.submit(Work::Changes(changes)).await? {
+        match self.submit(Work::Changes(Box::new(changes))).await? {
             Answer::Counted(c) => Ok(c),
             _ => Ok(Counted::default()),
         }
@@ -495,9 +397,44 @@ impl Store for SqliteStore {
         self.health.error()
     }
 
+    fn registry_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
+    }
+
+    async fn prune_registry(&self, before: Timestamp) -> Result<u64, StoreError> {
+        match self.submit(Work::PruneRegistry(before)).await? {
+            Answer::Deleted(n) => Ok(n),
+            _ => Ok(0),
+        }
+    }
+
+    async fn refusals(&self, since: Timestamp) -> Result<Vec<RefusalCount>, StoreError> {
+        let day = since.millis().div_euclid(tally_core::time::DAY_MS);
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT day, sku, result, requests, last_at FROM refusals WHERE day >= ?1
+                 ORDER BY day DESC, requests DESC",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![day], |r| {
+                    Ok(RefusalCount {
+                        day: r.get(0)?,
+                        sku: uuid_col(r, 1)?,
+                        result: r.get(2)?,
+                        requests: r.get::<_, i64>(3)?.max(0) as u64,
+                        last_at: Timestamp(r.get(4)?),
+                    })
+                })?
+                .collect()
+            })
+            .map_err(backend("read refusals"))
+        })
+        .await
+    }
+
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
         // Through the writer: only the writer thread writes the database.
-        match self.submit(Work::Prune(before)).await? {
+        match self.submit(Work::PruneEvents(before)).await? {
             Answer::Deleted(n) => Ok(n),
             _ => Ok(0),
         }

@@ -1,0 +1,364 @@
+//! The writer thread: the one connection that writes the database, doing group commit.
+//!
+//! [`Store::commit`](crate::Store::commit) hands it a job and waits; the thread takes every job
+//! already queued (up to [`MAX_BATCH`]), applies them in one transaction and commits once. While
+//! one fsync runs, the next batch queues up, so throughput grows with concurrency instead of
+//! paying one fsync per request.
+//!
+//! As the one writer, its counting tables are exactly what is stored, so it counts on them inside
+//! each transaction. After a failed transaction they are dropped and reloaded from the database,
+//! so nothing a failed commit counted survives (no phantom counts), and the connection is opened
+//! again, so a cause that went away (a full disk, a read-only file made writable) stops mattering
+//! without a restart.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+
+use rusqlite::{Connection, params};
+use tally_core::counting::{CountTables, TableChange};
+use tally_core::host::{Changes, Counted};
+use tally_core::time::Timestamp;
+use tokio::sync::oneshot;
+
+use super::{Durability, backend, open_connection, read_tables};
+use crate::health::Health;
+use crate::{Event, StoreError, StoreOptions};
+
+/// Most requests committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+
+pub(super) enum Work {
+    Changes(Box<Changes>),
+    Events(Vec<Event>),
+    /// Retention: delete events older than this (run alone, not in a batch).
+    PruneEvents(Timestamp),
+    /// Retention: delete registry rows not seen since this (run alone).
+    PruneRegistry(Timestamp),
+}
+
+impl Work {
+    fn runs_alone(&self) -> bool {
+        matches!(self, Self::PruneEvents(_) | Self::PruneRegistry(_))
+    }
+}
+
+/// What the writer answers: the count committed (changes), rows deleted (prune), or nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) enum Answer {
+    #[default]
+    Done,
+    Counted(Counted),
+    Deleted(u64),
+}
+
+pub(super) struct Job {
+    pub(super) work: Work,
+    pub(super) done: oneshot::Sender<Result<Answer, StoreError>>,
+}
+
+/// The writer's state, owned by its thread.
+pub(super) struct Writer {
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
+    pub(super) durability: Durability,
+    pub(super) options: StoreOptions,
+    pub(super) health: Arc<Health>,
+    pub(super) full: Arc<AtomicBool>,
+    /// The counting tables as stored; `None` after a failure, reloaded in the next batch.
+    tables: Option<CountTables>,
+    /// Machines in the registry (kept by the writer, which is the only one adding them).
+    registry_len: Option<u64>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        conn: Connection,
+        path: PathBuf,
+        durability: Durability,
+        options: StoreOptions,
+        health: Arc<Health>,
+        full: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            conn,
+            path,
+            durability,
+            options,
+            health,
+            full,
+            tables: None,
+            registry_len: None,
+        }
+    }
+
+    /// Runs until every sender is gone.
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            if first.work.runs_alone() {
+                self.run_alone(first);
+                continue;
+            }
+            let mut batch = vec![first];
+            let mut deferred = None;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) if job.work.runs_alone() => {
+                        deferred = Some(job);
+                        break;
+                    }
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            match self.apply_batch(&mut batch) {
+                Ok(answers) => {
+                    self.health.ok();
+                    for (job, answer) in batch.into_iter().zip(answers) {
+                        // The requester may have gone (connection closed); nothing to tell it.
+                        let _ = job.done.send(Ok(answer));
+                    }
+                }
+                Err(error) => {
+                    self.health.failed(&error);
+                    self.recover();
+                    for job in batch {
+                        let _ = job.done.send(Err(error.clone()));
+                    }
+                }
+            }
+            if let Some(job) = deferred {
+                self.run_alone(job);
+            }
+        }
+    }
+
+    /// Forgets what a failed transaction may have left in memory and opens the connection
+    /// again (a file made writable, space freed: the next batch works).
+    fn recover(&mut self) {
+        self.tables = None;
+        self.registry_len = None;
+        match open_connection(&self.path, self.durability) {
+            Ok(conn) => self.conn = conn,
+            Err(error) => tracing::debug!(%error, "could not reopen the database yet"),
+        }
+    }
+
+    fn run_alone(&mut self, job: Job) {
+        let result = match job.work {
+            Work::PruneEvents(before) => self
+                .conn
+                .execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
+                .map(|n| Answer::Deleted(n as u64))
+                .map_err(backend("prune events")),
+            Work::PruneRegistry(before) => {
+                let deleted = self
+                    .conn
+                    .execute(
+                        "DELETE FROM registry WHERE last_seen < ?1",
+                        params![before.millis()],
+                    )
+                    .map(|n| n as u64)
+                    .map_err(backend("prune registry"));
+                if let (Ok(n), Some(len)) = (&deleted, self.registry_len.as_mut()) {
+                    *len = len.saturating_sub(*n);
+                }
+                if deleted.is_ok() {
+                    self.full.store(false, Ordering::Relaxed);
+                }
+                deleted.map(Answer::Deleted)
+            }
+            Work::Changes(_) | Work::Events(_) => Ok(Answer::Done),
+        };
+        let _ = job.done.send(result);
+    }
+
+    fn apply_batch(&mut self, batch: &mut [Job]) -> Result<Vec<Answer>, StoreError> {
+        let tx = self.conn.transaction().map_err(backend("begin"))?;
+        let tables = match &mut self.tables {
+            Some(t) => t,
+            None => self.tables.insert(CountTables::from_snapshots(
+                read_tables(&tx).map_err(backend("load tables"))?,
+            )),
+        };
+        let registry_len = match self.registry_len {
+            Some(n) => n,
+            None => tx
+                .query_row("SELECT count(*) FROM registry", [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+                .map_err(backend("count registry"))?,
+        };
+        let mut batch_len = registry_len;
+        let mut newly_full = false;
+        let mut answers = Vec::with_capacity(batch.len());
+        for job in batch.iter_mut() {
+            match &mut job.work {
+                Work::Changes(changes) => {
+                    let Some(req) = changes.counting else {
+                        // A refusal adds to its day's aggregate: bounded storage whatever is sent.
+                        write_refusal(&tx, changes).map_err(backend("write refusal"))?;
+                        answers.push(Answer::Counted(changes.settle(0)));
+                        continue;
+                    };
+                    let (count, change) = tables.apply(&req);
+                    write_table_change(&tx, &change).map_err(backend("write"))?;
+                    let counted = changes.settle(count);
+                    let at_cap = batch_len >= self.options.registry_cap;
+                    match write_registry(&tx, changes, !at_cap).map_err(backend("write"))? {
+                        RegistryWrite::Inserted => batch_len += 1,
+                        RegistryWrite::Updated => {}
+                        RegistryWrite::Skipped => newly_full |= !self.full.load(Ordering::Relaxed),
+                    }
+                    // R27: event 12290 is written with the activation it describes.
+                    insert_event(&tx, &crate::activation_event(changes))
+                        .map_err(backend("write event"))?;
+                    answers.push(Answer::Counted(counted));
+                }
+                Work::Events(events) => {
+                    for e in events.iter() {
+                        insert_event(&tx, e).map_err(backend("write event"))?;
+                    }
+                    answers.push(Answer::Done);
+                }
+                Work::PruneEvents(_) | Work::PruneRegistry(_) => answers.push(Answer::Done),
+            }
+        }
+        if newly_full {
+            let event = crate::registry_full_event(now_of(batch), self.options.registry_cap);
+            insert_event(&tx, &event).map_err(backend("write event"))?;
+        }
+        tx.commit().map_err(backend("commit"))?;
+        self.registry_len = Some(batch_len);
+        if newly_full {
+            self.full.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                cap = self.options.registry_cap,
+                "registry full: new machines are counted but not registered (event 1005)"
+            );
+        }
+        Ok(answers)
+    }
+}
+
+/// The latest request time in a batch (for the events the writer adds itself).
+fn now_of(batch: &[Job]) -> Timestamp {
+    batch
+        .iter()
+        .filter_map(|j| match &j.work {
+            Work::Changes(c) => Some(c.registry.seen_at),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(Timestamp(0))
+}
+
+fn write_refusal(conn: &Connection, changes: &Changes) -> rusqlite::Result<()> {
+    let (day, sku, result) = crate::refusal_key(changes);
+    conn.prepare_cached(
+        "INSERT INTO refusals (day, sku, result, requests, last_at) VALUES (?1, ?2, ?3, 1, ?4)
+         ON CONFLICT (day, sku, result) DO UPDATE SET
+             requests = requests + 1, last_at = max(last_at, excluded.last_at)",
+    )?
+    .execute(params![
+        day,
+        sku.as_bytes(),
+        result,
+        changes.registry.seen_at.millis()
+    ])?;
+    Ok(())
+}
+
+fn write_table_change(conn: &Connection, t: &TableChange) -> rusqlite::Result<()> {
+    if t.capacity_changed {
+        conn.prepare_cached(
+            "INSERT INTO pool_capacity (pool, capacity) VALUES (?1, ?2)
+             ON CONFLICT (pool) DO UPDATE SET capacity = max(capacity, excluded.capacity)",
+        )?
+        .execute(params![t.pool.as_bytes(), t.capacity])?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO pool_entries (pool, cmid, last_seen) VALUES (?1, ?2, ?3)
+         ON CONFLICT (pool, cmid) DO UPDATE SET last_seen = excluded.last_seen",
+    )?
+    .execute(params![
+        t.pool.as_bytes(),
+        t.upsert.0.as_bytes(),
+        t.upsert.1.millis()
+    ])?;
+    let mut delete =
+        conn.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1 AND cmid = ?2")?;
+    for cmid in &t.removed {
+        delete.execute(params![t.pool.as_bytes(), cmid.as_bytes()])?;
+    }
+    Ok(())
+}
+
+enum RegistryWrite {
+    Inserted,
+    Updated,
+    Skipped,
+}
+
+/// Updates the machine's row, or adds it when `may_insert` (below the cap).
+fn write_registry(
+    conn: &Connection,
+    changes: &Changes,
+    may_insert: bool,
+) -> rusqlite::Result<RegistryWrite> {
+    let r = &changes.registry;
+    let updated = conn
+        .prepare_cached(
+            "UPDATE registry SET machine_name = ?2, sku = ?3, pool = ?4, license_state = ?5,
+                 last_seen = max(last_seen, ?6), last_result = ?7, last_count = ?8,
+                 activated = ?9, requests = requests + 1
+             WHERE cmid = ?1",
+        )?
+        .execute(params![
+            r.cmid.as_bytes(),
+            r.machine_name,
+            r.sku.as_bytes(),
+            r.pool.as_bytes(),
+            r.license_state as u8,
+            r.seen_at.millis(),
+            r.result.0,
+            r.count,
+            r.activated,
+        ])?;
+    if updated > 0 {
+        return Ok(RegistryWrite::Updated);
+    }
+    if !may_insert {
+        return Ok(RegistryWrite::Skipped);
+    }
+    conn.prepare_cached(
+        "INSERT INTO registry (cmid, machine_name, sku, pool, license_state, first_seen, last_seen,
+                               last_result, last_count, activated, requests)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, 1)",
+    )?
+    .execute(params![
+        r.cmid.as_bytes(),
+        r.machine_name,
+        r.sku.as_bytes(),
+        r.pool.as_bytes(),
+        r.license_state as u8,
+        r.seen_at.millis(),
+        r.result.0,
+        r.count,
+        r.activated,
+    ])?;
+    Ok(RegistryWrite::Inserted)
+}
+
+pub(super) fn insert_event(conn: &Connection, e: &Event) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO events (at, event_id, level, message, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        e.at.millis(),
+        e.event_id,
+        e.level,
+        e.message,
+        e.data.to_string()
+    ])?;
+    Ok(())
+}
