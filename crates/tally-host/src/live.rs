@@ -1,0 +1,201 @@
+//! The running host's live settings (R26): the one seam the admin API changes them through
+//! ([`HostControl`]). A port change binds the new listener before switching (a port that cannot
+//! be taken changes nothing); the intervals are swapped in the session; the DNS publisher is
+//! signalled; the result persists in `settings.json` and wins over the config at the next start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tally_admin::{HostControl, Settings, SettingsChange};
+use tally_core::host::Intervals;
+use tally_server::HostService;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::info;
+
+use crate::dns::DnsControl;
+use crate::priority::set_priority;
+use crate::{HostError, events, paths};
+
+/// Settings changed live, as persisted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Persisted {
+    /// Port.
+    pub port: Option<u16>,
+    /// Listen address.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Seconds.
+    pub activation_interval_secs: Option<u32>,
+    /// Seconds.
+    pub renewal_interval_secs: Option<u32>,
+    /// DNS publishing.
+    pub dns_publish: Option<bool>,
+    /// `normal` or `low`.
+    pub priority: Option<String>,
+}
+
+impl Persisted {
+    /// Reads DATA_DIR/settings.json (empty when missing).
+    pub fn load(dir: &Path) -> Result<Self, HostError> {
+        let path = dir.join(paths::SETTINGS_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| HostError::Invalid(format!("{} is damaged: {e}", path.display()))),
+            Err(_) => Ok(Self::default()),
+        }
+    }
+
+    fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join(format!(".{}.tmp", paths::SETTINGS_FILE));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())?;
+        std::fs::rename(tmp, dir.join(paths::SETTINGS_FILE))
+    }
+}
+
+/// The running host as the admin API sees it.
+pub struct LiveHost {
+    settings: Mutex<Settings>,
+    service: Arc<HostService>,
+    rebind: mpsc::Sender<TcpListener>,
+    dns: Option<watch::Sender<DnsControl>>,
+    listen: watch::Sender<SocketAddr>,
+    dir: PathBuf,
+}
+
+impl LiveHost {
+    /// A live host with `settings` in force. A new listener is sent on `rebind`, its address
+    /// on `listen`; DNS publishing (if configured) is steered through `dns`.
+    pub fn new(
+        settings: Settings,
+        service: Arc<HostService>,
+        rebind: mpsc::Sender<TcpListener>,
+        dns: Option<watch::Sender<DnsControl>>,
+        listen: watch::Sender<SocketAddr>,
+        dir: PathBuf,
+    ) -> Self {
+        Self {
+            settings: Mutex::new(settings),
+            service,
+            rebind,
+            dns,
+            listen,
+            dir,
+        }
+    }
+
+    fn current(&self) -> Settings {
+        self.settings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn check_interval(name: &str, secs: u32) -> Result<u32, String> {
+    if (1..=365 * 86_400).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!("{name} must be between 1 second and 1 year"))
+    }
+}
+
+#[async_trait]
+impl HostControl for LiveHost {
+    fn settings(&self) -> Settings {
+        self.current()
+    }
+
+    async fn apply(&self, change: SettingsChange) -> Result<Settings, String> {
+        let mut next = self.current();
+        if let Some(s) = change.activation_interval_secs {
+            next.activation_interval_secs = check_interval("activation interval", s)?;
+        }
+        if let Some(s) = change.renewal_interval_secs {
+            next.renewal_interval_secs = check_interval("renewal interval", s)?;
+        }
+        if let Some(p) = &change.priority {
+            set_priority(p)?;
+            next.priority = p.clone();
+        }
+        if let Some(on) = change.dns_publish {
+            if self.dns.is_none() && on {
+                return Err("DNS publishing needs a [dns] section in the host config".into());
+            }
+            next.dns_publish = on;
+        }
+        if change.port.is_some() || change.listen.is_some() {
+            let old: SocketAddr = next
+                .listen
+                .parse()
+                .map_err(|e| format!("listen address: {e}"))?;
+            let mut new = match &change.listen {
+                Some(l) => l
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("listen address '{l}': {e}"))?,
+                None => old,
+            };
+            if let Some(port) = change.port {
+                new.set_port(port);
+            }
+            if new != old {
+                // Bind first: a port that cannot be taken changes nothing.
+                let listener = TcpListener::bind(new)
+                    .await
+                    .map_err(|e| format!("cannot listen on {new}: {e}"))?;
+                let bound = listener.local_addr().map_err(|e| e.to_string())?;
+                self.rebind
+                    .send(listener)
+                    .await
+                    .map_err(|_| "the host is stopping".to_owned())?;
+                next.port = bound.port();
+                next.listen = bound.to_string();
+                // The binary prints it: the stable line scripts wait for.
+                self.listen.send_replace(bound);
+            }
+        }
+        self.service.set_intervals(Intervals {
+            activation_secs: next.activation_interval_secs,
+            renewal_secs: next.renewal_interval_secs,
+        });
+        if let Some(dns) = &self.dns {
+            let _ = dns.send(DnsControl {
+                enabled: next.dns_publish,
+                port: next.port,
+            });
+        }
+        let persisted = Persisted {
+            port: Some(next.port),
+            listen: Some(next.listen.clone()),
+            activation_interval_secs: Some(next.activation_interval_secs),
+            renewal_interval_secs: Some(next.renewal_interval_secs),
+            dns_publish: Some(next.dns_publish),
+            priority: Some(next.priority.clone()),
+        };
+        persisted
+            .save(&self.dir)
+            .map_err(|e| format!("cannot save the settings: {e}"))?;
+        *self.settings.lock().unwrap_or_else(PoisonError::into_inner) = next.clone();
+        info!(?change, "setting changed");
+        let data = serde_json::to_value(&change).unwrap_or_default();
+        events::record(
+            self.service.store(),
+            events::SETTING_CHANGED,
+            "info",
+            "setting changed",
+            data,
+        )
+        .await;
+        Ok(next)
+    }
+
+    fn dns_state(&self) -> serde_json::Value {
+        let mut v = crate::dns::read_status(&self.dir);
+        v["enabled"] = serde_json::Value::Bool(self.current().dns_publish);
+        v
+    }
+}
