@@ -85,19 +85,14 @@ pub async fn activate(
         Method::Confirmation(confirmation) => {
             let anchor_text = trust.ok_or_else(|| {
                 HostError::Invalid(
-                    "offline activation needs the authority's public key: pass --trust FILE"
-                        .into(),
+                    "offline activation needs the authority's public key: pass --trust FILE".into(),
                 )
             })?;
             let anchor = parse_authority_public(&anchor_text)
                 .map_err(|e| HostError::Invalid(format!("the authority key is damaged: {e}")))?;
-            let cert = service::certificate_from_confirmation(
-                &confirmation,
-                key,
-                &public,
-                anchor.key(),
-            )
-            .map_err(|e| HostError::Invalid(e.to_string()))?;
+            let cert =
+                service::certificate_from_confirmation(&confirmation, key, &public, anchor.key())
+                    .map_err(|e| HostError::Invalid(e.to_string()))?;
             (cert, anchor_text)
         }
         Method::Online(url) => {

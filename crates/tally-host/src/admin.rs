@@ -48,7 +48,8 @@ pub async fn serve(
     let stopped = async move { shutdown.cancelled().await };
     let cert_copy = dir.join(paths::ADMIN_CERT_FILE);
     let scheme = if let Some(tls) = tls {
-        let acceptor = tally_admin::tls::acceptor(&tls.cert, &tls.key).map_err(HostError::Invalid)?;
+        let acceptor =
+            tally_admin::tls::acceptor(&tls.cert, &tls.key).map_err(HostError::Invalid)?;
         // Local `tally host …` commands trust this certificate.
         std::fs::copy(&tls.cert, &cert_copy).map_err(HostError::write(&cert_copy))?;
         let listener = tally_admin::tls::TlsListener::new(listener, acceptor);
@@ -75,7 +76,8 @@ pub async fn serve(
         "http"
     };
     let addr_file = dir.join(paths::ADMIN_ADDR_FILE);
-    std::fs::write(&addr_file, format!("{scheme}://{addr}")).map_err(HostError::write(&addr_file))?;
+    std::fs::write(&addr_file, format!("{scheme}://{addr}"))
+        .map_err(HostError::write(&addr_file))?;
     info!(admin_addr = %addr, "admin API, metrics and dashboard listening");
     Ok(addr)
 }

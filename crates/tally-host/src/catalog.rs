@@ -147,7 +147,7 @@ pub async fn watch(dir: PathBuf, service: Arc<HostService>, shutdown: Cancellati
             Ok(None) => {}
             Err(error) => {
                 warn!(
-                    error = %crate::config::chain(&error),
+                    error = %crate::error::chain(&error),
                     "new catalog refused; still serving the previous one"
                 );
             }
@@ -187,15 +187,18 @@ mod tests {
 
         let key = trust(dir);
         let signed = |v: u32| {
-            let text = tally_core::catalog::DEMO_CATALOG
-                .replace("version = 1", &format!("version = {v}"));
+            let text =
+                tally_core::catalog::DEMO_CATALOG.replace("version = 1", &format!("version = {v}"));
             tally_core::catalog::signed::sign(&text, &key).expect("sign")
         };
         // R24: no downgrade relative to the configured catalog.
         let err = import(dir, Some(&v3), &signed(2)).expect_err("downgrade");
         assert!(err.to_string().contains("not newer"), "{err}");
         assert!(imported(dir).expect("none").is_none());
-        assert_eq!(import(dir, Some(&v3), &signed(4)).expect("newer").version(), 4);
+        assert_eq!(
+            import(dir, Some(&v3), &signed(4)).expect("newer").version(),
+            4
+        );
         assert_eq!(resolve(dir, Some(&v3)).expect("imported").version(), 4);
     }
 }

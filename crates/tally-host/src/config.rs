@@ -320,9 +320,9 @@ impl HostConfig {
             }
         };
         // Dev hosts (many may run on one machine) take a free port; real hosts 1689.
-        let default_admin = SocketAddr::from(([127, 0, 0, 1], if overrides.dev { 0 } else { 1689 }));
-        let dns_publish =
-            file.dns.as_ref().is_some_and(|d| d.publish) && !overrides.no_dns_publish;
+        let default_admin =
+            SocketAddr::from(([127, 0, 0, 1], if overrides.dev { 0 } else { 1689 }));
+        let dns_publish = file.dns.as_ref().is_some_and(|d| d.publish) && !overrides.no_dns_publish;
         Ok(Self {
             data_dir: overrides
                 .data_dir
@@ -359,29 +359,6 @@ impl HostConfig {
             dns_publish,
         })
     }
-
-    /// `tally host config check`: the file parses, and its `[dns]` section (if any) is usable
-    /// (the TSIG key reads and parses, the FQDN has a domain).
-    pub fn check(path: &Path) -> Result<Self, HostError> {
-        let config = Self::load(Some(path), Overrides::default())?;
-        if let Some(dns) = &config.dns {
-            crate::dns::publication(dns, &config.config_dir, config.listen).map_err(|e| {
-                HostError::Invalid(format!("the [dns] section is not usable: {}", chain(&e)))
-            })?;
-        }
-        Ok(config)
-    }
-}
-
-/// An error and its sources on one line.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -414,7 +391,10 @@ mod tests {
         let config = HostConfig::new(file, PathBuf::new(), overrides).expect("merged");
         assert_eq!(config.listen.port(), 6000);
         assert_eq!(config.intervals.activation_secs, 30);
-        assert_eq!(config.intervals.renewal_secs, Intervals::default().renewal_secs);
+        assert_eq!(
+            config.intervals.renewal_secs,
+            Intervals::default().renewal_secs
+        );
         assert_eq!(config.admin_listen.port(), 1689);
     }
 

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::DnsConfig;
+use crate::config::{DnsConfig, HostConfig};
 use crate::{HostError, events, paths};
 
 /// How long one DNS update may take.
@@ -82,6 +82,22 @@ pub fn publication(
     })
 }
 
+/// `tally host config check`: the `[dns]` section of `config` (if any) is usable: the TSIG key
+/// reads and parses, the FQDN has a domain.
+pub fn check(config: &HostConfig) -> Result<(), HostError> {
+    match &config.dns {
+        Some(dns) => publication(dns, &config.config_dir, config.listen)
+            .map(drop)
+            .map_err(|e| {
+                HostError::Invalid(format!(
+                    "the [dns] section is not usable: {}",
+                    crate::error::chain(&e)
+                ))
+            }),
+        None => Ok(()),
+    }
+}
+
 /// The refresh period of `dns`.
 pub fn refresh(dns: &DnsConfig) -> Duration {
     Duration::from_secs(dns.refresh_secs).max(MIN_REFRESH)
@@ -144,7 +160,11 @@ pub async fn publish_loop(
                     port = publication.port,
                     "DNS SRV record published"
                 );
-                (tally_dns::EVENT_PUBLISH_OK, "info", "DNS SRV record published")
+                (
+                    tally_dns::EVENT_PUBLISH_OK,
+                    "info",
+                    "DNS SRV record published",
+                )
             } else {
                 // R17: event 12293 on failure, with the DNS error.
                 warn!(
@@ -154,7 +174,11 @@ pub async fn publish_loop(
                     error = r.error.as_deref().unwrap_or("unknown"),
                     "DNS publishing failed"
                 );
-                (tally_dns::EVENT_PUBLISH_FAILED, "warning", "DNS publishing failed")
+                (
+                    tally_dns::EVENT_PUBLISH_FAILED,
+                    "warning",
+                    "DNS publishing failed",
+                )
             };
             let data = serde_json::to_value(r).unwrap_or_default();
             events::record(&store, id, level, message, data).await;

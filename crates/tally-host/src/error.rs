@@ -105,6 +105,17 @@ pub enum HostError {
     Task(#[source] tokio::task::JoinError),
 }
 
+/// An error and its sources on one line (for log fields and messages built from errors).
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
+}
+
 impl HostError {
     /// A [`HostError::Read`] for `path`.
     pub(crate) fn read(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use tally_authority::dir as authority_dir;
+use tally_core::Catalog;
 use tally_core::keys::{HostKeyFields, KeyGroup, KeyKind, ProductKey};
 use tally_core::time::{Clock, SystemClock, Timestamp};
 use tally_core::trust::{
     HostIdentity, VerifiedHost, armor, generate_key, labels, parse_authority_public,
     parse_certificate, parse_secret,
 };
-use tally_core::Catalog;
 use tally_proto::HostCertificate;
 use tally_store::Store;
 use tally_store::sqlite::Durability;
@@ -119,11 +119,13 @@ pub fn install_certificate_text(
     if let Some(anchor_text) = trust {
         let anchor = parse_authority_public(anchor_text)
             .map_err(|e| HostError::Invalid(format!("that is not an authority key: {e}")))?;
-        anchor.verify_certificate(&cert, SystemClock.now()).map_err(|e| {
-            HostError::Certificate(format!(
-                "the certificate does not verify under that authority key: {e}"
-            ))
-        })?;
+        anchor
+            .verify_certificate(&cert, SystemClock.now())
+            .map_err(|e| {
+                HostError::Certificate(format!(
+                    "the certificate does not verify under that authority key: {e}"
+                ))
+            })?;
         write(&dir.join(paths::AUTHORITY_PUB), anchor_text)?;
     }
     write(&dir.join(paths::HOST_CERT), cert_text)

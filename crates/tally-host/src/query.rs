@@ -128,7 +128,8 @@ pub async fn report(
     let identity = identity::load_identity(dir)?;
     let store = store::open_for_reading(dir)?;
     let clients = tally_admin::report::clients_in_period(&store, from, to).await?;
-    tally_admin::report::build(&identity, catalog, &clients, from, to, csv).map_err(HostError::Invalid)
+    tally_admin::report::build(&identity, catalog, &clients, from, to, csv)
+        .map_err(HostError::Invalid)
 }
 
 /// Events from the log (R27), newest first.

@@ -46,7 +46,10 @@ fn offline_commands_use_the_configured_catalog_and_import_refuses_a_downgrade() 
     )
     .expect("write");
 
-    let out = tally_with_catalog(&configured, &["host", "status", "--json", "--data-dir", s(&data)]);
+    let out = tally_with_catalog(
+        &configured,
+        &["host", "status", "--json", "--data-dir", s(&data)],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(status["catalog"]["version"], 3, "{status}");
@@ -73,9 +76,20 @@ fn offline_commands_use_the_configured_catalog_and_import_refuses_a_downgrade() 
     assert!(out.status.success(), "{}", text(&out));
     let out = tally_with_catalog(
         &configured,
-        &["host", "catalog", "import", "--data-dir", s(&data), s(&signed)],
+        &[
+            "host",
+            "catalog",
+            "import",
+            "--data-dir",
+            s(&data),
+            s(&signed),
+        ],
     );
-    assert!(!out.status.success(), "a downgrade was imported: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a downgrade was imported: {}",
+        text(&out)
+    );
     assert!(text(&out).contains("not newer"), "{}", text(&out));
     assert!(!data.join("catalog.toml").exists());
 }
@@ -88,9 +102,16 @@ fn read_commands_open_no_writer_and_create_no_database() {
     let data = tmp.path().join("host");
     std::fs::create_dir_all(&data).expect("mkdir");
     for cmd in [&["events", "--json"][..], &["clients", "--json"][..]] {
-        let out = tally(bin(), &[&["host"][..], cmd, &["--data-dir", s(&data)]].concat());
+        let out = tally(
+            bin(),
+            &[&["host"][..], cmd, &["--data-dir", s(&data)]].concat(),
+        );
         assert!(!out.status.success(), "{cmd:?}: {}", text(&out));
-        assert!(text(&out).contains("no host database"), "{cmd:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("no host database"),
+            "{cmd:?}: {}",
+            text(&out)
+        );
         assert!(
             !data.join("tally.db").exists(),
             "{cmd:?} created a database"

@@ -68,4 +68,3 @@ pub struct Probe {
     /// Why not.
     pub reason: Option<String>,
 }
-
