@@ -240,3 +240,46 @@ pub async fn build_service(
     let store: Arc<dyn Store> = Arc::new(store::open_writer(dir, durability)?);
     Ok(Arc::new(HostService::open(session, store, clock).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    // A dev host starts on free ports, records its start and stop (R27), and stops on the
+    // shutdown token; read-only queries see what it wrote.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dev_host_starts_and_stops_on_the_token() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let overrides = Overrides {
+            data_dir: Some(tmp.path().join("host")),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            dev: true,
+            ..Overrides::default()
+        };
+        let config = HostConfig::load(None, overrides).expect("config");
+        let dir = config.data_dir.clone();
+        let shutdown = CancellationToken::new();
+        let host = Host::start(config, shutdown.clone()).await.expect("start");
+        assert_ne!(host.addr().port(), 0);
+        assert!(host.admin_addr().ip().is_loopback());
+        assert!(dir.join(crate::paths::ADMIN_ADDR_FILE).exists());
+        shutdown.cancel();
+        host.wait().await.expect("stopped");
+        let events = crate::query::events(
+            &dir,
+            tally_store::EventQuery {
+                since: None,
+                event_id: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("events");
+        let ids: Vec<u32> = events.iter().map(|e| e.event_id).collect();
+        assert!(
+            ids.contains(&events::STARTED) && ids.contains(&events::STOPPED),
+            "{ids:?}"
+        );
+    }
+}

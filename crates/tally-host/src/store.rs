@@ -29,3 +29,17 @@ pub fn open_writer(dir: &Path, durability: Durability) -> Result<SqliteStore, Ho
     std::fs::create_dir_all(dir).map_err(HostError::write(dir))?;
     Ok(SqliteStore::open(&dir.join(paths::HOST_DB), durability)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A read command on a data directory without a database creates none.
+    #[test]
+    fn reading_a_missing_database_creates_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let result = open_for_reading(tmp.path());
+        assert!(matches!(result, Err(HostError::NoDatabase(_))));
+        assert!(!tmp.path().join(paths::HOST_DB).exists());
+    }
+}
