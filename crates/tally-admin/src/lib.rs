@@ -103,10 +103,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// R26: the API needs `Authorization: Bearer TOKEN`; a refusal is logged without the token.
 async fn require_token(
     State(state): State<AdminState>,
@@ -119,7 +115,7 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if same(given.as_bytes(), state.token.as_bytes()) {
+    if tally_core::secret::constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
         next.run(req).await
     } else {
         tracing::warn!(path = %req.uri().path(), "admin request refused: missing or wrong token");

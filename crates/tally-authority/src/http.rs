@@ -144,14 +144,7 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<&'static str, ApiEr
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     let expected = state.operator_token.as_bytes();
-    // Constant-time comparison: no early exit on the first differing byte.
-    let same = given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
+    if tally_core::secret::constant_time_eq(given.as_bytes(), expected) {
         Ok("operator")
     } else {
         tracing::warn!("operator request refused: missing or wrong bearer token");

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod cmd;
 mod output;
 mod paths;
+mod util;
 
 /// Tally: on-premises volume activation.
 ///

@@ -10,12 +10,14 @@
 //! # Layout
 //! - [`agent`]: the agent socket protocol and [`Licensing`].
 //! - [`ops`]: operations on a state directory ([`ops::Client`]), shared by agent and CLI.
+//! - [`authority`]: the HTTP client to the vendor's authority (host and MAK activation).
 //! - [`connect`]: the [`Connector`] and the wire exchange.
 //! - [`state`]: the locked, atomically written state file.
 //! - [`hardware`]: the hardware probe (R12).
 //! - [`codes`]: client-side result codes (R14).
 
 pub mod agent;
+pub mod authority;
 pub mod codes;
 pub mod connect;
 pub mod hardware;

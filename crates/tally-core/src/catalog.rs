@@ -299,7 +299,7 @@ pub mod signed {
     use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
     use super::{Catalog, CatalogError};
-    use crate::trust::{from_hex, to_hex};
+    use crate::hex::{from_hex, to_hex};
 
     const MARKER: &str = "# tally-catalog-signature-v1 ";
     const CONTEXT: &[u8] = b"tally/v1/catalog\0";
@@ -346,7 +346,10 @@ pub mod signed {
     mod tests {
         use super::*;
         use crate::catalog::DEMO_CATALOG;
-        use crate::trust::generate_key;
+
+        fn generate_key() -> SigningKey {
+            SigningKey::generate(&mut rand::rng())
+        }
 
         // R24: signed catalogs verify; tampered, unsigned or foreign ones do not.
         #[test]

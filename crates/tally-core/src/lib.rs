@@ -11,15 +11,19 @@
 //! - [`host`]: the host session: frame in, response and changes to persist out.
 //! - [`lifecycle`]: the client's licensing state machine (R2, R7–R12).
 //! - [`hardware`]: the weighted hardware fingerprint (R12).
+//! - [`hex`]: lower-case hex, shared by key files and signed catalogs.
+//! - [`secret`]: constant-time comparison of tokens.
 //! - [`digits`]: digit groups with check digits for offline activation (R22).
 
 pub mod catalog;
 pub mod counting;
 pub mod digits;
 pub mod hardware;
+pub mod hex;
 pub mod host;
 pub mod keys;
 pub mod lifecycle;
+pub mod secret;
 pub mod time;
 pub mod trust;
 

@@ -16,6 +16,9 @@ use crate::catalog::Edition;
 use crate::keys::KeyGroup;
 use crate::time::Timestamp;
 
+// Re-exported so that callers elsewhere in the workspace keep compiling; the code is in `hex`.
+pub use crate::hex::{from_hex, to_hex};
+
 /// Why a certificate or response is not trusted.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -92,23 +95,6 @@ pub fn authority_id(key: &VerifyingKey) -> [u8; 8] {
 /// A certificate's fingerprint: SHA-256 of its canonical encoding.
 pub fn fingerprint(cert: &HostCertificate) -> [u8; 32] {
     sha256(&cert.to_bytes())
-}
-
-/// Lower-case hex.
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Parses hex (either case); `None` on odd length or a non-hex character.
-pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim();
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Writes `label hex` plus a newline: the format of every key and certificate file.

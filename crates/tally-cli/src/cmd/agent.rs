@@ -9,7 +9,7 @@ use tally_core::time::{Clock, SystemClock};
 use tokio_util::sync::CancellationToken;
 
 use crate::cmd::client::ClientOpts;
-use crate::cmd::host::spawn_signal_handler;
+use crate::util::spawn_signal_handler;
 
 /// `tally agent ...`
 #[derive(Subcommand)]

@@ -12,6 +12,7 @@ use tally_core::time::{Clock, SystemClock};
 use tally_core::trust::{armor, labels, parse_host_public, to_hex};
 
 use crate::output;
+use crate::util::text_or_file;
 
 /// `tally authority ...`
 #[derive(Subcommand)]
@@ -171,16 +172,6 @@ fn service(dir: &std::path::Path) -> anyhow::Result<tally_authority::service::Se
     Ok(dir::open_service(dir, std::sync::Arc::new(SystemClock))?)
 }
 
-/// Reads `arg` as a file if one exists by that name, else as the text itself.
-pub fn text_or_file(arg: &str) -> anyhow::Result<String> {
-    let path = std::path::Path::new(arg);
-    if arg.len() < 4096 && path.is_file() {
-        Ok(std::fs::read_to_string(path).with_context(|| format!("cannot read {arg}"))?)
-    } else {
-        Ok(arg.to_owned())
-    }
-}
-
 /// Prints an issued key: the key alone, or its whole record as JSON.
 fn print_key(key: &tally_authority::store::KeyRecord, json: bool) -> anyhow::Result<()> {
     if json {
@@ -300,7 +291,7 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
             tracing::info!(%addr, dir = %d.display(), "authority started");
             println!("tally authority listening on {addr}");
             let shutdown = tokio_util::sync::CancellationToken::new();
-            crate::cmd::host::spawn_signal_handler(shutdown.clone());
+            crate::util::spawn_signal_handler(shutdown.clone());
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await?;

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use tally_core::Catalog;
@@ -25,16 +24,10 @@ impl CatalogArg {
     }
 }
 
-/// Loads a catalog file, or the demo catalog.
+/// Loads a catalog file, or the demo catalog (the host's loader: one parser for every
+/// command).
 pub fn load(path: Option<&Path>) -> anyhow::Result<Catalog> {
-    match path {
-        None => Ok(Catalog::demo()),
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read catalog {}", p.display()))?;
-            Catalog::parse(&text).with_context(|| format!("catalog {}", p.display()))
-        }
-    }
+    Ok(tally_host::catalog::load_file(path)?)
 }
 
 /// `tally catalog ...`

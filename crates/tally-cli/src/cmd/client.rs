@@ -392,7 +392,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         ..
     } = &args.command
     {
-        let text = crate::cmd::authority::text_or_file(c)?;
+        let text = crate::util::text_or_file(c)?;
         let result = args.opts.client()?.mak_confirm(&text, SystemClock.now());
         return report(&result, true, args.opts.json, false);
     }

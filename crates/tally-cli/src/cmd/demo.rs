@@ -13,6 +13,9 @@ use tally_core::host::Intervals;
 use tally_core::time::{Clock, SystemClock};
 use tally_core::trust::parse_authority_public;
 use tally_core::{Catalog, EditionKind};
+use tally_host::identity::dev_bootstrap;
+use tally_host::paths;
+use tally_host::runtime::build_service;
 use tally_proto::{LicenseState, MachineName};
 use tally_server::ServerConfig;
 use tally_store::sqlite::Durability;
@@ -20,9 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::cmd::host::{build_service, dev_bootstrap};
 use crate::output::{Table, json};
-use crate::paths;
 
 /// `tally demo` options.
 #[derive(Args)]

@@ -7,6 +7,5 @@ pub mod catalog;
 pub mod client;
 pub mod demo;
 pub mod host;
-pub mod live;
 pub mod remote;
 pub mod slmgr;

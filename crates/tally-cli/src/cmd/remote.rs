@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::Value;
 
-use crate::cmd::live::{ADMIN_ADDR_FILE, ADMIN_TOKEN_FILE};
+use tally_host::paths::{ADMIN_ADDR_FILE, ADMIN_CERT_FILE, ADMIN_TOKEN_FILE};
 
 /// Where a host's admin API is.
 #[derive(Args, Clone, Debug, Default)]
@@ -89,7 +89,7 @@ impl Admin {
                 }
             }
         };
-        let local_cert = data_dir.join(crate::cmd::live::ADMIN_CERT_FILE);
+        let local_cert = data_dir.join(ADMIN_CERT_FILE);
         let ca = match (&args.ca_file, &args.target) {
             (Some(ca), _) => Some(ca.clone()),
             (None, None) if local_cert.exists() => Some(local_cert),

@@ -74,7 +74,7 @@ pub async fn run(args: SlmgrArgs) -> anyhow::Result<ExitCode> {
         let dir = args
             .data_dir
             .clone()
-            .unwrap_or_else(crate::paths::default_host_dir);
+            .unwrap_or_else(tally_host::paths::default_data_dir);
         let admin = crate::cmd::remote::Admin::resolve(&args.remote, &dir)?;
         let answer = match host_change {
             Some(change) => admin.patch("settings", &change).await?,

@@ -10,6 +10,7 @@ mod cli;
 mod dns;
 mod faults;
 mod lifecycle;
+mod one_path;
 mod trust;
 
 use std::path::Path;

@@ -16,10 +16,15 @@ use uuid::Uuid;
 
 use tally_dns::discover::{Discovery, Found, order};
 
+pub use discover::{DiscoverReport, Probe};
+
 use crate::codes;
 use crate::connect::{ActivationParams, Answer, ClientError, Connector};
 use crate::hardware;
 use crate::state::{Attempt, ClientState, StateError};
+
+mod discover;
+mod mak;
 
 /// The authority key file kept in a state directory.
 pub const TRUST_FILE: &str = "authority.pub";
@@ -155,44 +160,6 @@ impl Client {
     pub fn with_discovery(mut self, discovery: Discovery) -> Self {
         self.discovery = discovery;
         self
-    }
-
-    /// Looks hosts up in DNS and probes each address (TCP connect), in the order a client
-    /// would try them: for `tally client discover`.
-    pub async fn discover(&self) -> Result<DiscoverReport, tally_dns::DnsError> {
-        let found = self.discovery.lookup().await?;
-        let ordered = order(found.candidates.clone(), &mut rand::rng());
-        let mut probes = Vec::new();
-        for c in &ordered {
-            if c.addresses.is_empty() {
-                probes.push(Probe {
-                    host: c.target.clone(),
-                    address: None,
-                    reachable: false,
-                    reason: Some("no address".into()),
-                });
-            }
-            for addr in &c.addresses {
-                let r =
-                    tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(addr)).await;
-                let (reachable, reason) = match r {
-                    Ok(Ok(_)) => (true, None),
-                    Ok(Err(e)) => (false, Some(format!("connect failed: {e}"))),
-                    Err(_) => (false, Some("connect timed out".into())),
-                };
-                probes.push(Probe {
-                    host: c.target.clone(),
-                    address: Some(addr.to_string()),
-                    reachable,
-                    reason,
-                });
-            }
-        }
-        Ok(DiscoverReport {
-            found,
-            order: ordered,
-            probes,
-        })
     }
 
     /// Sets the timeout of one exchange with a host.
@@ -483,224 +450,6 @@ impl Client {
         }
     }
 
-    /// R25: activates a MAK client online with the authority at `url` (or the saved one).
-    pub async fn activate_mak(&self, url: Option<&str>, now: Timestamp) -> OpResult {
-        let state = match ClientState::load(&self.dir, now) {
-            Ok(s) => s,
-            Err(e) => return OpResult::from_error(&e),
-        };
-        let (Some(key), Some(sku)) = (state.key.filter(|k| k.kind() == KeyKind::Mak), state.sku)
-        else {
-            return OpResult::from_error(&StateError::Key("no MAK installed".into()));
-        };
-        let Some(url) = url
-            .map(str::to_owned)
-            .or_else(|| state.authority_url.clone())
-        else {
-            return self.done(
-                now,
-                codes::NO_HOST,
-                "a MAK client needs the authority: pass --authority URL".into(),
-            );
-        };
-        let Some(trust) = self.trust.clone() else {
-            return self.done(
-                now,
-                codes::NO_TRUST,
-                "no trusted authority key: `tally client trust FILE`".into(),
-            );
-        };
-        let hardware = hardware::id();
-        let body = serde_json::json!({
-            "mak": key.to_string(), "cmid": state.cmid, "sku": sku, "hardware_id": tally_core::trust::to_hex(&hardware),
-        });
-        let base = url.trim_end_matches('/').to_owned();
-        let answer: Result<serde_json::Value, String> = async {
-            let client = reqwest::Client::builder()
-                .timeout(self.timeout)
-                .build()
-                .map_err(|e| e.to_string())?;
-            let resp = client
-                .post(format!("{base}/v1/mak-activations"))
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| format!("cannot reach the authority at {base}: {e}"))?;
-            let status = resp.status();
-            let v: serde_json::Value = resp
-                .json()
-                .await
-                .map_err(|e| format!("the authority sent no JSON: {e}"))?;
-            if status.is_success() {
-                Ok(v)
-            } else {
-                Err(format!(
-                    "the authority refused ({}): {}",
-                    v["error"].as_str().unwrap_or("error"),
-                    v["message"].as_str().unwrap_or("")
-                ))
-            }
-        }
-        .await;
-        let v = match answer {
-            Ok(v) => v,
-            Err(message) => {
-                let _ = ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
-                    s.record_failure(
-                        Some(base.clone()),
-                        "mak_refused",
-                        codes::HOST_UNREACHABLE,
-                        now,
-                    );
-                    Ok(())
-                });
-                return OpResult {
-                    ok: false,
-                    code: codes::HOST_UNREACHABLE,
-                    result: "mak_refused".into(),
-                    message,
-                    count: None,
-                    threshold: None,
-                    status: self.status(now).ok(),
-                };
-            }
-        };
-        let signature = v["signature"]
-            .as_str()
-            .and_then(tally_core::trust::from_hex)
-            .and_then(|b| <[u8; 64]>::try_from(b).ok());
-        let (Some(serial), Some(day), Some(signature)) =
-            (v["serial"].as_u64(), v["day"].as_u64(), signature)
-        else {
-            return self.done(
-                now,
-                codes::PROTOCOL_ERROR,
-                "the authority's answer is incomplete".into(),
-            );
-        };
-        self.finish_mak(
-            key,
-            sku,
-            hardware,
-            serial as u32,
-            day as u16,
-            &signature,
-            Some(base),
-            &trust,
-            now,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn finish_mak(
-        &self,
-        key: ProductKey,
-        sku: Uuid,
-        hardware: [u8; 5],
-        serial: u32,
-        day: u16,
-        signature: &[u8; 64],
-        url: Option<String>,
-        trust: &TrustAnchor,
-        now: Timestamp,
-    ) -> OpResult {
-        let cmid = match ClientState::load(&self.dir, now) {
-            Ok(s) => s.cmid,
-            Err(e) => return OpResult::from_error(&e),
-        };
-        let claim = tally_core::trust::MakClaim {
-            serial,
-            cmid: *cmid.as_bytes(),
-            sku: *sku.as_bytes(),
-            hardware,
-            day,
-        };
-        if serial != key.serial() || claim.verify(trust, signature).is_err() {
-            return self.done(
-                now,
-                codes::UNTRUSTED_RESPONSE,
-                "the MAK activation does not verify under the trusted authority key".into(),
-            );
-        }
-        let hw = hardware::probe();
-        let saved = ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
-            s.license.on_permanent_activation(now, Some(&hw));
-            if url.is_some() {
-                s.authority_url = url.clone();
-            }
-            s.last_attempt = Some(crate::state::Attempt {
-                at: now,
-                host: url.clone(),
-                result: "activated".into(),
-                code: 0,
-                count: None,
-            });
-            Ok(())
-        });
-        match saved {
-            Ok(()) => self.done(
-                now,
-                0,
-                "activated with the MAK (permanent; no renewal needed)".into(),
-            ),
-            Err(e) => OpResult::from_error(&e),
-        }
-    }
-
-    /// R25 offline: the installation ID a MAK client reads out (or sends as a file).
-    pub fn mak_installation_id(&self, now: Timestamp) -> Result<Vec<String>, StateError> {
-        let state = ClientState::load(&self.dir, now)?;
-        let (Some(key), Some(sku)) = (state.key.filter(|k| k.kind() == KeyKind::Mak), state.sku)
-        else {
-            return Err(StateError::Key("no MAK installed".into()));
-        };
-        let mut bytes = Vec::with_capacity(51);
-        bytes.extend_from_slice(&key.payload().to_be_bytes()[2..]);
-        bytes.extend_from_slice(state.cmid.as_bytes());
-        bytes.extend_from_slice(sku.as_bytes());
-        bytes.extend_from_slice(&hardware::id());
-        Ok(tally_core::digits::encode(&bytes))
-    }
-
-    /// R25 offline: applies the confirmation ID the authority gave.
-    pub fn mak_confirm(&self, confirmation: &str, now: Timestamp) -> OpResult {
-        let state = match ClientState::load(&self.dir, now) {
-            Ok(s) => s,
-            Err(e) => return OpResult::from_error(&e),
-        };
-        let (Some(key), Some(sku)) = (state.key.filter(|k| k.kind() == KeyKind::Mak), state.sku)
-        else {
-            return OpResult::from_error(&StateError::Key("no MAK installed".into()));
-        };
-        let Some(trust) = self.trust.clone() else {
-            return self.done(
-                now,
-                codes::NO_TRUST,
-                "no trusted authority key: `tally client trust FILE`".into(),
-            );
-        };
-        let bytes = match tally_core::digits::decode(confirmation, 66) {
-            Ok(b) => b,
-            Err(e) => {
-                return OpResult::from_error(&StateError::Key(format!("confirmation ID: {e}")));
-            }
-        };
-        let mut signature = [0u8; 64];
-        signature.copy_from_slice(&bytes[2..]);
-        let day = u16::from_be_bytes([bytes[0], bytes[1]]);
-        self.finish_mak(
-            key,
-            sku,
-            hardware::id(),
-            key.serial(),
-            day,
-            &signature,
-            None,
-            &trust,
-            now,
-        )
-    }
-
     /// R19: the cached host first; if it does not answer, DNS in RFC 2782 order, dropping each
     /// host that does not answer; the first that answers is used (and cached by the caller).
     async fn activate_discovered(
@@ -773,30 +522,6 @@ impl Client {
             Ok(s.license.check_hardware(&hw, now))
         })
     }
-}
-
-/// What `tally client discover` reports.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DiscoverReport {
-    /// The SRV lookups and what they found.
-    pub found: Found,
-    /// The candidates in the order a client would try them (R19).
-    pub order: Vec<tally_dns::discover::Candidate>,
-    /// Each address probed, in that order, and why it would be skipped.
-    pub probes: Vec<Probe>,
-}
-
-/// One address probed by `discover`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Probe {
-    /// The SRV target.
-    pub host: String,
-    /// The address probed.
-    pub address: Option<String>,
-    /// Whether a TCP connection succeeded.
-    pub reachable: bool,
-    /// Why not.
-    pub reason: Option<String>,
 }
 
 /// Appends the default port 1688 if `host` has none (`name`, `1.2.3.4`, `::1`, `[::1]`).

@@ -1,0 +1,101 @@
+//! `tally host run`: flags into a [`HostConfig`], then [`Host::start`]; prints the stable
+//! `tally host listening on ADDR` lines scripts and tests wait for.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use tally_host::config::{DurabilityMode, Interval, Overrides};
+use tally_host::{Host, HostConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::DirArgs;
+use crate::util::spawn_signal_handler;
+
+/// `tally host run` options. Each can also be set in the config file; flags win.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Create a local authority and certify this host on first start (for trying Tally out).
+    #[arg(long)]
+    dev: bool,
+    /// Address and port to listen on [default: 0.0.0.0:1688].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    dir: DirArgs,
+    /// Retry interval after a failure, sent to clients (R8, R9): minutes, or with a unit
+    /// (`30s`, `15m`, `2h`, `7d`) [default: 120].
+    #[arg(long, value_name = "MIN")]
+    activation_interval: Option<Interval>,
+    /// Renewal interval, sent to clients (R8, R9): minutes, or with a unit [default: 10080].
+    #[arg(long, value_name = "MIN")]
+    renewal_interval: Option<Interval>,
+    /// Connections served at once [default: 1024].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Commit durability: `full` survives power loss, `normal` only a process crash [default: full].
+    #[arg(long, value_name = "MODE")]
+    durability: Option<DurabilityArg>,
+    /// Do not publish DNS records even if the config file has a `[dns]` section (R17).
+    #[arg(long)]
+    no_dns_publish: bool,
+    /// Serve the admin API over TLS with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM) for --admin-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// Address of the admin API, metrics and dashboard (R26) [default: 127.0.0.1:1689; with
+    /// --dev a free loopback port]. It is printed and written to DATA_DIR/admin.addr.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+}
+
+/// `--durability`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DurabilityArg {
+    Full,
+    Normal,
+}
+
+impl RunArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            activation_interval: self.activation_interval,
+            renewal_interval: self.renewal_interval,
+            max_connections: self.max_connections,
+            durability: self.durability.map(|d| match d {
+                DurabilityArg::Full => DurabilityMode::Full,
+                DurabilityArg::Normal => DurabilityMode::Normal,
+            }),
+            admin_listen: self.admin_listen,
+            admin_tls_cert: self.admin_tls_cert.clone(),
+            admin_tls_key: self.admin_tls_key.clone(),
+            no_dns_publish: self.no_dns_publish,
+            dev: self.dev,
+            ..self.dir.overrides()
+        }
+    }
+}
+
+/// Runs the host until SIGINT or SIGTERM.
+pub async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = HostConfig::load(args.dir.config.as_deref(), args.overrides())?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let host = Host::start(config, shutdown).await?;
+    // Stable lines on stdout for scripts and tests.
+    println!("tally host listening on {}", host.addr());
+    println!("tally admin listening on {}", host.admin_addr());
+    let mut listen = host.listen_changes();
+    tokio::spawn(async move {
+        while listen.changed().await.is_ok() {
+            let addr = *listen.borrow_and_update();
+            println!("tally host listening on {addr}");
+        }
+    });
+    host.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,154 @@
+//! Setting a host up: key pair, certificate, host key (R22), activation with the authority,
+//! catalog import (R24).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use tally_client::authority::AuthorityClientError;
+use tally_host::activation::{self, Method};
+use tally_host::{HostError, catalog, identity, paths};
+
+use super::DirArgs;
+use crate::output::json;
+use crate::util::text_or_file;
+
+/// `tally host init`.
+pub fn init(dir: &DirArgs) -> anyhow::Result<ExitCode> {
+    let dir = dir.resolve()?;
+    if identity::ensure_host_key(&dir)? {
+        println!("Host key pair created in {}.", dir.display());
+    } else {
+        println!("This host already has a key pair in {}.", dir.display());
+    }
+    println!(
+        "Next: have the authority certify it:\n  tally authority certify --dir AUTHORITY_DIR --host-key KEY --host-pub {} --out host.cert\n\
+         then: tally host install-cert --data-dir {} host.cert --trust authority.pub",
+        dir.join(paths::HOST_PUBLIC).display(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tally host install-cert FILE [--trust FILE]`.
+pub fn install_cert(dir: &DirArgs, file: &Path, trust: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let dir = dir.resolve()?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let trust = trust
+        .map(|t| std::fs::read_to_string(t).with_context(|| format!("cannot read {}", t.display())))
+        .transpose()?;
+    identity::install_certificate_text(&dir, &text, trust.as_deref())
+        .with_context(|| format!("{}", file.display()))?;
+    println!(
+        "Certificate installed. Start the host with: tally host run --data-dir {}",
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tally host install-key KEY`.
+pub async fn install_key(dir: &DirArgs, key: &str) -> anyhow::Result<ExitCode> {
+    let dir = dir.resolve()?;
+    let fields = identity::install_host_key(&dir, key).await?;
+    let key = identity::installed_host_key(&dir)?;
+    println!(
+        "Host key for {} generation {} installed (ends {}). Activate it once: \
+         tally host activate --online URL   or   tally host activate --offline",
+        fields.group,
+        fields.generation,
+        key.partial()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tally host activate --online URL | --offline | --confirmation ID`.
+pub async fn activate(
+    dir: &DirArgs,
+    online: Option<String>,
+    offline: bool,
+    confirmation: Option<String>,
+    trust: Option<PathBuf>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let dir = dir.resolve()?;
+    if offline {
+        let id = activation::installation_id(&dir)?;
+        if as_json {
+            json(&serde_json::json!({
+                "installation_id": id.groups.join(" "),
+                "groups": id.groups,
+                "file": id.file,
+            }))?;
+        } else {
+            println!(
+                "Installation ID ({} groups; also in {}):",
+                id.groups.len(),
+                id.file.display()
+            );
+            for line in id.groups.chunks(6) {
+                println!("  {}", line.join(" "));
+            }
+            println!(
+                "Give it to the vendor; then: tally host activate --confirmation \"DIGITS\" --trust authority.pub"
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let method = match (online, confirmation) {
+        (_, Some(c)) => Method::Confirmation(text_or_file(&c)?),
+        (Some(url), None) => Method::Online(url),
+        (None, None) => bail!("say how: --online URL, --offline, or --confirmation ID"),
+    };
+    let trust = trust
+        .map(|p| {
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+        })
+        .transpose()?;
+    let activated = match activation::activate(&dir, method, trust).await {
+        Ok(a) => a,
+        Err(HostError::AuthorityApi(AuthorityClientError::Refused {
+            body,
+            error,
+            message,
+        })) => {
+            if as_json {
+                json(&body)?;
+            }
+            bail!("the authority refused ({error}): {message}");
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if as_json {
+        json(&serde_json::json!({
+            "activated": true,
+            "key_group": activated.group.name(),
+            "generation": activated.generation,
+        }))?;
+    } else {
+        println!(
+            "Host activated for {} generation {}. Start it with: tally host run --data-dir {}",
+            activated.group,
+            activated.generation,
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tally host catalog import FILE`: refuses a catalog not newer than the one in force, the
+/// configured catalog included (R24).
+pub fn import_catalog(dir: &DirArgs, file: &Path) -> anyhow::Result<ExitCode> {
+    let config = dir.config()?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let catalog = catalog::import(&config.data_dir, config.catalog.as_deref(), &text)
+        .with_context(|| format!("{} refused", file.display()))?;
+    println!(
+        "Catalog '{}' version {} imported ({} editions); a running host loads it within seconds.",
+        catalog.name(),
+        catalog.version(),
+        catalog.editions().len()
+    );
+    Ok(ExitCode::SUCCESS)
+}

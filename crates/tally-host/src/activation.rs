@@ -1,0 +1,136 @@
+//! Activating the installed host key with the authority, once (R22): online over its HTTP API,
+//! or offline by an installation ID read out and a confirmation ID typed back. Either way the
+//! authority's certificate is verified under the trusted authority key before it is installed,
+//! and event 1003 is recorded (through the writer: no host runs during activation).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tally_authority::service::{self, HARDWARE_ID_BYTES};
+use tally_client::authority::AuthorityClient;
+use tally_core::KeyGroup;
+use tally_core::hex::to_hex;
+use tally_core::trust::{parse_authority_public, parse_certificate};
+use tracing::warn;
+
+use crate::identity::{
+    ensure_host_key, host_secret, install_verified_certificate, installed_host_key,
+    record_offline_event,
+};
+use crate::{HostError, paths};
+
+/// How long one call to the authority may take.
+const AUTHORITY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// This host's hardware id for the authority: 5 bytes of SHA-256 of its fingerprint (R12, R23).
+pub fn hardware_id() -> [u8; HARDWARE_ID_BYTES] {
+    let hw = tally_client::hardware::probe();
+    let digest = tally_core::trust::sha256(&serde_json::to_vec(&hw).unwrap_or_default());
+    let mut id = [0u8; HARDWARE_ID_BYTES];
+    id.copy_from_slice(&digest[..HARDWARE_ID_BYTES]);
+    id
+}
+
+/// The installation ID for offline activation, also written to `DATA_DIR/installation-id.txt`.
+#[derive(Clone, Debug)]
+pub struct InstallationId {
+    /// The digit groups to read out.
+    pub groups: Vec<String>,
+    /// The file holding them.
+    pub file: PathBuf,
+}
+
+/// What the host was activated for.
+#[derive(Clone, Copy, Debug)]
+pub struct Activated {
+    /// The certified key group.
+    pub group: KeyGroup,
+    /// The certified generation.
+    pub generation: u8,
+}
+
+/// How to reach the authority.
+#[derive(Clone, Debug)]
+pub enum Method {
+    /// Online: the authority's base URL.
+    Online(String),
+    /// Offline, second step: the confirmation ID's digit groups.
+    Confirmation(String),
+}
+
+/// Offline, first step: the installation ID for the installed host key and this host.
+pub fn installation_id(dir: &Path) -> Result<InstallationId, HostError> {
+    let key = installed_host_key(dir)?;
+    ensure_host_key(dir)?;
+    let public = host_secret(dir)?.verifying_key();
+    let groups = service::installation_id(key, &public, &hardware_id());
+    let file = dir.join(paths::INSTALLATION_ID);
+    std::fs::write(&file, format!("{}\n", groups.join(" "))).map_err(HostError::write(&file))?;
+    Ok(InstallationId { groups, file })
+}
+
+/// Activates the installed host key by `method`. `trust` is the text of the authority public
+/// key to check the certificate against; `None` uses `DATA_DIR/authority.pub`, and online, when
+/// that is missing too, the key the authority sends (with a warning: trust on first use).
+pub async fn activate(
+    dir: &Path,
+    method: Method,
+    trust: Option<String>,
+) -> Result<Activated, HostError> {
+    let key = installed_host_key(dir)?;
+    ensure_host_key(dir)?;
+    let public = host_secret(dir)?.verifying_key();
+    let trust = trust.or_else(|| std::fs::read_to_string(dir.join(paths::AUTHORITY_PUB)).ok());
+    let (cert, anchor_text) = match method {
+        Method::Confirmation(confirmation) => {
+            let anchor_text = trust.ok_or_else(|| {
+                HostError::Invalid(
+                    "offline activation needs the authority's public key: pass --trust FILE".into(),
+                )
+            })?;
+            let anchor = parse_authority_public(&anchor_text)
+                .map_err(|e| HostError::Invalid(format!("the authority key is damaged: {e}")))?;
+            let cert =
+                service::certificate_from_confirmation(&confirmation, key, &public, anchor.key())
+                    .map_err(|e| HostError::Invalid(e.to_string()))?;
+            (cert, anchor_text)
+        }
+        Method::Online(url) => {
+            let authority = AuthorityClient::new(&url, AUTHORITY_TIMEOUT)?;
+            let anchor_text = match trust {
+                Some(t) => t,
+                None => {
+                    let info = authority.info().await?;
+                    warn!(
+                        authority_id = %info.authority_id,
+                        "no --trust given: trusting the key the authority sent; check its id with your vendor"
+                    );
+                    info.public_key_file
+                }
+            };
+            let cert_text = authority
+                .activate_host(
+                    &key.to_string(),
+                    &to_hex(public.as_bytes()),
+                    &to_hex(&hardware_id()),
+                )
+                .await?;
+            let cert = parse_certificate(&cert_text).map_err(|e| {
+                HostError::Invalid(format!("the authority sent a damaged certificate: {e}"))
+            })?;
+            (cert, anchor_text)
+        }
+    };
+    let verified = install_verified_certificate(dir, &cert, &anchor_text)?;
+    let coverage = verified.coverage();
+    let data = serde_json::json!({
+        "key": key.partial(),
+        "group": coverage.group.name(),
+        "generation": coverage.generation,
+    });
+    record_offline_event(dir, "host activated with the authority", data).await?;
+    Ok(Activated {
+        group: coverage.group,
+        generation: coverage.generation,
+    })
+}

@@ -1,0 +1,55 @@
+//! The Tally host runtime as a library: everything `tally host` does, so that a program runs a
+//! host in a few lines and the binary only parses arguments and prints.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tally_host::HostError> {
+//! use tally_host::config::{HostConfig, Overrides};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let config = HostConfig::load(None, Overrides { dev: true, ..Overrides::default() })?;
+//! let shutdown = CancellationToken::new();
+//! let host = tally_host::Host::start(config, shutdown.clone()).await?;
+//! println!("listening on {}", host.addr());
+//! // ... later, e.g. on SIGTERM:
+//! shutdown.cancel();
+//! host.wait().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//! - [`config`]: the config file, flag overrides, and the merged [`HostConfig`].
+//! - [`runtime`]: [`Host::start`] / [`Host::wait`]: the listener, admin API and background
+//!   tasks under one shutdown token; [`runtime::build_service`].
+//! - [`live`]: live settings (R26) behind the admin API's `HostControl` seam.
+//! - [`admin`]: the admin API listener, its token, the metrics recorder.
+//! - [`dns`]: the DNS publish loop (R17, R18).
+//! - [`catalog`]: which catalog is in force ([`catalog::resolve`]), import and watch (R24).
+//! - [`retention`]: event pruning (R27).
+//! - [`identity`]: key pair, certificate, host key (R22), dev bootstrap.
+//! - [`activation`]: activating the host key with the authority, online or offline (R22).
+//! - [`store`]: the two ways to open the database (read-only; the single writer).
+//! - [`query`]: what offline commands read (status, report, events, clients, backup).
+//! - [`events`]: the host's own event ids and recording.
+//! - [`priority`]: the process priority (R26).
+//! - [`paths`]: the data directory's layout.
+
+pub mod activation;
+pub mod admin;
+pub mod catalog;
+pub mod config;
+pub mod dns;
+mod error;
+pub mod events;
+pub mod identity;
+pub mod live;
+pub mod paths;
+pub mod priority;
+pub mod query;
+pub mod retention;
+pub mod runtime;
+pub mod store;
+
+pub use config::HostConfig;
+pub use error::HostError;
+pub use runtime::Host;

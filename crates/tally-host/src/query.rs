@@ -1,0 +1,160 @@
+//! What the offline commands read from a host's data directory: status, report, events,
+//! clients, backup. Every one opens the store with [`store::open_for_reading`] (no writer, no
+//! migration; safe while the host runs) and takes the catalog from [`crate::catalog::resolve`].
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tally_core::counting::CountTables;
+use tally_core::hex::to_hex;
+use tally_core::time::{Clock, SystemClock, Timestamp};
+use tally_core::{Catalog, KeyGroup};
+use tally_store::{Event, EventQuery, RegistryEntry, RegistryPage, Store};
+use uuid::Uuid;
+
+use crate::{HostError, dns, identity, store};
+
+/// `tally host status`: certificate, counts per pool (R2–R5), registry size (R6), DNS (R17).
+#[derive(Clone, Debug, Serialize)]
+pub struct HostStatus {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The catalog in force.
+    pub catalog: CatalogStatus,
+    /// The host certificate.
+    pub certificate: CertificateStatus,
+    /// The count of each pool with a table.
+    pub pools: Vec<PoolStatus>,
+    /// Clients in the registry.
+    pub registry_clients: u64,
+    /// The last DNS publishing state.
+    pub dns: serde_json::Value,
+}
+
+/// The catalog a status names.
+#[derive(Clone, Debug, Serialize)]
+pub struct CatalogStatus {
+    /// Its name.
+    pub name: String,
+    /// Its version (R24).
+    pub version: u32,
+}
+
+/// The host certificate, as `status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CertificateStatus {
+    /// SHA-256 of the certificate, hex.
+    pub fingerprint: String,
+    /// The certified key group.
+    #[serde(serialize_with = "group_name")]
+    pub key_group: KeyGroup,
+    /// The certified generation.
+    pub generation: u8,
+    /// The host key's serial.
+    pub key_serial: u32,
+    /// End of validity.
+    pub not_after: Timestamp,
+    /// End of validity, RFC 3339.
+    pub not_after_rfc3339: String,
+}
+
+fn group_name<S: serde::Serializer>(group: &KeyGroup, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(group.name())
+}
+
+/// One pool's count.
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolStatus {
+    /// The pool id.
+    pub pool: Uuid,
+    /// Its name in the catalog (the id when the catalog does not know it).
+    pub name: String,
+    /// Live entries: the count (R2–R4).
+    pub count: u32,
+    /// Table capacity (R5).
+    pub capacity: u32,
+}
+
+/// Reads the status of the host in `dir`, naming pools from `catalog`.
+pub async fn status(dir: &Path, catalog: &Catalog) -> Result<HostStatus, HostError> {
+    let identity = identity::load_identity(dir)?;
+    let store = store::open_for_reading(dir)?;
+    let now = SystemClock.now();
+    let tables = CountTables::from_snapshots(store.load_tables().await?);
+    let pools = tables
+        .summary(now)
+        .into_iter()
+        .map(|(pool, count, capacity)| PoolStatus {
+            pool,
+            name: catalog
+                .pool(pool)
+                .map_or_else(|| pool.to_string(), |p| p.name.clone()),
+            count,
+            capacity,
+        })
+        .collect();
+    let cert = identity.certificate();
+    let coverage = identity.coverage();
+    let not_after = Timestamp(cert.body.not_after.saturating_mul(1000));
+    Ok(HostStatus {
+        data_dir: dir.to_owned(),
+        catalog: CatalogStatus {
+            name: catalog.name().to_owned(),
+            version: catalog.version(),
+        },
+        certificate: CertificateStatus {
+            fingerprint: to_hex(&identity.fingerprint()),
+            key_group: coverage.group,
+            generation: coverage.generation,
+            key_serial: cert.body.key_serial,
+            not_after,
+            not_after_rfc3339: not_after.to_rfc3339(),
+        },
+        pools,
+        registry_clients: store.registry_len().await?,
+        dns: dns::read_status(dir),
+    })
+}
+
+/// A compliance report (R6) of the clients served in `[from, to)`, signed by the host's key:
+/// CSV or JSON text.
+pub async fn report(
+    dir: &Path,
+    catalog: &Catalog,
+    from: Timestamp,
+    to: Timestamp,
+    csv: bool,
+) -> Result<String, HostError> {
+    let identity = identity::load_identity(dir)?;
+    let store = store::open_for_reading(dir)?;
+    let clients = tally_admin::report::clients_in_period(&store, from, to).await?;
+    tally_admin::report::build(&identity, catalog, &clients, from, to, csv)
+        .map_err(HostError::Invalid)
+}
+
+/// Events from the log (R27), newest first.
+pub async fn events(dir: &Path, query: EventQuery) -> Result<Vec<Event>, HostError> {
+    Ok(store::open_for_reading(dir)?.events(query).await?)
+}
+
+/// One page of the registry (R6) and the number of clients matching its search.
+pub async fn clients(
+    dir: &Path,
+    page: RegistryPage,
+) -> Result<(u64, Vec<RegistryEntry>), HostError> {
+    let store = store::open_for_reading(dir)?;
+    let total = store.registry_count(page.search.clone()).await?;
+    Ok((total, store.registry(page).await?))
+}
+
+/// Copies the database to `out` (a consistent snapshot, while the host runs). `out` must not
+/// exist.
+pub async fn backup(dir: &Path, out: &Path) -> Result<(), HostError> {
+    if out.exists() {
+        return Err(HostError::Invalid(format!(
+            "{} exists; choose a new file",
+            out.display()
+        )));
+    }
+    Ok(store::open_for_reading(dir)?.backup_to(out).await?)
+}

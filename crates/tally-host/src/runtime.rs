@@ -1,0 +1,285 @@
+//! Start-up and shutdown of a running host: the activation listener, the admin API, the DNS
+//! publisher, the catalog watch and event retention, all stopped by one [`CancellationToken`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tally_core::Catalog;
+use tally_core::host::{HostSession, Intervals};
+use tally_core::time::{Clock, SystemClock};
+use tally_server::HostService;
+use tally_store::Store;
+use tally_store::sqlite::Durability;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::HostConfig;
+use crate::dns::DnsControl;
+use crate::live::{LiveHost, Persisted};
+use crate::{HostError, admin, catalog, dns, events, identity, retention, store};
+
+/// A running host. Dropping it does not stop it: cancel the shutdown token given to
+/// [`Host::start`], then [`Host::wait`].
+pub struct Host {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    listen: watch::Receiver<SocketAddr>,
+    service: Arc<HostService>,
+    server: JoinHandle<Result<(), HostError>>,
+}
+
+impl Host {
+    /// Starts a host: applies the settings persisted by live changes (R26) over `config`, runs
+    /// dev mode's bootstrap if asked, opens the store (the single writer), binds the activation
+    /// listener and the admin API, and starts DNS publishing, the catalog watch and retention.
+    /// Everything stops when `shutdown` is cancelled.
+    pub async fn start(config: HostConfig, shutdown: CancellationToken) -> Result<Self, HostError> {
+        let dir = config.data_dir.clone();
+        let catalog = catalog::resolve(&dir, config.catalog.as_deref())?;
+        // R26: settings changed live persist and win over the config file and the flags.
+        let persisted = Persisted::load(&dir)?;
+        let mut listen = config.listen;
+        if let Some(l) = persisted.listen.as_deref().and_then(|l| l.parse().ok()) {
+            listen = l;
+        }
+        if let Some(port) = persisted.port {
+            listen.set_port(port);
+        }
+        let intervals = Intervals {
+            activation_secs: persisted
+                .activation_interval_secs
+                .unwrap_or(config.intervals.activation_secs),
+            renewal_secs: persisted
+                .renewal_interval_secs
+                .unwrap_or(config.intervals.renewal_secs),
+        };
+        let priority = persisted
+            .priority
+            .clone()
+            .unwrap_or_else(|| "normal".to_owned());
+        if priority != "normal"
+            && let Err(error) = crate::priority::set_priority(&priority)
+        {
+            warn!(%error, "cannot apply the saved process priority");
+        }
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        if config.dev {
+            identity::dev_bootstrap(&dir, &catalog, clock.now())?;
+        }
+        let service = build_service(&dir, catalog, intervals, config.durability, clock).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| HostError::Bind {
+                addr: listen,
+                what: "activation requests",
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| HostError::Bind {
+            addr: listen,
+            what: "activation requests",
+            source,
+        })?;
+        let coverage = service.session().identity().coverage();
+        info!(
+            %addr,
+            data_dir = %dir.display(),
+            key_group = %coverage.group,
+            generation = coverage.generation,
+            activation_interval_secs = intervals.activation_secs,
+            renewal_interval_secs = intervals.renewal_secs,
+            "host started"
+        );
+
+        // DNS: on as configured, unless turned off live; never on without a [dns] section.
+        let dns_on = persisted
+            .dns_publish
+            .map_or(config.dns_publish, |p| p && config.dns.is_some());
+        let dns_control = match &config.dns {
+            Some(section) => {
+                let publication = dns::publication(section, &config.config_dir, addr)?;
+                let (tx, rx) = watch::channel(DnsControl {
+                    enabled: dns_on,
+                    port: addr.port(),
+                });
+                tokio::spawn(dns::publish_loop(
+                    publication,
+                    dns::refresh(section),
+                    dir.clone(),
+                    Arc::clone(service.store()),
+                    rx,
+                    shutdown.clone(),
+                ));
+                Some(tx)
+            }
+            None => {
+                dns::write_disabled_status(&dir);
+                None
+            }
+        };
+
+        let (rebind_tx, rebind_rx) = mpsc::channel(1);
+        let (listen_tx, listen_rx) = watch::channel(addr);
+        let settings = tally_admin::Settings {
+            port: addr.port(),
+            listen: addr.to_string(),
+            activation_interval_secs: intervals.activation_secs,
+            renewal_interval_secs: intervals.renewal_secs,
+            dns_publish: dns_on,
+            priority,
+        };
+        let control = Arc::new(LiveHost::new(
+            settings,
+            Arc::clone(&service),
+            rebind_tx,
+            dns_control,
+            listen_tx,
+            dir.clone(),
+        ));
+        let admin_addr = admin::serve(
+            config.admin_listen,
+            config.admin_tls.as_ref(),
+            Arc::clone(&service),
+            control,
+            &dir,
+            shutdown.clone(),
+        )
+        .await?;
+        tokio::spawn(catalog::watch(
+            dir.clone(),
+            Arc::clone(&service),
+            shutdown.clone(),
+        ));
+        tokio::spawn(retention::prune_events_loop(
+            Arc::clone(service.store()),
+            config.event_retention_days,
+            shutdown.clone(),
+        ));
+        let store = Arc::clone(service.store());
+        let started = serde_json::json!({ "addr": addr.to_string() });
+        events::record(&store, events::STARTED, "info", "host started", started).await;
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::clone(&service),
+            config.server,
+            shutdown,
+            rebind_rx,
+        ));
+        Ok(Self {
+            addr,
+            admin_addr,
+            listen: listen_rx,
+            service,
+            server,
+        })
+    }
+
+    /// The address the activation listener was bound to at start.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin API's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The activation listener's address, updated when a live port change rebinds it (R26).
+    pub fn listen_changes(&self) -> watch::Receiver<SocketAddr> {
+        self.listen.clone()
+    }
+
+    /// The activation service (session, store, counts).
+    pub fn service(&self) -> &Arc<HostService> {
+        &self.service
+    }
+
+    /// Waits until the host has stopped: shutdown was requested and the requests in flight
+    /// were answered.
+    pub async fn wait(self) -> Result<(), HostError> {
+        self.server.await.map_err(HostError::Task)?
+    }
+}
+
+/// Runs the activation listener until shutdown, then records the stop (event 1001).
+async fn serve(
+    listener: TcpListener,
+    service: Arc<HostService>,
+    config: tally_server::ServerConfig,
+    shutdown: CancellationToken,
+    rebind: mpsc::Receiver<TcpListener>,
+) -> Result<(), HostError> {
+    let store = Arc::clone(service.store());
+    tally_server::run_rebindable(listener, service, config, shutdown, Some(rebind)).await?;
+    events::record(
+        &store,
+        events::STOPPED,
+        "info",
+        "host stopped",
+        serde_json::json!({}),
+    )
+    .await;
+    info!("host stopped");
+    Ok(())
+}
+
+/// Builds a ready activation service for the identity in `dir`, on the store's single writer.
+/// The one place a host's [`HostService`] is opened (the demo uses it too).
+pub async fn build_service(
+    dir: &Path,
+    catalog: Catalog,
+    intervals: Intervals,
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<HostService>, HostError> {
+    let identity = identity::load_identity(dir)?;
+    let session = Arc::new(HostSession::new(Arc::new(catalog), identity, intervals));
+    let store: Arc<dyn Store> = Arc::new(store::open_writer(dir, durability)?);
+    Ok(Arc::new(HostService::open(session, store, clock).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    // A dev host starts on free ports, records its start and stop (R27), and stops on the
+    // shutdown token; read-only queries see what it wrote.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dev_host_starts_and_stops_on_the_token() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let overrides = Overrides {
+            data_dir: Some(tmp.path().join("host")),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            dev: true,
+            ..Overrides::default()
+        };
+        let config = HostConfig::load(None, overrides).expect("config");
+        let dir = config.data_dir.clone();
+        let shutdown = CancellationToken::new();
+        let host = Host::start(config, shutdown.clone()).await.expect("start");
+        assert_ne!(host.addr().port(), 0);
+        assert!(host.admin_addr().ip().is_loopback());
+        assert!(dir.join(crate::paths::ADMIN_ADDR_FILE).exists());
+        shutdown.cancel();
+        host.wait().await.expect("stopped");
+        let events = crate::query::events(
+            &dir,
+            tally_store::EventQuery {
+                since: None,
+                event_id: None,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("events");
+        let ids: Vec<u32> = events.iter().map(|e| e.event_id).collect();
+        assert!(
+            ids.contains(&events::STARTED) && ids.contains(&events::STOPPED),
+            "{ids:?}"
+        );
+    }
+}
