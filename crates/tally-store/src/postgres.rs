@@ -58,9 +58,12 @@ struct Job {
 }
 
 /// A host's store on a fleet's PostgreSQL database. Cloning shares the batcher and the pool.
+///
+/// A store opened with [`PgStore::open_read_only`] has no batcher: every write returns
+/// [`StoreError::ReadOnly`] and the schema is only checked, never migrated.
 #[derive(Clone)]
 pub struct PgStore {
-    jobs: mpsc::Sender<Job>,
+    jobs: Option<mpsc::Sender<Job>>,
     pool: Pool,
     served_by: Arc<str>,
     health: Arc<Health>,
@@ -173,12 +176,68 @@ impl PgStore {
             size,
         ));
         Ok(Self {
-            jobs,
+            jobs: Some(jobs),
             pool,
             served_by,
             health,
             full,
             stale,
+        })
+    }
+
+    /// Opens the fleet's database for reading only (status, clients, events, report while the
+    /// hosts run): no batcher, no migration. Fails with [`StoreError::Missing`] when no host
+    /// has created the schema yet, and with [`StoreError::TooNew`] / [`StoreError::NeedsUpgrade`]
+    /// when the schema is not this build's.
+    pub async fn open_read_only(pool: Pool, what: &str) -> Result<Self, StoreError> {
+        let client = pool.get().await.map_err(pool_error("connect"))?;
+        let exists: bool = client
+            .query_one("SELECT to_regclass('tally_schema') IS NOT NULL", &[])
+            .await
+            .map_err(backend("read schema version"))?
+            .get(0);
+        let version: Option<i64> = if exists {
+            client
+                .query_opt(
+                    "SELECT version FROM tally_schema WHERE lock_key = $1",
+                    &[&MIGRATION_LOCK],
+                )
+                .await
+                .map_err(backend("read schema version"))?
+                .map(|r| r.get(0))
+        } else {
+            None
+        };
+        let supported = MIGRATIONS.len() as i64;
+        match version {
+            None => {
+                return Err(StoreError::Missing {
+                    path: what.to_owned(),
+                });
+            }
+            Some(v) if v > supported => {
+                return Err(StoreError::TooNew {
+                    found: v,
+                    supported,
+                });
+            }
+            Some(v) if v < supported => {
+                return Err(StoreError::NeedsUpgrade {
+                    path: what.to_owned(),
+                    found: v,
+                    supported,
+                });
+            }
+            Some(_) => {}
+        }
+        drop(client);
+        Ok(Self {
+            jobs: None,
+            pool,
+            served_by: Arc::from(what),
+            health: Arc::default(),
+            full: Arc::default(),
+            stale: Arc::default(),
         })
     }
 
@@ -188,12 +247,23 @@ impl PgStore {
     }
 
     async fn submit(&self, work: Work) -> Result<Counted, StoreError> {
+        let jobs = self.jobs.as_ref().ok_or_else(|| StoreError::ReadOnly {
+            path: self.served_by.to_string(),
+        })?;
         let (done, wait) = oneshot::channel();
-        self.jobs
-            .send(Job { work, done })
+        jobs.send(Job { work, done })
             .await
             .map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        match self.jobs {
+            Some(_) => Ok(()),
+            None => Err(StoreError::ReadOnly {
+                path: self.served_by.to_string(),
+            }),
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -767,6 +837,7 @@ impl Store for PgStore {
     }
 
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.writable()?;
         // Any host may prune: deleting old rows commutes with every other host's writes.
         self.client()
             .await?
@@ -784,6 +855,7 @@ impl Store for PgStore {
     }
 
     async fn prune_registry(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.writable()?;
         let n = self
             .client()
             .await?
