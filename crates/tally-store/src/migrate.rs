@@ -179,10 +179,7 @@ async fn postgres_step(
 mod tests {
     use super::*;
 
-    const STEPS: &[&str] = &[
-        "CREATE TABLE a (x INTEGER);",
-        "CREATE TABLE b (y INTEGER);",
-    ];
+    const STEPS: &[&str] = &["CREATE TABLE a (x INTEGER);", "CREATE TABLE b (y INTEGER);"];
 
     #[test]
     fn sqlite_applies_missing_steps_once_and_refuses_a_newer_schema() {

@@ -49,7 +49,9 @@ pub enum PgError {
         reason: String,
     },
     /// The URL asks for TLS, which this build does not speak.
-    #[error("sslmode=require is not supported by this Tally (no TLS to PostgreSQL); use sslmode=disable on a trusted network")]
+    #[error(
+        "sslmode=require is not supported by this Tally (no TLS to PostgreSQL); use sslmode=disable on a trusted network"
+    )]
     TlsUnsupported,
     /// No server answered as read-write in time.
     #[error(
@@ -185,8 +187,9 @@ pub async fn client(pool: &Pool, servers: &str) -> Result<Object, StoreError> {
 /// Whether PostgreSQL aborted the transaction only because of concurrent ones, so running it
 /// again is right: `serialization_failure` (40001) or `deadlock_detected` (40P01).
 pub fn is_retryable(e: &tokio_postgres::Error) -> bool {
-    e.code()
-        .is_some_and(|c| *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    })
 }
 
 /// An error that may say "run the transaction again".
@@ -223,7 +226,8 @@ where
                         .map_or(0, |d| d.subsec_micros())
                         % 1000,
                 );
-                let pause = Duration::from_millis(1 << attempt.min(7)) + Duration::from_micros(jitter);
+                let pause =
+                    Duration::from_millis(1 << attempt.min(7)) + Duration::from_micros(jitter);
                 tokio::time::sleep(pause).await;
                 attempt += 1;
             }
@@ -249,7 +253,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_url_and_a_tls_url_are_refused_with_advice() {
-        let e = connect("postgres://u@h:notaport/db").await.expect_err("bad");
+        let e = connect("postgres://u@h:notaport/db")
+            .await
+            .expect_err("bad");
         assert!(e.to_string().contains("bad database URL"), "{e}");
         let e = connect("postgres://u:pw@127.0.0.1:1/db?sslmode=require")
             .await

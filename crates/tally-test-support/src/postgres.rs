@@ -181,7 +181,15 @@ impl PgServer {
         let data = dir.path().join("data");
         let mut initdb = tools.as_postgres("initdb");
         initdb
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
             .arg(&data);
         run(initdb, "initdb");
         let port = free_port();
@@ -235,7 +243,15 @@ impl PgServer {
             let tcp = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
             if tcp
                 && Command::new(self.tools.path("pg_isready"))
-                    .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-t", "1"])
+                    .args([
+                        "-q",
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-t",
+                        "1",
+                    ])
                     .status()
                     .is_ok_and(|s| s.success())
             {
@@ -368,6 +384,8 @@ impl PgServer {
             "-R",
             "-X",
             "stream",
+            // An immediate checkpoint: the default spreads it over minutes.
+            "--checkpoint=fast",
             "--no-sync",
             "-D",
         ])

@@ -223,7 +223,6 @@ pub trait AuthorityStore: Send + Sync + 'static {
     async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-
 /// Opens the authority's state: the SQLite file `authority.db` in `dir` when `database` is
 /// `None`, else the PostgreSQL database at the `postgres://` (or `postgresql://`) URL
 /// `database` (creating and migrating the schema in either case).

@@ -94,7 +94,12 @@ impl PgAuthorityStore {
             .map_err(|e| Fail::Store(e.into()))
     }
 
-    async fn insert_key_once(&self, key: &NewKey, actor: &str, now: Timestamp) -> Result<bool, Fail> {
+    async fn insert_key_once(
+        &self,
+        key: &NewKey,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, Fail> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
         let n = tx
@@ -117,8 +122,15 @@ impl PgAuthorityStore {
         if n == 0 {
             return Ok(false);
         }
-        audit(&tx, now, actor, &format!("issue_{}_key", key.kind), Some(key.serial), &key.note)
-            .await?;
+        audit(
+            &tx,
+            now,
+            actor,
+            &format!("issue_{}_key", key.kind),
+            Some(key.serial),
+            &key.note,
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -247,7 +259,9 @@ impl PgAuthorityStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                &format!("SELECT {KEY_COLUMNS} FROM authority_keys k ORDER BY k.created_at, k.serial"),
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM authority_keys k ORDER BY k.created_at, k.serial"
+                ),
                 &[],
             )
             .await?;

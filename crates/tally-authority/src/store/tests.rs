@@ -36,7 +36,9 @@ mod backends {
         let server = pg_server().await?;
         let url = server.url("authority");
         let a = PgAuthorityStore::connect(&url).await.expect("connect");
-        let b = PgAuthorityStore::connect(&url).await.expect("connect again");
+        let b = PgAuthorityStore::connect(&url)
+            .await
+            .expect("connect again");
         Some(Backend {
             stores: [Arc::new(a), Arc::new(b)],
             _keep: Box::new(server),
@@ -110,13 +112,28 @@ mod cases {
 
     pub(super) async fn keys_round_trip(b: &Backend) {
         let [s, other] = &b.stores;
-        assert!(s.insert_key(host_key(4_000_000_000), "cli", NOW).await.expect("insert"));
         assert!(
-            !other.insert_key(host_key(4_000_000_000), "cli", NOW).await.expect("insert"),
+            s.insert_key(host_key(4_000_000_000), "cli", NOW)
+                .await
+                .expect("insert")
+        );
+        assert!(
+            !other
+                .insert_key(host_key(4_000_000_000), "cli", NOW)
+                .await
+                .expect("insert"),
             "a taken serial is refused, also through another handle"
         );
-        assert!(s.insert_key(mak(7, 3), "op", NOW.plus_days(1)).await.expect("insert"));
-        let k = other.key(4_000_000_000).await.expect("key").expect("exists");
+        assert!(
+            s.insert_key(mak(7, 3), "op", NOW.plus_days(1))
+                .await
+                .expect("insert")
+        );
+        let k = other
+            .key(4_000_000_000)
+            .await
+            .expect("key")
+            .expect("exists");
         assert_eq!(k.serial, 4_000_000_000, "serials use all 32 bits");
         assert_eq!(k.kind, "host");
         assert_eq!(k.key, "HOST-KEY-4000000000");
@@ -141,7 +158,9 @@ mod cases {
     // R23: 10 activations per host, 6 hosts; an exception raises both; revocation stops all.
     pub(super) async fn r23_limits_exception_and_revocation(b: &Backend) {
         let [s, other] = &b.stores;
-        s.insert_key(host_key(11), "cli", NOW).await.expect("insert");
+        s.insert_key(host_key(11), "cli", NOW)
+            .await
+            .expect("insert");
         for i in 1..=10u32 {
             let store = if i % 2 == 0 { s } else { other };
             let u = store
@@ -156,7 +175,11 @@ mod cases {
             Err(Refusal::TooManyActivations { max: 10 })
         );
         for h in 2..=6 {
-            other.activate(11, &hw(h), "p", NOW).await.expect("db").expect("allowed");
+            other
+                .activate(11, &hw(h), "p", NOW)
+                .await
+                .expect("db")
+                .expect("allowed");
         }
         assert_eq!(
             s.activate(11, &hw(7), "p", NOW).await.expect("db"),
@@ -168,26 +191,48 @@ mod cases {
             .expect("db")
             .expect("key");
         assert_eq!((k.max_hosts, k.max_activations, k.hosts_used), (7, 12, 6));
-        let u = s.activate(11, &hw(7), "p", NOW).await.expect("db").expect("now allowed");
-        assert_eq!((u.hosts_used, u.max_hosts, u.activations, u.max_activations), (7, 7, 1, 12));
-        s.activate(11, &hw(1), "pub-b", NOW).await.expect("db").expect("11th allowed");
+        let u = s
+            .activate(11, &hw(7), "p", NOW)
+            .await
+            .expect("db")
+            .expect("now allowed");
+        assert_eq!(
+            (u.hosts_used, u.max_hosts, u.activations, u.max_activations),
+            (7, 7, 1, 12)
+        );
+        s.activate(11, &hw(1), "pub-b", NOW)
+            .await
+            .expect("db")
+            .expect("11th allowed");
         let acts = other.activations(11).await.expect("activations");
         assert_eq!(acts.len(), 7);
         let first = acts.iter().find(|a| a.hardware == hw(1)).expect("host 1");
         assert_eq!((first.count, first.detail.as_str()), (11, "pub-b"));
         assert_eq!(first.first_at, NOW.plus_days(1));
         assert_eq!(first.last_at, NOW);
-        let k = s.revoke(11, "fraud", "op", NOW).await.expect("db").expect("key");
-        assert_eq!((k.revoked_at, k.revoke_reason.as_deref()), (Some(NOW), Some("fraud")));
+        let k = s
+            .revoke(11, "fraud", "op", NOW)
+            .await
+            .expect("db")
+            .expect("key");
+        assert_eq!(
+            (k.revoked_at, k.revoke_reason.as_deref()),
+            (Some(NOW), Some("fraud"))
+        );
         // Seen through the other handle at once (another process, on PostgreSQL).
         assert_eq!(
             other.activate(11, &hw(2), "p", NOW).await.expect("db"),
-            Err(Refusal::Revoked { reason: "fraud".into() })
+            Err(Refusal::Revoked {
+                reason: "fraud".into()
+            })
         );
         let audit = other.audit().await.expect("audit");
         let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
         assert_eq!(actions, ["revoke", "exception", "issue_host_key"]);
-        assert_eq!(audit[1].detail, "+1 hosts, +2 activations per host: hardware swap");
+        assert_eq!(
+            audit[1].detail,
+            "+1 hosts, +2 activations per host: hardware swap"
+        );
     }
 
     pub(super) async fn unknown_keys(b: &Backend) {
@@ -197,18 +242,28 @@ mod cases {
             Err(Refusal::UnknownKey)
         );
         assert_eq!(s.revoke(99, "x", "op", NOW).await.expect("db"), None);
-        assert_eq!(s.grant_exception(99, 1, 1, "x", "op", NOW).await.expect("db"), None);
+        assert_eq!(
+            s.grant_exception(99, 1, 1, "x", "op", NOW)
+                .await
+                .expect("db"),
+            None
+        );
         assert!(s.activations(99).await.expect("db").is_empty());
         assert!(s.audit().await.expect("db").is_empty(), "nothing happened");
     }
 
     // R23, X2: 30 hosts at once, over two handles: exactly 6 are certified.
     pub(super) async fn r23_thirty_hosts_at_once_exactly_six(b: &Backend) {
-        b.stores[0].insert_key(host_key(21), "cli", NOW).await.expect("insert");
+        b.stores[0]
+            .insert_key(host_key(21), "cli", NOW)
+            .await
+            .expect("insert");
         let mut tasks = Vec::new();
         for h in 0..30u32 {
             let store = Arc::clone(&b.stores[h as usize % 2]);
-            tasks.push(tokio::spawn(async move { store.activate(21, &hw(h), "p", NOW).await }));
+            tasks.push(tokio::spawn(async move {
+                store.activate(21, &hw(h), "p", NOW).await
+            }));
         }
         let (mut ok, mut refused) = (0, 0);
         for t in tasks {
@@ -226,11 +281,16 @@ mod cases {
 
     // R23: one host reactivating 15 times at once: exactly 10 activations count.
     pub(super) async fn r23_one_host_fifteen_times_at_once_exactly_ten(b: &Backend) {
-        b.stores[0].insert_key(host_key(22), "cli", NOW).await.expect("insert");
+        b.stores[0]
+            .insert_key(host_key(22), "cli", NOW)
+            .await
+            .expect("insert");
         let mut tasks = Vec::new();
         for i in 0..15usize {
             let store = Arc::clone(&b.stores[i % 2]);
-            tasks.push(tokio::spawn(async move { store.activate(22, &hw(5), "p", NOW).await }));
+            tasks.push(tokio::spawn(async move {
+                store.activate(22, &hw(5), "p", NOW).await
+            }));
         }
         let mut ok = 0;
         for t in tasks {
@@ -247,7 +307,10 @@ mod cases {
     // R25, X2: a MAK with a budget of 3, 20 machines at once: exactly 3; a machine that got in
     // reactivates without using the budget.
     pub(super) async fn r25_mak_budget_three_of_twenty(b: &Backend) {
-        b.stores[1].insert_key(mak(31, 3), "cli", NOW).await.expect("insert");
+        b.stores[1]
+            .insert_key(mak(31, 3), "cli", NOW)
+            .await
+            .expect("insert");
         let mut tasks = Vec::new();
         for h in 0..20u32 {
             let store = Arc::clone(&b.stores[h as usize % 2]);
@@ -315,7 +378,9 @@ mod postgres_only {
     // Three processes starting at once on an empty database all come up (advisory lock).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn three_stores_migrate_an_empty_database_at_once() {
-        let Some(server) = pg_server().await else { return };
+        let Some(server) = pg_server().await else {
+            return;
+        };
         let url = server.url("authority");
         let (a, b, c) = tokio::join!(
             PgAuthorityStore::connect(&url),
@@ -336,7 +401,9 @@ mod postgres_only {
     // A database written by a newer Tally is refused with a clear error, and left alone.
     #[tokio::test]
     async fn a_newer_schema_is_refused() {
-        let Some(server) = pg_server().await else { return };
+        let Some(server) = pg_server().await else {
+            return;
+        };
         let url = server.url("authority");
         drop(PgAuthorityStore::connect(&url).await.expect("create"));
         server.psql(
@@ -347,7 +414,10 @@ mod postgres_only {
         assert!(
             matches!(
                 e,
-                StoreError::Database(tally_store::StoreError::TooNew { found: 7, supported: 1 })
+                StoreError::Database(tally_store::StoreError::TooNew {
+                    found: 7,
+                    supported: 1
+                })
             ),
             "{e:?}"
         );
@@ -358,7 +428,9 @@ mod postgres_only {
     // (URL with both servers, target_session_attrs=read-write) carries on on the new primary.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_promoted_standby_is_found_after_failover() {
-        let Some(primary) = pg_server().await else { return };
+        let Some(primary) = pg_server().await else {
+            return;
+        };
         let primary = Arc::new(primary);
         let p = Arc::clone(&primary);
         let standby = tokio::task::spawn_blocking(move || p.start_standby())
@@ -366,8 +438,15 @@ mod postgres_only {
             .expect("standby");
         let url = PgServer::failover_url(&[&primary, &standby], "authority");
         let store = PgAuthorityStore::connect(&url).await.expect("connect");
-        store.insert_key(host_key(41), "cli", NOW).await.expect("insert");
-        store.activate(41, &hw(1), "p", NOW).await.expect("db").expect("ok");
+        store
+            .insert_key(host_key(41), "cli", NOW)
+            .await
+            .expect("insert");
+        store
+            .activate(41, &hw(1), "p", NOW)
+            .await
+            .expect("db")
+            .expect("ok");
         // Wait until the standby replayed the activation, then lose the primary.
         let replayed = tally_test_support::wait_until(std::time::Duration::from_secs(20), || {
             (standby.psql("authority", "SELECT count(*) FROM authority_activations") == "1")
@@ -382,6 +461,9 @@ mod postgres_only {
             .await
             .expect("served by the promoted standby")
             .expect("allowed");
-        assert_eq!(u.hosts_used, 2, "the state from before the failover is there");
+        assert_eq!(
+            u.hosts_used, 2,
+            "the state from before the failover is there"
+        );
     }
 }
