@@ -293,7 +293,21 @@ impl PgServer {
     }
 
     /// Runs one SQL command with `psql` on database `db`; returns its unaligned output.
+    /// Panics (with psql's message) if it fails.
     pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = run(self.psql_command(db, sql), &format!("psql {sql:?}"));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// As [`PgServer::psql`], `None` when the command fails (to poll a standby, say).
+    pub fn try_psql(&self, db: &str, sql: &str) -> Option<String> {
+        let out = self.psql_command(db, sql).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn psql_command(&self, db: &str, sql: &str) -> Command {
         let mut c = Command::new(self.tools.path("psql"));
         c.args([
             "-X",
@@ -313,8 +327,7 @@ impl PgServer {
             "-c",
             sql,
         ]);
-        let out = run(c, &format!("psql {sql:?}"));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        c
     }
 
     /// Creates database `name` (a plain identifier).
@@ -384,9 +397,8 @@ impl PgServer {
             "-R",
             "-X",
             "stream",
-            // Start with an immediate checkpoint instead of waiting for the next one (minutes).
-            "-c",
-            "fast",
+            // An immediate checkpoint: the default spreads it over minutes.
+            "--checkpoint=fast",
             "--no-sync",
             "-D",
         ])
@@ -505,7 +517,7 @@ mod tests {
         );
         // The standby has the row once replay caught up; poll, do not sleep blindly.
         let deadline = Instant::now() + DEADLINE;
-        while standby.psql("t", "SELECT count(*) FROM x") != "1" {
+        while standby.try_psql("t", "SELECT count(*) FROM x").as_deref() != Some("1") {
             assert!(Instant::now() < deadline, "standby did not replay");
             thread::sleep(Duration::from_millis(25));
         }

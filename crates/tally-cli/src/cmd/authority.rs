@@ -31,6 +31,9 @@ pub enum AuthorityCommand {
         /// The authority directory.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the authority keeps its state.
+        #[command(flatten)]
+        db: DatabaseArg,
         /// Key group: client-vl, server-a, server-b or server-c. A key activates its group and
         /// every group below it.
         #[arg(long)]
@@ -50,6 +53,9 @@ pub enum AuthorityCommand {
         /// The authority directory.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the authority keeps its state.
+        #[command(flatten)]
+        db: DatabaseArg,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
         listen: std::net::SocketAddr,
@@ -59,6 +65,9 @@ pub enum AuthorityCommand {
         /// The authority directory.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the authority keeps its state.
+        #[command(flatten)]
+        db: DatabaseArg,
         /// One key.
         #[arg(long)]
         serial: Option<u32>,
@@ -71,6 +80,9 @@ pub enum AuthorityCommand {
         /// The authority directory.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the authority keeps its state.
+        #[command(flatten)]
+        db: DatabaseArg,
         /// The key's serial.
         #[arg(long)]
         serial: u32,
@@ -89,6 +101,9 @@ pub enum AuthorityCommand {
         /// The authority directory.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the authority keeps its state.
+        #[command(flatten)]
+        db: DatabaseArg,
         /// The key's serial.
         #[arg(long)]
         serial: u32,
@@ -101,6 +116,9 @@ pub enum AuthorityCommand {
         /// The authority directory.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the authority keeps its state.
+        #[command(flatten)]
+        db: DatabaseArg,
         /// The installation ID's digit groups, or a file holding them.
         installation_id: String,
         /// Also write the confirmation ID to this file.
@@ -115,6 +133,9 @@ pub enum AuthorityCommand {
         /// The authority directory.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the authority keeps its state.
+        #[command(flatten)]
+        db: DatabaseArg,
         /// Distinct machines it may activate.
         #[arg(long)]
         budget: u32,
@@ -168,8 +189,28 @@ pub enum AuthorityCommand {
     },
 }
 
-fn service(dir: &std::path::Path) -> anyhow::Result<tally_authority::service::Service> {
-    Ok(dir::open_service(dir, std::sync::Arc::new(SystemClock))?)
+/// `--database URL`: the authority's state in PostgreSQL instead of `DIR/authority.db`.
+#[derive(clap::Args)]
+pub struct DatabaseArg {
+    /// The authority's database: a postgres://USER[:PASSWORD]@HOST[:PORT][,HOST[:PORT]...]/DB
+    /// URL (several `tally authority run` processes may share it). Default: the SQLite file
+    /// authority.db in the authority directory. The keys and the operator token stay in DIR.
+    #[arg(long = "database", env = "TALLY_DATABASE_URL", value_name = "URL")]
+    database: Option<String>,
+}
+
+/// The one place that opens the authority's service and store (keys from `dir`, state from
+/// `--database` or `dir`).
+async fn service(
+    dir: &std::path::Path,
+    db: &DatabaseArg,
+) -> anyhow::Result<tally_authority::service::Service> {
+    Ok(dir::open_service_on(
+        dir,
+        db.database.as_deref(),
+        std::sync::Arc::new(SystemClock),
+    )
+    .await?)
 }
 
 /// Prints an issued key: the key alone, or its whole record as JSON.
@@ -206,6 +247,7 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::IssueHostKey {
             dir: d,
+            db,
             group,
             generation,
             note,
@@ -216,7 +258,8 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 generation,
                 note,
             };
-            let key = service(&d)?
+            let key = service(&d, &db)
+                .await?
                 .issue_host_key(&req, "cli")
                 .await
                 .map_err(service_err)?;
@@ -224,12 +267,14 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::IssueMak {
             dir: d,
+            db,
             budget,
             note,
             json,
         } => {
             let req = tally_authority::service::MakIssueRequest { budget, note };
-            let key = service(&d)?
+            let key = service(&d, &db)
+                .await?
                 .issue_mak(&req, "cli")
                 .await
                 .map_err(service_err)?;
@@ -277,8 +322,8 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 out.display()
             );
         }
-        AuthorityCommand::Run { dir: d, listen } => {
-            let svc = std::sync::Arc::new(service(&d)?);
+        AuthorityCommand::Run { dir: d, db, listen } => {
+            let svc = std::sync::Arc::new(service(&d, &db).await?);
             let token = dir::operator_token(&d).context("cannot read the operator token")?;
             let router = tally_authority::http::app(tally_authority::http::AppState {
                 service: svc,
@@ -299,10 +344,11 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::Keys {
             dir: d,
+            db,
             serial,
             json,
         } => {
-            let svc = service(&d)?;
+            let svc = service(&d, &db).await?;
             match serial {
                 Some(s) => {
                     let detail = svc.key(s).await.map_err(service_err)?;
@@ -363,6 +409,7 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::Exception {
             dir: d,
+            db,
             serial,
             hosts,
             activations,
@@ -373,7 +420,8 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 extra_activations: activations,
                 reason,
             };
-            let k = service(&d)?
+            let k = service(&d, &db)
+                .await?
                 .exception(serial, &req, "cli")
                 .await
                 .map_err(service_err)?;
@@ -384,11 +432,13 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::Revoke {
             dir: d,
+            db,
             serial,
             reason,
         } => {
             let req = tally_authority::service::RevokeRequest { reason };
-            service(&d)?
+            service(&d, &db)
+                .await?
                 .revoke(serial, &req, "cli")
                 .await
                 .map_err(service_err)?;
@@ -396,12 +446,17 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::Confirm {
             dir: d,
+            db,
             installation_id,
             out,
             json,
         } => {
             let id = text_or_file(&installation_id)?;
-            let groups = service(&d)?.confirm(&id).await.map_err(service_err)?;
+            let groups = service(&d, &db)
+                .await?
+                .confirm(&id)
+                .await
+                .map_err(service_err)?;
             if let Some(out) = &out {
                 std::fs::write(out, format!("{}\n", groups.join(" ")))
                     .with_context(|| format!("cannot write {}", out.display()))?;

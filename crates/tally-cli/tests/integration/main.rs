@@ -6,6 +6,7 @@
 
 mod admin;
 mod authority;
+mod authority_pg;
 mod cli;
 mod dns;
 mod faults;
