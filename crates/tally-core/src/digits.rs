@@ -1,9 +1,9 @@
 //! Digit groups for offline ("by phone") activation IDs (R22): bytes written as groups of six decimal digits,
 //! each followed by a check digit, so a typo in any group is caught and named.
 //!
-//! The check digit of group *g* (1-based) is the Luhn check digit over the two digits of *g*
-//! followed by the group's six digits: any single wrong digit, most swaps of neighbours, and a
-//! group typed in the wrong place are caught.
+//! The check digit of group *g* (1-based) is the Damm check digit over the two digits of *g*
+//! followed by the group's six digits: every single wrong digit and every swap of two neighbours
+//! is caught (Luhn, used before, misses 09 ↔ 90), and so is a group typed in the wrong place.
 //!
 //! Lengths are the minimum the cryptography allows:
 //! - **installation ID**: host key payload (14 bytes) + host public key (32) + hardware id (5)
@@ -39,28 +39,31 @@ pub enum DigitsError {
     Range,
 }
 
-fn luhn_check(digits: &[u8]) -> u8 {
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            let d = u32::from(d);
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                d
-            }
-        })
-        .sum();
-    ((10 - sum % 10) % 10) as u8
+/// The Damm algorithm's totally anti-symmetric quasigroup of order 10 (Damm 2004).
+const DAMM: [[u8; 10]; 10] = [
+    [0, 3, 1, 7, 5, 9, 8, 6, 4, 2],
+    [7, 0, 9, 2, 1, 5, 4, 8, 6, 3],
+    [4, 2, 0, 6, 8, 7, 1, 3, 5, 9],
+    [1, 7, 5, 0, 9, 8, 3, 4, 2, 6],
+    [6, 1, 2, 3, 0, 4, 5, 9, 7, 8],
+    [3, 6, 7, 4, 2, 0, 9, 5, 8, 1],
+    [5, 8, 6, 9, 7, 2, 0, 1, 3, 4],
+    [8, 9, 4, 5, 3, 6, 2, 0, 1, 7],
+    [9, 4, 3, 8, 6, 1, 7, 2, 0, 5],
+    [2, 5, 8, 1, 4, 3, 6, 7, 9, 0],
+];
+
+/// The Damm check digit of `digits` (each 0–9).
+fn damm_check(digits: &[u8]) -> u8 {
+    digits.iter().fold(0u8, |interim, &d| {
+        DAMM[usize::from(interim)][usize::from(d % 10)]
+    })
 }
 
 fn group_check(index: usize, group: &[u8]) -> u8 {
     let mut all = vec![((index / 10) % 10) as u8, (index % 10) as u8];
     all.extend_from_slice(group);
-    luhn_check(&all)
+    damm_check(&all)
 }
 
 /// Decimal digits needed for `n` bytes.
@@ -144,6 +147,43 @@ pub fn decode(text: &str, n: usize) -> Result<Vec<u8>, DigitsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Every single-digit error and every adjacent swap in a group is caught (Luhn missed 09/90).
+    #[test]
+    fn every_typo_and_neighbour_swap_is_caught() {
+        for n in 0..16u32 {
+            let bytes: Vec<u8> = (0..66u32).map(|i| (i * 97 + n * 31) as u8).collect();
+            let groups = encode(&bytes);
+            for (gi, g) in groups.iter().enumerate() {
+                let d = g.as_bytes();
+                for i in 0..d.len() {
+                    for wrong in b'0'..=b'9' {
+                        if wrong == d[i] {
+                            continue;
+                        }
+                        let mut t = d.to_vec();
+                        t[i] = wrong;
+                        let mut typed = groups.clone();
+                        typed[gi] = String::from_utf8(t).expect("digits");
+                        assert_eq!(
+                            decode(&typed.join(" "), 66),
+                            Err(DigitsError::Check(gi + 1))
+                        );
+                    }
+                    if i + 1 < d.len() && d[i] != d[i + 1] {
+                        let mut t = d.to_vec();
+                        t.swap(i, i + 1);
+                        let mut typed = groups.clone();
+                        typed[gi] = String::from_utf8(t).expect("digits");
+                        assert_eq!(
+                            decode(&typed.join(" "), 66),
+                            Err(DigitsError::Check(gi + 1))
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn round_trip_and_lengths() {

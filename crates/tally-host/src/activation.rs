@@ -17,6 +17,7 @@ use crate::identity::{
     ensure_host_key, host_secret, install_verified_certificate, installed_host_key,
     record_offline_event,
 };
+use crate::store::Database;
 use crate::{HostError, paths};
 
 /// How long one call to the authority may take.
@@ -74,6 +75,7 @@ pub fn installation_id(dir: &Path) -> Result<InstallationId, HostError> {
 /// that is missing too, the key the authority sends (with a warning: trust on first use).
 pub async fn activate(
     dir: &Path,
+    db: &Database,
     method: Method,
     trust: Option<String>,
 ) -> Result<Activated, HostError> {
@@ -128,7 +130,7 @@ pub async fn activate(
         "group": coverage.group.name(),
         "generation": coverage.generation,
     });
-    record_offline_event(dir, "host activated with the authority", data).await?;
+    record_offline_event(dir, db, "host activated with the authority", data).await?;
     Ok(Activated {
         group: coverage.group,
         generation: coverage.generation,

@@ -15,6 +15,7 @@ use tally_store::sqlite::Durability;
 
 use crate::HostError;
 use crate::paths;
+use crate::store::{Database, Storage};
 
 /// An interval: a bare number is minutes (as R8 states them); `s`, `m`, `h`, `d` suffixes are
 /// accepted. Between 1 second and 1 year. The value is in seconds.
@@ -105,6 +106,12 @@ fn default_idle_timeout_secs() -> u64 {
 fn default_event_retention_days() -> u32 {
     90
 }
+fn default_registry_retention_days() -> u32 {
+    crate::retention::DEFAULT_REGISTRY_RETENTION_DAYS
+}
+fn default_registry_cap() -> u64 {
+    tally_store::DEFAULT_REGISTRY_CAP
+}
 fn default_true() -> bool {
     true
 }
@@ -168,6 +175,23 @@ pub struct FileConfig {
     /// DNS publishing (R17, R18) [default: none: not published; records can be made by hand].
     #[serde(default)]
     pub dns: Option<DnsConfig>,
+    /// Where counts, registry and events live: unset for the embedded SQLite file in the data
+    /// directory, or `postgres://USER[:PASSWORD]@HOST[:PORT][,HOST[:PORT]…]/DB` for a fleet
+    /// (hosts sharing one database count as one, X1) [default: none: embedded].
+    #[serde(default)]
+    pub database: Option<String>,
+    /// This host's name in a fleet's registry and events [default: none: the machine name and
+    /// the first 8 hex digits of the certificate fingerprint].
+    #[serde(default)]
+    pub host_name: Option<String>,
+    /// Days a machine stays in the registry after its last request (R6)
+    /// [default: `default_registry_retention_days()`, 210: validity plus the table window].
+    #[serde(default = "default_registry_retention_days")]
+    pub registry_retention_days: u32,
+    /// Most machines in the registry; at the cap new machines are counted but not registered,
+    /// with event 1005 [default: `default_registry_cap()`, 10 000 000].
+    #[serde(default = "default_registry_cap")]
+    pub registry_cap: u64,
 }
 
 /// The `[dns]` section of the host config.
@@ -247,6 +271,10 @@ pub struct Overrides {
     pub no_dns_publish: bool,
     /// `--dev`: create a local authority and certify this host on first start.
     pub dev: bool,
+    /// `--database` / `TALLY_DATABASE_URL`.
+    pub database: Option<String>,
+    /// `--host-name`.
+    pub host_name: Option<String>,
 }
 
 /// The admin API's TLS certificate and key (PEM files).
@@ -288,6 +316,14 @@ pub struct HostConfig {
     /// Whether DNS publishing starts on (R17): configured, `publish = true`, no
     /// `--no-dns-publish`.
     pub dns_publish: bool,
+    /// Where counts, registry and events live.
+    pub database: Database,
+    /// This host's name in a fleet (see [`FileConfig::host_name`]).
+    pub host_name: Option<String>,
+    /// Days a machine stays in the registry after its last request, at least 1.
+    pub registry_retention_days: u32,
+    /// Most machines in the registry.
+    pub registry_cap: u64,
 }
 
 impl HostConfig {
@@ -357,7 +393,23 @@ impl HostConfig {
             event_retention_days: file.event_retention_days.max(1),
             dns: file.dns,
             dns_publish,
+            database: Database::parse(overrides.database.as_deref().or(file.database.as_deref()))?,
+            host_name: overrides.host_name.or(file.host_name),
+            registry_retention_days: file.registry_retention_days.max(1),
+            registry_cap: file.registry_cap.max(1),
         })
+    }
+
+    /// How the host opens its store.
+    pub fn storage(&self) -> Storage {
+        Storage {
+            database: self.database.clone(),
+            durability: self.durability,
+            host_name: self.host_name.clone(),
+            options: tally_store::StoreOptions {
+                registry_cap: self.registry_cap,
+            },
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use tally_store::Store;
 use tally_store::sqlite::Durability;
 use tracing::info;
 
+use crate::store::Database;
 use crate::{HostError, events, paths, store};
 
 fn read(path: &Path) -> Result<String, HostError> {
@@ -172,7 +173,11 @@ pub fn installed_host_key(dir: &Path) -> Result<ProductKey, HostError> {
 /// MAKs belong on clients), makes the host's key pair if needed, and records event 1003.
 ///
 /// No host needs to run: the event goes through [`store::open_writer`].
-pub async fn install_host_key(dir: &Path, key: &str) -> Result<HostKeyFields, HostError> {
+pub async fn install_host_key(
+    dir: &Path,
+    db: &Database,
+    key: &str,
+) -> Result<HostKeyFields, HostError> {
     let key: ProductKey = key.trim().parse()?;
     match key.kind() {
         KeyKind::Host => {}
@@ -199,17 +204,25 @@ pub async fn install_host_key(dir: &Path, key: &str) -> Result<HostKeyFields, Ho
         "group": fields.group.name(),
         "generation": fields.generation,
     });
-    record_offline_event(dir, "host key installed", data).await?;
+    record_offline_event(dir, db, "host key installed", data).await?;
     Ok(fields)
 }
 
 /// Records event 1003 while no host runs (host key installed, host activated).
 pub(crate) async fn record_offline_event(
     dir: &Path,
+    db: &Database,
     message: &str,
     data: serde_json::Value,
 ) -> Result<(), HostError> {
-    let store: Arc<dyn Store> = Arc::new(store::open_writer(dir, Durability::Full)?);
+    let store: Arc<dyn Store> = store::open_writer(
+        dir,
+        db,
+        Durability::Full,
+        &store::machine_name(),
+        tally_store::StoreOptions::default(),
+    )
+    .await?;
     events::record(&store, events::KEY, "info", message, data).await;
     Ok(())
 }

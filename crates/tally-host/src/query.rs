@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use tally_core::counting::CountTables;
 use tally_core::hex::to_hex;
 use tally_core::time::{Clock, SystemClock, Timestamp};
 use tally_core::{Catalog, KeyGroup};
-use tally_store::{Event, EventQuery, RegistryEntry, RegistryPage, Store};
+use tally_store::{Event, EventQuery, RegistryEntry, RegistryPage};
 use uuid::Uuid;
 
+use crate::store::Database;
 use crate::{HostError, dns, identity, store};
 
 /// `tally host status`: certificate, counts per pool (R2–R5), registry size (R6), DNS (R17).
@@ -19,6 +19,9 @@ use crate::{HostError, dns, identity, store};
 pub struct HostStatus {
     /// The data directory.
     pub data_dir: PathBuf,
+    /// Where the counts, registry and events live (`embedded SQLite`, or the fleet's
+    /// PostgreSQL servers: then counts, clients and events are the fleet's).
+    pub database: String,
     /// The catalog in force.
     pub catalog: CatalogStatus,
     /// The host certificate.
@@ -76,21 +79,21 @@ pub struct PoolStatus {
 }
 
 /// Reads the status of the host in `dir`, naming pools from `catalog`.
-pub async fn status(dir: &Path, catalog: &Catalog) -> Result<HostStatus, HostError> {
+pub async fn status(dir: &Path, db: &Database, catalog: &Catalog) -> Result<HostStatus, HostError> {
     let identity = identity::load_identity(dir)?;
-    let store = store::open_for_reading(dir)?;
+    let store = store::open_for_reading(dir, db).await?;
     let now = SystemClock.now();
-    let tables = CountTables::from_snapshots(store.load_tables().await?);
-    let pools = tables
-        .summary(now)
+    let pools = store
+        .pool_counts(now)
+        .await?
         .into_iter()
-        .map(|(pool, count, capacity)| PoolStatus {
-            pool,
+        .map(|p| PoolStatus {
+            pool: p.pool,
             name: catalog
-                .pool(pool)
-                .map_or_else(|| pool.to_string(), |p| p.name.clone()),
-            count,
-            capacity,
+                .pool(p.pool)
+                .map_or_else(|| p.pool.to_string(), |x| x.name.clone()),
+            count: p.count,
+            capacity: p.capacity,
         })
         .collect();
     let cert = identity.certificate();
@@ -98,6 +101,7 @@ pub async fn status(dir: &Path, catalog: &Catalog) -> Result<HostStatus, HostErr
     let not_after = Timestamp(cert.body.not_after.saturating_mul(1000));
     Ok(HostStatus {
         data_dir: dir.to_owned(),
+        database: db.describe(),
         catalog: CatalogStatus {
             name: catalog.name().to_owned(),
             version: catalog.version(),
@@ -120,41 +124,46 @@ pub async fn status(dir: &Path, catalog: &Catalog) -> Result<HostStatus, HostErr
 /// CSV or JSON text.
 pub async fn report(
     dir: &Path,
+    db: &Database,
     catalog: &Catalog,
     from: Timestamp,
     to: Timestamp,
     csv: bool,
 ) -> Result<String, HostError> {
     let identity = identity::load_identity(dir)?;
-    let store = store::open_for_reading(dir)?;
-    let clients = tally_admin::report::clients_in_period(&store, from, to).await?;
+    let store = store::open_for_reading(dir, db).await?;
+    let clients = tally_admin::report::clients_in_period(&*store, from, to).await?;
     tally_admin::report::build(&identity, catalog, &clients, from, to, csv)
         .map_err(HostError::Invalid)
 }
 
 /// Events from the log (R27), newest first.
-pub async fn events(dir: &Path, query: EventQuery) -> Result<Vec<Event>, HostError> {
-    Ok(store::open_for_reading(dir)?.events(query).await?)
+pub async fn events(dir: &Path, db: &Database, query: EventQuery) -> Result<Vec<Event>, HostError> {
+    Ok(store::open_for_reading(dir, db)
+        .await?
+        .events(query)
+        .await?)
 }
 
 /// One page of the registry (R6) and the number of clients matching its search.
 pub async fn clients(
     dir: &Path,
+    db: &Database,
     page: RegistryPage,
 ) -> Result<(u64, Vec<RegistryEntry>), HostError> {
-    let store = store::open_for_reading(dir)?;
+    let store = store::open_for_reading(dir, db).await?;
     let total = store.registry_count(page.search.clone()).await?;
     Ok((total, store.registry(page).await?))
 }
 
 /// Copies the database to `out` (a consistent snapshot, while the host runs). `out` must not
 /// exist.
-pub async fn backup(dir: &Path, out: &Path) -> Result<(), HostError> {
+pub async fn backup(dir: &Path, db: &Database, out: &Path) -> Result<(), HostError> {
     if out.exists() {
         return Err(HostError::Invalid(format!(
             "{} exists; choose a new file",
             out.display()
         )));
     }
-    Ok(store::open_for_reading(dir)?.backup_to(out).await?)
+    store::backup(dir, db, out).await
 }

@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::store::Storage;
 use tally_core::Catalog;
 use tally_core::host::{HostSession, Intervals};
 use tally_core::time::{Clock, SystemClock};
 use tally_server::HostService;
 use tally_store::Store;
-use tally_store::sqlite::Durability;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -70,7 +70,7 @@ impl Host {
         if config.dev {
             identity::dev_bootstrap(&dir, &catalog, clock.now())?;
         }
-        let service = build_service(&dir, catalog, intervals, config.durability, clock).await?;
+        let service = build_service(&dir, catalog, intervals, &config.storage(), clock).await?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| HostError::Bind {
@@ -153,9 +153,12 @@ impl Host {
             Arc::clone(&service),
             shutdown.clone(),
         ));
-        tokio::spawn(retention::prune_events_loop(
+        tokio::spawn(retention::prune_loop(
             Arc::clone(service.store()),
-            config.event_retention_days,
+            retention::Retention {
+                event_days: config.event_retention_days,
+                registry_days: config.registry_retention_days,
+            },
             shutdown.clone(),
         ));
         let store = Arc::clone(service.store());
@@ -232,12 +235,28 @@ pub async fn build_service(
     dir: &Path,
     catalog: Catalog,
     intervals: Intervals,
-    durability: Durability,
+    storage: &Storage,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<HostService>, HostError> {
     let identity = identity::load_identity(dir)?;
+    let served_by = storage.host_name.clone().unwrap_or_else(|| {
+        let fingerprint = tally_core::hex::to_hex(&identity.fingerprint());
+        format!(
+            "{}-{}",
+            store::machine_name(),
+            fingerprint.get(..8).unwrap_or(&fingerprint)
+        )
+    });
     let session = Arc::new(HostSession::new(Arc::new(catalog), identity, intervals));
-    let store: Arc<dyn Store> = Arc::new(store::open_writer(dir, durability)?);
+    let store: Arc<dyn Store> = store::open_writer(
+        dir,
+        &storage.database,
+        storage.durability,
+        &served_by,
+        storage.options,
+    )
+    .await?;
+    info!(database = ?storage.database, host_name = %served_by, "store opened");
     Ok(Arc::new(HostService::open(session, store, clock).await?))
 }
 
@@ -268,6 +287,7 @@ mod tests {
         host.wait().await.expect("stopped");
         let events = crate::query::events(
             &dir,
+            &crate::store::Database::Embedded,
             tally_store::EventQuery {
                 since: None,
                 event_id: None,

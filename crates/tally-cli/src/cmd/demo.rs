@@ -18,7 +18,6 @@ use tally_host::paths;
 use tally_host::runtime::build_service;
 use tally_proto::{LicenseState, MachineName};
 use tally_server::ServerConfig;
-use tally_store::sqlite::Durability;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -88,7 +87,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         dir,
         catalog.clone(),
         Intervals::default(),
-        Durability::Full,
+        &tally_host::store::Storage::default(),
         Arc::clone(&clock),
     )
     .await?;

@@ -194,6 +194,17 @@ pub struct DirArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub catalog: CatalogArg,
+    /// Where counts, registry and events live: a fleet's PostgreSQL,
+    /// postgres://USER[:PASSWORD]@HOST[:PORT][,HOST2[:PORT]]/DB?target_session_attrs=read-write
+    /// (hosts on one database count as one) [default: the config file's `database`, else the
+    /// embedded SQLite file DATA_DIR/tally.db].
+    #[arg(
+        long,
+        env = "TALLY_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
 }
 
 impl DirArgs {
@@ -202,6 +213,7 @@ impl DirArgs {
         Overrides {
             data_dir: self.data_dir.clone(),
             catalog: self.catalog.catalog.clone(),
+            database: self.database.clone(),
             ..Overrides::default()
         }
     }

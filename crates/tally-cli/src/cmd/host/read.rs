@@ -15,10 +15,12 @@ use crate::cmd::remote::{Admin, RemoteArgs};
 use crate::output::{Table, json};
 
 /// The data directory and the catalog in force there (the one resolution every command uses).
-fn dir_and_catalog(dir: &DirArgs) -> anyhow::Result<(PathBuf, tally_core::Catalog)> {
+fn dir_and_catalog(
+    dir: &DirArgs,
+) -> anyhow::Result<(PathBuf, tally_host::store::Database, tally_core::Catalog)> {
     let config = dir.config()?;
     let catalog = catalog::resolve(&config.data_dir, config.catalog.as_deref())?;
-    Ok((config.data_dir, catalog))
+    Ok((config.data_dir, config.database, catalog))
 }
 
 /// `tally host status`.
@@ -34,8 +36,8 @@ pub async fn status(dir: &DirArgs, remote: &RemoteArgs, as_json: bool) -> anyhow
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (dir, catalog) = dir_and_catalog(dir)?;
-    let status = query::status(&dir, &catalog).await?;
+    let (dir, db, catalog) = dir_and_catalog(dir)?;
+    let status = query::status(&dir, &db, &catalog).await?;
     if as_json {
         json(&status)?;
         return Ok(ExitCode::SUCCESS);
@@ -109,8 +111,8 @@ pub async fn report(
         );
         admin.get_text(&q).await?
     } else {
-        let (dir, catalog) = dir_and_catalog(dir)?;
-        query::report(&dir, &catalog, from, to, format == "csv").await?
+        let (dir, db, catalog) = dir_and_catalog(dir)?;
+        query::report(&dir, &db, &catalog, from, to, format == "csv").await?
     };
     match &out {
         Some(p) => {
@@ -124,7 +126,8 @@ pub async fn report(
 
 /// `tally host backup --out FILE`.
 pub async fn backup(dir: &DirArgs, out: &Path) -> anyhow::Result<ExitCode> {
-    query::backup(&dir.resolve()?, out).await?;
+    let config = dir.config()?;
+    query::backup(&config.data_dir, &config.database, out).await?;
     println!("Database copied to {}.", out.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -171,8 +174,10 @@ pub async fn events(
         return Ok(ExitCode::SUCCESS);
     }
     let since = since.map(|p| Timestamp(SystemClock.now().millis() - i64::from(p.0) * 1000));
+    let config = dir.config()?;
     let events = query::events(
-        &dir.resolve()?,
+        &config.data_dir,
+        &config.database,
         EventQuery {
             since,
             event_id: id,
@@ -229,9 +234,10 @@ pub async fn clients(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (data_dir, catalog) = dir_and_catalog(dir)?;
+    let (data_dir, db, catalog) = dir_and_catalog(dir)?;
     let (total, rows) = query::clients(
         &data_dir,
+        &db,
         RegistryPage {
             search,
             offset,

@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// Do not publish DNS records even if the config file has a `[dns]` section (R17).
     #[arg(long)]
     no_dns_publish: bool,
+    /// This host's name in a fleet's registry and events [default: the config file's
+    /// `host_name`, else the machine name and the certificate fingerprint's first 8 hex digits].
+    #[arg(long, value_name = "NAME")]
+    host_name: Option<String>,
     /// Serve the admin API over TLS with this certificate chain (PEM).
     #[arg(long, value_name = "FILE", requires = "admin_tls_key")]
     admin_tls_cert: Option<PathBuf>,
@@ -75,6 +79,7 @@ impl RunArgs {
             admin_tls_key: self.admin_tls_key.clone(),
             no_dns_publish: self.no_dns_publish,
             dev: self.dev,
+            host_name: self.host_name.clone(),
             ..self.dir.overrides()
         }
     }

@@ -49,8 +49,9 @@ pub fn install_cert(dir: &DirArgs, file: &Path, trust: Option<&Path>) -> anyhow:
 
 /// `tally host install-key KEY`.
 pub async fn install_key(dir: &DirArgs, key: &str) -> anyhow::Result<ExitCode> {
-    let dir = dir.resolve()?;
-    let fields = identity::install_host_key(&dir, key).await?;
+    let config = dir.config()?;
+    let dir = config.data_dir;
+    let fields = identity::install_host_key(&dir, &config.database, key).await?;
     let key = identity::installed_host_key(&dir)?;
     println!(
         "Host key for {} generation {} installed (ends {}). Activate it once: \
@@ -71,7 +72,8 @@ pub async fn activate(
     trust: Option<PathBuf>,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let dir = dir.resolve()?;
+    let config = dir.config()?;
+    let (dir, database) = (config.data_dir, config.database);
     if offline {
         let id = activation::installation_id(&dir)?;
         if as_json {
@@ -105,7 +107,7 @@ pub async fn activate(
             std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
         })
         .transpose()?;
-    let activated = match activation::activate(&dir, method, trust).await {
+    let activated = match activation::activate(&dir, &database, method, trust).await {
         Ok(a) => a,
         Err(HostError::AuthorityApi(AuthorityClientError::Refused {
             body,
