@@ -10,6 +10,7 @@ mod authority_pg;
 mod cli;
 mod dns;
 mod faults;
+mod fleet;
 mod lifecycle;
 mod one_path;
 mod trust;
