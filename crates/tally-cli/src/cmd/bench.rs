@@ -8,6 +8,11 @@
 //!
 //! The bench checks that each response decodes as a successful activation response; it does
 //! not verify signatures (that is the client's cost, not the host's).
+//!
+//! Several `--host` (a fleet) share the load: worker *w* talks to host *w mod n*. With
+//! `--host-pid` (one per host process) the report has the hosts' CPU time per request, read from
+//! `/proc/PID/stat` before and after the run; the baseline server then runs as a child process
+//! of its own, so its CPU per request is measured the same way.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,9 +39,15 @@ use tally_client::ops::with_default_port;
 /// `tally bench` options.
 #[derive(Args, Clone)]
 pub struct BenchArgs {
-    /// Host to load, HOST:PORT. Only loopback or hosts you run yourself.
-    #[arg(long, value_name = "HOST:PORT")]
-    host: String,
+    /// Host to load, HOST:PORT; repeat (or separate with commas) for a fleet, and the load is
+    /// spread over them. Only loopback or hosts you run yourself.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        required_unless_present = "baseline_server"
+    )]
+    host: Vec<String>,
     /// Distinct CMIDs to cycle through.
     #[arg(long, default_value_t = 1000)]
     clients: u32,
@@ -58,9 +69,14 @@ pub struct BenchArgs {
     /// Edition SKU to request [default: the catalog's first server edition].
     #[arg(long)]
     sku: Option<Uuid>,
-    /// Process id of the host, to report its peak memory (Linux).
-    #[arg(long)]
-    host_pid: Option<u32>,
+    /// Process id of a host, to report its peak memory and CPU time per request (Linux);
+    /// repeat for a fleet.
+    #[arg(long, value_delimiter = ',')]
+    host_pid: Vec<u32>,
+    /// Internal: run only the baseline server and print its address (the bench starts it as a
+    /// child process to measure its CPU).
+    #[arg(long, hide = true)]
+    baseline_server: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -86,11 +102,13 @@ struct Report {
     p999_ms: f64,
     max_ms: f64,
     host_peak_rss_mb: Option<f64>,
+    /// CPU time (user + system) of the server processes per answered request, µs.
+    cpu_us_per_request: Option<f64>,
 }
 
 struct Plan {
     mode: Mode,
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     frames: Vec<Vec<u8>>,
     keepalive: bool,
     deadline: Option<Instant>,
@@ -176,7 +194,7 @@ async fn worker(plan: Arc<Plan>, worker: usize) -> anyhow::Result<WorkerResult> 
             let mut stream = match conn.take() {
                 Some(s) => s,
                 None => {
-                    let s = TcpStream::connect(plan.addr)
+                    let s = TcpStream::connect(plan.addrs[worker % plan.addrs.len()])
                         .await
                         .map_err(|e| format!("connect: {}", e.kind()))?;
                     let _ = s.set_nodelay(true);
@@ -203,6 +221,23 @@ async fn worker(plan: Arc<Plan>, worker: usize) -> anyhow::Result<WorkerResult> 
     Ok(WorkerResult { hist, errors })
 }
 
+/// CPU time (user + system) a process has used, in µs, from `/proc/PID/stat`.
+fn cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 1e6 / clock_ticks())
+}
+
+/// Clock ticks per second in `/proc/PID/stat`: Linux's USER_HZ, fixed at 100 on every
+/// architecture Tally runs on (whatever the kernel's own HZ), so no `sysconf` call is needed.
+fn clock_ticks() -> f64 {
+    100.0
+}
+
 fn rss_mb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -213,12 +248,18 @@ fn rss_mb(pid: u32, field: &str) -> Option<f64> {
 async fn run_load(
     args: &BenchArgs,
     mode: Mode,
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
+    pids: &[u32],
     frames: Vec<Vec<u8>>,
 ) -> anyhow::Result<Report> {
+    let label = match (mode, addrs.as_slice()) {
+        (Mode::Baseline, _) => "baseline".to_owned(),
+        (Mode::Host, [one]) => format!("host {one}"),
+        (Mode::Host, many) => format!("fleet of {}", many.len()),
+    };
     let plan = Arc::new(Plan {
         mode,
-        addr,
+        addrs,
         frames,
         keepalive: args.keepalive,
         deadline: match args.requests {
@@ -232,10 +273,6 @@ async fn run_load(
         done: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
-    let label = match mode {
-        Mode::Host => format!("host {addr}"),
-        Mode::Baseline => "baseline".to_owned(),
-    };
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
@@ -248,6 +285,7 @@ async fn run_load(
         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.set_prefix(label.clone());
+    let cpu_before: Option<f64> = pids.iter().map(|p| cpu_us(*p)).sum();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.concurrency);
     for w in 0..args.concurrency.max(1) {
@@ -257,13 +295,18 @@ async fn run_load(
     while !tasks.iter().all(|t| t.is_finished()) {
         tokio::time::sleep(Duration::from_millis(100)).await;
         bar.set_position(plan.done.load(Ordering::Relaxed));
-        if let (Mode::Host, Some(pid)) = (mode, args.host_pid)
-            && let Some(mb) = rss_mb(pid, "VmRSS:")
+        if mode == Mode::Host
+            && let Some(mb) = pids
+                .iter()
+                .map(|p| rss_mb(*p, "VmRSS:"))
+                .sum::<Option<f64>>()
+            && !pids.is_empty()
         {
             peak_rss = Some(peak_rss.map_or(mb, |p: f64| p.max(mb)));
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_after: Option<f64> = pids.iter().map(|p| cpu_us(*p)).sum();
     bar.finish_and_clear();
     let mut hist = new_hist()?;
     let mut errors_by_kind = BTreeMap::new();
@@ -293,6 +336,10 @@ async fn run_load(
         p999_ms: ms(0.999),
         max_ms: hist.max() as f64 / 1000.0,
         host_peak_rss_mb: peak_rss,
+        cpu_us_per_request: match (cpu_before, cpu_after, pids.is_empty()) {
+            (Some(b), Some(a), false) if ok > 0 => Some((a - b) / ok as f64),
+            _ => None,
+        },
     })
 }
 
@@ -347,29 +394,100 @@ fn request_frames(args: &BenchArgs) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect())
 }
 
+/// `--baseline-server`: serves the trivial baseline until killed, after printing its address.
+async fn serve_baseline_only() -> anyhow::Result<ExitCode> {
+    let (addr, handle) = baseline_server().await?;
+    println!("tally baseline listening on {addr}");
+    handle.await.context("baseline server")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the baseline server as a child process (so its CPU time is its own) and returns it
+/// with its address.
+fn spawn_baseline() -> anyhow::Result<(std::process::Child, SocketAddr)> {
+    use std::io::BufRead;
+    let exe =
+        std::env::current_exe().context("cannot find the tally binary to start the baseline")?;
+    let mut child = std::process::Command::new(exe)
+        .args(["bench", "--baseline-server"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .context("cannot start the baseline server")?;
+    let stdout = child.stdout.take().context("baseline stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("baseline server did not start")?;
+    let addr = line
+        .trim()
+        .strip_prefix("tally baseline listening on ")
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("baseline server said {line:?}"))?;
+    Ok((child, addr))
+}
+
+async fn resolve(hosts: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut addrs = Vec::with_capacity(hosts.len());
+    for h in hosts {
+        if h.contains("://") {
+            bail!("--host takes HOST:PORT (e.g. 127.0.0.1:1688), not a URL: {h}");
+        }
+        let host = with_default_port(h);
+        let addr = tokio::net::lookup_host(&host)
+            .await
+            .with_context(|| format!("cannot resolve {host}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?;
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "note: loading {addr}, which is not loopback: make sure it is a host you run."
+            );
+        }
+        addrs.push(addr);
+    }
+    Ok(addrs)
+}
+
 /// Runs the benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let host = with_default_port(&args.host);
-    let addr = tokio::net::lookup_host(&host)
-        .await
-        .with_context(|| format!("cannot resolve {host}"))?
-        .next()
-        .with_context(|| format!("{host} has no address"))?;
-    if !addr.ip().is_loopback() {
-        eprintln!("note: loading {addr}, which is not loopback: make sure it is a host you run.");
+    if args.baseline_server {
+        return serve_baseline_only().await;
     }
+    let addrs = resolve(&args.host).await?;
     if args.concurrency == 0 || args.concurrency > 4096 {
         bail!("--concurrency must be between 1 and 4096");
     }
     let mut reports = Vec::new();
     if args.baseline {
-        let (baddr, handle) = baseline_server().await?;
-        reports.push(run_load(&args, Mode::Baseline, baddr, vec![vec![0x42; MAX_FRAME]]).await?);
-        handle.abort();
+        let (mut child, baddr) = spawn_baseline()?;
+        let report = run_load(
+            &args,
+            Mode::Baseline,
+            vec![baddr],
+            &[child.id()],
+            vec![vec![0x42; MAX_FRAME]],
+        )
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        reports.push(report?);
     }
-    let mut host_report = run_load(&args, Mode::Host, addr, request_frames(&args)?).await?;
-    if let Some(pid) = args.host_pid {
-        host_report.host_peak_rss_mb = rss_mb(pid, "VmHWM:").or(host_report.host_peak_rss_mb);
+    let mut host_report = run_load(
+        &args,
+        Mode::Host,
+        addrs,
+        &args.host_pid,
+        request_frames(&args)?,
+    )
+    .await?;
+    if !args.host_pid.is_empty() {
+        host_report.host_peak_rss_mb = args
+            .host_pid
+            .iter()
+            .map(|p| rss_mb(*p, "VmHWM:"))
+            .sum::<Option<f64>>()
+            .or(host_report.host_peak_rss_mb);
     }
     reports.push(host_report);
     let ratio = match reports.as_slice() {
@@ -382,6 +500,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "clients": args.clients,
             "reports": reports,
             "ratio_to_baseline": ratio,
+            "cpu_ratio_to_baseline": match reports.as_slice() {
+                [base, host] => base
+                    .cpu_us_per_request
+                    .zip(host.cpu_us_per_request)
+                    .map(|(b, h)| h / b.max(1e-9)),
+                _ => None,
+            },
         }))?;
     } else {
         let mut t = Table::new(&[
@@ -393,6 +518,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "P50 MS",
             "P99 MS",
             "P99.9 MS",
+            "CPU US/REQ",
         ]);
         for r in &reports {
             t.row(vec![
@@ -404,6 +530,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 format!("{:.3}", r.p50_ms),
                 format!("{:.3}", r.p99_ms),
                 format!("{:.3}", r.p999_ms),
+                r.cpu_us_per_request
+                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}")),
             ]);
         }
         print!("{}", t.render());
@@ -414,6 +542,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(ratio) = ratio {
             println!("host / baseline throughput: {ratio:.2}");
+        }
+        if let [base, host] = reports.as_slice()
+            && let (Some(b), Some(h)) = (base.cpu_us_per_request, host.cpu_us_per_request)
+        {
+            println!("host / baseline CPU per request: {:.2}x", h / b.max(1e-9));
         }
         if let Some(mb) = reports.last().and_then(|r| r.host_peak_rss_mb) {
             println!("host peak RSS: {mb:.1} MB");
