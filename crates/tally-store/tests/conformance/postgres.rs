@@ -227,3 +227,95 @@ async fn x3_failover_to_a_promoted_standby() {
 async fn poll_pause() {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
+
+// Issue 10: three hosts starting at once on an empty database all come up (the migrations run
+// under an advisory lock), and a database written by a newer Tally is refused, untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_migrate_at_once_and_a_newer_schema_is_refused() {
+    let Some(server) = server().await else {
+        return;
+    };
+    let url = server.url("tally");
+    let opens: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let pool = tally_store::pg::connect(&url).await.expect("connect");
+                PgStore::open(pool, name).await.map(|_| ())
+            })
+        })
+        .collect();
+    for o in opens {
+        o.await.expect("join").expect("every host comes up");
+    }
+    let reader = {
+        let pool = tally_store::pg::connect(&url).await.expect("connect");
+        PgStore::open_read_only(pool, "reader").await
+    };
+    assert!(
+        reader.is_ok(),
+        "a read-only open of a migrated schema works"
+    );
+    tokio::task::block_in_place(|| {
+        server.psql(
+            "tally",
+            &format!(
+                "UPDATE tally_schema SET version = 99 WHERE lock_key = {}",
+                tally_store::postgres::MIGRATION_LOCK
+            ),
+        )
+    });
+    let pool = tally_store::pg::connect(&url).await.expect("connect");
+    let err = PgStore::open(pool, "new").await.expect_err("newer schema");
+    assert!(err.to_string().contains("upgrade Tally"), "{err}");
+    let version = tokio::task::block_in_place(|| {
+        server.psql(
+            "tally",
+            &format!(
+                "SELECT version FROM tally_schema WHERE lock_key = {}",
+                tally_store::postgres::MIGRATION_LOCK
+            ),
+        )
+    });
+    assert_eq!(version, "99", "left untouched");
+}
+
+// Read commands on a fleet: nothing to read before a host created the schema (and nothing is
+// created); writes through a read-only store are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_opens_never_create_or_write() {
+    let Some(server) = server().await else {
+        return;
+    };
+    let url = server.url("tally");
+    let pool = tally_store::pg::connect(&url).await.expect("connect");
+    let err = PgStore::open_read_only(pool.clone(), "reader")
+        .await
+        .expect_err("no schema yet");
+    assert!(
+        matches!(err, tally_store::StoreError::Missing { .. }),
+        "{err}"
+    );
+    let tables = tokio::task::block_in_place(|| {
+        server.psql(
+            "tally",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+        )
+    });
+    assert_eq!(tables, "0", "a read-only open creates nothing");
+    let writer = PgStore::open(pool.clone(), "host-a").await.expect("open");
+    writer.commit(request(1, 0, 5)).await.expect("commit");
+    let reader = PgStore::open_read_only(pool, "reader")
+        .await
+        .expect("read-only");
+    assert_eq!(reader.registry_len().await.expect("len"), 1);
+    let err = reader
+        .commit(request(2, 1, 5))
+        .await
+        .expect_err("read-only");
+    assert!(
+        matches!(err, tally_store::StoreError::ReadOnly { .. }),
+        "{err}"
+    );
+}
