@@ -43,6 +43,7 @@ mod error;
 pub mod events;
 pub mod identity;
 pub mod live;
+pub mod lock;
 pub mod paths;
 pub mod priority;
 pub mod query;

@@ -167,3 +167,30 @@ pub async fn backup(dir: &Path, db: &Database, out: &Path) -> Result<(), HostErr
     }
     store::backup(dir, db, out).await
 }
+
+/// `tally host check`: the full integrity check of an embedded database (what SQLite reports
+/// as damaged; empty when sound). A fleet's PostgreSQL checks itself (`amcheck`, its own
+/// monitoring): for it this only checks that the schema is readable.
+pub async fn check(dir: &Path, db: &Database) -> Result<Vec<String>, HostError> {
+    match db {
+        Database::Embedded => {
+            let store =
+                tally_store::sqlite::SqliteStore::open_read_only(&dir.join(crate::paths::HOST_DB))
+                    .map_err(|e| match e {
+                        tally_store::StoreError::Missing { .. } => {
+                            HostError::NoDatabase(dir.to_owned())
+                        }
+                        other => HostError::Store(other),
+                    })?;
+            Ok(match store.integrity_check().await {
+                Ok(Ok(())) => Vec::new(),
+                Ok(Err(problems)) => problems,
+                Err(e) => vec![e.to_string()],
+            })
+        }
+        Database::Postgres(_) => {
+            store::open_for_reading(dir, db).await?;
+            Ok(Vec::new())
+        }
+    }
+}

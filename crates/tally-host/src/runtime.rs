@@ -30,6 +30,8 @@ pub struct Host {
     listen: watch::Receiver<SocketAddr>,
     service: Arc<HostService>,
     server: JoinHandle<Result<(), HostError>>,
+    /// One host per data directory, held until the host is dropped.
+    _lock: crate::lock::DataDirLock,
 }
 
 impl Host {
@@ -39,6 +41,8 @@ impl Host {
     /// Everything stops when `shutdown` is cancelled.
     pub async fn start(config: HostConfig, shutdown: CancellationToken) -> Result<Self, HostError> {
         let dir = config.data_dir.clone();
+        // Before anything is opened or bound: a second host on this directory is refused.
+        let lock = crate::lock::DataDirLock::acquire(&dir)?;
         let catalog = catalog::resolve(&dir, config.catalog.as_deref())?;
         // R26: settings changed live persist and win over the config file and the flags.
         let persisted = Persisted::load(&dir)?;
@@ -177,6 +181,7 @@ impl Host {
             listen: listen_rx,
             service,
             server,
+            _lock: lock,
         })
     }
 

@@ -13,6 +13,7 @@ mod faults;
 mod fleet;
 mod lifecycle;
 mod one_path;
+mod startup;
 mod trust;
 
 use std::path::Path;

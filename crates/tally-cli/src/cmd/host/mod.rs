@@ -115,6 +115,15 @@ pub enum HostCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Check the host's database in full (SQLite `integrity_check`; read-only, safe while the
+    /// host runs). Exit 0 when sound; 1 with what is damaged and how to restore a backup.
+    Check {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a host configuration file: every key is known and every value valid.
     Config {
         /// `check FILE`.
@@ -260,6 +269,7 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
         } => read::report(&dir, &remote, from, to, &format, out).await,
         HostCommand::Backup { dir, out } => read::backup(&dir, &out).await,
         HostCommand::Config { file, .. } => read::config_check(&file),
+        HostCommand::Check { dir, json } => read::check(&dir, json).await,
         HostCommand::Set(args) => set::set(args).await,
         HostCommand::Events {
             dir,

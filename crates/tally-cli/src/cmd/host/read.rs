@@ -310,3 +310,28 @@ fn print_remote_status(s: &serde_json::Value) {
         s["registry_clients"]
     );
 }
+
+/// `tally host check`: the full integrity check of the host's database.
+pub async fn check(dir: &DirArgs, as_json: bool) -> anyhow::Result<ExitCode> {
+    let config = dir.config()?;
+    let problems = query::check(&config.data_dir, &config.database).await?;
+    if as_json {
+        json(&serde_json::json!({ "ok": problems.is_empty(), "problems": problems }))?;
+    } else if problems.is_empty() {
+        println!("{}: the database is sound.", config.database.describe());
+    } else {
+        eprintln!("The database in {} is damaged:", config.data_dir.display());
+        for p in &problems {
+            eprintln!("  {p}");
+        }
+        eprintln!(
+            "Stop the host, move tally.db (and tally.db-wal, tally.db-shm) aside, copy the latest \
+             backup to DATA_DIR/tally.db and start the host (docs/OPERATIONS.md, \"Backup, restore, upgrade\")."
+        );
+    }
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
