@@ -381,7 +381,7 @@ async fn commit_batch(
                 events.push(crate::activation_event(changes));
             }
             Work::Events(list) => {
-                events.append(list);
+                events.extend(list.iter().cloned());
                 answers.push(Counted::default());
             }
         }
