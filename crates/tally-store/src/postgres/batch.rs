@@ -1,0 +1,652 @@
+//! The batcher: one task per host that commits everything queued in one transaction, in two
+//! pipelined round trips.
+//!
+//! 1. `BEGIN`; for each pool the batch counts in (in pool order, the same on every host), the
+//!    pool's row `FOR UPDATE`; then the tables of those pools: one pipelined round trip. The
+//!    tables are read by a statement of their own, after the locks: under READ COMMITTED each
+//!    statement sees what was committed when it starts, so it sees the commit of the host that
+//!    held the lock before us (a read joined into the locking statement would not: its snapshot
+//!    is taken before the wait, and two hosts would count on the same table).
+//! 2. Counting on those tables (sans-I/O, [`CountTables::apply`]), then every write (the pools'
+//!    changed entries, the registry rows of the batch as one `unnest` upsert, the events, the
+//!    refusal counters) and `COMMIT`, sent as one pipeline.
+//!
+//! If any statement fails, PostgreSQL aborts the transaction and the pipelined `COMMIT` rolls it
+//! back; the batch fails as a whole and nothing of it is counted. The batcher keeps one
+//! connection while it works and takes a new one from the pool after an error.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use deadpool_postgres::{Object, Pool};
+use futures_util::future::{join, join_all};
+use tally_core::counting::{CountTables, PoolSnapshot, PoolTable};
+use tally_core::host::{Changes, Counted};
+use tally_core::time::Timestamp;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{MAX_BATCH, backend, pool_error};
+use crate::health::Health;
+use crate::{Event, StoreError};
+
+/// Attempts for a batch that hits a serialization failure or a deadlock before giving up.
+const ATTEMPTS: usize = 5;
+
+/// Below this estimate the registry is counted exactly.
+const EXACT_BELOW: f32 = 100_000.0;
+
+/// How often the registry's size estimate is refreshed.
+const SIZE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+pub(super) enum Work {
+    Changes(Box<Changes>),
+    Events(Vec<Event>),
+}
+
+pub(super) struct Job {
+    pub(super) work: Work,
+    pub(super) done: oneshot::Sender<Result<Counted, StoreError>>,
+}
+
+/// The batcher's view of the registry's size. On PostgreSQL the cap is checked against the
+/// planner's row estimate (`pg_class.reltuples`), refreshed every [`SIZE_REFRESH`], plus this
+/// host's own inserts: approximate by design, so that no fleet-wide counter row serialises every
+/// host's commits.
+pub(super) struct RegistrySize {
+    pub(super) cap: u64,
+    pub(super) estimate: u64,
+    pub(super) checked: Option<std::time::Instant>,
+    pub(super) full: Arc<AtomicBool>,
+    /// Set by retention: the estimate is stale, refresh before the next batch.
+    pub(super) stale: Arc<AtomicBool>,
+}
+
+impl RegistrySize {
+    /// The planner's estimate once the table is large (cheap at any size), an exact count while
+    /// it is small or has never been analysed (`reltuples` is -1 then).
+    async fn refresh(&mut self, client: &tokio_postgres::Client) -> Result<(), StoreError> {
+        let estimate: f32 = client
+            .query_one(
+                "SELECT reltuples FROM pg_class WHERE oid = 'registry'::regclass",
+                &[],
+            )
+            .await
+            .map_err(backend("estimate registry"))?
+            .get(0);
+        self.estimate = if estimate < EXACT_BELOW {
+            let n: i64 = client
+                .query_one("SELECT count(*) FROM registry", &[])
+                .await
+                .map_err(backend("count registry"))?
+                .get(0);
+            u64::try_from(n).unwrap_or(0)
+        } else {
+            estimate as u64
+        };
+        self.checked = Some(std::time::Instant::now());
+        Ok(())
+    }
+}
+
+/// Runs until every sender is gone.
+pub(super) async fn batcher(
+    pool: Pool,
+    mut rx: mpsc::Receiver<Job>,
+    served_by: Arc<str>,
+    health: Arc<Health>,
+    mut size: RegistrySize,
+) {
+    let mut conn: Option<Object> = None;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut result = Err(StoreError::Closed);
+        for attempt in 1..=ATTEMPTS {
+            result = commit_batch(&pool, &mut conn, &mut batch, &served_by, &mut size).await;
+            match &result {
+                Err(StoreError::Backend { source, .. })
+                    if attempt < ATTEMPTS && retryable(source) =>
+                {
+                    tracing::debug!(attempt, "batch hit a serialization failure; retrying");
+                }
+                Err(_) => {
+                    // The connection may be what failed; the next batch takes a new one.
+                    conn = None;
+                    break;
+                }
+                Ok(_) => break,
+            }
+        }
+        match result {
+            Ok(answers) => {
+                health.ok();
+                for (job, answer) in batch.into_iter().zip(answers) {
+                    let _ = job.done.send(Ok(answer));
+                }
+            }
+            Err(error) => {
+                health.failed(&error);
+                for job in batch {
+                    let _ = job.done.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn retryable(source: &Arc<dyn std::error::Error + Send + Sync>) -> bool {
+    source
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::code)
+        .is_some_and(|c| {
+            *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+        })
+}
+
+/// The statements of a batch, prepared once per connection (deadpool caches them).
+struct Statements {
+    lock: tokio_postgres::Statement,
+    entries: tokio_postgres::Statement,
+    create_pool: tokio_postgres::Statement,
+    capacity: tokio_postgres::Statement,
+    delete_entries: tokio_postgres::Statement,
+    upsert_entries: tokio_postgres::Statement,
+    registry: tokio_postgres::Statement,
+    events: tokio_postgres::Statement,
+    refusals: tokio_postgres::Statement,
+}
+
+async fn prepare(client: &Object, may_insert: bool) -> Result<Statements, StoreError> {
+    let p = |sql: &'static str| async move {
+        client.prepare_cached(sql).await.map_err(backend("prepare"))
+    };
+    Ok(Statements {
+        lock: p(LOCK_POOL).await?,
+        entries: p(READ_ENTRIES).await?,
+        create_pool: p(CREATE_POOL).await?,
+        capacity: p(UPDATE_CAPACITY).await?,
+        delete_entries: p(DELETE_ENTRIES).await?,
+        upsert_entries: p(UPSERT_ENTRIES).await?,
+        registry: p(if may_insert {
+            UPSERT_REGISTRY
+        } else {
+            UPDATE_REGISTRY
+        })
+        .await?,
+        events: p(INSERT_EVENTS).await?,
+        refusals: p(UPSERT_REFUSALS).await?,
+    })
+}
+
+/// One transaction for the whole batch; returns each job's answer in order.
+async fn commit_batch(
+    pool: &Pool,
+    conn: &mut Option<Object>,
+    batch: &mut [Job],
+    served_by: &str,
+    size: &mut RegistrySize,
+) -> Result<Vec<Counted>, StoreError> {
+    let client = match conn {
+        Some(c) if !c.is_closed() => c,
+        _ => conn.insert(pool.get().await.map_err(pool_error("connect"))?),
+    };
+    if size.checked.is_none_or(|t| t.elapsed() >= SIZE_REFRESH)
+        || size.stale.swap(false, Ordering::Relaxed)
+    {
+        size.refresh(client).await?;
+    }
+    let may_insert = size.estimate < size.cap;
+    let st = prepare(client, may_insert).await?;
+    let pools = counted_pools(batch);
+
+    // Round trip 1: BEGIN, every pool's lock, then their tables (in this order on the wire).
+    let lock_params: Vec<[&(dyn ToSql + Sync); 1]> = pools.iter().map(|p| [p as _]).collect();
+    let ((begun, locks), entries) = join(
+        join(
+            client.batch_execute("BEGIN"),
+            join_all(lock_params.iter().map(|p| client.query(&st.lock, p))),
+        ),
+        client.query(&st.entries, &[&pools]),
+    )
+    .await;
+    let locked = match begun.map_err(backend("begin")) {
+        Ok(()) => read_tables(client, &st, &pools, locks, entries).await,
+        Err(e) => Err(e),
+    };
+    let before = match locked {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+
+    // Counting, in request order, on the tables as stored.
+    let mut tables = CountTables::from_snapshots(before.values().cloned());
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut events: Vec<Event> = Vec::new();
+    let mut refusals: BTreeMap<(i64, Uuid, u32), (i64, i64)> = BTreeMap::new();
+    for job in batch.iter_mut() {
+        match &mut job.work {
+            Work::Changes(changes) => {
+                let Some(req) = changes.counting else {
+                    // A refusal adds to its day's aggregate: bounded storage whatever is sent.
+                    let at = changes.registry.seen_at.millis();
+                    let e = refusals
+                        .entry(crate::refusal_key(changes))
+                        .or_insert((0, at));
+                    e.0 += 1;
+                    e.1 = e.1.max(at);
+                    answers.push(changes.settle(0));
+                    continue;
+                };
+                let count = tables.apply(&req).0;
+                answers.push(changes.settle(count));
+                events.push(crate::activation_event(changes));
+            }
+            Work::Events(list) => {
+                events.extend(list.iter().cloned());
+                answers.push(Counted::default());
+            }
+        }
+    }
+
+    // Round trip 2: every write, then COMMIT.
+    let diffs: Vec<PoolDiff> = pools
+        .iter()
+        .filter_map(|p| Some(PoolDiff::new(before.get(p)?, tables.pool(*p)?)))
+        .collect();
+    let registry = RegistryRows::new(batch, served_by);
+    let event_rows = EventRows::new(&events, served_by);
+    let refusal_rows = RefusalRows::new(&refusals);
+    let mut writes: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
+    for d in &diffs {
+        d.push_writes(&st, &mut writes);
+    }
+    if !registry.cmid.is_empty() {
+        writes.push((&st.registry, registry.params()));
+    }
+    if !event_rows.at.is_empty() {
+        writes.push((&st.events, event_rows.params()));
+    }
+    if !refusal_rows.day.is_empty() {
+        writes.push((&st.refusals, refusal_rows.params()));
+    }
+    let (written, committed) = join(
+        join_all(writes.iter().map(|(s, p)| client.query(*s, p))),
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    // Any failed write aborted the transaction, so the COMMIT rolled it back.
+    let mut registry_out: Option<Vec<Row>> = None;
+    for (i, w) in written.into_iter().enumerate() {
+        let rows = w.map_err(backend("write"))?;
+        if std::ptr::eq(writes[i].0, &st.registry) {
+            registry_out = Some(rows);
+        }
+    }
+    committed.map_err(backend("commit"))?;
+
+    let inserted = registry_out
+        .iter()
+        .flatten()
+        .filter(|r| r.get::<_, bool>(0))
+        .count() as u64;
+    let answered = registry_out.as_ref().map_or(0, Vec::len);
+    size.estimate += inserted;
+    let skipped = answered < registry.cmid.len();
+    if skipped && !size.full.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            cap = size.cap,
+            "registry full: new machines are counted but not registered (event 1005)"
+        );
+        // Event 1005 in a transaction of its own: once, not per request.
+        let at = registry.last_seen.iter().max().copied().unwrap_or(0);
+        let event = crate::registry_full_event(Timestamp(at), size.cap);
+        let rows = EventRows::new(std::slice::from_ref(&event), served_by);
+        let _ = client.query(&st.events, &rows.params()).await;
+    }
+    Ok(answers)
+}
+
+/// The pools a batch counts in, in id order: the lock order, the same on every host.
+fn counted_pools(batch: &[Job]) -> Vec<Uuid> {
+    let mut pools: Vec<Uuid> = batch
+        .iter()
+        .filter_map(|j| match &j.work {
+            Work::Changes(c) => c.counting.map(|r| r.pool),
+            Work::Events(_) => None,
+        })
+        .collect();
+    pools.sort_unstable();
+    pools.dedup();
+    pools
+}
+
+/// Turns the locked rows and the entries into snapshots. A pool seen for the first time gets its
+/// row created and locked first; its table is then empty (no host could have written entries
+/// for a pool without its row).
+async fn read_tables(
+    client: &Object,
+    st: &Statements,
+    pools: &[Uuid],
+    locks: Vec<Result<Vec<Row>, tokio_postgres::Error>>,
+    entries: Result<Vec<Row>, tokio_postgres::Error>,
+) -> Result<HashMap<Uuid, PoolSnapshot>, StoreError> {
+    let mut out = HashMap::with_capacity(pools.len());
+    let mut created = false;
+    for (pool, rows) in pools.iter().zip(locks) {
+        let mut rows = rows.map_err(backend("lock pool"))?;
+        if rows.is_empty() {
+            client
+                .execute(&st.create_pool, &[pool])
+                .await
+                .map_err(backend("create pool"))?;
+            rows = client
+                .query(&st.lock, &[pool])
+                .await
+                .map_err(backend("lock pool"))?;
+            created = true;
+        }
+        let capacity = rows.first().map_or(0, |r| r.get::<_, i32>(0)).max(0) as u32;
+        out.insert(
+            *pool,
+            PoolSnapshot {
+                pool: *pool,
+                capacity,
+                entries: Vec::new(),
+            },
+        );
+    }
+    // After a pool row was created (and waited for), read the tables again under the locks.
+    let entries = if created {
+        client.query(&st.entries, &[&pools]).await
+    } else {
+        entries
+    };
+    for r in entries.map_err(backend("read pool"))? {
+        if let Some(snap) = out.get_mut(&r.get::<_, Uuid>(0)) {
+            snap.entries.push((r.get(1), Timestamp(r.get(2))));
+        }
+    }
+    Ok(out)
+}
+
+/// What a batch changed in one pool's table.
+struct PoolDiff {
+    pool: Uuid,
+    capacity: Option<i32>,
+    removed: Vec<Uuid>,
+    cmids: Vec<Uuid>,
+    seen: Vec<i64>,
+}
+
+impl PoolDiff {
+    fn new(old: &PoolSnapshot, new: &PoolTable) -> Self {
+        let old_entries: HashMap<Uuid, Timestamp> = old.entries.iter().copied().collect();
+        let (mut cmids, mut seen) = (Vec::new(), Vec::new());
+        let mut kept: HashSet<Uuid> = HashSet::new();
+        for (cmid, at) in new.entries() {
+            kept.insert(cmid);
+            if old_entries.get(&cmid) != Some(&at) {
+                cmids.push(cmid);
+                seen.push(at.millis());
+            }
+        }
+        Self {
+            pool: old.pool,
+            capacity: (new.capacity() != old.capacity)
+                .then(|| i32::try_from(new.capacity()).unwrap_or(i32::MAX)),
+            removed: old_entries
+                .keys()
+                .filter(|c| !kept.contains(c))
+                .copied()
+                .collect(),
+            cmids,
+            seen,
+        }
+    }
+
+    fn push_writes<'a>(
+        &'a self,
+        st: &'a Statements,
+        writes: &mut Vec<(&'a tokio_postgres::Statement, Vec<&'a (dyn ToSql + Sync)>)>,
+    ) {
+        if let Some(capacity) = &self.capacity {
+            writes.push((&st.capacity, vec![&self.pool, capacity]));
+        }
+        if !self.removed.is_empty() {
+            writes.push((&st.delete_entries, vec![&self.pool, &self.removed]));
+        }
+        if !self.cmids.is_empty() {
+            writes.push((
+                &st.upsert_entries,
+                vec![&self.pool, &self.cmids, &self.seen],
+            ));
+        }
+    }
+}
+
+/// The batch's registry rows as arrays, one per machine: a machine that asked twice in one batch
+/// ends as its latest request left it, with both requests counted.
+struct RegistryRows {
+    cmid: Vec<Uuid>,
+    machine: Vec<String>,
+    sku: Vec<Uuid>,
+    pool: Vec<Uuid>,
+    state: Vec<i16>,
+    first_seen: Vec<i64>,
+    last_seen: Vec<i64>,
+    result: Vec<i64>,
+    count: Vec<i32>,
+    activated: Vec<bool>,
+    requests: Vec<i64>,
+    served_by: Vec<String>,
+}
+
+impl RegistryRows {
+    fn new(batch: &[Job], served_by: &str) -> Self {
+        let mut index: HashMap<Uuid, usize> = HashMap::new();
+        let mut rows = Self {
+            cmid: Vec::new(),
+            machine: Vec::new(),
+            sku: Vec::new(),
+            pool: Vec::new(),
+            state: Vec::new(),
+            first_seen: Vec::new(),
+            last_seen: Vec::new(),
+            result: Vec::new(),
+            count: Vec::new(),
+            activated: Vec::new(),
+            requests: Vec::new(),
+            served_by: Vec::new(),
+        };
+        for job in batch {
+            let Work::Changes(c) = &job.work else {
+                continue;
+            };
+            if c.counting.is_none() {
+                continue; // refusals are aggregated, not registered
+            }
+            let r = &c.registry;
+            let at = r.seen_at.millis();
+            let count = i32::try_from(r.count).unwrap_or(i32::MAX);
+            if let Some(&i) = index.get(&r.cmid) {
+                rows.machine[i].clone_from(&r.machine_name);
+                rows.sku[i] = r.sku;
+                rows.pool[i] = r.pool;
+                rows.state[i] = r.license_state as i16;
+                rows.last_seen[i] = rows.last_seen[i].max(at);
+                rows.result[i] = i64::from(r.result.0);
+                rows.count[i] = count;
+                rows.activated[i] = r.activated;
+                rows.requests[i] += 1;
+                continue;
+            }
+            index.insert(r.cmid, rows.cmid.len());
+            rows.cmid.push(r.cmid);
+            rows.machine.push(r.machine_name.clone());
+            rows.sku.push(r.sku);
+            rows.pool.push(r.pool);
+            rows.state.push(r.license_state as i16);
+            rows.first_seen.push(at);
+            rows.last_seen.push(at);
+            rows.result.push(i64::from(r.result.0));
+            rows.count.push(count);
+            rows.activated.push(r.activated);
+            rows.requests.push(1);
+            rows.served_by.push(served_by.to_owned());
+        }
+        rows
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.cmid,
+            &self.machine,
+            &self.sku,
+            &self.pool,
+            &self.state,
+            &self.first_seen,
+            &self.last_seen,
+            &self.result,
+            &self.count,
+            &self.activated,
+            &self.requests,
+            &self.served_by,
+        ]
+    }
+}
+
+struct EventRows {
+    at: Vec<i64>,
+    id: Vec<i32>,
+    level: Vec<String>,
+    message: Vec<String>,
+    data: Vec<String>,
+    host: String,
+}
+
+impl EventRows {
+    fn new(events: &[Event], host: &str) -> Self {
+        Self {
+            at: events.iter().map(|e| e.at.millis()).collect(),
+            id: events
+                .iter()
+                .map(|e| i32::try_from(e.event_id).unwrap_or(i32::MAX))
+                .collect(),
+            level: events.iter().map(|e| e.level.clone()).collect(),
+            message: events.iter().map(|e| e.message.clone()).collect(),
+            data: events.iter().map(|e| e.data.to_string()).collect(),
+            host: host.to_owned(),
+        }
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.at,
+            &self.id,
+            &self.level,
+            &self.message,
+            &self.data,
+            &self.host,
+        ]
+    }
+}
+
+struct RefusalRows {
+    day: Vec<i32>,
+    sku: Vec<Uuid>,
+    result: Vec<i64>,
+    requests: Vec<i64>,
+    last_at: Vec<i64>,
+}
+
+impl RefusalRows {
+    fn new(refusals: &BTreeMap<(i64, Uuid, u32), (i64, i64)>) -> Self {
+        let mut rows = Self {
+            day: Vec::new(),
+            sku: Vec::new(),
+            result: Vec::new(),
+            requests: Vec::new(),
+            last_at: Vec::new(),
+        };
+        for ((day, sku, result), (n, last)) in refusals {
+            rows.day.push(i32::try_from(*day).unwrap_or(i32::MAX));
+            rows.sku.push(*sku);
+            rows.result.push(i64::from(*result));
+            rows.requests.push(*n);
+            rows.last_at.push(*last);
+        }
+        rows
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.day,
+            &self.sku,
+            &self.result,
+            &self.requests,
+            &self.last_at,
+        ]
+    }
+}
+
+const LOCK_POOL: &str = "SELECT capacity FROM pools WHERE pool = $1 FOR UPDATE";
+
+const READ_ENTRIES: &str =
+    "SELECT pool, cmid, last_seen FROM pool_entries WHERE pool = ANY($1::uuid[])";
+
+const CREATE_POOL: &str =
+    "INSERT INTO pools (pool, capacity) VALUES ($1, 0) ON CONFLICT DO NOTHING";
+
+const UPDATE_CAPACITY: &str = "UPDATE pools SET capacity = GREATEST(capacity, $2) WHERE pool = $1";
+
+const DELETE_ENTRIES: &str = "DELETE FROM pool_entries WHERE pool = $1 AND cmid = ANY($2)";
+
+const UPSERT_ENTRIES: &str = "INSERT INTO pool_entries (pool, cmid, last_seen)
+     SELECT $1, c, s FROM unnest($2::uuid[], $3::int8[]) AS t (c, s)
+     ON CONFLICT (pool, cmid) DO UPDATE SET last_seen = EXCLUDED.last_seen";
+
+const UPSERT_REGISTRY: &str = "INSERT INTO registry (cmid, machine_name, sku, pool, license_state,
+         first_seen, last_seen, last_result, last_count, activated, requests, served_by)
+     SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::int2[],
+         $6::int8[], $7::int8[], $8::int8[], $9::int4[], $10::bool[], $11::int8[], $12::text[])
+     ON CONFLICT (cmid) DO UPDATE SET
+         machine_name = EXCLUDED.machine_name, sku = EXCLUDED.sku, pool = EXCLUDED.pool,
+         license_state = EXCLUDED.license_state,
+         last_seen = GREATEST(registry.last_seen, EXCLUDED.last_seen),
+         last_result = EXCLUDED.last_result, last_count = EXCLUDED.last_count,
+         activated = EXCLUDED.activated, requests = registry.requests + EXCLUDED.requests,
+         served_by = EXCLUDED.served_by
+     RETURNING (xmax = 0)";
+
+/// At the cap: machines already registered are updated, new ones are not added.
+const UPDATE_REGISTRY: &str = "UPDATE registry r SET machine_name = u.m, sku = u.s, pool = u.p,
+         license_state = u.ls, last_seen = GREATEST(r.last_seen, u.l), last_result = u.res,
+         last_count = u.n, activated = u.a, requests = r.requests + u.q, served_by = u.h
+     FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::int2[], $6::int8[],
+         $7::int8[], $8::int8[], $9::int4[], $10::bool[], $11::int8[], $12::text[])
+         AS u (c, m, s, p, ls, f, l, res, n, a, q, h)
+     WHERE r.cmid = u.c
+     RETURNING false";
+
+const INSERT_EVENTS: &str = "INSERT INTO events (at, event_id, level, message, data, host)
+     SELECT a, i, l, m, d::jsonb, $6
+     FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[]) AS t (a, i, l, m, d)";
+
+const UPSERT_REFUSALS: &str = "INSERT INTO refusals (day, sku, result, requests, last_at)
+     SELECT * FROM unnest($1::int4[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[])
+     ON CONFLICT (day, sku, result) DO UPDATE SET
+         requests = refusals.requests + EXCLUDED.requests,
+         last_at = GREATEST(refusals.last_at, EXCLUDED.last_at)";
