@@ -5,12 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod admin_day;
 mod authority;
 mod cli;
 mod dns;
 mod faults;
 mod lifecycle;
 mod one_path;
+mod readme;
 mod trust;
 
 use std::path::Path;
