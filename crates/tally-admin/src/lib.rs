@@ -461,8 +461,7 @@ async fn clients(
         );
         (total, rows)
     };
-    let mut body =
-        json!({ "total": total, "offset": offset, "limit": limit, "clients": rows });
+    let mut body = json!({ "total": total, "offset": offset, "limit": limit, "clients": rows });
     view::with_rfc3339(&mut body);
     Ok(Json(body))
 }
@@ -484,7 +483,12 @@ async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
         metrics::gauge!("tally_pool_clients", "pool" => name.clone()).set(f64::from(p.count));
         metrics::gauge!("tally_pool_table_size", "pool" => name.clone()).set(f64::from(p.capacity));
         // R1: each threshold of the pool, as KMS's /dlv lists them beside the count.
-        for e in session.catalog().editions().iter().filter(|e| e.pool == p.pool) {
+        for e in session
+            .catalog()
+            .editions()
+            .iter()
+            .filter(|e| e.pool == p.pool)
+        {
             let kind = if e.kind == tally_core::catalog::EditionKind::Server {
                 "server"
             } else {

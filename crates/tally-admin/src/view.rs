@@ -11,7 +11,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tally_core::Catalog;
 use tally_core::time::Timestamp;
-use tally_store::{Event, EventQuery, RegistryEntry, RegistryPage, RegistrySort, Store, StoreError};
+use tally_store::{
+    Event, EventQuery, RegistryEntry, RegistryPage, RegistrySort, Store, StoreError,
+};
 
 /// R7: a license is valid 180 days from the last success.
 const VALIDITY_DAYS: i64 = 180;
@@ -37,7 +39,12 @@ pub enum ClientState {
 
 impl ClientState {
     /// The state of `row` at `now`, with the host's intervals in seconds.
-    pub fn of(row: &RegistryEntry, now: Timestamp, renewal_secs: u32, activation_secs: u32) -> Self {
+    pub fn of(
+        row: &RegistryEntry,
+        now: Timestamp,
+        renewal_secs: u32,
+        activation_secs: u32,
+    ) -> Self {
         let since_seen = now.millis() - row.last_seen.millis();
         if row.activated {
             if since_seen > VALIDITY_DAYS * DAY_MS {
@@ -363,7 +370,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn row(activated: bool, first_days_ago: i64, last_days_ago: i64, now: Timestamp) -> RegistryEntry {
+    fn row(
+        activated: bool,
+        first_days_ago: i64,
+        last_days_ago: i64,
+        now: Timestamp,
+    ) -> RegistryEntry {
         RegistryEntry {
             cmid: uuid::Uuid::nil(),
             machine_name: "=cmd,1".into(),
@@ -421,13 +433,23 @@ mod tests {
             message: String::new(),
             data: json!({ "cmid": cmid, "activated": activated }),
         };
-        let events = [ev(0, "a", true), ev(0, "a", true), ev(0, "b", false), ev(2, "c", true), ev(40, "d", true)];
+        let events = [
+            ev(0, "a", true),
+            ev(0, "a", true),
+            ev(0, "b", false),
+            ev(2, "c", true),
+            ev(40, "d", true),
+        ];
         let days = series(&events, now, 30);
         assert_eq!(days.len(), 30);
         let today = &days[29];
         assert_eq!((today.activations, today.machines), (2, 2));
         assert_eq!((days[27].activations, days[27].machines), (1, 1));
-        assert_eq!(days.iter().map(|d| d.machines).sum::<u64>(), 3, "40 days ago is outside");
+        assert_eq!(
+            days.iter().map(|d| d.machines).sum::<u64>(),
+            3,
+            "40 days ago is outside"
+        );
     }
 
     #[test]

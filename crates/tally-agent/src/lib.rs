@@ -33,7 +33,9 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(3600);
 #[non_exhaustive]
 pub enum AgentError {
     /// The socket could not be set up.
-    #[error("cannot listen on {path}: {source} (is another agent running on this state directory? pass --socket PATH, or fix the directory's permissions)")]
+    #[error(
+        "cannot listen on {path}: {source} (is another agent running on this state directory? pass --socket PATH, or fix the directory's permissions)"
+    )]
     Socket {
         /// The socket path.
         path: PathBuf,

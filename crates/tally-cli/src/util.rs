@@ -89,7 +89,10 @@ mod tests {
     fn urls_are_refused_where_a_host_is_expected() {
         let err = parse_host("http://127.0.0.1:1688/").unwrap_err();
         assert!(err.contains("`127.0.0.1:1688`"), "{err}");
-        assert_eq!(parse_host("kms1.corp:1688").as_deref(), Ok("kms1.corp:1688"));
+        assert_eq!(
+            parse_host("kms1.corp:1688").as_deref(),
+            Ok("kms1.corp:1688")
+        );
         assert_eq!(parse_host("[::1]:1688").as_deref(), Ok("[::1]:1688"));
         assert!(parse_host("").is_err());
     }

@@ -345,34 +345,59 @@ async fn dashboard_in_headless_chromium_matches_the_api() {
         "pool count {} not shown:\n{dom}",
         pool["count"]
     );
-    assert_eq!((pool["server_needed"].as_u64(), pool["client_needed"].as_u64()), (Some(0), Some(18)), "{st}");
+    assert_eq!(
+        (
+            pool["server_needed"].as_u64(),
+            pool["client_needed"].as_u64()
+        ),
+        (Some(0), Some(18)),
+        "{st}"
+    );
     assert!(dom.contains("18 more needed for clients"), "{dom}");
     assert!(dom.contains("servers activate"), "{dom}");
     assert!(
-        dom.contains(&format!("id=\"registry-total\">{}<", st["registry_clients"])),
+        dom.contains(&format!(
+            "id=\"registry-total\">{}<",
+            st["registry_clients"]
+        )),
         "{dom}"
     );
     assert!(dom.contains("pc6"), "the registry lists the clients");
-    assert!(dom.contains("activation request from"), "recent events shown");
+    assert!(
+        dom.contains("activation request from"),
+        "recent events shown"
+    );
     // Machines per edition, and the edition column of the registry.
     assert!(
         dom.contains("data-edition=\"Acme Server Web 2026\" data-machines=\"7\""),
         "{dom}"
     );
-    assert!(dom.contains("<td>Acme Server Web 2026</td>"), "edition column: {dom}");
+    assert!(
+        dom.contains("<td>Acme Server Web 2026</td>"),
+        "edition column: {dom}"
+    );
     assert!(dom.contains("data-state=\"in_grace\"") && dom.contains("data-state=\"activated\""));
     // The chart: 3 activations today, 7 distinct machines, 30 days, drawn as inline SVG.
     assert!(
         dom.contains("data-activations=\"3\" data-max-machines=\"7\" data-days=\"30\""),
         "{dom}"
     );
-    assert!(dom.contains("<svg") && dom.contains("class=\"machines\""), "{dom}");
+    assert!(
+        dom.contains("<svg") && dom.contains("class=\"machines\""),
+        "{dom}"
+    );
     // The export holds the registry as CSV.
     assert!(dom.contains("data-rows=\"7\""), "{dom}");
     assert!(dom.contains("href=\"blob:"), "{dom}");
     // UTC labels.
-    assert!(dom.contains("Last seen (UTC)") && dom.contains(" UTC</span>"), "{dom}");
-    assert!(!dom.contains("<script src") && !dom.contains("https://"), "no external assets");
+    assert!(
+        dom.contains("Last seen (UTC)") && dom.contains(" UTC</span>"),
+        "{dom}"
+    );
+    assert!(
+        !dom.contains("<script src") && !dom.contains("https://"),
+        "no external assets"
+    );
 
     // A filter from the URL: only the four machines still in grace, in the table and the export.
     let dom = chromium_dom(
@@ -385,7 +410,10 @@ async fn dashboard_in_headless_chromium_matches_the_api() {
     assert!(!dom.contains("data-state=\"activated\""), "{dom}");
     // The same filter over the API, as CSV.
     let csv = crate::http()
-        .get(format!("http://{}/api/v1/clients.csv?filter=in_grace", host.admin))
+        .get(format!(
+            "http://{}/api/v1/clients.csv?filter=in_grace",
+            host.admin
+        ))
         .bearer_auth(&t)
         .send()
         .await
@@ -434,11 +462,19 @@ async fn metrics_show_thresholds_storage_and_below_threshold() {
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
-    assert!(host.wait_for_log("result=\"below_threshold\"", Duration::from_secs(5)) || host.stderr().contains("result=below_threshold"), "{}", host.stderr());
+    assert!(
+        host.wait_for_log("result=\"below_threshold\"", Duration::from_secs(5))
+            || host.stderr().contains("result=below_threshold"),
+        "{}",
+        host.stderr()
+    );
     // `host status` prints the same numbers as text.
     let out = tally(bin(), &["host", "status", "--data-dir", s(&host.data_dir)]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("MORE NEEDED") && text.contains("0/20"), "{text}");
+    assert!(
+        text.contains("MORE NEEDED") && text.contains("0/20"),
+        "{text}"
+    );
     assert!(text.contains("days left"), "{text}");
 }
 
@@ -499,7 +535,10 @@ fn remote_admin_from_the_command_line() {
         ],
     );
     assert_eq!(v["activation_interval_secs"], 2700);
-    let (_, v) = tally_json(bin(), &["slmgr", "--data-dir", data, "/sri", "20", "--json"]);
+    let (_, v) = tally_json(
+        bin(),
+        &["slmgr", "--data-dir", data, "/sri", "20", "--json"],
+    );
     assert_eq!(v["renewal_interval_secs"], 1200, "{v}");
     let (_, v) = tally_json(bin(), &["slmgr", "--data-dir", data, "/dli", "--json"]);
     assert_eq!(v["settings"]["renewal_interval_secs"], 1200, "{v}");

@@ -106,7 +106,9 @@ impl Runner {
     /// Runs one line: in the foreground it must exit 0 (an `activate` may exit 2, "below the
     /// threshold", as documented); in the background it must say it is ready.
     fn run(&mut self, line: &Line, doc: &str) {
-        if let Some(bg) = line.text.strip_suffix('&') {
+        // A trailing `# comment` is the reader's; `&` before it sends the command to the background.
+        let command = line.text.split(" #").next().unwrap_or_default().trim_end();
+        if let Some(bg) = command.strip_suffix('&') {
             let bg = bg.trim();
             let mut child = self
                 .command(&format!("exec {bg}"))
@@ -117,8 +119,14 @@ impl Runner {
             // Ready when it says so: a listener prints `listening on`, the agent logs its start.
             let (tx, rx) = mpsc::channel::<String>();
             for stream in [
-                child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-                child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
             ]
             .into_iter()
             .flatten()
@@ -183,7 +191,9 @@ impl Drop for Runner {
 }
 
 fn doc(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -199,7 +209,11 @@ fn readme_guide_runs_as_written() {
         lines.first().map(|l| l.text.as_str()),
         Some("cargo run --release -- demo")
     );
-    assert!(readme.contains("<!-- not-run: the test suite itself -->\n```sh\ncargo test --workspace\n```"));
+    assert!(
+        readme.contains(
+            "<!-- not-run: the test suite itself -->\n```sh\ncargo test --workspace\n```"
+        )
+    );
     let not_run = readme.matches("<!-- not-run:").count();
     assert_eq!(not_run, 1, "keep the README's not-run list short");
     let mut runner = Runner::new(&["1688", "1689", "1690", "1698", "1699", "8080"]);

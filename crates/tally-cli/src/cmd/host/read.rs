@@ -197,7 +197,10 @@ pub async fn clients(
         if let Some(text) = &search {
             q.push_str(&format!(
                 "&q={}",
-                text.replace('%', "%25").replace('&', "%26").replace(' ', "%20").replace('#', "%23")
+                text.replace('%', "%25")
+                    .replace('&', "%26")
+                    .replace(' ', "%20")
+                    .replace('#', "%23")
             ));
         }
         Admin::resolve(remote, &dir.resolve()?)?.get(&q).await?
@@ -300,7 +303,11 @@ pub fn print_remote_status(s: &serde_json::Value) {
     if let Some(storage) = s.get("storage").filter(|v| v.is_object()) {
         println!(
             "Storage:     {}{}",
-            if storage["up"] == true { "up" } else { "FAILING: " },
+            if storage["up"] == true {
+                "up"
+            } else {
+                "FAILING: "
+            },
             storage["error"].as_str().unwrap_or(""),
         );
         if storage["registry_full"] == true {
@@ -349,6 +356,11 @@ pub fn print_settings(settings: &serde_json::Value) {
 fn utc(v: &serde_json::Value) -> String {
     v.as_i64().map_or_else(
         || "?".to_owned(),
-        |ms| Timestamp(ms).to_rfc3339().replace('T', " ").replace('Z', " UTC"),
+        |ms| {
+            Timestamp(ms)
+                .to_rfc3339()
+                .replace('T', " ")
+                .replace('Z', " UTC")
+        },
     )
 }
