@@ -432,6 +432,10 @@ async fn dashboard_in_headless_chromium_matches_the_api() {
     );
     assert!(dom.contains("data-error=\"unauthorized\""), "{dom}");
     assert!(dom.contains("The host refused this token"), "{dom}");
+    assert!(
+        dom.contains("<main id=\"app\" hidden"),
+        "only the login shows: {dom}"
+    );
 }
 
 // Issue 15 metrics: thresholds, certificate days left, storage and registry state, and requests
