@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`HostControl`], [`Settings`], [`SettingsChange`]: the live settings seam.
 //! - [`app`]: the router.
+//! - [`view`]: client states, registry filters, per-edition counts, activations over time, CSV,
+//!   and `_rfc3339` beside every Unix-ms time in JSON.
 //! - `assets/dashboard.html`: the dashboard (no external resources: works air-gapped).
 
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 
 pub mod report;
 pub mod tls;
+pub mod view;
 
 use async_trait::async_trait;
 use axum::extract::{Query, Request, State};
@@ -147,6 +150,8 @@ async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
                 .collect();
             let min_threshold = editions.iter().map(|e| e.threshold).min().unwrap_or(0);
             let max_threshold = editions.iter().map(|e| e.threshold).max().unwrap_or(0);
+            // R2: how many more machines each threshold of the pool needs before it activates.
+            let needed = |t: u16| u32::from(t).saturating_sub(p.count);
             json!({
                 "pool": p.pool,
                 "name": catalog.pool(p.pool).map_or_else(|| p.pool.to_string(), |x| x.name.clone()),
@@ -154,6 +159,8 @@ async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
                 "capacity": p.capacity,
                 "server_threshold": min_threshold,
                 "client_threshold": max_threshold,
+                "server_needed": needed(min_threshold),
+                "client_needed": needed(max_threshold),
             })
         })
         .collect();
@@ -163,12 +170,21 @@ async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
         .registry_len()
         .await
         .map_err(internal)?;
-    Ok(Json(json!({
+    let now = SystemClock.now();
+    let not_after = Timestamp(cert.body.not_after.saturating_mul(1000));
+    let store = state.service.store();
+    let mut body = json!({
         "certificate": {
             "fingerprint": to_hex(&identity.fingerprint()),
             "key_group": identity.coverage().group.name(),
             "generation": identity.coverage().generation,
-            "not_after": Timestamp(cert.body.not_after.saturating_mul(1000)),
+            "not_after": not_after,
+            "days_left": days_left(not_after, now),
+        },
+        "storage": {
+            "up": store.storage_error().is_none(),
+            "error": store.storage_error(),
+            "registry_full": store.registry_full(),
         },
         "catalog": { "name": catalog.name(), "version": catalog.version() },
         "pools": pools,
@@ -176,8 +192,15 @@ async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
         "settings": state.control.settings(),
         "dns": state.control.dns_state(),
         "data_dir": state.data_dir,
-        "time": SystemClock.now(),
-    })))
+        "time": now,
+    });
+    view::with_rfc3339(&mut body);
+    Ok(Json(body))
+}
+
+/// Whole days from `now` to `end` (negative once past).
+fn days_left(end: Timestamp, now: Timestamp) -> i64 {
+    (end.millis() - now.millis()).div_euclid(86_400_000)
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -234,7 +257,9 @@ async fn events(
         })
         .await
         .map_err(internal)?;
-    Ok(Json(json!(events)))
+    let mut body = json!(events);
+    view::with_rfc3339(&mut body);
+    Ok(Json(body))
 }
 
 #[derive(Deserialize)]
@@ -289,16 +314,19 @@ struct ClientsQuery {
     limit: Option<u32>,
     q: Option<String>,
     sort: Option<String>,
+    filter: Option<String>,
 }
 
-async fn clients(
-    State(state): State<AdminState>,
-    q: Result<Query<ClientsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) =
-        q.map_err(|r| ApiError(StatusCode::BAD_REQUEST, "bad_request", r.body_text()))?;
+/// The parsed `/clients` query: search, order and filter.
+struct Selection {
+    search: Option<String>,
+    sort: RegistrySort,
+    filter: Option<view::Filter>,
+}
+
+fn selection(q: &ClientsQuery) -> Result<Selection, ApiError> {
     let sort = match q.sort.as_deref() {
-        None => RegistrySort::LastSeen,
+        None | Some("") => RegistrySort::LastSeen,
         Some(s) => RegistrySort::parse(s).ok_or_else(|| {
             ApiError(
                 StatusCode::BAD_REQUEST,
@@ -307,21 +335,135 @@ async fn clients(
             )
         })?,
     };
-    let search =
-        q.q.filter(|s| !s.is_empty())
-            .map(|s| s.chars().take(100).collect::<String>());
-    let store = state.service.store();
-    let page = RegistryPage {
-        offset: q.offset.unwrap_or(0),
-        limit: q.limit.unwrap_or(50).clamp(1, 500),
-        search: search.clone(),
-        sort,
+    let filter = match q.filter.as_deref() {
+        None | Some("") | Some("all") => None,
+        Some(f) => Some(view::Filter::parse(f).ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "filter is not_activated, in_grace, renewal_overdue or expired".into(),
+            )
+        })?),
     };
-    let rows = store.registry(page.clone()).await.map_err(internal)?;
-    let total = store.registry_count(search).await.map_err(internal)?;
-    Ok(Json(
-        json!({ "total": total, "offset": page.offset, "limit": page.limit, "clients": rows }),
+    let search =
+        q.q.as_ref()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.chars().take(100).collect::<String>());
+    Ok(Selection {
+        search,
+        sort,
+        filter,
+    })
+}
+
+/// Every registry row the selection keeps, named and classified.
+async fn selected_rows(
+    state: &AdminState,
+    sel: &Selection,
+) -> Result<Vec<view::ClientRow>, ApiError> {
+    let rows = view::all_rows(state.service.store().as_ref(), sel.search.clone(), sel.sort)
+        .await
+        .map_err(internal)?;
+    let settings = state.control.settings();
+    Ok(view::classify(
+        rows,
+        state.service.session().catalog(),
+        sel.filter,
+        SystemClock.now(),
+        settings.renewal_interval_secs,
+        settings.activation_interval_secs,
     ))
+}
+
+/// The filtered registry as CSV, for the dashboard's export.
+async fn clients_csv(
+    State(state): State<AdminState>,
+    q: Result<Query<ClientsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) =
+        q.map_err(|r| ApiError(StatusCode::BAD_REQUEST, "bad_request", r.body_text()))?;
+    let rows = selected_rows(&state, &selection(&q)?).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"tally-clients.csv\"",
+            ),
+        ],
+        view::csv(&rows),
+    )
+        .into_response())
+}
+
+/// Per-edition counts and the activations of the last 30 days, for the dashboard.
+async fn summary(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let sel = Selection {
+        search: None,
+        sort: RegistrySort::LastSeen,
+        filter: None,
+    };
+    let rows = selected_rows(&state, &sel).await?;
+    let now = SystemClock.now();
+    let days = 30;
+    let events = view::activation_events(
+        state.service.store().as_ref(),
+        Timestamp(now.millis() - i64::from(days) * 86_400_000),
+    )
+    .await
+    .map_err(internal)?;
+    let mut body = json!({
+        "editions": view::per_edition(&rows, state.service.session().catalog()),
+        "days": view::series(&events, now, days),
+        "time": now,
+    });
+    view::with_rfc3339(&mut body);
+    Ok(Json(body))
+}
+
+async fn clients(
+    State(state): State<AdminState>,
+    q: Result<Query<ClientsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) =
+        q.map_err(|r| ApiError(StatusCode::BAD_REQUEST, "bad_request", r.body_text()))?;
+    let sel = selection(&q)?;
+    let offset = q.offset.unwrap_or(0);
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let (total, rows) = if sel.filter.is_some() {
+        // A filter needs each row's state: read the (capped) registry and page in memory.
+        let all = selected_rows(&state, &sel).await?;
+        let total = all.len() as u64;
+        let page = all
+            .into_iter()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .take(limit as usize)
+            .collect::<Vec<_>>();
+        (total, page)
+    } else {
+        let store = state.service.store();
+        let page = RegistryPage {
+            offset,
+            limit,
+            search: sel.search.clone(),
+            sort: sel.sort,
+        };
+        let rows = store.registry(page).await.map_err(internal)?;
+        let total = store.registry_count(sel.search).await.map_err(internal)?;
+        let settings = state.control.settings();
+        let rows = view::classify(
+            rows,
+            state.service.session().catalog(),
+            None,
+            SystemClock.now(),
+            settings.renewal_interval_secs,
+            settings.activation_interval_secs,
+        );
+        (total, rows)
+    };
+    let mut body = json!({ "total": total, "offset": offset, "limit": limit, "clients": rows });
+    view::with_rfc3339(&mut body);
+    Ok(Json(body))
 }
 
 async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
@@ -339,8 +481,41 @@ async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
             .pool(p.pool)
             .map_or_else(|| p.pool.to_string(), |x| x.name.clone());
         metrics::gauge!("tally_pool_clients", "pool" => name.clone()).set(f64::from(p.count));
-        metrics::gauge!("tally_pool_table_size", "pool" => name).set(f64::from(p.capacity));
+        metrics::gauge!("tally_pool_table_size", "pool" => name.clone()).set(f64::from(p.capacity));
+        // R1: each threshold of the pool, as KMS's /dlv lists them beside the count.
+        for e in session
+            .catalog()
+            .editions()
+            .iter()
+            .filter(|e| e.pool == p.pool)
+        {
+            let kind = if e.kind == tally_core::catalog::EditionKind::Server {
+                "server"
+            } else {
+                "client"
+            };
+            metrics::gauge!("tally_pool_threshold", "pool" => name.clone(), "kind" => kind)
+                .set(f64::from(e.threshold));
+        }
     }
+    DESCRIBE.call_once(describe_gauges);
+    let store = state.service.store();
+    metrics::gauge!("tally_storage_up").set(if store.storage_error().is_none() {
+        1.0
+    } else {
+        0.0
+    });
+    metrics::gauge!("tally_registry_full").set(if store.registry_full() { 1.0 } else { 0.0 });
+    let not_after = Timestamp(
+        session
+            .identity()
+            .certificate()
+            .body
+            .not_after
+            .saturating_mul(1000),
+    );
+    metrics::gauge!("tally_certificate_days_left")
+        .set(days_left(not_after, SystemClock.now()) as f64);
     let dns = state.control.dns_state();
     let publishing =
         dns.get("enabled") == Some(&json!(true)) && dns.get("ok") == Some(&json!(true));
@@ -350,6 +525,29 @@ async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
         handle.render(),
     )
         .into_response()
+}
+
+static DESCRIBE: std::sync::Once = std::sync::Once::new();
+
+/// Help texts of the gauges this crate sets (the host describes the request metrics).
+fn describe_gauges() {
+    use metrics::describe_gauge;
+    describe_gauge!(
+        "tally_pool_threshold",
+        "An edition kind's threshold in a pool (R1): the count it needs to activate."
+    );
+    describe_gauge!(
+        "tally_storage_up",
+        "1 while the store commits, 0 while commits fail (clients get storage_failure)."
+    );
+    describe_gauge!(
+        "tally_registry_full",
+        "1 when the registry reached its cap: new machines are counted but not registered."
+    );
+    describe_gauge!(
+        "tally_certificate_days_left",
+        "Days until the host certificate expires."
+    );
 }
 
 async fn dashboard() -> Html<&'static str> {
@@ -371,6 +569,8 @@ pub fn app(state: AdminState) -> Router {
         .route("/settings", get(get_settings).patch(patch_settings))
         .route("/events", get(events))
         .route("/clients", get(clients))
+        .route("/clients.csv", get(clients_csv))
+        .route("/summary", get(summary))
         .route("/report", get(report))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

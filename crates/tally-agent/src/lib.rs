@@ -14,6 +14,7 @@ use std::time::Duration;
 use tally_client::agent::{AgentRequest, MAX_REQUEST_LINE, machine_name};
 use tally_client::codes;
 use tally_client::ops::{Client, OpResult};
+use tally_client::state::{ClientState, StateError};
 use tally_core::lifecycle::LicenseStatus;
 use tally_core::time::{Clock, Timestamp};
 use thiserror::Error;
@@ -32,13 +33,25 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(3600);
 #[non_exhaustive]
 pub enum AgentError {
     /// The socket could not be set up.
-    #[error("cannot listen on {path}: {source}")]
+    #[error(
+        "cannot listen on {path}: {source} (is another agent running on this state directory? pass --socket PATH, or fix the directory's permissions)"
+    )]
     Socket {
         /// The socket path.
         path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
+    /// Another agent already answers on the socket.
+    #[error("an agent already runs on {path}: stop it first (nothing was changed)")]
+    AlreadyRunning {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// The start-up change of the state (the `--host` given, clearing the generalized mark)
+    /// failed; the agent did not start.
+    #[error("{0}")]
+    Start(String),
 }
 
 /// What the agent needs.
@@ -49,6 +62,7 @@ pub struct Agent {
     machine: String,
     wake: Notify,
     attempt: Mutex<()>,
+    host: Option<String>,
 }
 
 impl Agent {
@@ -61,7 +75,15 @@ impl Agent {
             machine: machine_name(),
             wake: Notify::new(),
             attempt: Mutex::new(()),
+            host: None,
         }
+    }
+
+    /// Sets this host by hand (R20) once the agent holds its socket: a start that fails
+    /// (another agent runs, the socket cannot be made) changes nothing.
+    pub fn with_host(mut self, host: String) -> Self {
+        self.host = Some(host);
+        self
     }
 
     /// Reports this machine name to hosts instead of the host name.
@@ -73,6 +95,10 @@ impl Agent {
     /// Runs until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), AgentError> {
         let listener = self.bind()?;
+        if let Err(error) = self.on_start() {
+            let _ = std::fs::remove_file(&self.socket);
+            return Err(error);
+        }
         let owner = std::fs::metadata(&self.socket)
             .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
             .unwrap_or(0);
@@ -96,6 +122,32 @@ impl Agent {
         Ok(())
     }
 
+    /// The state changes of a start, made only once the socket is ours: the `--host` given,
+    /// and the end of the generalized mark (R11: this start is the deployed copy's first).
+    fn on_start(&self) -> Result<(), AgentError> {
+        let now = self.clock.now();
+        if let Some(host) = &self.host {
+            let r = self.client.set_host(host, now);
+            if !r.ok {
+                return Err(AgentError::Start(r.message));
+            }
+        }
+        if self.generalized() {
+            ClientState::update(self.client.dir(), now, |s| -> Result<(), StateError> {
+                s.generalized = false;
+                Ok(())
+            })
+            .map_err(|e| AgentError::Start(e.to_string()))?;
+            info!("generalized installation started: activating with its new CMID");
+        }
+        Ok(())
+    }
+
+    /// Whether generalize marked this installation as an image being prepared (R11).
+    fn generalized(&self) -> bool {
+        ClientState::load(self.client.dir(), self.clock.now()).is_ok_and(|s| s.generalized)
+    }
+
     fn bind(&self) -> Result<UnixListener, AgentError> {
         let err = |source| AgentError::Socket {
             path: self.socket.clone(),
@@ -105,7 +157,12 @@ impl Agent {
             std::fs::create_dir_all(parent).map_err(err)?;
         }
         // A socket file left by a crashed agent: remove it if nothing answers on it.
-        if self.socket.exists() && std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+        if self.socket.exists() {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return Err(AgentError::AlreadyRunning {
+                    path: self.socket.clone(),
+                });
+            }
             let _ = std::fs::remove_file(&self.socket);
         }
         let listener = UnixListener::bind(&self.socket).map_err(err)?;
@@ -128,6 +185,7 @@ impl Agent {
         };
         if status.status != LicenseStatus::Unlicensed
             && status.next_attempt.is_none_or(|t| now >= t)
+            && !self.generalized()
         {
             let result = self.activate(None).await;
             log_attempt(&result);
@@ -236,6 +294,10 @@ impl Agent {
                 let _one = self.attempt.lock().await;
                 self.client.activate_mak(Some(url), now).await
             }
+            AgentRequest::Activate { .. } if self.generalized() => denied(
+                codes::STATE_UNAVAILABLE,
+                "this installation was generalized: it activates at the next agent start (restart the service or boot the deployed copy)".into(),
+            ),
             AgentRequest::Activate { host, .. } => {
                 let r = self.activate(host.as_deref()).await;
                 log_attempt(&r);

@@ -93,8 +93,30 @@ fn init_tracing(cli: &Cli, default: &str) -> tracing_appender::non_blocking::Wor
     guard
 }
 
+/// A closed stdout (`tally host clients | head`) ends the process quietly, as for any Unix
+/// tool, instead of a panic in `println!`. One-shot commands only: a running host or agent keeps
+/// running when whoever reads its stdout goes away.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: called first thing in `main`, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cmd::slmgr::normalize_args(std::env::args_os().collect()));
+    #[cfg(unix)]
+    if !matches!(
+        &cli.command,
+        Command::Host(cmd::host::HostCommand::Run(_))
+            | Command::Agent(_)
+            | Command::Authority(cmd::authority::AuthorityCommand::Run { .. })
+    ) {
+        default_sigpipe();
+    }
     // One TLS crypto provider for the process (ring: already used for DNS TSIG), installed
     // before any HTTP client is built.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -131,8 +153,11 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            // ripgrep style: the whole chain, once.
+            // ripgrep style: the whole chain, once; then what to do about it.
             eprintln!("error: {err:#}");
+            if let Some(hint) = util::io_hint(&err) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

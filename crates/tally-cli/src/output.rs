@@ -2,9 +2,12 @@
 
 use serde::Serialize;
 
-/// Prints `value` as pretty JSON on stdout.
+/// Prints `value` as pretty JSON on stdout, every Unix-ms time with its `_rfc3339` (UTC) twin
+/// beside it (one convention for the CLI and the admin API: [`tally_admin::view::with_rfc3339`]).
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    let mut v = serde_json::to_value(value)?;
+    tally_admin::view::with_rfc3339(&mut v);
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
 

@@ -42,3 +42,58 @@ pub fn text_or_file(arg: &str) -> anyhow::Result<String> {
         Ok(arg.to_owned())
     }
 }
+
+/// Parses a HOST[:PORT] argument (FQDN, short name, IPv4, `[IPv6]:PORT`): a URL is refused with
+/// a hint, since hosts speak Tally's TCP protocol, not HTTP.
+pub fn parse_host(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if let Some((scheme, _)) = s.split_once("://") {
+        let bare = s
+            .split_once("://")
+            .map(|(_, rest)| rest.trim_end_matches('/'))
+            .unwrap_or(s);
+        return Err(format!(
+            "expected HOST[:PORT], not a {scheme}:// URL: try `{bare}` (port 1688 when omitted); \
+             a MAK client's authority URL goes to `activate --authority URL`"
+        ));
+    }
+    if s.is_empty() || s.contains(['/', ' ']) {
+        return Err("expected HOST[:PORT], e.g. tally1.corp.example or 127.0.0.1:1688".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// A hint for an I/O error of the kinds admins meet, to append after the error chain.
+pub fn io_hint(err: &anyhow::Error) -> Option<&'static str> {
+    let io = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())?;
+    match io.kind() {
+        std::io::ErrorKind::PermissionDenied => Some(
+            "run it as the directory's owner (or root), or pick a directory you own with \
+             --state-dir / --data-dir",
+        ),
+        std::io::ErrorKind::NotFound => Some(
+            "check the path; a host's data directory is made by `tally host run` (or pass \
+             --data-dir DIR), a client's by `tally client install-key`",
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_refused_where_a_host_is_expected() {
+        let err = parse_host("http://127.0.0.1:1688/").unwrap_err();
+        assert!(err.contains("`127.0.0.1:1688`"), "{err}");
+        assert_eq!(
+            parse_host("kms1.corp:1688").as_deref(),
+            Ok("kms1.corp:1688")
+        );
+        assert_eq!(parse_host("[::1]:1688").as_deref(), Ok("[::1]:1688"));
+        assert!(parse_host("").is_err());
+    }
+}

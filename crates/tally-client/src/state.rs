@@ -108,6 +108,11 @@ pub struct ClientState {
     /// The authority a MAK client activates with (R25).
     #[serde(default)]
     pub authority_url: Option<String>,
+    /// Set by generalize (R11): this copy is an image being prepared, so no agent activates it
+    /// (which would register its new CMID) until the next agent start, i.e. the first start of
+    /// each deployed copy. The agent clears it when it starts.
+    #[serde(default)]
+    pub generalized: bool,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -131,6 +136,7 @@ impl ClientState {
             last_attempt: None,
             host_certificates: Vec::new(),
             authority_url: None,
+            generalized: false,
         }
     }
 
@@ -332,6 +338,7 @@ impl ClientState {
         self.cmid = Uuid::new_v4();
         self.cached_host = None;
         self.last_attempt = None;
+        self.generalized = true;
         Ok(self.license.generalize(now)?)
     }
 

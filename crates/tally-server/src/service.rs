@@ -151,7 +151,13 @@ impl HostService {
                         (session.seal_failure(&pending, result), result, 0)
                     }
                 };
-                let result_name = result.name().unwrap_or("unknown");
+                // A success whose count is still below the edition's threshold (R2) is not an
+                // activation: logs and metrics call it what it is.
+                let result_name = if result == ResultCode::SUCCESS && count < u32::from(threshold) {
+                    "below_threshold"
+                } else {
+                    result.name().unwrap_or("unknown")
+                };
                 metrics::counter!("tally_requests_total", "result" => result_name).increment(1);
                 // R27: event 12290 for each activation request, with machine name and time.
                 info!(

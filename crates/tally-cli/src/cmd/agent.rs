@@ -24,8 +24,9 @@ pub enum AgentCommand {
 pub struct RunArgs {
     #[command(flatten)]
     opts: ClientOpts,
-    /// Use this host (HOST[:PORT]) and turn discovery off (same as `tally client set-host`).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Use this host (HOST[:PORT], not a URL) and turn discovery off (same as `tally client
+    /// set-host`); saved only once the agent has started.
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::util::parse_host)]
     host: Option<String>,
 }
 
@@ -33,10 +34,6 @@ pub struct RunArgs {
 pub async fn run(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
     let AgentCommand::Run(args) = cmd;
     let client = args.opts.client()?;
-    if let Some(host) = &args.host {
-        let r = client.set_host(host, SystemClock.now());
-        anyhow::ensure!(r.ok, "{}", r.message);
-    }
     let socket = args
         .opts
         .socket
@@ -46,6 +43,10 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
     let mut agent = Agent::new(client, socket, clock);
     if let Some(name) = args.opts.machine_name.clone() {
         agent = agent.with_machine_name(name);
+    }
+    // Applied by the agent once it holds its socket: a failed start saves nothing.
+    if let Some(host) = args.host.clone() {
+        agent = agent.with_host(host);
     }
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());

@@ -135,9 +135,9 @@ pub enum ClientCommand {
     /// Activate (or renew) now; exits 0 when activated, 2 when the count is below the
     /// threshold (R2), 1 on error. Any user may (R13).
     Activate {
-        /// Host for this attempt, HOST[:PORT] (port 1688 when omitted) [default: the manual or
-        /// cached host].
-        #[arg(long, value_name = "HOST:PORT")]
+        /// Host for this attempt, HOST[:PORT] (port 1688 when omitted; not a URL) [default: the
+        /// manual or cached host, else DNS discovery].
+        #[arg(long, value_name = "HOST:PORT", value_parser = crate::util::parse_host)]
         host: Option<String>,
         /// MAK clients (R25): the vendor's authority URL (remembered).
         #[arg(long, value_name = "URL")]
@@ -151,14 +151,22 @@ pub enum ClientCommand {
     },
     /// Show the license state, timers and last result.
     Status,
-    /// Reset the grace period to 30 days; at most 3 times (R11).
-    Rearm,
-    /// Prepare for imaging: new CMID and grace reset (R11). With no rearm left it still makes a
-    /// new CMID but leaves the timer and exits with an error.
+    /// Reset the grace period to 30 days; at most 3 times (R11). Each rearm is spent for good:
+    /// on an activated installation it is refused unless --force.
+    Rearm {
+        /// Rearm even though this installation is activated.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Prepare an installation for imaging (R11): new CMID, grace reset, and no agent activates
+    /// until the next agent start, so each deployed copy registers its own CMID at its first
+    /// boot. Capture the image after this (shut down; do not restart the agent). With no rearm
+    /// left it still makes a new CMID but leaves the timer and exits with an error.
     Generalize,
     /// Use this host (HOST[:PORT]); turns DNS discovery off and clears the cached host (R20).
     SetHost {
-        /// FQDN, short name, IPv4 or IPv6 address, with optional port.
+        /// FQDN, short name, IPv4 or IPv6 address, with optional port (not a URL).
+        #[arg(value_parser = crate::util::parse_host)]
         host: String,
     },
     /// Forget the manual host; turns discovery back on (R20).
@@ -188,7 +196,7 @@ impl ClientCommand {
                 authority: authority.clone(),
             },
             Self::Status => AgentRequest::Status,
-            Self::Rearm => AgentRequest::Rearm,
+            Self::Rearm { .. } => AgentRequest::Rearm,
             Self::Generalize => AgentRequest::Generalize,
             Self::SetHost { host } => AgentRequest::SetHost { host: host.clone() },
             Self::ClearHost => AgentRequest::ClearHost,
@@ -304,6 +312,10 @@ pub fn report(
     } else if json {
         let mut v = serde_json::to_value(result)?;
         v["code"] = serde_json::Value::String(format!("0x{:08X}", result.code));
+        // Code 0 is named for activations; any other operation that worked just succeeded.
+        if !activate && result.code == 0 {
+            v["result"] = serde_json::Value::String("success".into());
+        }
         output::json(&v)?;
     } else if result.result == "status" {
         if let Some(s) = &result.status {
@@ -333,8 +345,11 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot read {}", file.display()))?;
         parse_authority_public(&text).with_context(|| format!("{}", file.display()))?;
         let dir = args.opts.dir();
-        std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join(TRUST_FILE), text)?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        let target = dir.join(TRUST_FILE);
+        std::fs::write(&target, text)
+            .with_context(|| format!("cannot write {}", target.display()))?;
         println!("This client now trusts {}.", file.display());
         return Ok(ExitCode::SUCCESS);
     }
@@ -396,11 +411,42 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         let result = args.opts.client()?.mak_confirm(&text, SystemClock.now());
         return report(&result, true, args.opts.json, false);
     }
+    if let ClientCommand::Rearm { force: false } = &args.command {
+        refuse_rearm_when_licensed(&args.opts).await?;
+    }
     let Some(req) = args.command.request() else {
         return Ok(ExitCode::SUCCESS);
     };
     let activate = matches!(req, AgentRequest::Activate { .. });
     let verbose = matches!(req, AgentRequest::Status);
+    let generalize = matches!(req, AgentRequest::Generalize);
     let result = execute(&args.opts, req).await?;
-    report(&result, activate, args.opts.json, verbose)
+    let code = report(&result, activate, args.opts.json, verbose)?;
+    if generalize && !args.opts.json {
+        println!("{GENERALIZED_NOTE}");
+    }
+    Ok(code)
+}
+
+/// What generalize leaves for the admin to do (R11).
+pub const GENERALIZED_NOTE: &str = "No agent activates this installation until the next agent \
+start (service restart or boot): capture the image now. Each deployed copy activates with its \
+own CMID at its first start.";
+
+/// R11: a rearm is spent for good; on an activated installation it is almost always a mistake.
+pub async fn refuse_rearm_when_licensed(opts: &ClientOpts) -> anyhow::Result<()> {
+    // When the status cannot be read, the rearm itself reports why.
+    let Ok(status) = execute(opts, AgentRequest::Status).await else {
+        return Ok(());
+    };
+    if let Some(s) = status.status.filter(|s| s.licensed) {
+        anyhow::bail!(
+            "this installation is activated ({}, {} days left): a rearm would spend one of its \
+             {} rearms for nothing; pass --force to rearm anyway",
+            s.status,
+            s.days_left,
+            s.rearms_left
+        );
+    }
+    Ok(())
 }

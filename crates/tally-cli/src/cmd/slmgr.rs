@@ -30,9 +30,41 @@ pub struct SlmgrArgs {
     data_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     remote: crate::cmd::remote::RemoteArgs,
-    /// The slmgr-style option and its value, e.g. `/ipk KEY`.
-    #[arg(num_args = 1..=2, allow_hyphen_values = true, value_name = "OPTION")]
+    /// /rearm even though this installation is activated.
+    #[arg(long)]
+    force: bool,
+    /// The slmgr-style option and its value, e.g. `/ipk KEY` (`-ipk KEY` works too). Flags such
+    /// as --json may come before or after it.
+    #[arg(num_args = 1..=2, value_name = "OPTION")]
     args: Vec<String>,
+}
+
+/// The slmgr option names, for [`normalize_args`].
+const OPTIONS: &[&str] = &[
+    "ipk", "upk", "ato", "dli", "dlv", "xpr", "skms", "ckms", "rearm", "sprt", "sai", "sri",
+    "sdns", "cdns", "cpri", "spri",
+];
+
+/// Rewrites `tally slmgr -dli` as `tally slmgr /dli`, so that the option may take the dash form
+/// while every other word starting with `-` stays a flag (`--json` anywhere on the line).
+pub fn normalize_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let Some(pos) = args.iter().position(|a| a == "slmgr") else {
+        return args;
+    };
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let rewritten = a
+                .to_str()
+                .and_then(|w| w.strip_prefix('-'))
+                .filter(|name| i > pos && OPTIONS.contains(&name.to_ascii_lowercase().as_str()))
+                .map(|name| format!("/{name}"));
+            match rewritten {
+                Some(option) => option.into(),
+                None => a,
+            }
+        })
+        .collect()
 }
 
 /// Runs an slmgr alias.
@@ -76,11 +108,18 @@ pub async fn run(args: SlmgrArgs) -> anyhow::Result<ExitCode> {
             .clone()
             .unwrap_or_else(tally_host::paths::default_data_dir);
         let admin = crate::cmd::remote::Admin::resolve(&args.remote, &dir)?;
+        let changed = host_change.is_some();
         let answer = match host_change {
             Some(change) => admin.patch("settings", &change).await?,
             None => admin.get("status").await?,
         };
-        crate::output::json(&answer)?;
+        if args.opts.json {
+            crate::output::json(&answer)?;
+        } else if changed {
+            crate::cmd::host::print_settings(&answer);
+        } else {
+            crate::cmd::host::print_remote_status(&answer);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let (req, verbose) = match option.as_str() {
@@ -103,7 +142,8 @@ pub async fn run(args: SlmgrArgs) -> anyhow::Result<ExitCode> {
         "/dlv" => (AgentRequest::Status, true),
         "/skms" => (
             AgentRequest::SetHost {
-                host: need("HOST[:PORT]")?,
+                host: crate::util::parse_host(&need("HOST[:PORT]")?)
+                    .map_err(|e| anyhow::anyhow!("/skms: {e}"))?,
             },
             false,
         ),
@@ -112,6 +152,9 @@ pub async fn run(args: SlmgrArgs) -> anyhow::Result<ExitCode> {
         other => bail!("unknown option '{other}': see `tally slmgr --help`"),
     };
     let activate = matches!(req, AgentRequest::Activate { .. });
+    if matches!(req, AgentRequest::Rearm) && !args.force {
+        crate::cmd::client::refuse_rearm_when_licensed(&args.opts).await?;
+    }
     let result = execute(&args.opts, req).await?;
     if option == "/xpr"
         && !args.opts.json

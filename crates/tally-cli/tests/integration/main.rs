@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod admin_day;
 mod authority;
 mod authority_pg;
 mod cli;
@@ -13,6 +14,7 @@ mod faults;
 mod fleet;
 mod lifecycle;
 mod one_path;
+mod readme;
 mod startup;
 mod trust;
 

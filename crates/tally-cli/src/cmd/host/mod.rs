@@ -21,6 +21,8 @@ mod run;
 mod set;
 mod setup;
 
+pub use read::{print_remote_status, print_settings};
+
 /// `tally host ...`
 #[derive(Subcommand)]
 pub enum HostCommand {

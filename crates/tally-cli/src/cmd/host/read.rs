@@ -23,66 +23,54 @@ fn dir_and_catalog(
     Ok((config.data_dir, config.database, catalog))
 }
 
-/// `tally host status`.
+/// `tally host status`: the same fields and text locally (from the data directory) and
+/// remotely (through the admin API).
 pub async fn status(dir: &DirArgs, remote: &RemoteArgs, as_json: bool) -> anyhow::Result<ExitCode> {
-    if remote.target.is_some() {
-        let status = Admin::resolve(remote, &dir.resolve()?)?
+    let status = if remote.target.is_some() {
+        Admin::resolve(remote, &dir.resolve()?)?
             .get("status")
-            .await?;
-        if as_json {
-            json(&status)?;
-        } else {
-            print_remote_status(&status);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let (dir, db, catalog) = dir_and_catalog(dir)?;
-    let status = query::status(&dir, &db, &catalog).await?;
+            .await?
+    } else {
+        let (dir, db, catalog) = dir_and_catalog(dir)?;
+        let status = query::status(&dir, &db, &catalog).await?;
+        local_status_json(&status, &catalog)?
+    };
     if as_json {
         json(&status)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let cert = &status.certificate;
-    println!("Host data: {}", dir.display());
-    println!(
-        "Certificate: {} generation {}, valid until {}, fingerprint {}",
-        cert.key_group,
-        cert.generation,
-        cert.not_after,
-        cert.fingerprint.get(..16).unwrap_or(&cert.fingerprint)
-    );
-    println!(
-        "Catalog: {} version {}",
-        status.catalog.name, status.catalog.version
-    );
-    let mut t = Table::new(&["POOL", "COUNT", "TABLE SIZE"]);
-    for p in &status.pools {
-        t.row(vec![
-            p.name.clone(),
-            p.count.to_string(),
-            p.capacity.to_string(),
-        ]);
-    }
-    print!("{}", t.render());
-    println!("Clients in registry: {}", status.registry_clients);
-    match status.dns.get("results").and_then(|r| r.as_array()) {
-        Some(results) => {
-            for r in results {
-                println!(
-                    "DNS: {} {}{}",
-                    r["record"].as_str().unwrap_or("?"),
-                    if r["ok"] == true {
-                        "published"
-                    } else {
-                        "FAILED: "
-                    },
-                    r["error"].as_str().unwrap_or("")
-                );
-            }
-        }
-        None => println!("DNS: not publishing"),
+    } else {
+        print_remote_status(&status);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The offline status in the admin API's shape: thresholds and "more needed" per pool (R1, R2),
+/// the certificate's days left.
+fn local_status_json(
+    status: &query::HostStatus,
+    catalog: &tally_core::Catalog,
+) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(status)?;
+    let now = SystemClock.now();
+    v["certificate"]["days_left"] =
+        ((status.certificate.not_after.millis() - now.millis()).div_euclid(86_400_000)).into();
+    if let Some(pools) = v["pools"].as_array_mut() {
+        for (p, pool) in pools.iter_mut().zip(&status.pools) {
+            let thresholds: Vec<u16> = catalog
+                .editions()
+                .iter()
+                .filter(|e| e.pool == pool.pool)
+                .map(|e| e.threshold)
+                .collect();
+            let server = thresholds.iter().copied().min().unwrap_or(0);
+            let client = thresholds.iter().copied().max().unwrap_or(0);
+            p["server_threshold"] = server.into();
+            p["client_threshold"] = client.into();
+            p["server_needed"] = u32::from(server).saturating_sub(pool.count).into();
+            p["client_needed"] = u32::from(client).saturating_sub(pool.count).into();
+        }
+    }
+    v["time"] = now.millis().into();
+    Ok(v)
 }
 
 /// `tally host report`.
@@ -199,7 +187,7 @@ pub async fn events(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `tally host clients`.
+/// `tally host clients`: the same columns and JSON locally and remotely.
 pub async fn clients(
     dir: &DirArgs,
     remote: &RemoteArgs,
@@ -208,107 +196,179 @@ pub async fn clients(
     offset: u64,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
-    if remote.target.is_some() {
-        let mut q = format!("clients?offset={offset}&limit={}", limit.clamp(1, 500));
+    let limit = limit.clamp(1, 500);
+    let page = if remote.target.is_some() {
+        let mut q = format!("clients?offset={offset}&limit={limit}");
         if let Some(text) = &search {
             q.push_str(&format!(
                 "&q={}",
-                text.replace('&', "%26").replace(' ', "%20")
+                text.replace('%', "%25")
+                    .replace('&', "%26")
+                    .replace(' ', "%20")
+                    .replace('#', "%23")
             ));
         }
-        let page = Admin::resolve(remote, &dir.resolve()?)?.get(&q).await?;
-        if as_json {
-            json(&page)?;
-        } else {
-            for c in page["clients"].as_array().into_iter().flatten() {
-                println!(
-                    "{}  {}  last seen {}  count {}  activated {}",
-                    c["machine_name"].as_str().unwrap_or("?"),
-                    c["cmid"].as_str().unwrap_or("?"),
-                    c["last_seen"],
-                    c["last_count"],
-                    c["activated"]
-                );
-            }
-            println!("{} clients in total", page["total"]);
-        }
+        Admin::resolve(remote, &dir.resolve()?)?.get(&q).await?
+    } else {
+        let config = dir.config()?;
+        let catalog = catalog::resolve(&config.data_dir, config.catalog.as_deref())?;
+        let (total, rows) = query::clients(
+            &config.data_dir,
+            &config.database,
+            RegistryPage {
+                search,
+                offset,
+                limit,
+                ..RegistryPage::default()
+            },
+        )
+        .await?;
+        let rows = tally_admin::view::classify(
+            rows,
+            &catalog,
+            None,
+            SystemClock.now(),
+            config.intervals.renewal_secs,
+            config.intervals.activation_secs,
+        );
+        serde_json::json!({ "total": total, "offset": offset, "limit": limit, "clients": rows })
+    };
+    if as_json {
+        json(&page)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (data_dir, db, catalog) = dir_and_catalog(dir)?;
-    let (total, rows) = query::clients(
-        &data_dir,
-        &db,
-        RegistryPage {
-            search,
-            offset,
-            limit,
-            ..RegistryPage::default()
-        },
-    )
-    .await?;
-    if as_json {
-        json(&serde_json::json!({ "total": total, "offset": offset, "clients": rows }))?;
-    } else {
-        let mut t = Table::new(&[
-            "MACHINE",
-            "CMID",
-            "EDITION",
-            "LAST SEEN",
-            "COUNT",
-            "ACTIVATED",
-            "REQUESTS",
+    let mut t = Table::new(&[
+        "MACHINE",
+        "CMID",
+        "EDITION",
+        "STATE",
+        "LAST SEEN (UTC)",
+        "COUNT",
+        "REQUESTS",
+    ]);
+    let rows = page["clients"].as_array().cloned().unwrap_or_default();
+    for c in &rows {
+        t.row(vec![
+            c["machine_name"].as_str().unwrap_or("?").to_owned(),
+            c["cmid"].as_str().unwrap_or("?").to_owned(),
+            c["edition"].as_str().unwrap_or("?").to_owned(),
+            c["state"].as_str().unwrap_or("?").to_owned(),
+            utc(&c["last_seen"]).trim_end_matches(" UTC").to_owned(),
+            c["last_count"].to_string(),
+            c["requests"].to_string(),
         ]);
-        for r in &rows {
-            t.row(vec![
-                r.machine_name.clone(),
-                r.cmid.to_string(),
-                catalog
-                    .edition(r.sku)
-                    .map_or_else(|| r.sku.to_string(), |e| e.name.clone()),
-                r.last_seen.to_string(),
-                r.last_count.to_string(),
-                if r.activated { "yes" } else { "no" }.to_owned(),
-                r.requests.to_string(),
-            ]);
-        }
-        print!("{}", t.render());
-        println!("{} of {total} clients shown", rows.len());
     }
+    print!("{}", t.render());
+    println!("{} of {} clients shown", rows.len(), page["total"]);
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_remote_status(s: &serde_json::Value) {
+/// Prints a host's status (local or remote, one shape) as text, the way KMS's `/dlv` lists the
+/// count and thresholds.
+pub fn print_remote_status(s: &serde_json::Value) {
+    let cert = &s["certificate"];
+    if let Some(dir) = s["data_dir"].as_str() {
+        println!("Host data:   {dir}");
+    }
     println!(
-        "Certificate: {} generation {}; catalog {} v{}",
-        s["certificate"]["key_group"].as_str().unwrap_or("?"),
-        s["certificate"]["generation"],
+        "Certificate: {} generation {}, valid until {} ({} days left), fingerprint {}",
+        cert["key_group"].as_str().unwrap_or("?"),
+        cert["generation"],
+        utc(&cert["not_after"]),
+        cert["days_left"],
+        cert["fingerprint"]
+            .as_str()
+            .map(|f| f.get(..16).unwrap_or(f))
+            .unwrap_or("?")
+    );
+    println!(
+        "Catalog:     {} version {}",
         s["catalog"]["name"].as_str().unwrap_or("?"),
         s["catalog"]["version"]
     );
-    let mut t = Table::new(&["POOL", "COUNT", "TABLE SIZE", "THRESHOLDS"]);
+    let mut t = Table::new(&[
+        "POOL",
+        "COUNT",
+        "SERVERS FROM",
+        "CLIENTS FROM",
+        "MORE NEEDED (SERVER/CLIENT)",
+        "TABLE SIZE",
+    ]);
     for p in s["pools"].as_array().into_iter().flatten() {
         t.row(vec![
             p["name"].as_str().unwrap_or("?").to_owned(),
             p["count"].to_string(),
+            p["server_threshold"].to_string(),
+            p["client_threshold"].to_string(),
+            format!("{}/{}", p["server_needed"], p["client_needed"]),
             p["capacity"].to_string(),
-            format!("{}/{}", p["server_threshold"], p["client_threshold"]),
         ]);
     }
     print!("{}", t.render());
-    let st = &s["settings"];
+    println!("Clients in registry: {}", s["registry_clients"]);
+    if let Some(storage) = s.get("storage").filter(|v| v.is_object()) {
+        println!(
+            "Storage:     {}{}",
+            if storage["up"] == true {
+                "up"
+            } else {
+                "FAILING: "
+            },
+            storage["error"].as_str().unwrap_or(""),
+        );
+        if storage["registry_full"] == true {
+            println!("Registry:    FULL (new machines are counted but not registered)");
+        }
+    }
+    if s["settings"].is_object() {
+        print_settings(&s["settings"]);
+    }
+    match s["dns"].get("results").and_then(|r| r.as_array()) {
+        Some(results) => {
+            for r in results {
+                println!(
+                    "DNS:         {} {}{}",
+                    r["record"].as_str().unwrap_or("?"),
+                    if r["ok"] == true {
+                        "published"
+                    } else {
+                        "FAILED: "
+                    },
+                    r["error"].as_str().unwrap_or("")
+                );
+            }
+        }
+        None => println!("DNS:         not publishing"),
+    }
+}
+
+/// Prints the settings in force.
+pub fn print_settings(settings: &serde_json::Value) {
     println!(
-        "Listen {}; intervals {} / {} min; DNS {}; priority {}; {} clients in registry",
-        st["listen"].as_str().unwrap_or("?"),
-        st["activation_interval_secs"].as_u64().unwrap_or(0) / 60,
-        st["renewal_interval_secs"].as_u64().unwrap_or(0) / 60,
-        if st["dns_publish"] == true {
+        "Settings:    listen {}, activation {} min, renewal {} min, DNS {}, priority {}",
+        settings["listen"].as_str().unwrap_or("?"),
+        settings["activation_interval_secs"].as_u64().unwrap_or(0) / 60,
+        settings["renewal_interval_secs"].as_u64().unwrap_or(0) / 60,
+        if settings["dns_publish"] == true {
             "on"
         } else {
             "off"
         },
-        st["priority"].as_str().unwrap_or("?"),
-        s["registry_clients"]
+        settings["priority"].as_str().unwrap_or("?"),
     );
+}
+
+/// A Unix-ms time from JSON as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc(v: &serde_json::Value) -> String {
+    v.as_i64().map_or_else(
+        || "?".to_owned(),
+        |ms| {
+            Timestamp(ms)
+                .to_rfc3339()
+                .replace('T', " ")
+                .replace('Z', " UTC")
+        },
+    )
 }
 
 /// `tally host check`: the full integrity check of the host's database.

@@ -2,7 +2,7 @@
 //! `tally host listening on ADDR` lines scripts and tests wait for.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -88,12 +88,25 @@ impl RunArgs {
 /// Runs the host until SIGINT or SIGTERM.
 pub async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = HostConfig::load(args.dir.config.as_deref(), args.overrides())?;
+    let dir = config.data_dir.clone();
+    let configured_catalog = config.catalog.clone();
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let host = Host::start(config, shutdown).await?;
     // Stable lines on stdout for scripts and tests.
     println!("tally host listening on {}", host.addr());
     println!("tally admin listening on {}", host.admin_addr());
+    let catalog = tally_host::catalog::resolve(&dir, configured_catalog.as_deref()).ok();
+    print!(
+        "{}",
+        banner(
+            &dir,
+            host.addr(),
+            host.admin_addr(),
+            args.dev,
+            catalog.as_ref()
+        )
+    );
     let mut listen = host.listen_changes();
     tokio::spawn(async move {
         while listen.changed().await.is_ok() {
@@ -103,4 +116,79 @@ pub async fn serve(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     host.wait().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a newcomer needs after `host run`: where clients connect, the dashboard's URL (with the
+/// token as a URL fragment, which browsers never send, in dev mode only: a real host's stdout
+/// may end up in a shared log), the key clients trust, and the first client's commands.
+fn banner(
+    dir: &Path,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    dev: bool,
+    catalog: Option<&tally_core::Catalog>,
+) -> String {
+    use std::fmt::Write;
+    let scheme = std::fs::read_to_string(dir.join(tally_host::paths::ADMIN_ADDR_FILE))
+        .ok()
+        .and_then(|u| u.split_once("://").map(|(s, _)| s.to_owned()))
+        .unwrap_or_else(|| "http".to_owned());
+    let token_file = dir.join(tally_host::paths::ADMIN_TOKEN_FILE);
+    let trust = dir.join(tally_host::paths::AUTHORITY_PUB);
+    // Clients on this machine reach a wildcard listener through loopback.
+    let reach = if addr.ip().is_unspecified() {
+        SocketAddr::new([127, 0, 0, 1].into(), addr.port())
+    } else {
+        addr
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "\nActivation:  {addr} (clients connect to {reach})");
+    if dev {
+        let token = std::fs::read_to_string(&token_file).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "Dashboard:   {scheme}://{admin}/#token={}",
+            token.trim()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "Dashboard:   {scheme}://{admin}/ (token: {})",
+            token_file.display()
+        );
+    }
+    let _ = writeln!(out, "Metrics:     {scheme}://{admin}/metrics");
+    let _ = writeln!(out, "Trust:       {}", trust.display());
+    let server = catalog.and_then(|c| {
+        c.editions()
+            .iter()
+            .find(|e| e.kind == tally_core::EditionKind::Server)
+    });
+    if let (true, Some(edition)) = (dev, server) {
+        let _ = writeln!(
+            out,
+            "First client ({}, activates from {} machines):",
+            edition.name, edition.threshold
+        );
+        let _ = writeln!(
+            out,
+            "  tally client --state-dir ./pc1 trust {}",
+            trust.display()
+        );
+        let _ = writeln!(
+            out,
+            "  tally client --state-dir ./pc1 install-key {}",
+            edition.setup_key
+        );
+        let _ = writeln!(
+            out,
+            "  tally client --state-dir ./pc1 activate --host {reach}"
+        );
+        let _ = writeln!(
+            out,
+            "  (count 1 of {}: repeat with ./pc2 ... ./pc{} to see \"activated\")",
+            edition.threshold, edition.threshold
+        );
+    }
+    out
 }

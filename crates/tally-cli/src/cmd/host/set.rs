@@ -101,18 +101,7 @@ pub async fn set(args: SetArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         json(&settings)?;
     } else {
-        println!(
-            "Settings in force: listen {}, activation {} min, renewal {} min, DNS {}, priority {}",
-            settings["listen"].as_str().unwrap_or("?"),
-            settings["activation_interval_secs"].as_u64().unwrap_or(0) / 60,
-            settings["renewal_interval_secs"].as_u64().unwrap_or(0) / 60,
-            if settings["dns_publish"] == true {
-                "on"
-            } else {
-                "off"
-            },
-            settings["priority"].as_str().unwrap_or("?"),
-        );
+        super::print_settings(&settings);
     }
     Ok(ExitCode::SUCCESS)
 }

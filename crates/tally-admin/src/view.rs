@@ -1,0 +1,471 @@
+//! What the dashboard and the command line show of the registry (R6): each client's state as
+//! the host sees it, filters, per-edition counts, activations over time, CSV; and the one rule
+//! for times in JSON (every Unix-ms time also as `<name>_rfc3339`, UTC).
+//!
+//! The registry holds at most `registry_cap` rows, so filters and summaries read it whole, in
+//! pages, instead of asking every backend for new queries.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Serialize;
+use serde_json::Value;
+use tally_core::Catalog;
+use tally_core::time::Timestamp;
+use tally_store::{
+    Event, EventQuery, RegistryEntry, RegistryPage, RegistrySort, Store, StoreError,
+};
+
+/// R7: a license is valid 180 days from the last success.
+const VALIDITY_DAYS: i64 = 180;
+/// R10: a new installation's grace period.
+const GRACE_DAYS: i64 = 30;
+const DAY_MS: i64 = 86_400_000;
+/// Rows read per page when the registry is read whole.
+const PAGE: u32 = 500;
+
+/// A client's state as the host sees it from its registry row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientState {
+    /// Activated, and renewed within the renewal interval (R8).
+    Activated,
+    /// Activated, but not seen for longer than the renewal interval (and the retry interval).
+    RenewalOverdue,
+    /// Not activated yet (count below the threshold, R2) and within its 30 days of grace.
+    InGrace,
+    /// Validity (180 days, R7) or grace (30 days, R10) ran out without a renewal seen here.
+    Expired,
+}
+
+impl ClientState {
+    /// The state of `row` at `now`, with the host's intervals in seconds.
+    pub fn of(
+        row: &RegistryEntry,
+        now: Timestamp,
+        renewal_secs: u32,
+        activation_secs: u32,
+    ) -> Self {
+        let since_seen = now.millis() - row.last_seen.millis();
+        if row.activated {
+            if since_seen > VALIDITY_DAYS * DAY_MS {
+                Self::Expired
+            } else if since_seen > (i64::from(renewal_secs) + i64::from(activation_secs)) * 1000 {
+                Self::RenewalOverdue
+            } else {
+                Self::Activated
+            }
+        } else if now.millis() - row.first_seen.millis() > GRACE_DAYS * DAY_MS {
+            Self::Expired
+        } else {
+            Self::InGrace
+        }
+    }
+}
+
+/// A registry filter of the dashboard and `tally host clients --filter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// The last answer's count was below the edition's threshold.
+    NotActivated,
+    /// [`ClientState::InGrace`].
+    InGrace,
+    /// [`ClientState::RenewalOverdue`].
+    RenewalOverdue,
+    /// [`ClientState::Expired`].
+    Expired,
+}
+
+impl Filter {
+    /// Parses `not_activated`, `in_grace`, `renewal_overdue` or `expired`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "not_activated" => Some(Self::NotActivated),
+            "in_grace" => Some(Self::InGrace),
+            "renewal_overdue" => Some(Self::RenewalOverdue),
+            "expired" => Some(Self::Expired),
+            _ => None,
+        }
+    }
+
+    fn keeps(self, row: &RegistryEntry, state: ClientState) -> bool {
+        match self {
+            Self::NotActivated => !row.activated,
+            Self::InGrace => state == ClientState::InGrace,
+            Self::RenewalOverdue => state == ClientState::RenewalOverdue,
+            Self::Expired => state == ClientState::Expired,
+        }
+    }
+}
+
+/// One registry row with its edition's name and state, as the API and the CLI print it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientRow {
+    /// The registry row.
+    #[serde(flatten)]
+    pub entry: RegistryEntry,
+    /// The edition's name in the catalog (the SKU id when the catalog does not know it).
+    pub edition: String,
+    /// The state as the host sees it.
+    pub state: ClientState,
+}
+
+/// Reads the whole registry (at most `registry_cap` rows), in pages.
+pub async fn all_rows(
+    store: &dyn Store,
+    search: Option<String>,
+    sort: RegistrySort,
+) -> Result<Vec<RegistryEntry>, StoreError> {
+    let mut rows = Vec::new();
+    loop {
+        let page = store
+            .registry(RegistryPage {
+                offset: rows.len() as u64,
+                limit: PAGE,
+                search: search.clone(),
+                sort,
+            })
+            .await?;
+        let done = page.len() < PAGE as usize;
+        rows.extend(page);
+        if done {
+            return Ok(rows);
+        }
+    }
+}
+
+/// Names and classifies `rows`, keeping those `filter` keeps.
+pub fn classify(
+    rows: Vec<RegistryEntry>,
+    catalog: &Catalog,
+    filter: Option<Filter>,
+    now: Timestamp,
+    renewal_secs: u32,
+    activation_secs: u32,
+) -> Vec<ClientRow> {
+    rows.into_iter()
+        .filter_map(|entry| {
+            let state = ClientState::of(&entry, now, renewal_secs, activation_secs);
+            if filter.is_some_and(|f| !f.keeps(&entry, state)) {
+                return None;
+            }
+            let edition = catalog
+                .edition(entry.sku)
+                .map_or_else(|| entry.sku.to_string(), |e| e.name.clone());
+            Some(ClientRow {
+                entry,
+                edition,
+                state,
+            })
+        })
+        .collect()
+}
+
+/// The registry as CSV (UTC times), one row per client, with a header.
+pub fn csv(rows: &[ClientRow]) -> String {
+    let mut out = String::from(
+        "machine_name,cmid,edition,state,first_seen_utc,last_seen_utc,last_count,activated,requests\n",
+    );
+    for r in rows {
+        let e = &r.entry;
+        let fields = [
+            csv_field(&e.machine_name),
+            e.cmid.to_string(),
+            csv_field(&r.edition),
+            to_name(r.state),
+            e.first_seen.to_rfc3339(),
+            e.last_seen.to_rfc3339(),
+            e.last_count.to_string(),
+            e.activated.to_string(),
+            e.requests.to_string(),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+fn to_name(state: ClientState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// RFC 4180 quoting; a leading `=`, `+`, `-` or `@` is prefixed with `'` so that a machine name
+/// cannot become a spreadsheet formula.
+fn csv_field(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
+}
+
+/// Machines per edition in the registry, by state.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EditionCount {
+    /// The edition's SKU id.
+    pub sku: String,
+    /// Its name.
+    pub name: String,
+    /// `client` or `server`.
+    pub kind: String,
+    /// Its pool's id.
+    pub pool: String,
+    /// Its threshold (R1).
+    pub threshold: u16,
+    /// Machines in the registry with this edition.
+    pub machines: u64,
+    /// Of which activated.
+    pub activated: u64,
+    /// In grace (not activated yet).
+    pub in_grace: u64,
+    /// Renewal overdue.
+    pub renewal_overdue: u64,
+    /// Expired.
+    pub expired: u64,
+}
+
+/// Per-edition counts of `rows`, one entry per catalog edition (and per unknown SKU seen).
+pub fn per_edition(rows: &[ClientRow], catalog: &Catalog) -> Vec<EditionCount> {
+    let mut by_sku: BTreeMap<String, EditionCount> = catalog
+        .editions()
+        .iter()
+        .map(|e| {
+            (
+                e.sku.to_string(),
+                EditionCount {
+                    sku: e.sku.to_string(),
+                    name: e.name.clone(),
+                    kind: format!("{:?}", e.kind).to_ascii_lowercase(),
+                    pool: e.pool.to_string(),
+                    threshold: e.threshold,
+                    ..EditionCount::default()
+                },
+            )
+        })
+        .collect();
+    for r in rows {
+        let c = by_sku
+            .entry(r.entry.sku.to_string())
+            .or_insert_with(|| EditionCount {
+                sku: r.entry.sku.to_string(),
+                name: r.edition.clone(),
+                pool: r.entry.pool.to_string(),
+                ..EditionCount::default()
+            });
+        c.machines += 1;
+        match r.state {
+            ClientState::Activated => c.activated += 1,
+            ClientState::InGrace => c.in_grace += 1,
+            ClientState::RenewalOverdue => {
+                c.activated += 1;
+                c.renewal_overdue += 1;
+            }
+            ClientState::Expired => c.expired += 1,
+        }
+    }
+    let mut out: Vec<EditionCount> = by_sku.into_values().collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// One UTC day of activation requests (event 12290).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Day {
+    /// The day's start (Unix ms, UTC midnight).
+    pub day: Timestamp,
+    /// Requests answered with an activation (count at or above the threshold).
+    pub activations: u64,
+    /// Distinct machines (CMIDs) that asked that day.
+    pub machines: u64,
+}
+
+/// The last `days` UTC days (oldest first, today included) of activations and distinct machines,
+/// from the 12290 events.
+pub fn series(events: &[Event], now: Timestamp, days: u32) -> Vec<Day> {
+    let today = now.millis().div_euclid(DAY_MS) * DAY_MS;
+    let first = today - i64::from(days.saturating_sub(1)) * DAY_MS;
+    let mut per_day: BTreeMap<i64, (u64, HashSet<String>)> = (0..i64::from(days))
+        .map(|i| (first + i * DAY_MS, (0, HashSet::new())))
+        .collect();
+    for e in events.iter().filter(|e| e.event_id == 12290) {
+        let day = e.at.millis().div_euclid(DAY_MS) * DAY_MS;
+        let Some((activations, machines)) = per_day.get_mut(&day) else {
+            continue;
+        };
+        if e.data.get("activated") == Some(&Value::Bool(true)) {
+            *activations += 1;
+        }
+        if let Some(cmid) = e.data.get("cmid").and_then(Value::as_str) {
+            machines.insert(cmid.to_owned());
+        }
+    }
+    per_day
+        .into_iter()
+        .map(|(day, (activations, machines))| Day {
+            day: Timestamp(day),
+            activations,
+            machines: machines.len() as u64,
+        })
+        .collect()
+}
+
+/// The 12290 events since `since` (at most 100 000, newest first), for [`series`].
+pub async fn activation_events(
+    store: &dyn Store,
+    since: Timestamp,
+) -> Result<Vec<Event>, StoreError> {
+    store
+        .events(EventQuery {
+            since: Some(since),
+            event_id: Some(12290),
+            limit: 100_000,
+        })
+        .await
+}
+
+/// Adds `<name>_rfc3339` (UTC, e.g. `2026-10-01T12:00:00Z`) beside every Unix-ms time in `v`,
+/// recursively. A time is an integer field named `at`, `time`, `day`, or ending in `_at`,
+/// `_seen`, `_end`, `_after`, `_before` or `_attempt`, with a value in the plausible ms range;
+/// a field that already has its `_rfc3339` (or `_utc`) sibling is left alone.
+pub fn with_rfc3339(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let mut add = Vec::new();
+            for (k, val) in map.iter() {
+                let is_time_name = matches!(k.as_str(), "at" | "time" | "day")
+                    || ["_at", "_seen", "_end", "_after", "_before", "_attempt"]
+                        .iter()
+                        .any(|s| k.ends_with(s));
+                let Some(ms) = val.as_i64() else { continue };
+                // 1973..5138: a bare count or an interval in seconds is never taken for a time.
+                if is_time_name
+                    && (100_000_000_000..100_000_000_000_000).contains(&ms)
+                    && !map.contains_key(&format!("{k}_rfc3339"))
+                    && !map.contains_key(&format!("{k}_utc"))
+                {
+                    add.push((format!("{k}_rfc3339"), Timestamp(ms).to_rfc3339()));
+                }
+            }
+            for (k, s) in add {
+                map.insert(k, Value::String(s));
+            }
+            for val in map.values_mut() {
+                with_rfc3339(val);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(with_rfc3339),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(
+        activated: bool,
+        first_days_ago: i64,
+        last_days_ago: i64,
+        now: Timestamp,
+    ) -> RegistryEntry {
+        RegistryEntry {
+            cmid: uuid::Uuid::nil(),
+            machine_name: "=cmd,1".into(),
+            sku: uuid::Uuid::nil(),
+            pool: uuid::Uuid::nil(),
+            first_seen: now.plus_days(-first_days_ago),
+            last_seen: now.plus_days(-last_days_ago),
+            last_result: 0,
+            last_count: 1,
+            activated,
+            requests: 1,
+            served_by: None,
+        }
+    }
+
+    #[test]
+    fn states_follow_the_lifecycle_rules() {
+        let now = Timestamp(1_800_000_000_000);
+        let week = 7 * 86_400;
+        let s = |a, f, l| ClientState::of(&row(a, f, l, now), now, week, 7200);
+        assert_eq!(s(true, 10, 1), ClientState::Activated);
+        assert_eq!(s(true, 30, 9), ClientState::RenewalOverdue);
+        assert_eq!(s(true, 300, 181), ClientState::Expired);
+        assert_eq!(s(false, 3, 0), ClientState::InGrace);
+        assert_eq!(s(false, 31, 0), ClientState::Expired);
+        assert_eq!(Filter::parse("in_grace"), Some(Filter::InGrace));
+        assert_eq!(Filter::parse("nope"), None);
+    }
+
+    #[test]
+    fn csv_quotes_and_defuses_formulas() {
+        let now = Timestamp(1_800_000_000_000);
+        let rows = classify(
+            vec![row(false, 1, 0, now)],
+            &Catalog::demo(),
+            None,
+            now,
+            3600,
+            60,
+        );
+        let text = csv(&rows);
+        let line = text.lines().nth(1).unwrap_or_default();
+        assert!(line.starts_with("\"'=cmd,1\","), "{line}");
+        assert!(line.contains(",in_grace,"), "{line}");
+        assert!(line.contains("Z,"), "UTC times: {line}");
+    }
+
+    #[test]
+    fn series_counts_activations_and_distinct_machines_per_day() {
+        let now = Timestamp(1_800_000_000_000);
+        let ev = |days_ago: i64, cmid: &str, activated: bool| Event {
+            at: now.plus_days(-days_ago),
+            event_id: 12290,
+            level: "info".into(),
+            message: String::new(),
+            data: json!({ "cmid": cmid, "activated": activated }),
+        };
+        let events = [
+            ev(0, "a", true),
+            ev(0, "a", true),
+            ev(0, "b", false),
+            ev(2, "c", true),
+            ev(40, "d", true),
+        ];
+        let days = series(&events, now, 30);
+        assert_eq!(days.len(), 30);
+        let today = &days[29];
+        assert_eq!((today.activations, today.machines), (2, 2));
+        assert_eq!((days[27].activations, days[27].machines), (1, 1));
+        assert_eq!(
+            days.iter().map(|d| d.machines).sum::<u64>(),
+            3,
+            "40 days ago is outside"
+        );
+    }
+
+    #[test]
+    fn rfc3339_is_added_beside_ms_times_only() {
+        let mut v = json!({
+            "at": 1_800_000_000_000_i64,
+            "count": 5,
+            "renewal_interval_secs": 604800,
+            "nested": [{ "last_seen": 1_800_000_000_000_i64, "last_seen_rfc3339": "kept" }],
+            "not_after": 1_800_000_000_000_i64, "not_after_utc": "theirs"
+        });
+        with_rfc3339(&mut v);
+        assert_eq!(v["at_rfc3339"], "2027-01-15T08:00:00Z");
+        assert!(v.get("count_rfc3339").is_none());
+        assert!(v.get("renewal_interval_secs_rfc3339").is_none());
+        assert_eq!(v["nested"][0]["last_seen_rfc3339"], "kept");
+        assert!(v.get("not_after_rfc3339").is_none());
+    }
+}
