@@ -15,13 +15,13 @@
 //! back; the batch fails as a whole and nothing of it is counted. The batcher keeps one
 //! connection while it works and takes a new one from the pool after an error.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use deadpool_postgres::{Object, Pool};
 use futures_util::future::{join, join_all};
-use tally_core::counting::{CountTables, PoolSnapshot, PoolTable};
+use tally_core::counting::{CountTables, PoolSnapshot};
 use tally_core::host::{Changes, Counted};
 use tally_core::time::Timestamp;
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +29,11 @@ use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use super::sql::{
+    CREATE_POOL, DELETE_ENTRIES, EventRows, INSERT_EVENTS, LOCK_POOL, PoolDiff, READ_ENTRIES,
+    RefusalRows, RegistryRows, UPDATE_CAPACITY, UPDATE_REGISTRY, UPSERT_ENTRIES, UPSERT_REFUSALS,
+    UPSERT_REGISTRY,
+};
 use super::{MAX_BATCH, backend, pool_error};
 use crate::health::Health;
 use crate::{Event, StoreError};
@@ -154,16 +159,16 @@ fn retryable(source: &Arc<dyn std::error::Error + Send + Sync>) -> bool {
 }
 
 /// The statements of a batch, prepared once per connection (deadpool caches them).
-struct Statements {
-    lock: tokio_postgres::Statement,
-    entries: tokio_postgres::Statement,
-    create_pool: tokio_postgres::Statement,
-    capacity: tokio_postgres::Statement,
-    delete_entries: tokio_postgres::Statement,
-    upsert_entries: tokio_postgres::Statement,
-    registry: tokio_postgres::Statement,
-    events: tokio_postgres::Statement,
-    refusals: tokio_postgres::Statement,
+pub(super) struct Statements {
+    pub(super) lock: tokio_postgres::Statement,
+    pub(super) entries: tokio_postgres::Statement,
+    pub(super) create_pool: tokio_postgres::Statement,
+    pub(super) capacity: tokio_postgres::Statement,
+    pub(super) delete_entries: tokio_postgres::Statement,
+    pub(super) upsert_entries: tokio_postgres::Statement,
+    pub(super) registry: tokio_postgres::Statement,
+    pub(super) events: tokio_postgres::Statement,
+    pub(super) refusals: tokio_postgres::Statement,
 }
 
 async fn prepare(client: &Object, may_insert: bool) -> Result<Statements, StoreError> {
@@ -381,272 +386,3 @@ async fn read_tables(
     }
     Ok(out)
 }
-
-/// What a batch changed in one pool's table.
-struct PoolDiff {
-    pool: Uuid,
-    capacity: Option<i32>,
-    removed: Vec<Uuid>,
-    cmids: Vec<Uuid>,
-    seen: Vec<i64>,
-}
-
-impl PoolDiff {
-    fn new(old: &PoolSnapshot, new: &PoolTable) -> Self {
-        let old_entries: HashMap<Uuid, Timestamp> = old.entries.iter().copied().collect();
-        let (mut cmids, mut seen) = (Vec::new(), Vec::new());
-        let mut kept: HashSet<Uuid> = HashSet::new();
-        for (cmid, at) in new.entries() {
-            kept.insert(cmid);
-            if old_entries.get(&cmid) != Some(&at) {
-                cmids.push(cmid);
-                seen.push(at.millis());
-            }
-        }
-        Self {
-            pool: old.pool,
-            capacity: (new.capacity() != old.capacity)
-                .then(|| i32::try_from(new.capacity()).unwrap_or(i32::MAX)),
-            removed: old_entries
-                .keys()
-                .filter(|c| !kept.contains(c))
-                .copied()
-                .collect(),
-            cmids,
-            seen,
-        }
-    }
-
-    fn push_writes<'a>(
-        &'a self,
-        st: &'a Statements,
-        writes: &mut Vec<(&'a tokio_postgres::Statement, Vec<&'a (dyn ToSql + Sync)>)>,
-    ) {
-        if let Some(capacity) = &self.capacity {
-            writes.push((&st.capacity, vec![&self.pool, capacity]));
-        }
-        if !self.removed.is_empty() {
-            writes.push((&st.delete_entries, vec![&self.pool, &self.removed]));
-        }
-        if !self.cmids.is_empty() {
-            writes.push((
-                &st.upsert_entries,
-                vec![&self.pool, &self.cmids, &self.seen],
-            ));
-        }
-    }
-}
-
-/// The batch's registry rows as arrays, one per machine: a machine that asked twice in one batch
-/// ends as its latest request left it, with both requests counted.
-struct RegistryRows {
-    cmid: Vec<Uuid>,
-    machine: Vec<String>,
-    sku: Vec<Uuid>,
-    pool: Vec<Uuid>,
-    state: Vec<i16>,
-    first_seen: Vec<i64>,
-    last_seen: Vec<i64>,
-    result: Vec<i64>,
-    count: Vec<i32>,
-    activated: Vec<bool>,
-    requests: Vec<i64>,
-    served_by: Vec<String>,
-}
-
-impl RegistryRows {
-    fn new(batch: &[Job], served_by: &str) -> Self {
-        let mut index: HashMap<Uuid, usize> = HashMap::new();
-        let mut rows = Self {
-            cmid: Vec::new(),
-            machine: Vec::new(),
-            sku: Vec::new(),
-            pool: Vec::new(),
-            state: Vec::new(),
-            first_seen: Vec::new(),
-            last_seen: Vec::new(),
-            result: Vec::new(),
-            count: Vec::new(),
-            activated: Vec::new(),
-            requests: Vec::new(),
-            served_by: Vec::new(),
-        };
-        for job in batch {
-            let Work::Changes(c) = &job.work else {
-                continue;
-            };
-            if c.counting.is_none() {
-                continue; // refusals are aggregated, not registered
-            }
-            let r = &c.registry;
-            let at = r.seen_at.millis();
-            let count = i32::try_from(r.count).unwrap_or(i32::MAX);
-            if let Some(&i) = index.get(&r.cmid) {
-                rows.machine[i].clone_from(&r.machine_name);
-                rows.sku[i] = r.sku;
-                rows.pool[i] = r.pool;
-                rows.state[i] = r.license_state as i16;
-                rows.last_seen[i] = rows.last_seen[i].max(at);
-                rows.result[i] = i64::from(r.result.0);
-                rows.count[i] = count;
-                rows.activated[i] = r.activated;
-                rows.requests[i] += 1;
-                continue;
-            }
-            index.insert(r.cmid, rows.cmid.len());
-            rows.cmid.push(r.cmid);
-            rows.machine.push(r.machine_name.clone());
-            rows.sku.push(r.sku);
-            rows.pool.push(r.pool);
-            rows.state.push(r.license_state as i16);
-            rows.first_seen.push(at);
-            rows.last_seen.push(at);
-            rows.result.push(i64::from(r.result.0));
-            rows.count.push(count);
-            rows.activated.push(r.activated);
-            rows.requests.push(1);
-            rows.served_by.push(served_by.to_owned());
-        }
-        rows
-    }
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![
-            &self.cmid,
-            &self.machine,
-            &self.sku,
-            &self.pool,
-            &self.state,
-            &self.first_seen,
-            &self.last_seen,
-            &self.result,
-            &self.count,
-            &self.activated,
-            &self.requests,
-            &self.served_by,
-        ]
-    }
-}
-
-struct EventRows {
-    at: Vec<i64>,
-    id: Vec<i32>,
-    level: Vec<String>,
-    message: Vec<String>,
-    data: Vec<String>,
-    host: String,
-}
-
-impl EventRows {
-    fn new(events: &[Event], host: &str) -> Self {
-        Self {
-            at: events.iter().map(|e| e.at.millis()).collect(),
-            id: events
-                .iter()
-                .map(|e| i32::try_from(e.event_id).unwrap_or(i32::MAX))
-                .collect(),
-            level: events.iter().map(|e| e.level.clone()).collect(),
-            message: events.iter().map(|e| e.message.clone()).collect(),
-            data: events.iter().map(|e| e.data.to_string()).collect(),
-            host: host.to_owned(),
-        }
-    }
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![
-            &self.at,
-            &self.id,
-            &self.level,
-            &self.message,
-            &self.data,
-            &self.host,
-        ]
-    }
-}
-
-struct RefusalRows {
-    day: Vec<i32>,
-    sku: Vec<Uuid>,
-    result: Vec<i64>,
-    requests: Vec<i64>,
-    last_at: Vec<i64>,
-}
-
-impl RefusalRows {
-    fn new(refusals: &BTreeMap<(i64, Uuid, u32), (i64, i64)>) -> Self {
-        let mut rows = Self {
-            day: Vec::new(),
-            sku: Vec::new(),
-            result: Vec::new(),
-            requests: Vec::new(),
-            last_at: Vec::new(),
-        };
-        for ((day, sku, result), (n, last)) in refusals {
-            rows.day.push(i32::try_from(*day).unwrap_or(i32::MAX));
-            rows.sku.push(*sku);
-            rows.result.push(i64::from(*result));
-            rows.requests.push(*n);
-            rows.last_at.push(*last);
-        }
-        rows
-    }
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![
-            &self.day,
-            &self.sku,
-            &self.result,
-            &self.requests,
-            &self.last_at,
-        ]
-    }
-}
-
-const LOCK_POOL: &str = "SELECT capacity FROM pools WHERE pool = $1 FOR UPDATE";
-
-const READ_ENTRIES: &str =
-    "SELECT pool, cmid, last_seen FROM pool_entries WHERE pool = ANY($1::uuid[])";
-
-const CREATE_POOL: &str =
-    "INSERT INTO pools (pool, capacity) VALUES ($1, 0) ON CONFLICT DO NOTHING";
-
-const UPDATE_CAPACITY: &str = "UPDATE pools SET capacity = GREATEST(capacity, $2) WHERE pool = $1";
-
-const DELETE_ENTRIES: &str = "DELETE FROM pool_entries WHERE pool = $1 AND cmid = ANY($2)";
-
-const UPSERT_ENTRIES: &str = "INSERT INTO pool_entries (pool, cmid, last_seen)
-     SELECT $1, c, s FROM unnest($2::uuid[], $3::int8[]) AS t (c, s)
-     ON CONFLICT (pool, cmid) DO UPDATE SET last_seen = EXCLUDED.last_seen";
-
-const UPSERT_REGISTRY: &str = "INSERT INTO registry (cmid, machine_name, sku, pool, license_state,
-         first_seen, last_seen, last_result, last_count, activated, requests, served_by)
-     SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::int2[],
-         $6::int8[], $7::int8[], $8::int8[], $9::int4[], $10::bool[], $11::int8[], $12::text[])
-     ON CONFLICT (cmid) DO UPDATE SET
-         machine_name = EXCLUDED.machine_name, sku = EXCLUDED.sku, pool = EXCLUDED.pool,
-         license_state = EXCLUDED.license_state,
-         last_seen = GREATEST(registry.last_seen, EXCLUDED.last_seen),
-         last_result = EXCLUDED.last_result, last_count = EXCLUDED.last_count,
-         activated = EXCLUDED.activated, requests = registry.requests + EXCLUDED.requests,
-         served_by = EXCLUDED.served_by
-     RETURNING (xmax = 0)";
-
-/// At the cap: machines already registered are updated, new ones are not added.
-const UPDATE_REGISTRY: &str = "UPDATE registry r SET machine_name = u.m, sku = u.s, pool = u.p,
-         license_state = u.ls, last_seen = GREATEST(r.last_seen, u.l), last_result = u.res,
-         last_count = u.n, activated = u.a, requests = r.requests + u.q, served_by = u.h
-     FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::int2[], $6::int8[],
-         $7::int8[], $8::int8[], $9::int4[], $10::bool[], $11::int8[], $12::text[])
-         AS u (c, m, s, p, ls, f, l, res, n, a, q, h)
-     WHERE r.cmid = u.c
-     RETURNING false";
-
-const INSERT_EVENTS: &str = "INSERT INTO events (at, event_id, level, message, data, host)
-     SELECT a, i, l, m, d::jsonb, $6
-     FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[]) AS t (a, i, l, m, d)";
-
-const UPSERT_REFUSALS: &str = "INSERT INTO refusals (day, sku, result, requests, last_at)
-     SELECT * FROM unnest($1::int4[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[])
-     ON CONFLICT (day, sku, result) DO UPDATE SET
-         requests = refusals.requests + EXCLUDED.requests,
-         last_at = GREATEST(refusals.last_at, EXCLUDED.last_at)";

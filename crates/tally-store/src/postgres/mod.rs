@@ -45,6 +45,7 @@ pub const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_i
 pub const MIGRATION_LOCK: i64 = 0x7461_6c6c_7901; // "tally" + 1
 
 mod batch;
+mod sql;
 
 use batch::{Job, RegistrySize, Work};
 
