@@ -63,9 +63,19 @@ pub enum AgentRequest {
 }
 
 impl AgentRequest {
-    /// R13: whether the request needs root or the agent's owner.
+    /// R13: whether the request needs root or the agent's owner. Any local user may ask for the
+    /// status or an activation as configured; an activation that names a host or an authority is
+    /// privileged, since the agent would send the machine's key (a MAK) where the caller says
+    /// (X4: no local user without rights can redirect key material).
     pub fn privileged(&self) -> bool {
-        !matches!(self, Self::Status | Self::Activate { .. })
+        !matches!(
+            self,
+            Self::Status
+                | Self::Activate {
+                    host: None,
+                    authority: None
+                }
+        )
     }
 }
 
@@ -192,5 +202,32 @@ impl Licensing {
                 .await),
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // R13, X4: an activation that chooses where the key goes is privileged.
+    #[test]
+    fn activation_naming_a_host_or_authority_is_privileged() {
+        assert!(!AgentRequest::Status.privileged());
+        let plain = AgentRequest::Activate {
+            host: None,
+            authority: None,
+        };
+        assert!(!plain.privileged());
+        let host = AgentRequest::Activate {
+            host: Some("10.0.0.9:1688".into()),
+            authority: None,
+        };
+        assert!(host.privileged());
+        let authority = AgentRequest::Activate {
+            host: None,
+            authority: Some("http://evil.example".into()),
+        };
+        assert!(authority.privileged());
+        assert!(AgentRequest::Rearm.privileged());
     }
 }

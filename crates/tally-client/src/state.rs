@@ -168,7 +168,24 @@ impl ClientState {
             path: path.clone(),
             source,
         })?;
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        // The state holds the product key: readable by its owner only (X4), also when an older
+        // Tally left a world-readable file (the temporary file is new each time, so the mode
+        // applies on every save).
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io(&tmp))?
+        };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(io(&tmp))?;
+        }
         f.write_all(&json).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))?;

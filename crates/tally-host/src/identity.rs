@@ -29,6 +29,24 @@ fn write(path: &Path, text: &str) -> Result<(), HostError> {
     std::fs::write(path, text).map_err(HostError::write(path))
 }
 
+/// Writes (or replaces) a secret file readable by its owner only; an existing file's mode is
+/// tightened too (an older Tally wrote `host-product.key` world-readable).
+fn write_secret(path: &Path, text: &str) -> Result<(), HostError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(HostError::write(path))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| f.write_all(text.as_bytes()))
+        .and_then(|()| f.sync_all())
+        .map_err(HostError::write(path))
+}
+
 /// Creates the host key pair in `dir` unless it exists. Returns whether it was created.
 pub fn ensure_host_key(dir: &Path) -> Result<bool, HostError> {
     let secret = dir.join(paths::HOST_SECRET);
@@ -198,7 +216,9 @@ pub async fn install_host_key(
     }
     let fields = key.host_fields()?;
     ensure_host_key(dir)?;
-    write(&dir.join(paths::HOST_PRODUCT_KEY), &format!("{key}\n"))?;
+    // The host key is secret: readable by the host's user only (X4).
+    let key_path = dir.join(paths::HOST_PRODUCT_KEY);
+    write_secret(&key_path, &format!("{key}\n"))?;
     let data = serde_json::json!({
         "key": key.partial(),
         "group": fields.group.name(),

@@ -104,6 +104,13 @@ fn online_activation_limits_exception_and_revocation() {
             &["host", "install-key", "--data-dir", s(&host), &key],
         );
         assert!(out.status.success(), "{}", out_text(&out));
+        // X4: the host key is readable by the host's user only.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(host.join("host-product.key"))
+                .expect("host key file")
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "host-product.key mode {mode:o}");
         hosts.push((host, hw));
     }
     for (n, (host, hw)) in hosts.iter().enumerate().take(6) {

@@ -217,6 +217,28 @@ fn r13_any_user_activates_only_root_rearms() {
         "{v}"
     );
     assert_eq!(v["result"], "access_denied");
+    // X4: an activation that chooses where the key goes (a host, an authority for a MAK) is
+    // privileged, so a local user cannot make the agent send the key to a server of theirs.
+    for redirect in [
+        ["--host", "127.0.0.1:9"],
+        ["--authority", "http://127.0.0.1:9"],
+    ] {
+        let mut args = vec!["client", "--state-dir", s(&dir), "--json", "activate"];
+        args.extend_from_slice(&redirect);
+        let (code, v) = as_nobody(&args);
+        assert_eq!(
+            (code, v["result"].as_str()),
+            (Some(1), Some("access_denied")),
+            "{redirect:?}: {v}"
+        );
+    }
+    // The state (it holds the key) is readable by its owner only.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("state.json"))
+            .expect("state")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "state.json mode {mode:o}");
     let (code, v) = tally_json(
         bin(),
         &["client", "--state-dir", s(&dir), "--json", "rearm"],
