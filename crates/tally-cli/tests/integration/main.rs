@@ -8,6 +8,7 @@ mod admin;
 mod authority;
 mod cli;
 mod dns;
+mod embedding;
 mod faults;
 mod lifecycle;
 mod one_path;
