@@ -59,7 +59,7 @@ int main(int argc, char **argv) {
          (unsigned)activation.count, (unsigned)activation.threshold);
 
   tally_status status;
-  tally_result src = tally_status(licensing, &status);
+  tally_result src = tally_read_status(licensing, &status);
   if (src != TALLY_OK) {
     exit_code = fail("status", src);
     goto done;

@@ -58,7 +58,7 @@ class Licensing {
 
   tally_status status() const {
     tally_status s{};
-    check("status", tally_status(handle_.get(), &s));
+    check("status", tally_read_status(handle_.get(), &s));
     return s;
   }
 

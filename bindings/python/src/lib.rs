@@ -1,6 +1,6 @@
 //! The `tally` Python module: `tally.Licensing(state_dir)`, its results, and `tally.TallyError`.
 //!
-//! A thin layer over [`tally_ffi::Handle`]: every blocking call releases the GIL
+//! A thin layer over [`tally::Handle`] (crate `tally-ffi`): every blocking call releases the GIL
 //! (`Python::detach`), so other Python threads run while a host is asked. Failures raise
 //! `tally.TallyError` with `.code` (the result code, e.g. `0xC7A10202`), `.name`
 //! (`"key_not_usable"`) and `.message`.
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use tally_ffi::{Error, Handle};
+use tally::{Error, Handle};
 
 create_exception!(
     tally,
@@ -25,7 +25,7 @@ fn raise(py: Python<'_>, e: Error) -> PyErr {
         "{} (0x{:08X} {})",
         e.message,
         e.code,
-        tally_ffi::capi::result_name(e.code).to_string_lossy()
+        tally::capi::result_name(e.code).to_string_lossy()
     ));
     let value = err.value(py);
     // Setting attributes on a fresh exception object cannot fail in practice; if it did, the
@@ -33,7 +33,9 @@ fn raise(py: Python<'_>, e: Error) -> PyErr {
     let _ = value.setattr("code", e.code);
     let _ = value.setattr(
         "name",
-        tally_ffi::capi::result_name(e.code).to_string_lossy().into_owned(),
+        tally::capi::result_name(e.code)
+            .to_string_lossy()
+            .into_owned(),
     );
     let _ = value.setattr("message", e.message);
     err
@@ -192,9 +194,6 @@ fn tally_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KEY_NOT_USABLE", 0xC7A1_0202u32)?;
     m.add("NO_TRUST", 0xC7A1_0205u32)?;
     m.add("HOST_UNREACHABLE", 0xC7A1_0101u32)?;
-    m.add(
-        "__version__",
-        env!("CARGO_PKG_VERSION"),
-    )?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -231,7 +231,8 @@ mod tls {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad(&e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Verifier::new_with_extra_roots(extra, Arc::clone(&provider)).map_err(|e| bad(&e))?;
+        let verifier =
+            Verifier::new_with_extra_roots(extra, Arc::clone(&provider)).map_err(|e| bad(&e))?;
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| bad(&e))?

@@ -14,7 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-const BODY: &str = r#"{"public_key_file":"tally-authority-public-key-v1 00","authority_id":"0011223344556677"}"#;
+const BODY: &str =
+    r#"{"public_key_file":"tally-authority-public-key-v1 00","authority_id":"0011223344556677"}"#;
 
 /// Serves `GET /v1/authority` over TLS on a free loopback port; returns the URL and the CA PEM.
 async fn authority() -> (String, String) {
@@ -34,11 +35,15 @@ async fn authority() -> (String, String) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 // A client that refuses the certificate ends the handshake: nothing to serve.
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
                 while !request.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -66,7 +71,10 @@ async fn an_https_authority_is_reached_when_its_ca_is_trusted() {
     let client = AuthorityClient::with_roots(&url, Duration::from_secs(10), ca.as_bytes()).unwrap();
     let info = client.info().await.unwrap();
     assert_eq!(info.authority_id, "0011223344556677");
-    assert!(info.public_key_file.starts_with("tally-authority-public-key-v1"));
+    assert!(
+        info.public_key_file
+            .starts_with("tally-authority-public-key-v1")
+    );
 }
 
 #[tokio::test]
@@ -74,7 +82,10 @@ async fn an_untrusted_certificate_is_refused() {
     let (url, _) = authority().await;
     let client = AuthorityClient::new(&url, Duration::from_secs(10)).unwrap();
     let err = client.info().await.unwrap_err();
-    assert!(matches!(err, AuthorityClientError::Unreachable { .. }), "{err:?}");
+    assert!(
+        matches!(err, AuthorityClientError::Unreachable { .. }),
+        "{err:?}"
+    );
 }
 
 #[test]

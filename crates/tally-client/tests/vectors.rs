@@ -140,9 +140,7 @@ fn keys_vectors() -> Value {
     let typo = String::from_utf8(typo).unwrap();
     let mut swapped = good.clone().into_bytes();
     let i = (0..swapped.len() - 1)
-        .find(|&i| {
-            swapped[i] != swapped[i + 1] && swapped[i] != b'-' && swapped[i + 1] != b'-'
-        })
+        .find(|&i| swapped[i] != swapped[i + 1] && swapped[i] != b'-' && swapped[i + 1] != b'-')
         .unwrap();
     swapped.swap(i, i + 1);
     let swapped = String::from_utf8(swapped).unwrap();
@@ -232,12 +230,21 @@ fn request_vectors(w: &World) -> Value {
     let undecodable: Vec<(&str, Vec<u8>)> = vec![
         ("length 0", vec![0x00, 0x00]),
         ("length 1", vec![0x00, 0x01, 0x01]),
-        ("length 249: frame of 251 bytes, body never read", vec![0x00, 0xF9]),
+        (
+            "length 249: frame of 251 bytes, body never read",
+            vec![0x00, 0xF9],
+        ),
         ("length 65535", vec![0xFF, 0xFF]),
         ("version 2", version2),
         ("unknown kind 0x42", vec![0x00, 0x02, 0x01, 0x42]),
-        ("a response kind sent to a host", vec![0x00, 0x06, 0x01, 0x05, 0, 0, 0, 0]),
-        ("activation request with an empty body", vec![0x00, 0x02, 0x01, 0x01]),
+        (
+            "a response kind sent to a host",
+            vec![0x00, 0x06, 0x01, 0x05, 0, 0, 0, 0],
+        ),
+        (
+            "activation request with an empty body",
+            vec![0x00, 0x02, 0x01, 0x01],
+        ),
         ("one trailing byte", trailing),
         ("license_state 9", bad_state),
     ];

@@ -99,7 +99,7 @@ impl From<LicenseStatus> for tally_license_state {
 /// Bytes of `tally_status.edition`, NUL included.
 pub const TALLY_EDITION_LEN: usize = 128;
 
-/// The license status, filled by `tally_status()`. A plain struct the caller allocates.
+/// The license status, filled by `tally_read_status()`. A plain struct the caller allocates.
 #[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -188,6 +188,8 @@ pub fn result_name(code: tally_result) -> &'static CStr {
 /// `len > 0`. Returns the message's full length in bytes without the NUL, so a return value
 /// `>= len` means it was cut. `buf` may be NULL when `len` is 0 (to ask for the length).
 /// Messages never contain a product key.
+/// # Safety
+/// `buf` is NULL (with `len` 0) or points to `len` writable bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tally_last_error_message(buf: *mut c_char, len: usize) -> usize {
     guard_value(0, || {
@@ -206,6 +208,9 @@ pub unsafe extern "C" fn tally_last_error_message(buf: *mut c_char, len: usize) 
 /// the built-in demo catalog when `catalog_file` is NULL. On success `*out` is a new handle the
 /// caller owns and must release with `tally_licensing_free()`; on failure `*out` is NULL.
 /// The strings are only read during the call.
+/// # Safety
+/// `state_dir` is a NUL-terminated string; `catalog_file` is one or NULL; `out` points to a
+/// writable `tally_licensing *`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tally_licensing_open(
     state_dir: *const c_char,
@@ -232,6 +237,8 @@ pub unsafe extern "C" fn tally_licensing_open(
 
 /// Releases a handle from `tally_licensing_open()`. NULL is ignored. The handle must not be in
 /// use by another thread and must not be used afterwards.
+/// # Safety
+/// `handle` is NULL or a handle from `tally_licensing_open()` not freed yet.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tally_licensing_free(handle: *mut tally_licensing) {
     guard_value((), || {
@@ -247,6 +254,8 @@ pub unsafe extern "C" fn tally_licensing_free(handle: *mut tally_licensing) {
 /// (activates with the vendor's authority, R25). A host key is refused with
 /// `TALLY_KEY_NOT_USABLE`. Needs write access to the state directory (R13). `key` is only read
 /// during the call and never logged.
+/// # Safety
+/// `handle` is a live handle (or NULL); `key` is a NUL-terminated string (or NULL).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tally_install_key(
     handle: *const tally_licensing,
@@ -269,6 +278,9 @@ pub unsafe extern "C" fn tally_install_key(
 ///
 /// Returns `TALLY_OK` when activated, `TALLY_BELOW_THRESHOLD` when the host counted fewer
 /// machines than the edition needs (stay in grace, try again later), or an error.
+/// # Safety
+/// `handle` is a live handle (or NULL); `host` and `trust_file` are NUL-terminated strings or
+/// NULL; `out` is NULL or points to a writable `tally_activation`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tally_activate(
     handle: *const tally_licensing,
@@ -309,8 +321,10 @@ pub unsafe extern "C" fn tally_activate(
 
 /// Fills `*out` (caller-owned, not NULL) with the license status: from the local agent when
 /// one runs, else read from the state directory. Needs only read access (R13).
+/// # Safety
+/// `handle` is a live handle (or NULL); `out` points to a writable `tally_status` (or is NULL).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn tally_status(
+pub unsafe extern "C" fn tally_read_status(
     handle: *const tally_licensing,
     out: *mut tally_status,
 ) -> tally_result {
@@ -330,6 +344,8 @@ pub unsafe extern "C" fn tally_status(
 
 /// R11: resets the grace period to 30 days, at most 3 times (then `TALLY_NO_REARM_LEFT`).
 /// Needs write access to the state directory (R13).
+/// # Safety
+/// `handle` is a live handle (or NULL).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn tally_rearm(handle: *const tally_licensing) -> tally_result {
     guard(|| {
@@ -458,7 +474,10 @@ mod tests {
         assert_eq!(msg, "state_dir must not be NULL");
         assert_eq!(n, msg.len());
         // SAFETY: a NULL handle is allowed and refused.
-        assert_eq!(unsafe { tally_rearm(std::ptr::null()) }, TALLY_INVALID_ARGUMENT);
+        assert_eq!(
+            unsafe { tally_rearm(std::ptr::null()) },
+            TALLY_INVALID_ARGUMENT
+        );
         let bad = [0xFFu8 as c_char, 0];
         // SAFETY: `bad` is NUL-terminated.
         let rc = unsafe { tally_licensing_open(bad.as_ptr(), std::ptr::null(), &mut h) };
@@ -475,7 +494,10 @@ mod tests {
         // SAFETY: NUL-terminated by the library.
         assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_bytes(), b"d");
         // SAFETY: NULL with length 0 only asks for the length.
-        assert_eq!(unsafe { tally_last_error_message(std::ptr::null_mut(), 0) }, n);
+        assert_eq!(
+            unsafe { tally_last_error_message(std::ptr::null_mut(), 0) },
+            n
+        );
     }
 
     #[test]
@@ -493,8 +515,8 @@ mod tests {
         assert_eq!(unsafe { tally_install_key(h, key.as_ptr()) }, TALLY_OK);
         let mut s = std::mem::MaybeUninit::<tally_status>::uninit();
         // SAFETY: a live handle and a writable struct.
-        assert_eq!(unsafe { tally_status(h, s.as_mut_ptr()) }, TALLY_OK);
-        // SAFETY: tally_status returned TALLY_OK, so it wrote the whole struct.
+        assert_eq!(unsafe { tally_read_status(h, s.as_mut_ptr()) }, TALLY_OK);
+        // SAFETY: tally_read_status returned TALLY_OK, so it wrote the whole struct.
         let s = unsafe { s.assume_init() };
         assert_eq!(s.state, tally_license_state::TALLY_STATE_INITIAL_GRACE);
         assert!(!s.licensed && !s.has_last_attempt);

@@ -189,11 +189,8 @@ impl Handle {
                     Some(a) => Client::new(&self.dir, Arc::clone(&self.catalog), Some(a)),
                     None => self.client.clone(),
                 };
-                self.runtime.block_on(client.activate(
-                    host,
-                    &machine_name(),
-                    SystemClock.now(),
-                ))
+                self.runtime
+                    .block_on(client.activate(host, &machine_name(), SystemClock.now()))
             }
         };
         if op.ok || op.code == codes::BELOW_THRESHOLD {
@@ -277,7 +274,7 @@ mod tests {
         h.install_key("FW777-M677J-W8KJV-QG4VJ-HC6WP").unwrap();
         let s = h.status().unwrap();
         assert_eq!(s.state, LicenseStatus::InitialGrace);
-        assert_eq!(s.days_left, 30);
+        assert!((29..=30).contains(&s.days_left), "{}", s.days_left);
         assert!(s.edition.is_some());
         let e = h.activate(Some("127.0.0.1:9"), None).unwrap_err();
         assert_eq!(e.code, codes::NO_TRUST);

@@ -528,10 +528,22 @@ mod tests {
         assert_eq!(code(&[0x00, 0x01, 0x01]), ResultCode::MALFORMED_REQUEST);
         assert_eq!(code(&[0x00, 0xF9]), ResultCode::FRAME_TOO_LARGE);
         assert_eq!(code(&[0xFF, 0xFF]), ResultCode::FRAME_TOO_LARGE);
-        assert_eq!(code(&[0x00, 0x02, 0x02, 0x03]), ResultCode::UNSUPPORTED_VERSION);
-        assert_eq!(code(&[0x00, 0x02, 0x01, 0x42]), ResultCode::MALFORMED_REQUEST);
-        assert_eq!(code(&[0x00, 0x03, 0x01, 0x03, 0x00]), ResultCode::MALFORMED_REQUEST);
-        assert_eq!(code(&[0x00, 0x02, 0x01, 0x01]), ResultCode::MALFORMED_REQUEST);
+        assert_eq!(
+            code(&[0x00, 0x02, 0x02, 0x03]),
+            ResultCode::UNSUPPORTED_VERSION
+        );
+        assert_eq!(
+            code(&[0x00, 0x02, 0x01, 0x42]),
+            ResultCode::MALFORMED_REQUEST
+        );
+        assert_eq!(
+            code(&[0x00, 0x03, 0x01, 0x03, 0x00]),
+            ResultCode::MALFORMED_REQUEST
+        );
+        assert_eq!(
+            code(&[0x00, 0x02, 0x01, 0x01]),
+            ResultCode::MALFORMED_REQUEST
+        );
         assert_eq!(code(&[0x00, 0x02, 0x01, 0x03]), ResultCode::SUCCESS);
     }
 

@@ -53,12 +53,23 @@ fn libtally() -> PathBuf {
         cmd.arg("--release");
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "cargo build -p tally-ffi\n{}", show(&out));
+    assert!(
+        out.status.success(),
+        "cargo build -p tally-ffi\n{}",
+        show(&out)
+    );
     assert!(profile_dir.join("libtally.so").exists());
     profile_dir
 }
 
-fn compile(compiler: &str, std: Option<&str>, source: &str, lib: &Path, out: &Path, static_link: bool) {
+fn compile(
+    compiler: &str,
+    std: Option<&str>,
+    source: &str,
+    lib: &Path,
+    out: &Path,
+    static_link: bool,
+) {
     let mut cmd = Command::new(compiler);
     if let Some(std) = std {
         cmd.arg(std);
@@ -70,8 +81,15 @@ fn compile(compiler: &str, std: Option<&str>, source: &str, lib: &Path, out: &Pa
         .arg(out);
     if static_link {
         // What `rustc --print native-static-libs` lists for a staticlib on Linux.
-        cmd.arg(lib.join("libtally.a"))
-            .args(["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"]);
+        cmd.arg(lib.join("libtally.a")).args([
+            "-lgcc_s",
+            "-lutil",
+            "-lrt",
+            "-lpthread",
+            "-lm",
+            "-ldl",
+            "-lc",
+        ]);
     } else {
         cmd.arg("-L")
             .arg(lib)
@@ -79,7 +97,11 @@ fn compile(compiler: &str, std: Option<&str>, source: &str, lib: &Path, out: &Pa
             .arg(format!("-Wl,-rpath,{}", lib.display()));
     }
     let built = cmd.output().unwrap();
-    assert!(built.status.success(), "{compiler} {source}\n{}", show(&built));
+    assert!(
+        built.status.success(),
+        "{compiler} {source}\n{}",
+        show(&built)
+    );
 }
 
 fn run_example(exe: &Path, state: &Path, host: &HostProcess) -> Output {
@@ -95,7 +117,10 @@ fn run_example(exe: &Path, state: &Path, host: &HostProcess) -> Output {
 #[test]
 fn c_example_activates_the_fifth_server_and_reports_errors() {
     if !has("cc", "--version") {
-        return skip("c_example_activates_the_fifth_server_and_reports_errors", "no C compiler (cc)");
+        return skip(
+            "c_example_activates_the_fifth_server_and_reports_errors",
+            "no C compiler (cc)",
+        );
     }
     let lib = libtally();
     let tmp = tempfile::tempdir().unwrap();
@@ -105,9 +130,18 @@ fn c_example_activates_the_fifth_server_and_reports_errors() {
     for i in 1..=5 {
         let out = run_example(&exe, &tmp.path().join(format!("pc{i}")), &host);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains(&format!("count {i} of 5")), "{}", show(&out));
+        assert!(
+            stdout.contains(&format!("count {i} of 5")),
+            "{}",
+            show(&out)
+        );
         let expected = if i < 5 { 2 } else { 0 };
-        assert_eq!(out.status.code(), Some(expected), "client {i}: {}", show(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "client {i}: {}",
+            show(&out)
+        );
         if i == 5 {
             assert!(stdout.contains("status: licensed"), "{}", show(&out));
             assert!(stdout.contains("days left"), "{}", show(&out));
@@ -125,8 +159,15 @@ fn c_example_activates_the_fifth_server_and_reports_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("0xC7A10202 key_not_usable"), "{}", show(&out));
-    assert!(!stderr.contains("BCDFG-BCDFG"), "the key is never echoed: {stderr}");
+    assert!(
+        stderr.contains("0xC7A10202 key_not_usable"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        !stderr.contains("BCDFG-BCDFG"),
+        "the key is never echoed: {stderr}"
+    );
     // A host that does not answer: exit 1, host_unreachable.
     let out = Command::new(&exe)
         .arg(tmp.path().join("pc9"))
@@ -136,18 +177,32 @@ fn c_example_activates_the_fifth_server_and_reports_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("host_unreachable"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("host_unreachable"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]
 fn cpp_example_links_statically_and_wraps_the_handle() {
     if !has("c++", "--version") {
-        return skip("cpp_example_links_statically_and_wraps_the_handle", "no C++ compiler (c++)");
+        return skip(
+            "cpp_example_links_statically_and_wraps_the_handle",
+            "no C++ compiler (c++)",
+        );
     }
     let lib = libtally();
     let tmp = tempfile::tempdir().unwrap();
     let exe = tmp.path().join("activate-cpp");
-    compile("c++", Some("-std=c++17"), "examples/cpp/activate.cpp", &lib, &exe, true);
+    compile(
+        "c++",
+        Some("-std=c++17"),
+        "examples/cpp/activate.cpp",
+        &lib,
+        &exe,
+        true,
+    );
     let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
     let first = run_example(&exe, &tmp.path().join("pc1"), &host);
     assert_eq!(first.status.code(), Some(2), "{}", show(&first));
@@ -160,7 +215,11 @@ fn cpp_example_links_statically_and_wraps_the_handle() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("(0xC7A10202)"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(0xC7A10202)"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]
@@ -179,7 +238,12 @@ fn python_package_installs_and_its_tests_pass_against_a_host() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let venv = tmp.path().join("venv");
-    let out = Command::new(&python).arg("-m").arg("venv").arg(&venv).output().unwrap();
+    let out = Command::new(&python)
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "python3 -m venv\n{}", show(&out));
     let pip = venv.join("bin/pip");
     // The extension builds in a directory kept under target/, so later runs are incremental;
@@ -194,7 +258,11 @@ fn python_package_installs_and_its_tests_pass_against_a_host() {
         .env("MATURIN_PEP517_ARGS", "--profile dev")
         .output()
         .unwrap();
-    assert!(out.status.success(), "pip install ./bindings/python\n{}", show(&out));
+    assert!(
+        out.status.success(),
+        "pip install ./bindings/python\n{}",
+        show(&out)
+    );
     let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
     let out = Command::new(venv.join("bin/python"))
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
