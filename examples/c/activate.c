@@ -7,7 +7,7 @@
  * error. Build (see docs/EMBEDDING.md):
  *
  *   cc -Wall -Werror -I crates/tally-ffi/include examples/c/activate.c \
- *      target/release/libtally.a -lpthread -ldl -lm -o activate
+ *      target/release/libtally.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o activate
  */
 #include <stdio.h>
 

@@ -2,8 +2,8 @@
 // with the handle owned by a std::unique_ptr (RAII) and failures thrown as exceptions carrying
 // the result code. Exits 0 when activated, 2 below the threshold, 1 on any error.
 //
-//   c++ -std=c++17 -Wall -Werror -I crates/tally-ffi/include examples/cpp/activate.cpp \
-//       target/release/libtally.a -lpthread -ldl -lm -o activate
+//   c++ -std=c++17 -Wall -Werror -I crates/tally-ffi/include examples/cpp/activate.cpp
+//       target/release/libtally.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o activate
 
 #include <cstdio>
 #include <memory>
