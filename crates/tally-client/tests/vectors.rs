@@ -57,9 +57,12 @@ fn error_for(frame: &[u8]) -> Option<ResultCode> {
     match Frame::check(frame) {
         Err(e) => Some(e.result_code()),
         Ok(None) => None,
-        Ok(Some(_)) => Message::decode(frame)
-            .err()
-            .map(|e: DecodeError| e.result_code()),
+        Ok(Some(_)) => match Message::decode(frame) {
+            Err(e) => Some(DecodeError::result_code(&e)),
+            Ok(Message::ActivationRequest(_) | Message::CertificateRequest) => None,
+            // A host is never sent host-to-client kinds (tally-core `HostSession::handle`).
+            Ok(_) => Some(ResultCode::MALFORMED_REQUEST),
+        },
     }
 }
 
