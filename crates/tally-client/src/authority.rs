@@ -18,6 +18,9 @@ pub enum AuthorityClientError {
     /// The HTTP client could not be built (TLS set-up).
     #[error("cannot set up the HTTP client")]
     Client(#[source] reqwest::Error),
+    /// The TLS configuration could not be built (platform roots, a CA certificate given).
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     /// No answer: DNS, connection, TLS or timeout.
     #[error("cannot reach the authority at {base}")]
     Unreachable {
@@ -74,12 +77,22 @@ pub struct AuthorityClient {
 
 impl AuthorityClient {
     /// A client for the authority at `url` (e.g. `https://activation.vendor.example`), with a
-    /// `timeout` for each whole request.
+    /// `timeout` for each whole request. With the `tls` feature (default), `https` URLs are
+    /// verified against the platform's trusted roots.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, AuthorityClientError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(AuthorityClientError::Client)?;
+        Self::with_roots(url, timeout, &[])
+    }
+
+    /// As [`AuthorityClient::new`], also trusting the CA certificates in `extra_roots_pem`
+    /// (PEM, e.g. a vendor's private CA or a test CA). Without the `tls` feature, a non-empty
+    /// `extra_roots_pem` is refused.
+    pub fn with_roots(
+        url: &str,
+        timeout: Duration,
+        extra_roots_pem: &[u8],
+    ) -> Result<Self, AuthorityClientError> {
+        let builder = tls::configure(reqwest::Client::builder().timeout(timeout), extra_roots_pem)?;
+        let http = builder.build().map_err(AuthorityClientError::Client)?;
         Ok(Self {
             base: url.trim_end_matches('/').to_owned(),
             http,
@@ -194,5 +207,57 @@ async fn answer(resp: reqwest::Response) -> Result<Value, AuthorityClientError> 
             message: v["message"].as_str().unwrap_or("no message").to_owned(),
             body: v,
         })
+    }
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::sync::Arc;
+
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    use rustls_platform_verifier::Verifier;
+
+    use super::AuthorityClientError;
+
+    /// rustls with the ring provider, set on this client only: an embedding application's own
+    /// process-wide rustls default is never installed or changed.
+    pub(super) fn configure(
+        builder: reqwest::ClientBuilder,
+        extra_roots_pem: &[u8],
+    ) -> Result<reqwest::ClientBuilder, AuthorityClientError> {
+        let bad = |e: &dyn std::fmt::Display| AuthorityClientError::Tls(e.to_string());
+        let extra = CertificateDer::pem_slice_iter(extra_roots_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            Verifier::new_with_extra_roots(extra, Arc::clone(&provider)).map_err(|e| bad(&e))?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?
+            .dangerous() // not dangerous: the platform verifier checks chain and name
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(builder.tls_backend_preconfigured(config))
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+mod tls {
+    use super::AuthorityClientError;
+
+    /// Without TLS only `http://` works; a CA given is an error rather than silently unused.
+    pub(super) fn configure(
+        builder: reqwest::ClientBuilder,
+        extra_roots_pem: &[u8],
+    ) -> Result<reqwest::ClientBuilder, AuthorityClientError> {
+        if extra_roots_pem.is_empty() {
+            Ok(builder)
+        } else {
+            Err(AuthorityClientError::Tls(
+                "tally-client was built without the `tls` feature".into(),
+            ))
+        }
     }
 }

@@ -23,6 +23,29 @@ pub const ACCESS_DENIED: u32 = 0xC7A1_0203;
 pub const STATE_UNAVAILABLE: u32 = 0xC7A1_0204;
 /// No trusted authority key is configured.
 pub const NO_TRUST: u32 = 0xC7A1_0205;
+/// An embedding API was called wrongly: a null pointer, a string that is not UTF-8, a handle
+/// used after it was freed is undefined behaviour and never reported (C ABI, `tally-ffi`).
+pub const INVALID_ARGUMENT: u32 = 0xC7A1_0301;
+/// A bug inside the library (a caught panic) or its runtime could not start; the handle may
+/// be used again, the operation did not complete.
+pub const INTERNAL_ERROR: u32 = 0xC7A1_0302;
+
+/// Every client-side code, in table order (hosts' codes are in `tally_proto::ResultCode`).
+pub const ALL: [u32; 13] = [
+    BELOW_THRESHOLD,
+    HOST_UNREACHABLE,
+    HOST_TIMEOUT,
+    PROTOCOL_ERROR,
+    UNTRUSTED_RESPONSE,
+    NO_HOST,
+    NO_REARM_LEFT,
+    KEY_NOT_USABLE,
+    ACCESS_DENIED,
+    STATE_UNAVAILABLE,
+    NO_TRUST,
+    INVALID_ARGUMENT,
+    INTERNAL_ERROR,
+];
 
 /// The snake_case name of a code, for JSON and logs.
 pub fn name(code: u32) -> &'static str {
@@ -39,6 +62,8 @@ pub fn name(code: u32) -> &'static str {
         ACCESS_DENIED => "access_denied",
         STATE_UNAVAILABLE => "state_unavailable",
         NO_TRUST => "no_trust",
+        INVALID_ARGUMENT => "invalid_argument",
+        INTERNAL_ERROR => "internal_error",
         other => tally_proto::ResultCode(other).name().unwrap_or("unknown"),
     }
 }

@@ -220,13 +220,8 @@ impl HostSession {
         let msg = match Message::decode(frame) {
             Ok(m) => m,
             Err(reason) => {
-                let code = match reason {
-                    DecodeError::UnsupportedVersion(_) => ResultCode::UNSUPPORTED_VERSION,
-                    DecodeError::Frame(_) => ResultCode::FRAME_TOO_LARGE,
-                    _ => ResultCode::MALFORMED_REQUEST,
-                };
                 return Outcome::Close {
-                    reply: Self::error_frame(code),
+                    reply: Self::error_frame(reason.result_code()),
                     reason,
                 };
             }

@@ -5,7 +5,7 @@
 
 use thiserror::Error;
 
-use crate::{HEADER_LEN, MAX_FRAME};
+use crate::{HEADER_LEN, MAX_FRAME, ResultCode};
 
 /// Why a buffer cannot hold a frame.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -17,6 +17,18 @@ pub enum FrameError {
     /// The length prefix is too small to hold a header.
     #[error("frame of {0} bytes is shorter than a header")]
     TooShort(usize),
+}
+
+impl FrameError {
+    /// The code a host answers in its `Error` frame (docs/PROTOCOL.md "Framing"): only a
+    /// length over the limit is `frame_too_large`; a length too short for a header (0 or 1) is
+    /// `malformed_request`.
+    pub fn result_code(&self) -> ResultCode {
+        match self {
+            Self::TooLarge(_) => ResultCode::FRAME_TOO_LARGE,
+            Self::TooShort(_) => ResultCode::MALFORMED_REQUEST,
+        }
+    }
 }
 
 /// Why a frame is not a valid message.
@@ -46,6 +58,22 @@ pub enum DecodeError {
         /// What is wrong with it.
         reason: &'static str,
     },
+}
+
+impl DecodeError {
+    /// The code a host answers in its `Error` frame for an undecodable request: the version
+    /// byte's mismatch is `unsupported_version`, the length prefix as [`FrameError::result_code`],
+    /// everything else `malformed_request`.
+    pub fn result_code(&self) -> ResultCode {
+        match self {
+            Self::Frame(f) => f.result_code(),
+            Self::UnsupportedVersion(_) => ResultCode::UNSUPPORTED_VERSION,
+            Self::Truncated(_)
+            | Self::TrailingData(_)
+            | Self::UnknownKind(_)
+            | Self::InvalidField { .. } => ResultCode::MALFORMED_REQUEST,
+        }
+    }
 }
 
 /// Helpers for a complete frame in a buffer.

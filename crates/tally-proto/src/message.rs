@@ -516,6 +516,38 @@ mod tests {
     }
 
     #[test]
+    fn each_undecodable_input_gets_its_documented_code() {
+        // docs/PROTOCOL.md "Which Error code": only a length over 248 is frame_too_large.
+        let code = |bytes: &[u8]| match Frame::check(bytes) {
+            Err(e) => e.result_code(),
+            Ok(_) => Message::decode(bytes)
+                .err()
+                .map_or(ResultCode::SUCCESS, |e| e.result_code()),
+        };
+        assert_eq!(code(&[0x00, 0x00]), ResultCode::MALFORMED_REQUEST);
+        assert_eq!(code(&[0x00, 0x01, 0x01]), ResultCode::MALFORMED_REQUEST);
+        assert_eq!(code(&[0x00, 0xF9]), ResultCode::FRAME_TOO_LARGE);
+        assert_eq!(code(&[0xFF, 0xFF]), ResultCode::FRAME_TOO_LARGE);
+        assert_eq!(
+            code(&[0x00, 0x02, 0x02, 0x03]),
+            ResultCode::UNSUPPORTED_VERSION
+        );
+        assert_eq!(
+            code(&[0x00, 0x02, 0x01, 0x42]),
+            ResultCode::MALFORMED_REQUEST
+        );
+        assert_eq!(
+            code(&[0x00, 0x03, 0x01, 0x03, 0x00]),
+            ResultCode::MALFORMED_REQUEST
+        );
+        assert_eq!(
+            code(&[0x00, 0x02, 0x01, 0x01]),
+            ResultCode::MALFORMED_REQUEST
+        );
+        assert_eq!(code(&[0x00, 0x02, 0x01, 0x03]), ResultCode::SUCCESS);
+    }
+
+    #[test]
     fn trailing_bytes_and_bad_fields_are_rejected() {
         let mut bytes = Message::Error(ErrorMessage {
             result: ResultCode::HOST_BUSY,

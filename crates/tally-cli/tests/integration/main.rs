@@ -10,6 +10,7 @@ mod authority;
 mod authority_pg;
 mod cli;
 mod dns;
+mod embedding;
 mod faults;
 mod fleet;
 mod lifecycle;

@@ -44,16 +44,29 @@ pub struct StatusReport {
     pub status: LicenseStatus,
     /// Whether the vendor's software may consider itself licensed.
     pub licensed: bool,
-    /// End of grace (R10).
+    /// Licensed for good by a MAK activation (R25): no validity end, no renewal; `days_left`
+    /// and `minutes_left` are 0 and mean nothing then. Lost only on a hardware change (R12).
+    #[serde(default)]
+    pub permanent: bool,
+    /// End of grace (R10), Unix milliseconds.
     pub grace_end: Option<Timestamp>,
-    /// End of validity (R7).
+    /// End of grace (R10), RFC 3339 UTC (`2026-11-24T10:00:00Z`).
+    #[serde(default)]
+    pub grace_end_utc: Option<String>,
+    /// End of validity (R7), Unix milliseconds; none for a permanent activation.
     pub validity_end: Option<Timestamp>,
-    /// Whole days left of grace or validity.
+    /// End of validity (R7), RFC 3339 UTC.
+    #[serde(default)]
+    pub validity_end_utc: Option<String>,
+    /// Whole days left of grace or validity (rounded down; 0 when neither runs).
     pub days_left: u32,
     /// Minutes left of grace or validity.
     pub minutes_left: u32,
-    /// When the next activation or renewal is due (R8).
+    /// When the next activation or renewal is due (R8), Unix milliseconds.
     pub next_attempt: Option<Timestamp>,
+    /// When the next activation or renewal is due (R8), RFC 3339 UTC.
+    #[serde(default)]
+    pub next_attempt_utc: Option<String>,
     /// Retry interval in force, seconds (R8, R9).
     pub activation_interval_secs: u32,
     /// Renewal interval in force, seconds (R8, R9).
@@ -74,6 +87,7 @@ impl StatusReport {
         let l = &state.license;
         let status = l.status_at(now);
         let minutes_left = l.minutes_left(now);
+        let utc = |t: Option<Timestamp>| t.map(Timestamp::to_rfc3339);
         Self {
             cmid: state.cmid,
             edition: state.edition(catalog).map(|e| e.name.clone()),
@@ -81,11 +95,15 @@ impl StatusReport {
             partial_key: state.key.map(ProductKey::partial),
             status,
             licensed: status == LicenseStatus::Licensed,
+            permanent: status == LicenseStatus::Licensed && l.permanent,
             grace_end: l.grace_end,
+            grace_end_utc: utc(l.grace_end),
             validity_end: l.validity_end,
+            validity_end_utc: utc(l.validity_end),
             days_left: (i64::from(minutes_left) * 60_000 / DAY_MS) as u32,
             minutes_left,
             next_attempt: l.next_attempt,
+            next_attempt_utc: utc(l.next_attempt),
             activation_interval_secs: l.intervals.activation_secs,
             renewal_interval_secs: l.intervals.renewal_secs,
             rearms_left: l.rearms_left,
