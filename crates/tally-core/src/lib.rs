@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod counting;
 pub mod digits;
+pub mod fuzzing;
 pub mod hardware;
 pub mod host;
 pub mod keys;

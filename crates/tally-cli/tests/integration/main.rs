@@ -9,6 +9,7 @@ mod authority;
 mod cli;
 mod dns;
 mod faults;
+mod hostile;
 mod lifecycle;
 mod trust;
 
