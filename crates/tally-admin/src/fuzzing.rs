@@ -11,7 +11,8 @@ mod tests {
     /// Replays `fuzz/regressions/admin_body/` (see `tally_core::fuzzing`).
     #[test]
     fn regressions() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/admin_body");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/regressions/admin_body");
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).expect("regression dir") {
             let data = std::fs::read(entry.expect("entry").path()).expect("read");

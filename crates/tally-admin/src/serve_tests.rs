@@ -84,10 +84,20 @@ async fn router(dir: &std::path::Path) -> Router {
 }
 
 /// A self-signed certificate for 127.0.0.1 made by `openssl`, or `None` (test skipped).
-fn certificate(test: &str, dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+fn certificate(
+    test: &str,
+    dir: &std::path::Path,
+) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let (cert, key) = (dir.join("admin.crt"), dir.join("admin.key"));
     let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
         .args(["-nodes", "-days", "2", "-subj", "/CN=tally-admin"])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
         .arg("-keyout")

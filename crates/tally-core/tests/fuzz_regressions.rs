@@ -1,10 +1,15 @@
 //! Replays every input kept in `fuzz/regressions/<target>/` (crashes once found, and seeds)
 //! through the same entry points the fuzz targets call, on stable Rust in `cargo test`.
 
+// Test code: a failed expectation is a test failure.
+#![allow(clippy::expect_used)]
+
 use std::path::Path;
 
 fn replay(target: &str, f: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions")
+        .join(target);
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut n = 0;
     for entry in entries {

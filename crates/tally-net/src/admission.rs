@@ -399,7 +399,9 @@ mod tests {
         drop(old);
         assert_eq!(reg.len(), 1);
         assert!(!new.is_evicted());
-        let _third = reg.admit(A).expect("evicts the second: A holds one place, not zero");
+        let _third = reg
+            .admit(A)
+            .expect("evicts the second: A holds one place, not zero");
         assert!(new.is_evicted());
         drop(new);
         assert_eq!(reg.len(), 1);

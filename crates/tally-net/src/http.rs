@@ -162,7 +162,16 @@ async fn connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let Some(acceptor) = tls else {
-        drive(TokioIo::new(tcp), peer, router, limits, &ticket, &shutdown, warnings).await;
+        drive(
+            TokioIo::new(tcp),
+            peer,
+            router,
+            limits,
+            &ticket,
+            &shutdown,
+            warnings,
+        )
+        .await;
         return;
     };
     // Each handshake runs in its own task with its own deadline: a silent peer holds only
@@ -174,7 +183,16 @@ async fn connection(
     };
     match handshake {
         Ok(Ok(stream)) => {
-            drive(TokioIo::new(stream), peer, router, limits, &ticket, &shutdown, warnings).await;
+            drive(
+                TokioIo::new(stream),
+                peer,
+                router,
+                limits,
+                &ticket,
+                &shutdown,
+                warnings,
+            )
+            .await;
         }
         Ok(Err(error)) => debug!(listener = limits.label, %peer, %error, "TLS handshake failed"),
         Err(_) => {

@@ -23,8 +23,8 @@ mod listener;
 mod service;
 
 pub use listener::{run, run_admitted, run_rebindable};
-pub use tally_net::{Admission, AdmissionLimits};
 pub use service::{DEFAULT_COMMIT_TIMEOUT, Handled, HostService};
+pub use tally_net::{Admission, AdmissionLimits};
 pub use tally_store::PoolCount;
 
 /// R27: the event id logged for each activation request.

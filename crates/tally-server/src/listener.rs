@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_core::host::HostSession;
+use tally_net::{Admission, AdmissionLimits, Phase, RateLimitedWarn, Refused, Ticket};
 use tally_proto::{Frame, MAX_FRAME, ResultCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tally_net::{Admission, AdmissionLimits, Phase, RateLimitedWarn, Refused, Ticket};
 use tracing::{debug, info, warn};
 
 use crate::{HostService, ServerConfig, ServerError};
@@ -97,9 +97,10 @@ pub async fn run_admitted(
         let shutdown = shutdown.clone();
         let warnings = Arc::clone(&warnings);
         tracker.spawn(async move {
-            if let Err(error) =
-                serve_connection(stream, peer, &service, &config, &shutdown, &ticket, &warnings)
-                    .await
+            if let Err(error) = serve_connection(
+                stream, peer, &service, &config, &shutdown, &ticket, &warnings,
+            )
+            .await
             {
                 debug!(%peer, %error, "connection ended with an error");
             }

@@ -137,7 +137,10 @@ async fn at_the_cap_the_idlest_connection_is_evicted_and_the_new_client_served()
     wait_registered(&admission, 2).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while admission.count_in(tally_net::Phase::Receiving) != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "first byte not seen");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first byte not seen"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut idle = TcpStream::connect(addr).await.expect("connect");

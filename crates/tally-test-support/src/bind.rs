@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use rand::RngExt;
 
-use crate::in_ci;
-
 /// Where Debian's `bind9` package puts the server.
 pub const NAMED: &str = "/usr/sbin/named";
 

@@ -40,14 +40,20 @@ pub fn skip(test: &str, reason: &str) {
             .open(&path)
             .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
         if let Err(e) = appended {
-            eprintln!("cannot append to TALLY_SKIP_LOG {}: {e}", Path::new(&path).display());
+            eprintln!(
+                "cannot append to TALLY_SKIP_LOG {}: {e}",
+                Path::new(&path).display()
+            );
         }
     }
 }
 
 /// The running test's name, from its thread (the test harness names each test's thread).
 pub fn test_name() -> String {
-    thread::current().name().unwrap_or("unknown test").to_owned()
+    thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_owned()
 }
 
 /// A spawned `tally` process (an agent, say), killed when dropped; stderr is collected.

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{in_ci, test_name};
+use crate::test_name;
 
 /// How long starting, stopping or promoting a server may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);

@@ -265,7 +265,7 @@ impl PgAuthorityStore {
                 &[],
             )
             .await?;
-        Ok(rows.iter().map(key_row).collect::<Result<_, _>>()?)
+        rows.iter().map(key_row).collect::<Result<_, _>>()
     }
 
     async fn activations_once(&self, serial: u32) -> Result<Vec<ActivationRecord>, Fail> {
@@ -348,7 +348,7 @@ fn key_row(r: &Row) -> Result<KeyRecord, Fail> {
 }
 
 /// Locks the key's row until the transaction ends; `false` if there is no such key.
-async fn lock_key(c: &(impl GenericClient + Sync), serial: u32) -> Result<bool, Fail> {
+async fn lock_key(c: &impl GenericClient, serial: u32) -> Result<bool, Fail> {
     Ok(c.query_opt(
         "SELECT serial FROM authority_keys WHERE serial = $1 FOR UPDATE",
         &[&i64::from(serial)],
@@ -357,7 +357,7 @@ async fn lock_key(c: &(impl GenericClient + Sync), serial: u32) -> Result<bool, 
     .is_some())
 }
 
-async fn load_key(c: &(impl GenericClient + Sync), serial: u32) -> Result<Option<KeyRecord>, Fail> {
+async fn load_key(c: &impl GenericClient, serial: u32) -> Result<Option<KeyRecord>, Fail> {
     c.query_opt(
         &format!("SELECT {KEY_COLUMNS} FROM authority_keys k WHERE k.serial = $1"),
         &[&i64::from(serial)],
@@ -369,7 +369,7 @@ async fn load_key(c: &(impl GenericClient + Sync), serial: u32) -> Result<Option
 }
 
 async fn audit(
-    c: &(impl GenericClient + Sync),
+    c: &impl GenericClient,
     now: Timestamp,
     actor: &str,
     action: &str,

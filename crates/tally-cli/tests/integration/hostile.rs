@@ -37,7 +37,12 @@ fn source(i: usize) -> Ipv4Addr {
 }
 
 /// Slowloris: one byte of a frame every 3 s; reconnects when closed.
-async fn slowloris(src: Ipv4Addr, addr: SocketAddr, stop: CancellationToken, closed: Arc<AtomicU64>) {
+async fn slowloris(
+    src: Ipv4Addr,
+    addr: SocketAddr,
+    stop: CancellationToken,
+    closed: Arc<AtomicU64>,
+) {
     while !stop.is_cancelled() {
         let Ok(mut conn) = connect_from(src, addr).await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -97,11 +102,21 @@ async fn metric(admin: SocketAddr, token: &str, name: &str, label: &str) -> f64 
 fn prepare_client(root: &Path, name: &str, host: &HostProcess) -> std::path::PathBuf {
     let dir = root.join(name);
     let trust = host.data_dir.join("authority.pub");
-    assert!(tally(bin(), &["client", "--state-dir", s(&dir), "trust", s(&trust)]).status.success());
     assert!(
-        tally(bin(), &["client", "--state-dir", s(&dir), "install-key", SERVER_WEB])
-            .status
-            .success()
+        tally(
+            bin(),
+            &["client", "--state-dir", s(&dir), "trust", s(&trust)]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        tally(
+            bin(),
+            &["client", "--state-dir", s(&dir), "install-key", SERVER_WEB]
+        )
+        .status
+        .success()
     );
     dir
 }
@@ -121,19 +136,41 @@ async fn connection_flood_does_not_stop_real_clients() {
     let closed = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..1100 {
-        tasks.spawn(slowloris(source(i), addr, stop.clone(), Arc::clone(&closed)));
+        tasks.spawn(slowloris(
+            source(i),
+            addr,
+            stop.clone(),
+            Arc::clone(&closed),
+        ));
         tasks.spawn(idle(source(i + 7), addr, stop.clone(), Arc::clone(&closed)));
     }
     for _ in 0..200 {
-        tasks.spawn(idle(Ipv4Addr::new(127, 0, 0, 42), addr, stop.clone(), Arc::clone(&closed)));
+        tasks.spawn(idle(
+            Ipv4Addr::new(127, 0, 0, 42),
+            addr,
+            stop.clone(),
+            Arc::clone(&closed),
+        ));
     }
     // Wait (polling the host's metrics) until the flood holds the host at its cap and the
     // host has started evicting and refusing.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let open = metric(host.admin, &token, "tally_connections_open", "").await;
-        let evicted = metric(host.admin, &token, "tally_connections_evicted_total", "activation").await;
-        let refused = metric(host.admin, &token, "tally_connections_refused_total", "source_limit").await;
+        let evicted = metric(
+            host.admin,
+            &token,
+            "tally_connections_evicted_total",
+            "activation",
+        )
+        .await;
+        let refused = metric(
+            host.admin,
+            &token,
+            "tally_connections_refused_total",
+            "source_limit",
+        )
+        .await;
         if open >= 1000.0 && evicted > 0.0 && refused > 0.0 {
             break;
         }
@@ -151,7 +188,15 @@ async fn connection_flood_does_not_stop_real_clients() {
         let run = tokio::task::spawn_blocking(move || {
             tally_json(
                 bin(),
-                &["client", "--state-dir", s(&dir), "--json", "activate", "--host", &target],
+                &[
+                    "client",
+                    "--state-dir",
+                    s(&dir),
+                    "--json",
+                    "activate",
+                    "--host",
+                    &target,
+                ],
             )
         });
         let (_, v): (Option<i32>, Value) = tokio::time::timeout(ANSWER_WITHIN, run)
@@ -164,7 +209,10 @@ async fn connection_flood_does_not_stop_real_clients() {
             started.elapsed()
         );
     }
-    assert!(closed.load(Ordering::Relaxed) > 0, "attackers were disconnected");
+    assert!(
+        closed.load(Ordering::Relaxed) > 0,
+        "attackers were disconnected"
+    );
     stop.cancel();
     while tasks.join_next().await.is_some() {}
 }
@@ -174,19 +222,36 @@ async fn connection_flood_does_not_stop_real_clients() {
 #[test]
 fn authority_api_conforms_to_its_openapi_document() {
     const TEST: &str = "authority_api_conforms_to_its_openapi_document";
-    let st = ["schemathesis", "st"]
-        .into_iter()
-        .find(|c| std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let st = ["schemathesis", "st"].into_iter().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     let Some(st) = st else {
-        skip(TEST, "schemathesis is not installed; `pip install schemathesis`");
+        skip(
+            TEST,
+            "schemathesis is not installed; `pip install schemathesis`",
+        );
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("authority");
-    assert!(tally(bin(), &["authority", "init", "--dir", s(&dir)]).status.success());
+    assert!(
+        tally(bin(), &["authority", "init", "--dir", s(&dir)])
+            .status
+            .success()
+    );
     let (_auth, addr) = Process::spawn_listening(
         bin(),
-        &["authority", "run", "--dir", s(&dir), "--listen", "127.0.0.1:0"],
+        &[
+            "authority",
+            "run",
+            "--dir",
+            s(&dir),
+            "--listen",
+            "127.0.0.1:0",
+        ],
         &[],
         "tally authority listening on ",
     );
