@@ -100,6 +100,7 @@ fn certificate(
         ])
         .args(["-nodes", "-days", "2", "-subj", "/CN=tally-admin"])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
