@@ -239,7 +239,10 @@ async fn metrics_pass_promtool() {
             !in_ci(),
             "CI must install promtool (Debian package prometheus)"
         );
-        eprintln!("skipped promtool check: install Debian's prometheus package");
+        tally_test_support::skip(
+            "metrics_pass_promtool",
+            "promtool check: install Debian's prometheus package",
+        );
         return;
     }
     let mut child = std::process::Command::new(promtool)
@@ -274,7 +277,10 @@ async fn dashboard_in_headless_chromium_matches_the_api() {
             !in_ci(),
             "CI must install Debian's chromium for the dashboard test"
         );
-        eprintln!("skipped: Debian's chromium is not installed");
+        tally_test_support::skip(
+            "dashboard_in_headless_chromium_matches_the_api",
+            "Debian's chromium is not installed",
+        );
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -671,7 +677,10 @@ fn admin_api_over_tls() {
                 !in_ci(),
                 "openssl is needed to make a test certificate: {other:?}"
             );
-            eprintln!("skipped: openssl could not make a test certificate");
+            tally_test_support::skip(
+                "admin_api_over_tls",
+                "openssl could not make a test certificate",
+            );
             return;
         }
     }

@@ -123,8 +123,8 @@ fn prepare_client(root: &Path, name: &str, host: &HostProcess) -> std::path::Pat
 
 // X4, the finding "slowloris stops all activation": 1,100 slowloris connections (one byte every
 // 3 s) and 1,100 idle connections reopened as soon as they close, from 40 loopback sources,
-// plus 200 from one more source (over its per-source cap). Six real clients are each answered
-// within 2 s; the host shows evictions and per-source refusals in its metrics.
+// after 200 from one more source showed its per-source cap (64). Six real clients are each
+// answered within 2 s; the host shows refusals and evictions in its metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_flood_does_not_stop_real_clients() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -132,6 +132,34 @@ async fn connection_flood_does_not_stop_real_clients() {
     let token = std::fs::read_to_string(host.data_dir.join("admin.token")).expect("admin token");
     let token = token.trim().to_owned();
     let addr = host.addr;
+    // First, 200 connections from one address: the per-source cap (64) closes the rest at
+    // once (the host counts them as refused).
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        if let Ok(c) = connect_from(Ipv4Addr::new(127, 0, 0, 42), addr).await {
+            held.push(c);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let refused = metric(
+            host.admin,
+            &token,
+            "tally_connections_refused_total",
+            "source_limit",
+        )
+        .await;
+        if refused >= 100.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "per-source cap not applied: refused {refused}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(held);
+    // Then the flood, from 40 addresses each under the cap.
     let stop = CancellationToken::new();
     let closed = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -144,16 +172,8 @@ async fn connection_flood_does_not_stop_real_clients() {
         ));
         tasks.spawn(idle(source(i + 7), addr, stop.clone(), Arc::clone(&closed)));
     }
-    for _ in 0..200 {
-        tasks.spawn(idle(
-            Ipv4Addr::new(127, 0, 0, 42),
-            addr,
-            stop.clone(),
-            Arc::clone(&closed),
-        ));
-    }
     // Wait (polling the host's metrics) until the flood holds the host at its cap and the
-    // host has started evicting and refusing.
+    // host has started evicting.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let open = metric(host.admin, &token, "tally_connections_open", "").await;
@@ -164,19 +184,12 @@ async fn connection_flood_does_not_stop_real_clients() {
             "activation",
         )
         .await;
-        let refused = metric(
-            host.admin,
-            &token,
-            "tally_connections_refused_total",
-            "source_limit",
-        )
-        .await;
-        if open >= 1000.0 && evicted > 0.0 && refused > 0.0 {
+        if open >= 1000.0 && evicted > 0.0 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "flood not in place: open {open}, evicted {evicted}, refused {refused}"
+            "flood not in place: open {open}, evicted {evicted}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -263,7 +276,9 @@ fn authority_api_conforms_to_its_openapi_document() {
         .arg(&config)
         .args(["run", &format!("http://{addr}/openapi.json")])
         .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
-        .args(["--max-examples", "25", "--seed", "1", "--workers", "2"])
+        // One worker: with several, hypothesis on CPython 3.11 can hit an internal AST race
+        // ("AST constructor recursion depth mismatch") and report an error that is not ours.
+        .args(["--max-examples", "25", "--seed", "1", "--workers", "1"])
         .args(["--no-color", "--output-truncate", "false"])
         .current_dir(tmp.path())
         .output()
