@@ -4,9 +4,13 @@
 //! Why eviction instead of a semaphore taken before `accept`: with a semaphore, whoever holds the
 //! slots decides who is served next, and a peer that opens `max_connections` connections and
 //! trickles one byte now and then (slowloris) or just reopens idle ones keeps every legitimate
-//! client in the listen backlog. Here `accept` never waits. A new connection from a source that
-//! already holds [`AdmissionLimits::max_per_source`] connections is closed at once; otherwise,
-//! when the listener is full, the registry cancels the connection that has been idle, or in the
+//! client in the listen backlog. Here `accept` never waits. A source that already holds
+//! [`AdmissionLimits::max_per_source`] connections makes room among its own: its idlest
+//! connection is evicted (a new connection is refused only when all of the source's are busy),
+//! so one address can never hold more, yet a client that reconnects before the host saw its
+//! last connection close is not refused. Otherwise, when the listener is full, the registry
+//! cancels, from the source holding the most connections, the connection that has been idle, or
+//! in the
 //! middle of a request, for the longest time ([`Phase::Idle`], [`Phase::Receiving`]). A
 //! connection whose request is being handled ([`Phase::Busy`]) is never evicted: it finishes in
 //! bounded time (commit deadline, write timeout). A new client is therefore the *last* candidate
@@ -33,8 +37,8 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct AdmissionLimits {
     /// Connections open at once on the listener; at the cap, the idlest one is evicted.
     pub max_connections: usize,
-    /// Connections open at once from one source IP address (loopback included); a connection
-    /// over this cap is closed as soon as it is accepted.
+    /// Connections open at once from one source IP address (loopback included); over it, the
+    /// source's own idlest connection is evicted, or the new one closed if all are busy.
     pub max_per_source: usize,
 }
 
@@ -54,8 +58,8 @@ pub enum Phase {
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refused {
-    /// The source already holds its share of connections.
-    #[error("too many connections from this source")]
+    /// The source already holds its share of connections, all busy with requests.
+    #[error("too many busy connections from this source")]
     SourceLimit,
     /// Every connection is busy with a request: nothing can be evicted.
     #[error("every connection is busy")]
@@ -106,12 +110,17 @@ impl Inner {
         }
     }
 
-    /// The evictable connection with the oldest progress.
-    fn victim(&self) -> Option<u64> {
+    /// The connection to evict: evictable, from the source holding the most connections (a
+    /// flooding address pays before a machine with one connection), and among those the one
+    /// with the oldest progress. With `source`, only that source's connections are candidates.
+    fn victim(&self, source: Option<IpAddr>) -> Option<u64> {
         self.conns
             .iter()
-            .filter(|(_, e)| e.phase != Phase::Busy)
-            .min_by_key(|(id, e)| (e.since, **id))
+            .filter(|(_, e)| e.phase != Phase::Busy && source.is_none_or(|s| e.source == s))
+            .max_by_key(|(id, e)| {
+                let held = self.per_source.get(&e.source).copied().unwrap_or(0);
+                (held, std::cmp::Reverse(e.since), std::cmp::Reverse(**id))
+            })
             .map(|(id, _)| *id)
     }
 }
@@ -142,36 +151,22 @@ impl Admission {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let from_source = inner.per_source.get(&source).copied().unwrap_or(0);
         if from_source >= self.limits.max_per_source {
-            drop(inner);
-            self.refused(Refused::SourceLimit, source);
-            return Err(Refused::SourceLimit);
-        }
-        if inner.conns.len() >= self.limits.max_connections {
-            let Some(victim) = inner.victim() else {
+            // The source makes room among its own connections (a client that opens a new
+            // connection before the host saw the last one close, many machines behind one NAT
+            // address); only when all of them are busy is the new one refused.
+            let Some(victim) = inner.victim(Some(source)) else {
+                drop(inner);
+                self.refused(Refused::SourceLimit, source);
+                return Err(Refused::SourceLimit);
+            };
+            inner = self.evict(inner, victim, "source_limit");
+        } else if inner.conns.len() >= self.limits.max_connections {
+            let Some(victim) = inner.victim(None) else {
                 drop(inner);
                 self.refused(Refused::Full, source);
                 return Err(Refused::Full);
             };
-            if let Some(entry) = inner.conns.remove(&victim) {
-                entry.cancel.cancel();
-                inner.release(entry.source);
-                inner.evicted_total += 1;
-                let idle_ms = u64::try_from(entry.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let victim_source = entry.source;
-                drop(inner);
-                metrics::counter!("tally_connections_evicted_total", "listener" => self.name)
-                    .increment(1);
-                if let Some(count) = self.evictions.tick() {
-                    warn!(
-                        listener = self.name,
-                        source = %victim_source,
-                        idle_ms,
-                        evicted = count,
-                        "connection limit reached: evicting the connection idle or slow the longest (counted every 10 s)"
-                    );
-                }
-                inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            }
+            inner = self.evict(inner, victim, "full");
         }
         let id = inner.next_id;
         inner.next_id += 1;
@@ -191,6 +186,36 @@ impl Admission {
             id,
             cancel,
         })
+    }
+
+    /// Cancels and unregisters `victim`; returns the lock again for the caller's insert.
+    fn evict<'a>(
+        &'a self,
+        mut inner: std::sync::MutexGuard<'a, Inner>,
+        victim: u64,
+        reason: &'static str,
+    ) -> std::sync::MutexGuard<'a, Inner> {
+        let Some(entry) = inner.conns.remove(&victim) else {
+            return inner;
+        };
+        entry.cancel.cancel();
+        inner.release(entry.source);
+        inner.evicted_total += 1;
+        drop(inner);
+        metrics::counter!("tally_connections_evicted_total", "listener" => self.name, "reason" => reason)
+            .increment(1);
+        if let Some(count) = self.evictions.tick() {
+            let idle_ms = u64::try_from(entry.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+            warn!(
+                listener = self.name,
+                source = %entry.source,
+                reason,
+                idle_ms,
+                evicted = count,
+                "connection limit reached: evicting the connection idle or slow the longest (counted every 10 s)"
+            );
+        }
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Connections registered now.
@@ -351,13 +376,18 @@ mod tests {
     }
 
     #[test]
-    fn per_source_cap_refuses_the_next_connection_and_frees_on_drop() {
+    fn per_source_cap_evicts_within_the_source_then_refuses_when_all_busy() {
         let reg = registry(10, 2);
+        let other = reg.admit(B).expect("other source, oldest of all");
         let first = reg.admit(A).expect("first");
-        let _second = reg.admit(A).expect("second");
+        let second = reg.admit(A).expect("second");
+        let third = reg.admit(A).expect("third evicts the source's idlest");
+        assert!(first.is_evicted() && !other.is_evicted() && !second.is_evicted());
+        second.set_phase(Phase::Busy);
+        third.set_phase(Phase::Busy);
         assert_eq!(reg.admit(A).err(), Some(Refused::SourceLimit));
         assert!(reg.admit(B).is_ok(), "another source is not affected");
-        drop(first);
+        drop(third);
         assert!(reg.admit(A).is_ok(), "a freed place can be taken again");
     }
 
@@ -377,6 +407,20 @@ mod tests {
         let _newest = reg.admit(A).expect("admitted by evicting");
         assert!(newer.is_evicted(), "then the slow one; the busy one never");
         assert!(!busy.is_evicted());
+    }
+
+    #[test]
+    fn the_source_holding_most_connections_is_evicted_first() {
+        let reg = registry(3, 10);
+        let lone = reg.admit(A).expect("oldest, but its source holds one");
+        let flood1 = reg.admit(B).expect("2");
+        let flood2 = reg.admit(B).expect("3");
+        let _new = reg.admit(A).expect("admitted by evicting");
+        assert!(!lone.is_evicted(), "a source with one connection is spared");
+        assert!(
+            flood1.is_evicted() && !flood2.is_evicted(),
+            "the flood's oldest goes"
+        );
     }
 
     #[test]

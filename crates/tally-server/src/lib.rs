@@ -43,8 +43,10 @@ pub enum ServerError {
 }
 
 /// Default [`ServerConfig::max_connections_per_source`]: far above what one machine's clients
-/// need (one connection per activation), far below `max_connections`.
-pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+/// need (one connection per activation), far below `max_connections`, and above `tally bench`'s
+/// default concurrency (64) from one address. A bench with more concurrency, or a site with
+/// many clients behind one NAT address, needs a higher cap.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 128;
 
 /// Limits and timeouts.
 #[derive(Clone, Debug)]

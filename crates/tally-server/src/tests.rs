@@ -170,10 +170,10 @@ async fn at_the_cap_the_idlest_connection_is_evicted_and_the_new_client_served()
     server.await.expect("join").expect("clean stop");
 }
 
-// X4: the per-source cap closes a source's extra connection at once, loopback included;
-// other sources are served.
+// X4: one source never holds more than its cap (loopback included): its own idlest connection
+// makes room for its new one; other sources are untouched.
 #[tokio::test]
-async fn per_source_cap_closes_extra_connections_from_one_address() {
+async fn per_source_cap_evicts_within_the_source() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = ServerConfig {
         max_connections: 100,
@@ -181,20 +181,27 @@ async fn per_source_cap_closes_extra_connections_from_one_address() {
         ..ServerConfig::default()
     };
     let (addr, admission, shutdown, server) = start(dir.path(), config).await;
-    let _a = connect_from([127, 0, 0, 2], addr).await;
-    let _b = connect_from([127, 0, 0, 2], addr).await;
+    let mut other = connect_from([127, 0, 0, 3], addr).await;
+    wait_registered(&admission, 1).await;
+    let mut a = connect_from([127, 0, 0, 2], addr).await;
     wait_registered(&admission, 2).await;
+    let _b = connect_from([127, 0, 0, 2], addr).await;
+    wait_registered(&admission, 3).await;
     let mut third = connect_from([127, 0, 0, 2], addr).await;
     assert!(
-        closed_silently(&mut third).await,
-        "third from one source closed"
+        certificate_round_trip(&mut third).await,
+        "the new connection is served"
     );
-    let mut other = connect_from([127, 0, 0, 3], addr).await;
+    assert!(
+        closed_silently(&mut a).await,
+        "the source's idlest made room"
+    );
+    assert_eq!(admission.evicted(), 1);
+    assert_eq!(admission.len(), 3, "the source still holds two");
     assert!(
         certificate_round_trip(&mut other).await,
-        "another source is served"
+        "the other source's older connection was not touched"
     );
-    assert_eq!(admission.evicted(), 0, "nothing was evicted");
     shutdown.cancel();
     server.await.expect("join").expect("clean stop");
 }
