@@ -10,11 +10,14 @@
 //! - [`app`]: the router.
 //! - [`view`]: client states, registry filters, per-edition counts, activations over time, CSV,
 //!   and `_rfc3339` beside every Unix-ms time in JSON.
+//! - [`serve`]: the listener, with the limits of [`tally_net::http`] ([`default_limits`]);
+//!   `tls`: the optional TLS acceptor.
 //! - `assets/dashboard.html`: the dashboard (no external resources: works air-gapped).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod fuzzing;
 pub mod report;
 pub mod tls;
 pub mod view;
@@ -33,6 +36,34 @@ use tally_core::time::{Clock, SystemClock, Timestamp};
 use tally_core::trust::to_hex;
 use tally_server::HostService;
 use tally_store::{EventQuery, RegistryPage, RegistrySort};
+
+pub use tally_net::http::HttpLimits;
+
+/// The admin listener's limits: a small cap (an admin port sees a few browsers and one
+/// Prometheus), so it can never take the file descriptors the activation port needs.
+pub fn default_limits() -> HttpLimits {
+    HttpLimits {
+        label: "admin",
+        max_connections: 128,
+        max_per_source: 32,
+        ..HttpLimits::default()
+    }
+}
+
+/// Serves the admin `router` ([`app`]) on `listener`, behind TLS when `tls` is given
+/// ([`tls::acceptor`]), under `limits` ([`default_limits`]): TLS handshakes run concurrently,
+/// each with its own deadline; header, request and idle deadlines; a connection cap with
+/// eviction of the idlest connection and a per-source cap; a body cap. Returns after
+/// `shutdown` is cancelled and the requests in flight finished.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tally_net::http::serve(listener, tls, router, limits, shutdown).await;
+}
 
 /// The dashboard page.
 pub const DASHBOARD: &str = include_str!("../assets/dashboard.html");
@@ -581,3 +612,6 @@ pub fn app(state: AdminState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod serve_tests;

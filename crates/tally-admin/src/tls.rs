@@ -40,7 +40,11 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A TCP listener that hands axum TLS streams.
+/// A TCP listener that hands axum TLS streams, one handshake at a time.
+///
+/// Superseded by [`crate::serve`], which runs handshakes concurrently with per-connection
+/// deadlines and caps connections: a few silent peers stop this listener for every client.
+/// Kept until the host runtime calls [`crate::serve`].
 pub struct TlsListener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,

@@ -475,3 +475,58 @@ async fn r25_mak_budget_under_concurrency() {
         "reactivating the same machine is not a new one"
     );
 }
+
+// X4: operator endpoints check the token before the body is read or parsed: a malformed or
+// oversized body without the token is 401, not 400 or 413.
+#[tokio::test]
+async fn operator_token_is_checked_before_the_body() {
+    let f = fixture();
+    for body in ["{not json", &"x".repeat(64 * 1024)] {
+        let (status, v) = call(&f.router, "POST", "/v1/keys", None, Some(body.to_owned())).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+        assert_eq!(v["error"], "unauthorized");
+    }
+}
+
+// AUTHORITY-API.md: every unreadable body is 400 bad_request (never axum's 415 or 422); a body
+// over 16 KiB is 413 too_large.
+#[tokio::test]
+async fn unreadable_bodies_are_400_and_oversized_413() {
+    let f = fixture();
+    let (status, v) = call(
+        &f.router,
+        "POST",
+        "/v1/keys",
+        Some(TOKEN),
+        Some(r#"{"group":"server-c","unknown":1}"#.into()),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request"))
+    );
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/host-activations")
+        .body(Body::from("{}"))
+        .expect("request");
+    let resp = f.router.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "no content type");
+    let (status, v) = call(
+        &f.router,
+        "POST",
+        "/v1/maks",
+        Some(TOKEN),
+        Some(format!(
+            r#"{{"budget":1,"note":"{}"}}"#,
+            "n".repeat(20 * 1024)
+        )),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large"))
+    );
+    let (status, _) = call(&f.router, "GET", "/v1/keys", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -24,6 +24,33 @@ use crate::store::Refusal;
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
 
+/// The authority listener's limits (internet-facing, behind the vendor's TLS proxy): the body
+/// cap is [`MAX_BODY`].
+pub fn default_limits() -> tally_net::http::HttpLimits {
+    tally_net::http::HttpLimits {
+        label: "authority",
+        max_connections: 1024,
+        max_per_source: 64,
+        max_body: MAX_BODY,
+        ..tally_net::http::HttpLimits::default()
+    }
+}
+
+/// Serves the authority `router` ([`app`]) on `listener` under `limits` ([`default_limits`]):
+/// header, request (body) and idle deadlines, a connection cap with eviction of the idlest
+/// connection, a per-source cap and the body cap, until `shutdown` is cancelled; requests in
+/// flight finish. Plain HTTP: TLS is the vendor's proxy's job (AUTHORITY-API.md). Note that
+/// behind a proxy every connection comes from the proxy's address: raise `max_per_source` to
+/// `max_connections` there.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: tally_net::http::HttpLimits,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tally_net::http::serve(listener, None, router, limits, shutdown).await;
+}
+
 /// The OpenAPI document served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
@@ -111,20 +138,15 @@ where
     }
 }
 
+/// AUTHORITY-API.md and `openapi.json`: a body over the cap is 413 `too_large`; every other
+/// unreadable body (missing or wrong content type, bad JSON, wrong field types or names) is 400
+/// `bad_request`, never axum's own 415 or 422.
 fn json_rejection(r: JsonRejection) -> ApiError {
-    let status = r.status();
-    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        "too_large"
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", r.body_text())
     } else {
-        "bad_request"
-    };
-    // Clamp to 4xx: a body that cannot be read is the client's problem.
-    let status = if status.is_client_error() {
-        status
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    ApiError::new(status, code, r.body_text())
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", r.body_text())
+    }
 }
 
 fn serial(p: Result<Path<u32>, PathRejection>) -> Result<u32, ApiError> {
@@ -137,6 +159,23 @@ fn serial(p: Result<Path<u32>, PathRejection>) -> Result<u32, ApiError> {
     })
 }
 
+/// The actor recorded in the audit log for operator requests.
+const OPERATOR: &str = "operator";
+
+/// Operator endpoints: the bearer token is checked here, in a middleware that runs before any
+/// extractor, so a request without the right token is refused before its body is read or
+/// parsed (X4: an unauthenticated peer costs no parsing).
+async fn require_operator(
+    State(state): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match operator(&state, req.headers()) {
+        Ok(_) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 fn operator(state: &AppState, headers: &HeaderMap) -> Result<&'static str, ApiError> {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -145,7 +184,7 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<&'static str, ApiEr
         .unwrap_or("");
     let expected = state.operator_token.as_bytes();
     if tally_core::secret::constant_time_eq(given.as_bytes(), expected) {
-        Ok("operator")
+        Ok(OPERATOR)
     } else {
         tracing::warn!("operator request refused: missing or wrong bearer token");
         Err(ApiError::new(
@@ -196,10 +235,9 @@ async fn mak_activation(
 
 async fn issue_mak(
     State(state): State<AppState>,
-    headers: HeaderMap,
     ApiJson(req): ApiJson<MakIssueRequest>,
 ) -> Result<Response, ApiError> {
-    let actor = operator(&state, &headers)?;
+    let actor = OPERATOR;
     Ok((
         StatusCode::CREATED,
         Json(state.service.issue_mak(&req, actor).await?),
@@ -223,20 +261,15 @@ async fn offline_confirmation(
     ))
 }
 
-async fn list_keys(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    operator(&state, &headers)?;
+async fn list_keys(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(ok(state.service.keys().await?))
 }
 
 async fn issue_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
     ApiJson(req): ApiJson<IssueRequest>,
 ) -> Result<Response, ApiError> {
-    let actor = operator(&state, &headers)?;
+    let actor = OPERATOR;
     Ok((
         StatusCode::CREATED,
         Json(state.service.issue_host_key(&req, actor).await?),
@@ -246,35 +279,30 @@ async fn issue_key(
 
 async fn key_detail(
     State(state): State<AppState>,
-    headers: HeaderMap,
     p: Result<Path<u32>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    operator(&state, &headers)?;
     Ok(ok(state.service.key(serial(p)?).await?))
 }
 
 async fn exception(
     State(state): State<AppState>,
-    headers: HeaderMap,
     p: Result<Path<u32>, PathRejection>,
     ApiJson(req): ApiJson<ExceptionRequest>,
 ) -> Result<Response, ApiError> {
-    let actor = operator(&state, &headers)?;
+    let actor = OPERATOR;
     Ok(ok(state.service.exception(serial(p)?, &req, actor).await?))
 }
 
 async fn revoke(
     State(state): State<AppState>,
-    headers: HeaderMap,
     p: Result<Path<u32>, PathRejection>,
     ApiJson(req): ApiJson<RevokeRequest>,
 ) -> Result<Response, ApiError> {
-    let actor = operator(&state, &headers)?;
+    let actor = OPERATOR;
     Ok(ok(state.service.revoke(serial(p)?, &req, actor).await?))
 }
 
-async fn audit(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    operator(&state, &headers)?;
+async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(ok(state.service.audit().await?))
 }
 
@@ -302,20 +330,27 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The router.
+/// The router. Operator routes sit behind [`require_operator`] (a route layer, so it runs
+/// before their extractors); public routes need no token.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/openapi.json", get(openapi))
-        .route("/v1/authority", get(authority_info))
-        .route("/v1/host-activations", post(host_activation))
-        .route("/v1/offline-confirmations", post(offline_confirmation))
-        .route("/v1/mak-activations", post(mak_activation))
+    let operator_routes = Router::new()
         .route("/v1/maks", post(issue_mak))
         .route("/v1/keys", get(list_keys).post(issue_key))
         .route("/v1/keys/{serial}", get(key_detail))
         .route("/v1/keys/{serial}/exception", post(exception))
         .route("/v1/keys/{serial}/revoke", post(revoke))
         .route("/v1/audit", get(audit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_operator,
+        ));
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/v1/authority", get(authority_info))
+        .route("/v1/host-activations", post(host_activation))
+        .route("/v1/offline-confirmations", post(offline_confirmation))
+        .route("/v1/mak-activations", post(mak_activation))
+        .merge(operator_routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -24,6 +24,7 @@ use tally_proto::{CertificateBody, HostCertificate};
 use thiserror::Error;
 
 pub mod dir;
+pub mod fuzzing;
 pub mod http;
 /// Offline activation IDs (the encoding lives in `tally_core::digits`).
 pub mod offline {

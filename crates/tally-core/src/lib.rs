@@ -18,6 +18,7 @@
 pub mod catalog;
 pub mod counting;
 pub mod digits;
+pub mod fuzzing;
 pub mod hardware;
 pub mod hex;
 pub mod host;

@@ -45,36 +45,30 @@ pub async fn serve(
         metrics: install_metrics(),
         data_dir: dir.to_owned(),
     });
-    let stopped = async move { shutdown.cancelled().await };
     let cert_copy = dir.join(paths::ADMIN_CERT_FILE);
-    let scheme = if let Some(tls) = tls {
-        let acceptor =
-            tally_admin::tls::acceptor(&tls.cert, &tls.key).map_err(HostError::Invalid)?;
-        // Local `tally host …` commands trust this certificate.
-        std::fs::copy(&tls.cert, &cert_copy).map_err(HostError::write(&cert_copy))?;
-        let listener = tally_admin::tls::TlsListener::new(listener, acceptor);
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
-                warn!(%error, "admin API stopped");
-            }
-        });
-        "https"
-    } else {
-        // A copy left by an earlier TLS run would make local commands expect TLS.
-        let _ = std::fs::remove_file(&cert_copy);
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
-                warn!(%error, "admin API stopped");
-            }
-        });
-        "http"
+    let (acceptor, scheme) = match tls {
+        Some(tls) => {
+            let acceptor =
+                tally_admin::tls::acceptor(&tls.cert, &tls.key).map_err(HostError::Invalid)?;
+            // Local `tally host …` commands trust this certificate.
+            std::fs::copy(&tls.cert, &cert_copy).map_err(HostError::write(&cert_copy))?;
+            (Some(acceptor), "https")
+        }
+        None => {
+            // A copy left by an earlier TLS run would make local commands expect TLS.
+            let _ = std::fs::remove_file(&cert_copy);
+            (None, "http")
+        }
     };
+    // Concurrent TLS handshakes with deadlines, header/request/idle deadlines, a connection cap
+    // of its own (so it can never take the activation port's file descriptors), body cap.
+    tokio::spawn(tally_admin::serve(
+        listener,
+        acceptor,
+        app,
+        tally_admin::default_limits(),
+        shutdown,
+    ));
     let addr_file = dir.join(paths::ADMIN_ADDR_FILE);
     std::fs::write(&addr_file, format!("{scheme}://{addr}"))
         .map_err(HostError::write(&addr_file))?;

@@ -109,6 +109,9 @@ fn default_event_retention_days() -> u32 {
 fn default_registry_retention_days() -> u32 {
     crate::retention::DEFAULT_REGISTRY_RETENTION_DAYS
 }
+fn default_max_connections_per_source() -> usize {
+    tally_server::DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+}
 fn default_registry_cap() -> u64 {
     tally_store::DEFAULT_REGISTRY_CAP
 }
@@ -150,6 +153,10 @@ pub struct FileConfig {
     /// Connections served at once [default: `default_max_connections()`, 1024].
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections at once from one IP address; over it, that address's own idlest connection
+    /// is closed (X4) [default: `default_max_connections_per_source()`, 128].
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
     /// Seconds allowed to receive one request [default: `default_read_timeout_secs()`, 10].
     #[serde(default = "default_read_timeout_secs")]
     pub read_timeout_secs: u64,
@@ -380,6 +387,7 @@ impl HostConfig {
             },
             server: ServerConfig {
                 max_connections: overrides.max_connections.unwrap_or(file.max_connections),
+                max_connections_per_source: file.max_connections_per_source.max(1),
                 read_timeout: Duration::from_secs(file.read_timeout_secs),
                 idle_timeout: Duration::from_secs(file.idle_timeout_secs),
                 ..ServerConfig::default()

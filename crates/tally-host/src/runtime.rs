@@ -75,13 +75,11 @@ impl Host {
             identity::dev_bootstrap(&dir, &catalog, clock.now())?;
         }
         let service = build_service(&dir, catalog, intervals, &config.storage(), clock).await?;
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| HostError::Bind {
-                addr: listen,
-                what: "activation requests",
-                source,
-            })?;
+        let listener = bind_activation(listen).map_err(|source| HostError::Bind {
+            addr: listen,
+            what: "activation requests",
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| HostError::Bind {
             addr: listen,
             what: "activation requests",
@@ -210,6 +208,20 @@ impl Host {
     pub async fn wait(self) -> Result<(), HostError> {
         self.server.await.map_err(HostError::Task)?
     }
+}
+
+/// Binds the activation listener with a deep backlog: under a connection flood the kernel's
+/// queue of completed handshakes must not overflow before the accept loop (which never waits)
+/// takes them, or new clients' connections are dropped with the attackers' (X4).
+fn bind_activation(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Runs the activation listener until shutdown, then records the stop (event 1001).

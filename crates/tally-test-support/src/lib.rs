@@ -19,6 +19,43 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
+/// Skips the running test because of `reason` (a missing tool, say).
+///
+/// Outside CI it prints `SKIP: <test>: <reason>` on stderr and appends the same line to the file
+/// named by `TALLY_SKIP_LOG` (`.ci/run` sets it: cargo hides the stderr of passing tests, so
+/// the file is how the closing summary counts skips). Under CI ([`in_ci`]) a skip is a failure:
+/// it panics, because `.ci/run` installs every tool a test needs. The caller returns after it.
+pub fn skip(test: &str, reason: &str) {
+    assert!(
+        !in_ci(),
+        "{test}: {reason}; under CI nothing may be skipped (.ci/run installs what tests need)"
+    );
+    let line = format!("SKIP: {test}: {reason}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("TALLY_SKIP_LOG") {
+        use std::io::Write;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = appended {
+            eprintln!(
+                "cannot append to TALLY_SKIP_LOG {}: {e}",
+                Path::new(&path).display()
+            );
+        }
+    }
+}
+
+/// The running test's name, from its thread (the test harness names each test's thread).
+pub fn test_name() -> String {
+    thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_owned()
+}
+
 /// A spawned `tally` process (an agent, say), killed when dropped; stderr is collected.
 pub struct Process {
     child: Child,

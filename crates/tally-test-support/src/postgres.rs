@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::in_ci;
+use crate::test_name;
 
 /// How long starting, stopping or promoting a server may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -117,11 +117,6 @@ fn run(mut cmd: Command, what: &str) -> Output {
     out
 }
 
-/// The name of the running test (the test harness names its threads after the tests).
-fn test_name() -> String {
-    thread::current().name().unwrap_or("test").to_owned()
-}
-
 /// A directory the `postgres` user owns (we may be root).
 fn owned_temp_dir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
@@ -159,21 +154,16 @@ impl PgServer {
     /// the test (`.ci/run` installs it).
     pub fn start() -> Option<Self> {
         let Some(tools) = Tools::find() else {
-            assert!(
-                !in_ci(),
-                "PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin or on PATH): .ci/run must install postgresql"
-            );
-            eprintln!(
-                "SKIP: {}: PostgreSQL is not installed (no initdb); `apt-get install postgresql`",
-                test_name()
+            crate::skip(
+                &test_name(),
+                "PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin or on PATH); `apt-get install postgresql`",
             );
             return None;
         };
         if running_as_root() && postgres_ids().is_none() {
-            assert!(!in_ci(), "running as root but there is no `postgres` user");
-            eprintln!(
-                "SKIP: {}: running as root and there is no `postgres` user for initdb",
-                test_name()
+            crate::skip(
+                &test_name(),
+                "running as root and there is no `postgres` user for initdb",
             );
             return None;
         }

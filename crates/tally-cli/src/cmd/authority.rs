@@ -337,9 +337,16 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
             println!("tally authority listening on {addr}");
             let shutdown = tokio_util::sync::CancellationToken::new();
             crate::util::spawn_signal_handler(shutdown.clone());
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await?;
+            // Header, body and idle deadlines, connection caps, body cap (X4): the authority is
+            // internet-facing. Behind a TLS proxy all connections come from the proxy's address,
+            // so the per-source cap is the global one there.
+            tally_authority::http::serve(
+                listener,
+                router,
+                tally_authority::http::default_limits(),
+                shutdown,
+            )
+            .await;
             tracing::info!("authority stopped");
         }
         AuthorityCommand::Keys {

@@ -163,7 +163,10 @@ fn r13_any_user_activates_only_root_rearms() {
             !in_ci(),
             "CI must run this test as root with setpriv (util-linux) installed"
         );
-        eprintln!("skipped: needs root and setpriv to act as an unprivileged user");
+        tally_test_support::skip(
+            "r13_any_user_activates_only_root_rearms",
+            "needs root and setpriv to act as an unprivileged user",
+        );
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");

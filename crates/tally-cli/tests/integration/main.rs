@@ -13,6 +13,7 @@ mod dns;
 mod embedding;
 mod faults;
 mod fleet;
+mod hostile;
 mod lifecycle;
 mod one_path;
 mod readme;
