@@ -171,8 +171,8 @@ impl Licensing {
             count: s.count,
             last_result: s.last_result,
             rearms_left: s.rearms_left,
-            validity_end: s.report.validity_end_utc,
-            grace_end: s.report.grace_end_utc,
+            validity_end: s.report.validity_end_rfc3339,
+            grace_end: s.report.grace_end_rfc3339,
         })
     }
 

@@ -52,12 +52,12 @@ pub struct StatusReport {
     pub grace_end: Option<Timestamp>,
     /// End of grace (R10), RFC 3339 UTC (`2026-11-24T10:00:00Z`).
     #[serde(default)]
-    pub grace_end_utc: Option<String>,
+    pub grace_end_rfc3339: Option<String>,
     /// End of validity (R7), Unix milliseconds; none for a permanent activation.
     pub validity_end: Option<Timestamp>,
     /// End of validity (R7), RFC 3339 UTC.
     #[serde(default)]
-    pub validity_end_utc: Option<String>,
+    pub validity_end_rfc3339: Option<String>,
     /// Whole days left of grace or validity (rounded down; 0 when neither runs).
     pub days_left: u32,
     /// Minutes left of grace or validity.
@@ -66,7 +66,7 @@ pub struct StatusReport {
     pub next_attempt: Option<Timestamp>,
     /// When the next activation or renewal is due (R8), RFC 3339 UTC.
     #[serde(default)]
-    pub next_attempt_utc: Option<String>,
+    pub next_attempt_rfc3339: Option<String>,
     /// Retry interval in force, seconds (R8, R9).
     pub activation_interval_secs: u32,
     /// Renewal interval in force, seconds (R8, R9).
@@ -97,13 +97,13 @@ impl StatusReport {
             licensed: status == LicenseStatus::Licensed,
             permanent: status == LicenseStatus::Licensed && l.permanent,
             grace_end: l.grace_end,
-            grace_end_utc: utc(l.grace_end),
+            grace_end_rfc3339: utc(l.grace_end),
             validity_end: l.validity_end,
-            validity_end_utc: utc(l.validity_end),
+            validity_end_rfc3339: utc(l.validity_end),
             days_left: (i64::from(minutes_left) * 60_000 / DAY_MS) as u32,
             minutes_left,
             next_attempt: l.next_attempt,
-            next_attempt_utc: utc(l.next_attempt),
+            next_attempt_rfc3339: utc(l.next_attempt),
             activation_interval_secs: l.intervals.activation_secs,
             renewal_interval_secs: l.intervals.renewal_secs,
             rearms_left: l.rearms_left,
