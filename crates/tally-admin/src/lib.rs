@@ -545,8 +545,10 @@ async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
             .not_after
             .saturating_mul(1000),
     );
-    metrics::gauge!("tally_certificate_days_left")
-        .set(days_left(not_after, SystemClock.now()) as f64);
+    // Prometheus' base unit is the second (promtool refuses a `_days` name); alert rules divide
+    // by 86400.
+    let seconds_left = (not_after.millis() - SystemClock.now().millis()).max(0) / 1000;
+    metrics::gauge!("tally_certificate_expiry_seconds").set(seconds_left as f64);
     let dns = state.control.dns_state();
     let publishing =
         dns.get("enabled") == Some(&json!(true)) && dns.get("ok") == Some(&json!(true));
@@ -576,8 +578,8 @@ fn describe_gauges() {
         "1 when the registry reached its cap: new machines are counted but not registered."
     );
     describe_gauge!(
-        "tally_certificate_days_left",
-        "Days until the host certificate expires."
+        "tally_certificate_expiry_seconds",
+        "Seconds until the host certificate expires (0 once it has)."
     );
 }
 

@@ -464,7 +464,7 @@ async fn metrics_show_thresholds_storage_and_below_threshold() {
         "tally_pool_threshold{pool=\"Acme 2026\",kind=\"client\"} 25",
         "tally_storage_up 1",
         "tally_registry_full 0",
-        "tally_certificate_days_left ",
+        "tally_certificate_expiry_seconds ",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
