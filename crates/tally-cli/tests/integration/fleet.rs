@@ -231,20 +231,7 @@ impl Fleet {
 
     /// A fresh client machine `name` with the workstation key; activates once against `host`.
     fn activate(&self, name: &str, host: SocketAddr) -> (Option<i32>, Value) {
-        let state = self.tmp.path().join("clients").join(name);
-        if !state.join("state.json").exists() {
-            let out = tally(
-                bin(),
-                &[
-                    "client",
-                    "--state-dir",
-                    s(&state),
-                    "install-key",
-                    WORKSTATION_PRO,
-                ],
-            );
-            assert!(out.status.success(), "{}", out_text(&out));
-        }
+        let state = client_state(self.tmp.path(), name);
         tally_json(
             bin(),
             &[
@@ -272,6 +259,26 @@ impl Fleet {
         assert_eq!(code, Some(0), "{v}");
         v
     }
+}
+
+/// The state directory of client machine `name`, with the workstation key installed the
+/// first time.
+fn client_state(root: &Path, name: &str) -> PathBuf {
+    let state = root.join("clients").join(name);
+    if !state.join("state.json").exists() {
+        let out = tally(
+            bin(),
+            &[
+                "client",
+                "--state-dir",
+                s(&state),
+                "install-key",
+                WORKSTATION_PRO,
+            ],
+        );
+        assert!(out.status.success(), "{}", out_text(&out));
+    }
+    state
 }
 
 fn count(v: &Value) -> u64 {
@@ -468,20 +475,7 @@ fn r19_kill9_a_fleet_host_and_clients_fail_over_with_their_count() {
     })
     .expect("three SRV records");
     let client = |name: &str| -> (Option<i32>, Value) {
-        let state = fleet.tmp.path().join("clients").join(name);
-        if !state.join("state.json").exists() {
-            let out = tally(
-                bin(),
-                &[
-                    "client",
-                    "--state-dir",
-                    s(&state),
-                    "install-key",
-                    WORKSTATION_PRO,
-                ],
-            );
-            assert!(out.status.success(), "{}", out_text(&out));
-        }
+        let state = client_state(fleet.tmp.path(), name);
         tally_json(
             bin(),
             &[
