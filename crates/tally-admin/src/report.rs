@@ -17,7 +17,7 @@ use tally_core::time::{Clock, SystemClock, Timestamp};
 use tally_core::trust::{
     HostIdentity, TrustAnchor, armor, from_hex, labels, parse_certificate, to_hex,
 };
-use tally_store::{RegistryEntry, RegistryPage, RegistrySort, Store, StoreError};
+use tally_store::{RegistryEntry, Store, StoreError};
 
 const SIGNATURE_MARKER: &str = "# tally-report-signature-v1 ";
 
@@ -27,26 +27,18 @@ pub async fn clients_in_period(
     from: Timestamp,
     to: Timestamp,
 ) -> Result<Vec<RegistryEntry>, StoreError> {
-    let mut out = Vec::new();
-    let mut offset = 0;
+    const PAGE: u32 = 1000;
+    let mut out: Vec<RegistryEntry> = Vec::new();
     loop {
-        let page = store
-            .registry(RegistryPage {
-                offset,
-                limit: 500,
-                search: None,
-                sort: RegistrySort::FirstSeen,
-            })
-            .await?;
+        let after = out.last().map(|e| e.cmid);
+        let page = store.registry_in_period(from, to, after, PAGE).await?;
         let n = page.len();
-        out.extend(
-            page.into_iter()
-                .filter(|e| e.last_seen >= from && e.first_seen < to),
-        );
-        if n < 500 {
+        out.extend(page);
+        if n < PAGE as usize {
+            // The report lists them oldest first (then by CMID), as before.
+            out.sort_by_key(|e| (e.first_seen, e.cmid));
             return Ok(out);
         }
-        offset += 500;
     }
 }
 

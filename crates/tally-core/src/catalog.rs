@@ -134,10 +134,23 @@ impl Catalog {
             if pools_seen.insert(pool.id, ()).is_some() {
                 return invalid(format!("pool {} is listed twice", pool.id));
             }
+            if crate::bench::is_bench_pool(pool.id) {
+                return invalid(format!(
+                    "pool {} is reserved for `tally bench` (PROTOCOL.md \"Reserved ids\")",
+                    pool.id
+                ));
+            }
         }
         let mut editions = Vec::with_capacity(raw.editions.len());
         let mut by_sku = HashMap::new();
         for e in raw.editions {
+            if e.sku == crate::bench::SKU {
+                return invalid(format!(
+                    "edition '{}' uses sku {}, which is reserved for `tally bench` \
+                     (PROTOCOL.md \"Reserved ids\")",
+                    e.name, e.sku
+                ));
+            }
             if !pools_seen.contains_key(&e.pool) {
                 return invalid(format!(
                     "edition '{}' names pool {}, which is not listed",
@@ -288,6 +301,21 @@ mod tests {
         );
         let err = Catalog::parse(&text).expect_err("missing pool");
         assert!(err.to_string().contains("not listed"), "{err}");
+        // The bench edition's ids are reserved (tally_core::bench).
+        for (sku, pool) in [
+            (crate::bench::SKU, Uuid::from_u128(8)),
+            (Uuid::from_u128(7), crate::bench::POOL),
+        ] {
+            let text = format!(
+                "name = \"t\"\nversion = 1\n[[pools]]\nid = \"{pool}\"\nname = \"p\"\n[[editions]]\nsku = \"{sku}\"\nname = \"e\"\nkind = \"server\"\npool = \"{pool}\"\ngroup = \"server-a\"\ngeneration = 1\nsetup_key = \"{}\"\n",
+                ProductKey::setup_for(sku)
+            );
+            let err = Catalog::parse(&text).expect_err("reserved");
+            assert!(
+                err.to_string().contains("reserved for `tally bench`"),
+                "{err}"
+            );
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use tally_proto::{
 };
 use uuid::Uuid;
 
+use crate::bench;
 use crate::catalog::Catalog;
 use crate::counting::CountTables;
 use crate::time::Timestamp;
@@ -165,6 +166,7 @@ pub struct HostSession {
     catalog: Arc<Catalog>,
     identity: HostIdentity,
     intervals: Intervals,
+    accept_bench: bool,
 }
 
 impl HostSession {
@@ -174,7 +176,19 @@ impl HostSession {
             catalog,
             identity,
             intervals,
+            accept_bench: false,
         }
+    }
+
+    /// The same host, also answering the bench edition ([`crate::bench`]) when `accept`.
+    pub fn accepting_bench(mut self, accept: bool) -> Self {
+        self.accept_bench = accept;
+        self
+    }
+
+    /// Whether it answers the bench edition.
+    pub fn accepts_bench(&self) -> bool {
+        self.accept_bench
     }
 
     /// The host's identity.
@@ -198,6 +212,7 @@ impl HostSession {
             catalog: Arc::clone(&self.catalog),
             identity: self.identity.clone(),
             intervals,
+            accept_bench: self.accept_bench,
         }
     }
 
@@ -207,6 +222,7 @@ impl HostSession {
             catalog,
             identity: self.identity.clone(),
             intervals: self.intervals,
+            accept_bench: self.accept_bench,
         }
     }
 
@@ -251,27 +267,38 @@ impl HostSession {
         now: Timestamp,
     ) -> PendingActivation {
         let edition = self.catalog.edition(request.sku);
-        let checked = match edition {
-            None => Err(ResultCode::UNKNOWN_EDITION),
-            Some(e) if e.pool != request.pool => Err(ResultCode::POOL_MISMATCH),
-            // R21: the certified key group and generation must cover the edition.
-            Some(e) if !self.identity.coverage().covers(e) => Err(ResultCode::EDITION_NOT_COVERED),
-            Some(e) => Ok(e),
+        // (pool, threshold) of the edition asked for, as this host knows it.
+        let known = match edition {
+            Some(e) => Some((e.pool, e.threshold)),
+            None if self.accept_bench && request.sku == bench::SKU => {
+                Some((bench::POOL, bench::THRESHOLD))
+            }
+            None => None,
+        };
+        let checked = match (known, edition) {
+            (None, _) => Err(ResultCode::UNKNOWN_EDITION),
+            (Some((pool, _)), _) if pool != request.pool => Err(ResultCode::POOL_MISMATCH),
+            // R21: the certified key group and generation must cover the edition (the bench
+            // edition is no product: nothing to cover).
+            (_, Some(e)) if !self.identity.coverage().covers(e) => {
+                Err(ResultCode::EDITION_NOT_COVERED)
+            }
+            (Some(found), _) => Ok(found),
         };
         let (result, counting, threshold) = match checked {
             // R5 sizes the table from the threshold in the host's catalog, never from the
             // client's claim, so a hostile request cannot grow the table.
-            Ok(e) => (
+            Ok((pool, threshold)) => (
                 ResultCode::SUCCESS,
                 Some(CountRequest {
-                    pool: e.pool,
+                    pool,
                     cmid: request.cmid,
-                    threshold: e.threshold,
+                    threshold,
                     at: now,
                 }),
-                e.threshold,
+                threshold,
             ),
-            Err(code) => (code, None, edition.map_or(0, |e| e.threshold)),
+            Err(code) => (code, None, known.map_or(0, |(_, t)| t)),
         };
         let response = ActivationResponse {
             nonce: request.nonce,
@@ -424,6 +451,41 @@ mod tests {
         host.verify_response(&resp, &sha256(&frame), &req.nonce, e)
             .expect("response verifies");
         (resp, pending.changes)
+    }
+
+    // The bench edition: unknown to a host that does not accept it; counted in its own pool
+    // (never a real one) by a host that does, with the same path as a real edition.
+    #[test]
+    fn the_bench_edition_is_answered_only_when_accepted_and_counts_in_its_own_pool() {
+        let mut f = fixture(KeyGroup::ClientVl);
+        let mut bench = edition(&f, EditionKind::Server, KeyGroup::ServerA);
+        bench.sku = crate::bench::SKU;
+        bench.pool = crate::bench::POOL;
+        let (frame, _) = request(1, &bench);
+        let Outcome::Activation(pending) = f.session.handle(&frame, f.clock.now()) else {
+            panic!("expected an activation outcome");
+        };
+        assert_eq!(pending.response.result, ResultCode::UNKNOWN_EDITION);
+        assert!(pending.changes.counting.is_none());
+
+        f.session = f.session.accepting_bench(true);
+        let counted = f.session.handle(&frame, f.clock.now());
+        let Outcome::Activation(pending) = counted else {
+            panic!("expected an activation outcome");
+        };
+        assert_eq!(pending.response.result, ResultCode::SUCCESS);
+        let req = pending.changes.counting.expect("counted");
+        assert_eq!(
+            (req.pool, req.threshold),
+            (crate::bench::POOL, crate::bench::THRESHOLD)
+        );
+        // A bench request naming a real pool is refused like any pool mismatch.
+        bench.pool = edition(&f, EditionKind::Server, KeyGroup::ServerA).pool;
+        let (frame, _) = request(2, &bench);
+        let Outcome::Activation(pending) = f.session.handle(&frame, f.clock.now()) else {
+            panic!("expected an activation outcome");
+        };
+        assert_eq!(pending.response.result, ResultCode::POOL_MISMATCH);
     }
 
     // R3 through the session: clients 1, 2, 3; a server at 4 (below 5); a server at 5.

@@ -14,7 +14,9 @@
 //! - [`hex`]: lower-case hex, shared by key files and signed catalogs.
 //! - [`secret`]: constant-time comparison of tokens.
 //! - [`digits`]: digit groups with check digits for offline activation (R22).
+//! - [`bench`]: the synthetic edition `tally bench` asks for, kept out of every report.
 
+pub mod bench;
 pub mod catalog;
 pub mod counting;
 pub mod digits;

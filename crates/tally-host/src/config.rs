@@ -199,6 +199,11 @@ pub struct FileConfig {
     /// with event 1005 [default: `default_registry_cap()`, 10 000 000].
     #[serde(default = "default_registry_cap")]
     pub registry_cap: u64,
+    /// Answer `tally bench`'s synthetic edition (`tally_core::bench`), counted in a pool of its
+    /// own that no listing, count or compliance report shows [default: false; true with
+    /// `--dev`].
+    #[serde(default)]
+    pub accept_bench: Option<bool>,
 }
 
 /// The `[dns]` section of the host config.
@@ -282,6 +287,8 @@ pub struct Overrides {
     pub database: Option<String>,
     /// `--host-name`.
     pub host_name: Option<String>,
+    /// `--accept-bench`.
+    pub accept_bench: bool,
 }
 
 /// The admin API's TLS certificate and key (PEM files).
@@ -331,6 +338,8 @@ pub struct HostConfig {
     pub registry_retention_days: u32,
     /// Most machines in the registry.
     pub registry_cap: u64,
+    /// Whether the host answers the bench edition (see [`FileConfig::accept_bench`]).
+    pub accept_bench: bool,
 }
 
 impl HostConfig {
@@ -405,6 +414,7 @@ impl HostConfig {
             host_name: overrides.host_name.or(file.host_name),
             registry_retention_days: file.registry_retention_days.max(1),
             registry_cap: file.registry_cap.max(1),
+            accept_bench: overrides.accept_bench || file.accept_bench.unwrap_or(overrides.dev),
         })
     }
 

@@ -74,7 +74,15 @@ impl Host {
         if config.dev {
             identity::dev_bootstrap(&dir, &catalog, clock.now())?;
         }
-        let service = build_service(&dir, catalog, intervals, &config.storage(), clock).await?;
+        let service = build_service(
+            &dir,
+            catalog,
+            intervals,
+            &config.storage(),
+            clock,
+            config.accept_bench,
+        )
+        .await?;
         let listener = bind_activation(listen).map_err(|source| HostError::Bind {
             addr: listen,
             what: "activation requests",
@@ -254,6 +262,7 @@ pub async fn build_service(
     intervals: Intervals,
     storage: &Storage,
     clock: Arc<dyn Clock>,
+    accept_bench: bool,
 ) -> Result<Arc<HostService>, HostError> {
     let identity = identity::load_identity(dir)?;
     let served_by = storage.host_name.clone().unwrap_or_else(|| {
@@ -264,7 +273,9 @@ pub async fn build_service(
             fingerprint.get(..8).unwrap_or(&fingerprint)
         )
     });
-    let session = Arc::new(HostSession::new(Arc::new(catalog), identity, intervals));
+    let session = Arc::new(
+        HostSession::new(Arc::new(catalog), identity, intervals).accepting_bench(accept_bench),
+    );
     let store: Arc<dyn Store> = store::open_writer(
         dir,
         &storage.database,

@@ -23,7 +23,7 @@ mod listener;
 mod service;
 
 pub use listener::{run, run_admitted, run_rebindable};
-pub use service::{DEFAULT_COMMIT_TIMEOUT, Handled, HostService};
+pub use service::{DEFAULT_COMMIT_TIMEOUT, Handled, HostService, REQUEST_LOG_TARGET, Summary};
 pub use tally_net::{Admission, AdmissionLimits};
 pub use tally_store::PoolCount;
 
@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Time allowed to write a reply.
     pub write_timeout: Duration,
+    /// How often the host logs the summary of the activation requests it answered.
+    pub summary_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +77,7 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
+            summary_interval: Duration::from_secs(60),
         }
     }
 }

@@ -57,6 +57,11 @@ pub async fn run_admitted(
     admission: Arc<Admission>,
 ) -> Result<(), ServerError> {
     let tracker = TaskTracker::new();
+    tracker.spawn(log_summaries(
+        Arc::clone(&service),
+        config.summary_interval,
+        shutdown.clone(),
+    ));
     let config = Arc::new(config);
     let warnings = Arc::new(Warnings::default());
     let mut backoff = Duration::from_millis(1);
@@ -114,6 +119,36 @@ pub async fn run_admitted(
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// Logs, every `every`, how many activation requests were answered and how (one line for all
+/// of them, not one per request; the per-request lines are at debug level, see
+/// [`crate::REQUEST_LOG_TARGET`]). A quiet interval logs nothing; the last one is logged at
+/// shutdown.
+async fn log_summaries(service: Arc<HostService>, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = ticks.tick() => false,
+        };
+        let s = service.take_summary();
+        if s.total() > 0 {
+            info!(
+                requests = s.total(),
+                activated = s.activated,
+                below_threshold = s.below_threshold,
+                refused = s.refused,
+                storage_failure = s.storage_failure,
+                seconds = every.as_secs(),
+                "activation requests answered (per-request lines: --log info,tally::requests=debug; all of them: tally host events --id 12290)"
+            );
+        }
+        if last {
+            return;
+        }
+    }
 }
 
 /// Warnings caused by peers, logged once and then counted (see [`RateLimitedWarn`]).

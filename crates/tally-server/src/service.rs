@@ -1,6 +1,7 @@
 //! [`HostService`]: the sans-I/O session, the store and the clock, handling one frame at a time.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -8,9 +9,42 @@ use tally_core::host::{HostSession, Outcome};
 use tally_core::time::Clock;
 use tally_proto::ResultCode;
 use tally_store::{PoolCount, Store, StoreError};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::{EVENT_ACTIVATION_REQUEST, ServerError};
+
+/// The `tracing` target of the per-request line (event 12290 at debug level): enable it with
+/// `--log info,tally::requests=debug`. The durable event log has every request anyway (R27).
+pub const REQUEST_LOG_TARGET: &str = "tally::requests";
+
+/// Activation requests answered since the last [`HostService::take_summary`], by outcome: what
+/// the host logs once a minute instead of one line per request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Answered with a count at or above the edition's threshold.
+    pub activated: u64,
+    /// Answered with a count still below the threshold (R2).
+    pub below_threshold: u64,
+    /// Refused (unknown edition, pool mismatch, edition not covered).
+    pub refused: u64,
+    /// Answered `storage_failure`: nothing was stored.
+    pub storage_failure: u64,
+}
+
+impl Summary {
+    /// All requests in the summary.
+    pub fn total(&self) -> u64 {
+        self.activated + self.below_threshold + self.refused + self.storage_failure
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    activated: AtomicU64,
+    below_threshold: AtomicU64,
+    refused: AtomicU64,
+    storage_failure: AtomicU64,
+}
 
 /// What to send back for one frame.
 #[derive(Debug)]
@@ -27,6 +61,7 @@ pub struct HostService {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     commit_timeout: Duration,
+    tally: Tally,
 }
 
 /// How long a request waits for its commit before the client is told `storage_failure`: well
@@ -56,6 +91,7 @@ impl HostService {
             store,
             clock,
             commit_timeout: DEFAULT_COMMIT_TIMEOUT,
+            tally: Tally::default(),
         })
     }
 
@@ -90,6 +126,17 @@ impl HostService {
     /// Live counts per pool, as stored (for a fleet: the fleet's counts).
     pub async fn counts(&self) -> Result<Vec<PoolCount>, StoreError> {
         self.store.pool_counts(self.clock.now()).await
+    }
+
+    /// The requests answered since the last call, by outcome (and starts counting anew).
+    pub fn take_summary(&self) -> Summary {
+        let take = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
+        Summary {
+            activated: take(&self.tally.activated),
+            below_threshold: take(&self.tally.below_threshold),
+            refused: take(&self.tally.refused),
+            storage_failure: take(&self.tally.storage_failure),
+        }
     }
 
     /// Handles one frame from `peer`. The reply to an activation is sent only after its
@@ -153,14 +200,26 @@ impl HostService {
                 };
                 // A success whose count is still below the edition's threshold (R2) is not an
                 // activation: logs and metrics call it what it is.
-                let result_name = if result == ResultCode::SUCCESS && count < u32::from(threshold) {
+                let below = result == ResultCode::SUCCESS && count < u32::from(threshold);
+                let result_name = if below {
                     "below_threshold"
                 } else {
                     result.name().unwrap_or("unknown")
                 };
+                let bucket = match result {
+                    ResultCode::SUCCESS if below => &self.tally.below_threshold,
+                    ResultCode::SUCCESS => &self.tally.activated,
+                    ResultCode::STORAGE_FAILURE => &self.tally.storage_failure,
+                    _ => &self.tally.refused,
+                };
+                bucket.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("tally_requests_total", "result" => result_name).increment(1);
-                // R27: event 12290 for each activation request, with machine name and time.
-                info!(
+                // R27: event 12290 for each activation request, with machine name and time, is
+                // the durable event row written in the commit; this line is its debug echo
+                // (one line per request would cost more CPU than the request: ARCHITECTURE.md
+                // "Where the time goes"). The host logs a summary once a minute instead.
+                debug!(
+                    target: REQUEST_LOG_TARGET,
                     event_id = EVENT_ACTIVATION_REQUEST,
                     machine = %machine,
                     %cmid,

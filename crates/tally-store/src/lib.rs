@@ -175,7 +175,8 @@ pub struct RegistryPage {
     pub offset: u64,
     /// Rows to return at most.
     pub limit: u32,
-    /// Only machines whose name contains this text (case-insensitive).
+    /// Only machines whose name starts with this text (case-insensitive; ASCII case folding in
+    /// SQLite, Unicode lower case in PostgreSQL).
     pub search: Option<String>,
     /// Order.
     pub sort: RegistrySort,
@@ -313,8 +314,19 @@ pub trait Store: Send + Sync + 'static {
     /// Number of clients in the registry (matching `search` when given).
     async fn registry_len(&self) -> Result<u64, StoreError>;
 
-    /// Number of clients whose machine name contains `search`.
+    /// Number of clients whose machine name starts with `search` (all clients for `None`).
     async fn registry_count(&self, search: Option<String>) -> Result<u64, StoreError>;
+
+    /// The clients seen in `[from, to)` (last seen at or after `from`, first seen before `to`),
+    /// in CMID order after `after`, at most `limit`: a keyset page, so reading a whole period
+    /// (a compliance report, R6) is one pass over the registry at any size.
+    async fn registry_in_period(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<RegistryEntry>, StoreError>;
 
     /// Appends events to the log (durable when it returns, like [`Store::commit`]).
     async fn record_events(&self, events: Vec<Event>) -> Result<(), StoreError>;
@@ -345,6 +357,17 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// R27: the 12290 event of an activation request, as every backend writes it.
+/// A registry search's bounds: names from `lo` (inclusive) to `hi` (exclusive) are those that
+/// start with the search text, in a byte order where U+10FFFF sorts after every other character
+/// (SQLite's NOCASE, PostgreSQL's "C" collation on `lower()`). `(None, None)`: no search. An
+/// empty search is no search.
+pub(crate) fn prefix_bounds(search: Option<&str>) -> (Option<String>, Option<String>) {
+    match search {
+        Some(s) if !s.is_empty() => (Some(s.to_owned()), Some(format!("{s}\u{10FFFF}"))),
+        _ => (None, None),
+    }
+}
+
 pub(crate) fn activation_event(changes: &Changes) -> Event {
     let r = &changes.registry;
     Event {

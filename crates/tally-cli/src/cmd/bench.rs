@@ -26,7 +26,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tally_core::{Catalog, EditionKind};
+use tally_core::Catalog;
 use tally_proto::{ActivationRequest, LicenseState, MAX_FRAME, MachineName, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,6 +34,8 @@ use tokio::time::timeout;
 use uuid::Uuid;
 
 use crate::output::{Table, json};
+
+mod seed;
 use tally_client::ops::with_default_port;
 
 /// `tally bench` options.
@@ -45,7 +47,7 @@ pub struct BenchArgs {
         long,
         value_name = "HOST:PORT",
         value_delimiter = ',',
-        required_unless_present = "baseline_server"
+        required_unless_present_any = ["baseline_server", "seed_registry"]
     )]
     host: Vec<String>,
     /// Distinct CMIDs to cycle through.
@@ -66,9 +68,25 @@ pub struct BenchArgs {
     /// First run the same load against a trivial 250-byte echo server and report the ratio.
     #[arg(long)]
     baseline: bool,
-    /// Edition SKU to request [default: the catalog's first server edition].
+    /// Edition SKU to request [default: the bench edition, which the host counts in a pool of
+    /// its own that no listing or compliance report shows; the host must accept it:
+    /// `--accept-bench`, on with `--dev`]. A real edition's SKU adds the bench's machines to
+    /// that edition's count, registry and reports.
     #[arg(long)]
     sku: Option<Uuid>,
+    /// Instead of a load: add this many synthetic machines to the registry of a new data
+    /// directory (`--data-dir`, which must have no database yet), then time a registry page,
+    /// search and count on it. Start a host on it afterwards to bench at that scale.
+    #[arg(
+        long,
+        value_name = "ROWS",
+        requires = "data_dir",
+        conflicts_with = "host"
+    )]
+    seed_registry: Option<u64>,
+    /// The data directory `--seed-registry` creates.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
     /// Process id of a host, to report its peak memory and CPU time per request (Linux);
     /// repeat for a fleet.
     #[arg(long, value_delimiter = ',')]
@@ -363,17 +381,31 @@ async fn baseline_server() -> anyhow::Result<(SocketAddr, tokio::task::JoinHandl
     Ok((addr, handle))
 }
 
+/// What the bench asks for: its SKU, pool and threshold.
+struct Asked {
+    sku: Uuid,
+    pool: Uuid,
+    threshold: u16,
+}
+
 fn request_frames(args: &BenchArgs) -> anyhow::Result<Vec<Vec<u8>>> {
     let catalog = Catalog::demo();
     let edition = match args.sku {
-        Some(sku) => catalog
-            .edition(sku)
-            .with_context(|| format!("sku {sku} is not in the catalog"))?,
-        None => catalog
-            .editions()
-            .iter()
-            .find(|e| e.kind == EditionKind::Server)
-            .context("the catalog has no server edition")?,
+        Some(sku) => {
+            let e = catalog
+                .edition(sku)
+                .with_context(|| format!("sku {sku} is not in the demo catalog"))?;
+            Asked {
+                sku: e.sku,
+                pool: e.pool,
+                threshold: e.threshold,
+            }
+        }
+        None => Asked {
+            sku: tally_core::bench::SKU,
+            pool: tally_core::bench::POOL,
+            threshold: tally_core::bench::THRESHOLD,
+        },
     };
     let clients = args.clients.max(1);
     Ok((0..clients)
@@ -453,6 +485,9 @@ async fn resolve(hosts: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.baseline_server {
         return serve_baseline_only().await;
+    }
+    if let (Some(rows), Some(dir)) = (args.seed_registry, args.data_dir.as_deref()) {
+        return seed::run(rows, dir, args.json).await;
     }
     let addrs = resolve(&args.host).await?;
     if args.concurrency == 0 || args.concurrency > 4096 {
@@ -539,6 +574,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             for (kind, n) in &r.errors_by_kind {
                 println!("  {}: {n} x {kind}", r.target);
             }
+        }
+        if args.sku.is_none()
+            && reports
+                .iter()
+                .any(|r| r.errors_by_kind.contains_key("host result unknown_edition"))
+        {
+            println!(
+                "  the host does not answer the bench edition: start it with --accept-bench \
+                 (on with --dev; `accept_bench = true` in its config), or pass --sku of a real \
+                 edition (its machines then appear in that edition's registry and reports)"
+            );
         }
         if let Some(ratio) = ratio {
             println!("host / baseline throughput: {ratio:.2}");

@@ -89,6 +89,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Intervals::default(),
         &tally_host::store::Storage::default(),
         Arc::clone(&clock),
+        false,
     )
     .await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -41,12 +41,44 @@ fn client_activate(root: &Path, name: &str, key: &str, host: &HostProcess) -> (O
     )
 }
 
+// R27 and the on-call admin's log: by default a host writes no line per request (the durable
+// event log has each one) but a summary of what it answered, here the one flushed at shutdown.
+#[test]
+fn a_default_host_logs_a_summary_not_a_line_per_request() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    for i in 0..3 {
+        let (code, v) = client_activate(tmp.path(), &format!("quiet{i}"), WORKSTATION_PRO, &host);
+        assert_eq!(code, Some(2), "below the threshold: {v}");
+    }
+    assert!(host.terminate(Duration::from_secs(10)).is_some());
+    assert!(
+        host.wait_for_log("activation requests answered", Duration::from_secs(5)),
+        "{}",
+        host.stderr()
+    );
+    let log = host.stderr();
+    assert!(
+        log.contains("requests=3") && log.contains("below_threshold=3"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("machine=quiet"),
+        "no per-request line by default: {log}"
+    );
+}
+
 // R2, R3 across real processes: three client installs count 1, 2, 3 (not activated), a server
 // gets 4 (not activated, needs 5), the next server gets 5 (activated), clients from 25.
 #[test]
 fn r3_count_sequence_with_real_host_and_client_processes() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    // The per-request log lines are opt-in (debug level on their own target).
+    let host = HostProcess::start_dev(
+        bin(),
+        &tmp.path().join("host"),
+        &["--log", "info,tally::requests=debug"],
+    );
     let mut seen = Vec::new();
     for (i, key) in [
         WORKSTATION_PRO,

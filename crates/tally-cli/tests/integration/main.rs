@@ -8,6 +8,7 @@ mod admin;
 mod admin_day;
 mod authority;
 mod authority_pg;
+mod bench;
 mod cli;
 mod dns;
 mod embedding;

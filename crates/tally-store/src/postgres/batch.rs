@@ -30,9 +30,9 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::sql::{
-    CREATE_POOL, DELETE_ENTRIES, EventRows, INSERT_EVENTS, LOCK_POOL, PoolDiff, READ_ENTRIES,
-    RefusalRows, RegistryRows, UPDATE_CAPACITY, UPDATE_REGISTRY, UPSERT_ENTRIES, UPSERT_REFUSALS,
-    UPSERT_REGISTRY,
+    BENCH_REGISTRY_WRITES, CREATE_POOL, DELETE_ENTRIES, EventRows, INSERT_EVENTS, LOCK_POOL,
+    PoolDiff, READ_ENTRIES, REGISTRY_WRITES, RefusalRows, RegistryRows, UPDATE_CAPACITY,
+    UPSERT_ENTRIES, UPSERT_REFUSALS,
 };
 use super::{MAX_BATCH, backend, pool_error};
 use crate::health::Health;
@@ -76,7 +76,9 @@ impl RegistrySize {
     async fn refresh(&mut self, client: &tokio_postgres::Client) -> Result<(), StoreError> {
         let estimate: f32 = client
             .query_one(
-                "SELECT reltuples FROM pg_class WHERE oid = 'registry'::regclass",
+                "SELECT greatest(reltuples, 0) + (SELECT greatest(reltuples, 0) FROM pg_class
+                     WHERE oid = 'bench_registry'::regclass)
+                 FROM pg_class WHERE oid = 'registry'::regclass",
                 &[],
             )
             .await
@@ -84,7 +86,10 @@ impl RegistrySize {
             .get(0);
         self.estimate = if estimate < EXACT_BELOW {
             let n: i64 = client
-                .query_one("SELECT count(*) FROM registry", &[])
+                .query_one(
+                    "SELECT (SELECT count(*) FROM registry) + (SELECT count(*) FROM bench_registry)",
+                    &[],
+                )
                 .await
                 .map_err(backend("count registry"))?
                 .get(0);
@@ -167,6 +172,7 @@ pub(super) struct Statements {
     pub(super) delete_entries: tokio_postgres::Statement,
     pub(super) upsert_entries: tokio_postgres::Statement,
     pub(super) registry: tokio_postgres::Statement,
+    pub(super) bench_registry: tokio_postgres::Statement,
     pub(super) events: tokio_postgres::Statement,
     pub(super) refusals: tokio_postgres::Statement,
 }
@@ -183,9 +189,15 @@ async fn prepare(client: &Object, may_insert: bool) -> Result<Statements, StoreE
         delete_entries: p(DELETE_ENTRIES).await?,
         upsert_entries: p(UPSERT_ENTRIES).await?,
         registry: p(if may_insert {
-            UPSERT_REGISTRY
+            REGISTRY_WRITES.0
         } else {
-            UPDATE_REGISTRY
+            REGISTRY_WRITES.1
+        })
+        .await?,
+        bench_registry: p(if may_insert {
+            BENCH_REGISTRY_WRITES.0
+        } else {
+            BENCH_REGISTRY_WRITES.1
         })
         .await?,
         events: p(INSERT_EVENTS).await?,
@@ -271,7 +283,8 @@ async fn commit_batch(
         .iter()
         .filter_map(|p| Some(PoolDiff::new(before.get(p)?, tables.pool(*p)?)))
         .collect();
-    let registry = RegistryRows::new(batch, served_by);
+    let registry = RegistryRows::new(batch, served_by, false);
+    let bench = RegistryRows::new(batch, served_by, true);
     let event_rows = EventRows::new(&events, served_by);
     let refusal_rows = RefusalRows::new(&refusals);
     let mut writes: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
@@ -280,6 +293,9 @@ async fn commit_batch(
     }
     if !registry.cmid.is_empty() {
         writes.push((&st.registry, registry.params()));
+    }
+    if !bench.cmid.is_empty() {
+        writes.push((&st.bench_registry, bench.params()));
     }
     if !event_rows.at.is_empty() {
         writes.push((&st.events, event_rows.params()));
@@ -293,30 +309,34 @@ async fn commit_batch(
     )
     .await;
     // Any failed write aborted the transaction, so the COMMIT rolled it back.
-    let mut registry_out: Option<Vec<Row>> = None;
+    // The registry statements' rows: one per machine written, `true` if it was new.
+    let mut registry_out: Vec<Row> = Vec::new();
     for (i, w) in written.into_iter().enumerate() {
         let rows = w.map_err(backend("write"))?;
-        if std::ptr::eq(writes[i].0, &st.registry) {
-            registry_out = Some(rows);
+        if std::ptr::eq(writes[i].0, &st.registry) || std::ptr::eq(writes[i].0, &st.bench_registry)
+        {
+            registry_out.extend(rows);
         }
     }
     committed.map_err(backend("commit"))?;
 
-    let inserted = registry_out
-        .iter()
-        .flatten()
-        .filter(|r| r.get::<_, bool>(0))
-        .count() as u64;
-    let answered = registry_out.as_ref().map_or(0, Vec::len);
+    let inserted = registry_out.iter().filter(|r| r.get::<_, bool>(0)).count() as u64;
+    // The cap bounds storage: the bench pool's machines count towards it too.
     size.estimate += inserted;
-    let skipped = answered < registry.cmid.len();
+    let skipped = registry_out.len() < registry.cmid.len() + bench.cmid.len();
     if skipped && !size.full.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             cap = size.cap,
             "registry full: new machines are counted but not registered (event 1005)"
         );
         // Event 1005 in a transaction of its own: once, not per request.
-        let at = registry.last_seen.iter().max().copied().unwrap_or(0);
+        let at = registry
+            .last_seen
+            .iter()
+            .chain(&bench.last_seen)
+            .max()
+            .copied()
+            .unwrap_or(0);
         let event = crate::registry_full_event(Timestamp(at), size.cap);
         let rows = EventRows::new(std::slice::from_ref(&event), served_by);
         let _ = client.query(&st.events, &rows.params()).await;

@@ -39,7 +39,10 @@ use crate::{
 pub const MAX_BATCH: usize = 512;
 
 /// The host schema's migrations, in order.
-pub const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_registry_scale.sql"),
+];
 
 /// The advisory lock key that serialises the host schema's migrations across processes.
 pub const MIGRATION_LOCK: i64 = 0x7461_6c6c_7901; // "tally" + 1
@@ -236,8 +239,14 @@ fn registry_row(r: &tokio_postgres::Row) -> RegistryEntry {
     }
 }
 
-fn search_pattern(search: Option<String>) -> Option<String> {
-    search.map(|s| s.to_lowercase())
+/// A search: lower-cased machine names from `$3` (inclusive) to `$4` (exclusive) in byte
+/// order, by the `registry_machine` index. Without a search the query has no condition (an
+/// `IS NULL OR …` would keep a generic plan from using the index).
+const NAME_PREFIX: &str =
+    "WHERE lower(machine_name) COLLATE \"C\" >= $3 AND lower(machine_name) COLLATE \"C\" < $4";
+
+fn search_bounds(search: Option<String>) -> (Option<String>, Option<String>) {
+    crate::prefix_bounds(search.map(|s| s.to_lowercase()).as_deref())
 }
 
 #[async_trait]
@@ -292,6 +301,8 @@ impl Store for PgStore {
             .map_err(backend("read pools"))?;
         Ok(rows
             .iter()
+            // The bench pool is counted like any pool but shown nowhere (tally_core::bench).
+            .filter(|r| !tally_core::bench::is_bench_pool(r.get(0)))
             .map(|r| PoolCount {
                 pool: r.get(0),
                 capacity: r.get::<_, i32>(1).max(0) as u32,
@@ -307,23 +318,54 @@ impl Store for PgStore {
     async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError> {
         let order = match page.sort {
             RegistrySort::LastSeen => "last_seen DESC, cmid",
-            RegistrySort::Machine => "lower(machine_name), cmid",
+            RegistrySort::Machine => "lower(machine_name) COLLATE \"C\", cmid",
             RegistrySort::FirstSeen => "first_seen, cmid",
         };
         // The order comes from a closed enum, never from the request text.
-        let sql = format!(
-            "SELECT {REGISTRY_COLUMNS} FROM registry
-             WHERE ($3::text IS NULL OR strpos(lower(machine_name), $3) > 0)
-             ORDER BY {order} LIMIT $1 OFFSET $2"
-        );
         let limit = i64::from(page.limit);
         let offset = i64::try_from(page.offset).unwrap_or(i64::MAX);
-        let search = search_pattern(page.search);
-        let params: [&(dyn ToSql + Sync); 3] = [&limit, &offset, &search];
+        let (lo, hi) = search_bounds(page.search);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limit, &offset];
+        let filter = match (&lo, &hi) {
+            (Some(lo), Some(hi)) => {
+                params.extend([lo as &(dyn ToSql + Sync), hi]);
+                NAME_PREFIX
+            }
+            _ => "",
+        };
+        let sql = format!(
+            "SELECT {REGISTRY_COLUMNS} FROM registry {filter}
+             ORDER BY {order} LIMIT $1 OFFSET $2"
+        );
         let rows = self
             .client()
             .await?
             .query(sql.as_str(), &params)
+            .await
+            .map_err(backend("read registry"))?;
+        Ok(rows.iter().map(registry_row).collect())
+    }
+
+    async fn registry_in_period(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<RegistryEntry>, StoreError> {
+        let sql = format!(
+            "SELECT {REGISTRY_COLUMNS} FROM registry
+             WHERE ($1::uuid IS NULL OR cmid > $1) AND last_seen >= $2 AND first_seen < $3
+             ORDER BY cmid LIMIT $4"
+        );
+        let limit = i64::from(limit);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                sql.as_str(),
+                &[&after, &from.millis(), &to.millis(), &limit],
+            )
             .await
             .map_err(backend("read registry"))?;
         Ok(rows.iter().map(registry_row).collect())
@@ -345,18 +387,19 @@ impl Store for PgStore {
     }
 
     async fn registry_count(&self, search: Option<String>) -> Result<u64, StoreError> {
-        let search = search_pattern(search);
-        let n: i64 = self
-            .client()
-            .await?
-            .query_one(
-                "SELECT count(*) FROM registry
-                 WHERE ($1::text IS NULL OR strpos(lower(machine_name), $1) > 0)",
-                &[&search],
-            )
-            .await
-            .map_err(backend("count registry"))?
-            .get(0);
+        let client = self.client().await?;
+        let counted = match search_bounds(search) {
+            (Some(lo), Some(hi)) => {
+                // The page's condition, with the bounds as $1 and $2.
+                let sql = format!(
+                    "SELECT count(*) FROM registry {}",
+                    NAME_PREFIX.replace("$3", "$1").replace("$4", "$2")
+                );
+                client.query_one(sql.as_str(), &[&lo, &hi]).await
+            }
+            _ => client.query_one("SELECT count(*) FROM registry", &[]).await,
+        };
+        let n: i64 = counted.map_err(backend("count registry"))?.get(0);
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -422,12 +465,16 @@ impl Store for PgStore {
         let n = self
             .client()
             .await?
-            .execute(
-                "DELETE FROM registry WHERE last_seen < $1",
+            .query_one(
+                "WITH r AS (DELETE FROM registry WHERE last_seen < $1 RETURNING 1),
+                      b AS (DELETE FROM bench_registry WHERE last_seen < $1 RETURNING 1)
+                 SELECT (SELECT count(*) FROM r) + (SELECT count(*) FROM b)",
                 &[&before.millis()],
             )
             .await
-            .map_err(backend("prune registry"))?;
+            .map_err(backend("prune registry"))?
+            .get::<_, i64>(0);
+        let n = u64::try_from(n).unwrap_or(0);
         self.full.store(false, Ordering::Relaxed);
         // The next batch counts again.
         self.stale.store(true, Ordering::Relaxed);

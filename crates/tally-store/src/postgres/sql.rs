@@ -83,7 +83,8 @@ pub(super) struct RegistryRows {
 }
 
 impl RegistryRows {
-    pub(super) fn new(batch: &[Job], served_by: &str) -> Self {
+    /// The rows of the bench pool's machines when `bench`, of every other machine otherwise.
+    pub(super) fn new(batch: &[Job], served_by: &str, bench: bool) -> Self {
         let mut index: HashMap<Uuid, usize> = HashMap::new();
         let mut rows = Self {
             cmid: Vec::new(),
@@ -107,6 +108,9 @@ impl RegistryRows {
                 continue; // refusals are aggregated, not registered
             }
             let r = &c.registry;
+            if tally_core::bench::is_bench_pool(r.pool) != bench {
+                continue;
+            }
             let at = r.seen_at.millis();
             let count = i32::try_from(r.count).unwrap_or(i32::MAX);
             if let Some(&i) = index.get(&r.cmid) {
@@ -248,30 +252,48 @@ pub(super) const UPSERT_ENTRIES: &str = "INSERT INTO pool_entries (pool, cmid, l
      SELECT $1, c, s FROM unnest($2::uuid[], $3::int8[]) AS t (c, s)
      ON CONFLICT (pool, cmid) DO UPDATE SET last_seen = EXCLUDED.last_seen";
 
-pub(super) const UPSERT_REGISTRY: &str =
-    "INSERT INTO registry (cmid, machine_name, sku, pool, license_state,
+/// The registry writes of a batch, on `registry` or (the bench pool's machines) on
+/// `bench_registry`: the same statements, so a bench request costs what a real one does.
+macro_rules! registry_writes {
+    ($table:literal) => {
+        (
+            concat!(
+                "INSERT INTO ",
+                $table,
+                " AS r (cmid, machine_name, sku, pool, license_state,
          first_seen, last_seen, last_result, last_count, activated, requests, served_by)
      SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::int2[],
          $6::int8[], $7::int8[], $8::int8[], $9::int4[], $10::bool[], $11::int8[], $12::text[])
      ON CONFLICT (cmid) DO UPDATE SET
          machine_name = EXCLUDED.machine_name, sku = EXCLUDED.sku, pool = EXCLUDED.pool,
          license_state = EXCLUDED.license_state,
-         last_seen = GREATEST(registry.last_seen, EXCLUDED.last_seen),
+         last_seen = GREATEST(r.last_seen, EXCLUDED.last_seen),
          last_result = EXCLUDED.last_result, last_count = EXCLUDED.last_count,
-         activated = EXCLUDED.activated, requests = registry.requests + EXCLUDED.requests,
+         activated = EXCLUDED.activated, requests = r.requests + EXCLUDED.requests,
          served_by = EXCLUDED.served_by
-     RETURNING (xmax = 0)";
-
-/// At the cap: machines already registered are updated, new ones are not added.
-pub(super) const UPDATE_REGISTRY: &str =
-    "UPDATE registry r SET machine_name = u.m, sku = u.s, pool = u.p,
+     RETURNING (xmax = 0)"
+            ),
+            // At the cap: machines already registered are updated, new ones are not added.
+            concat!(
+                "UPDATE ",
+                $table,
+                " r SET machine_name = u.m, sku = u.s, pool = u.p,
          license_state = u.ls, last_seen = GREATEST(r.last_seen, u.l), last_result = u.res,
          last_count = u.n, activated = u.a, requests = r.requests + u.q, served_by = u.h
      FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::int2[], $6::int8[],
          $7::int8[], $8::int8[], $9::int4[], $10::bool[], $11::int8[], $12::text[])
          AS u (c, m, s, p, ls, f, l, res, n, a, q, h)
      WHERE r.cmid = u.c
-     RETURNING false";
+     RETURNING false"
+            ),
+        )
+    };
+}
+
+/// (upsert, update at the cap) on `registry`.
+pub(super) const REGISTRY_WRITES: (&str, &str) = registry_writes!("registry");
+/// The same on `bench_registry`.
+pub(super) const BENCH_REGISTRY_WRITES: (&str, &str) = registry_writes!("bench_registry");
 
 pub(super) const INSERT_EVENTS: &str =
     "INSERT INTO events (at, event_id, level, message, data, host)

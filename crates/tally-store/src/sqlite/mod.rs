@@ -30,7 +30,10 @@ use crate::{
     StoreError, StoreOptions,
 };
 
+mod seed;
 mod writer;
+
+pub use seed::{SeedProgress, seed_registry};
 
 pub use writer::MAX_BATCH;
 use writer::{Answer, Job, Work, Writer};
@@ -42,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_events.sql"),
     include_str!("../../migrations/sqlite/0003_refusals.sql"),
+    include_str!("../../migrations/sqlite/0004_registry_scale.sql"),
 ];
 
 /// How hard commits go to disk.
@@ -317,6 +321,12 @@ fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
     })
 }
 
+/// A search: machine names from `:lo` (inclusive) to `:hi` (exclusive), case-insensitive, by
+/// the `registry_name` index (see [`crate::prefix_bounds`]). Without a search the query has no
+/// condition at all: an `:lo IS NULL OR …` would keep SQLite from using the index.
+const NAME_PREFIX: &str =
+    "WHERE machine_name COLLATE NOCASE >= :lo AND machine_name COLLATE NOCASE < :hi";
+
 const REGISTRY_COLUMNS: &str = "cmid, machine_name, sku, pool, first_seen, last_seen, last_result, last_count, activated, requests";
 
 fn registry_row(row: &Row<'_>) -> rusqlite::Result<RegistryEntry> {
@@ -347,6 +357,8 @@ impl Store for SqliteStore {
         Ok(tables
             .summary(now)
             .into_iter()
+            // The bench pool is counted like any pool but shown nowhere (tally_core::bench).
+            .filter(|(pool, _, _)| !tally_core::bench::is_bench_pool(*pool))
             .map(|(pool, count, capacity)| PoolCount {
                 pool,
                 count,
@@ -442,20 +454,29 @@ impl Store for SqliteStore {
 
     async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError> {
         self.read(move |conn| {
+            // Ties are broken by rowid, so each order is one index scan (covering while rows
+            // are skipped: a deep offset does not read the rows it skips).
             let order = match page.sort {
-                RegistrySort::LastSeen => "last_seen DESC, cmid",
-                RegistrySort::Machine => "machine_name COLLATE NOCASE, cmid",
-                RegistrySort::FirstSeen => "first_seen, cmid",
+                RegistrySort::LastSeen => "last_seen DESC, rowid DESC",
+                RegistrySort::Machine => "machine_name COLLATE NOCASE, rowid",
+                RegistrySort::FirstSeen => "first_seen, rowid",
             };
-            // The order comes from a closed enum, never from the request text.
+            // The order comes from a closed enum, never from the request text. Each order and
+            // the prefix search are answered from an index (migration 0004).
+            let (lo, hi) = crate::prefix_bounds(page.search.as_deref());
+            let filter = if lo.is_some() { NAME_PREFIX } else { "" };
             let sql = format!(
-                "SELECT {REGISTRY_COLUMNS} FROM registry WHERE (?3 IS NULL OR instr(lower(machine_name), lower(?3)) > 0)
-                 ORDER BY {order} LIMIT ?1 OFFSET ?2"
+                "SELECT {REGISTRY_COLUMNS} FROM registry {filter}
+                 ORDER BY {order} LIMIT :limit OFFSET :offset"
             );
+            let offset = page.offset as i64;
+            let mut bound: Vec<(&str, &dyn rusqlite::ToSql)> =
+                vec![(":limit", &page.limit), (":offset", &offset)];
+            if let (Some(lo), Some(hi)) = (&lo, &hi) {
+                bound.extend([(":lo", lo as &dyn rusqlite::ToSql), (":hi", hi)]);
+            }
             conn.prepare_cached(&sql)
-                .and_then(|mut s| {
-                    s.query_map(params![page.limit, page.offset as i64, page.search], registry_row)?.collect()
-                })
+                .and_then(|mut s| s.query_map(bound.as_slice(), registry_row)?.collect())
                 .map_err(backend("read registry"))
         })
         .await
@@ -463,13 +484,46 @@ impl Store for SqliteStore {
 
     async fn registry_count(&self, search: Option<String>) -> Result<u64, StoreError> {
         self.read(move |conn| {
-            conn.query_row(
-                "SELECT count(*) FROM registry WHERE (?1 IS NULL OR instr(lower(machine_name), lower(?1)) > 0)",
-                params![search],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)
-            .map_err(backend("count registry"))
+            let counted = match crate::prefix_bounds(search.as_deref()) {
+                (Some(lo), Some(hi)) => conn.query_row(
+                    &format!("SELECT count(*) FROM registry {NAME_PREFIX}"),
+                    rusqlite::named_params! { ":lo": lo, ":hi": hi },
+                    |r| r.get::<_, i64>(0),
+                ),
+                _ => conn.query_row("SELECT count(*) FROM registry", [], |r| r.get(0)),
+            };
+            counted.map(|n| n as u64).map_err(backend("count registry"))
+        })
+        .await
+    }
+
+    async fn registry_in_period(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<RegistryEntry>, StoreError> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {REGISTRY_COLUMNS} FROM registry
+                 WHERE (:after IS NULL OR cmid > :after) AND last_seen >= :from AND first_seen < :to
+                 ORDER BY cmid LIMIT :limit"
+            );
+            conn.prepare_cached(&sql)
+                .and_then(|mut s| {
+                    s.query_map(
+                        rusqlite::named_params! {
+                            ":after": after.as_ref().map(|u| u.as_bytes().to_vec()),
+                            ":from": from.millis(),
+                            ":to": to.millis(),
+                            ":limit": limit,
+                        },
+                        registry_row,
+                    )?
+                    .collect()
+                })
+                .map_err(backend("read registry"))
         })
         .await
     }

@@ -152,13 +152,16 @@ impl Writer {
                 .map(|n| Answer::Deleted(n as u64))
                 .map_err(backend("prune events")),
             Work::PruneRegistry(before) => {
-                let deleted = self
-                    .conn
-                    .execute(
-                        "DELETE FROM registry WHERE last_seen < ?1",
-                        params![before.millis()],
-                    )
-                    .map(|n| n as u64)
+                let deleted = ["registry", "bench_registry"]
+                    .iter()
+                    .try_fold(0u64, |sum, table| {
+                        self.conn
+                            .execute(
+                                &format!("DELETE FROM {table} WHERE last_seen < ?1"),
+                                params![before.millis()],
+                            )
+                            .map(|n| sum + n as u64)
+                    })
                     .map_err(backend("prune registry"));
                 if let (Ok(n), Some(len)) = (&deleted, self.registry_len.as_mut()) {
                     *len = len.saturating_sub(*n);
@@ -183,8 +186,13 @@ impl Writer {
         };
         let registry_len = match self.registry_len {
             Some(n) => n,
+            // The cap bounds storage: bench machines count towards it too.
             None => tx
-                .query_row("SELECT count(*) FROM registry", [], |r| r.get::<_, i64>(0))
+                .query_row(
+                    "SELECT (SELECT count(*) FROM registry) + (SELECT count(*) FROM bench_registry)",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
                 .map(|n| n.max(0) as u64)
                 .map_err(backend("count registry"))?,
         };
@@ -299,43 +307,69 @@ enum RegistryWrite {
     Skipped,
 }
 
-/// Updates the machine's row, or adds it when `may_insert` (below the cap).
+/// The two registry tables' statements: the same SQL on `registry` and on `bench_registry`
+/// (a bench request does the same work as a real one, in a table no report reads).
+struct RegistrySql {
+    update: &'static str,
+    insert: &'static str,
+}
+
+macro_rules! registry_sql {
+    ($table:literal) => {
+        RegistrySql {
+            update: concat!(
+                "UPDATE ",
+                $table,
+                " SET machine_name = ?2, sku = ?3, pool = ?4, license_state = ?5,
+                 last_seen = max(last_seen, ?6), last_result = ?7, last_count = ?8,
+                 activated = ?9, requests = requests + 1
+             WHERE cmid = ?1"
+            ),
+            insert: concat!(
+                "INSERT INTO ",
+                $table,
+                " (cmid, machine_name, sku, pool, license_state, first_seen, last_seen,
+                               last_result, last_count, activated, requests)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, 1)"
+            ),
+        }
+    };
+}
+
+const REGISTRY: RegistrySql = registry_sql!("registry");
+const BENCH_REGISTRY: RegistrySql = registry_sql!("bench_registry");
+
+/// Updates the machine's row, or adds it when `may_insert` (below the cap). Machines of the
+/// bench pool go to `bench_registry`.
 fn write_registry(
     conn: &Connection,
     changes: &Changes,
     may_insert: bool,
 ) -> rusqlite::Result<RegistryWrite> {
     let r = &changes.registry;
-    let updated = conn
-        .prepare_cached(
-            "UPDATE registry SET machine_name = ?2, sku = ?3, pool = ?4, license_state = ?5,
-                 last_seen = max(last_seen, ?6), last_result = ?7, last_count = ?8,
-                 activated = ?9, requests = requests + 1
-             WHERE cmid = ?1",
-        )?
-        .execute(params![
-            r.cmid.as_bytes(),
-            r.machine_name,
-            r.sku.as_bytes(),
-            r.pool.as_bytes(),
-            r.license_state as u8,
-            r.seen_at.millis(),
-            r.result.0,
-            r.count,
-            r.activated,
-        ])?;
+    let sql = if tally_core::bench::is_bench_pool(r.pool) {
+        &BENCH_REGISTRY
+    } else {
+        &REGISTRY
+    };
+    let updated = conn.prepare_cached(sql.update)?.execute(params![
+        r.cmid.as_bytes(),
+        r.machine_name,
+        r.sku.as_bytes(),
+        r.pool.as_bytes(),
+        r.license_state as u8,
+        r.seen_at.millis(),
+        r.result.0,
+        r.count,
+        r.activated,
+    ])?;
     if updated > 0 {
         return Ok(RegistryWrite::Updated);
     }
     if !may_insert {
         return Ok(RegistryWrite::Skipped);
     }
-    conn.prepare_cached(
-        "INSERT INTO registry (cmid, machine_name, sku, pool, license_state, first_seen, last_seen,
-                               last_result, last_count, activated, requests)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, 1)",
-    )?
-    .execute(params![
+    conn.prepare_cached(sql.insert)?.execute(params![
         r.cmid.as_bytes(),
         r.machine_name,
         r.sku.as_bytes(),

@@ -195,6 +195,136 @@ pub async fn r6_registry_pages_search_and_entries(b: &impl Backend) {
     );
 }
 
+// R6 at scale (issue 14): a search is a case-insensitive prefix of the machine name, answered
+// from an index; the count agrees with the page.
+pub async fn r6_search_is_a_name_prefix_in_any_case(b: &impl Backend) {
+    let store = b.store();
+    for (n, name) in ["Lab-PC-7", "lab-pc-70", "LAB-server", "xlab-pc-7", "lab"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut c = request(n as u128, n as i64, 5);
+        c.registry.machine_name = name.to_owned();
+        store.commit(c).await.expect("commit");
+    }
+    let search = |text: &str| {
+        let store = Arc::clone(&store);
+        let text = text.to_owned();
+        async move {
+            let page = store
+                .registry(RegistryPage {
+                    limit: 10,
+                    search: Some(text.clone()),
+                    sort: RegistrySort::Machine,
+                    ..RegistryPage::default()
+                })
+                .await
+                .expect("search");
+            let count = store.registry_count(Some(text)).await.expect("count");
+            let names: Vec<String> = page.into_iter().map(|e| e.machine_name).collect();
+            assert_eq!(count, names.len() as u64, "{names:?}");
+            names
+        }
+    };
+    assert_eq!(search("lab-pc-7").await, ["Lab-PC-7", "lab-pc-70"]);
+    assert_eq!(
+        search("LAB").await.len(),
+        4,
+        "not xlab-pc-7: a prefix, not a substring"
+    );
+    assert_eq!(search("lab-s").await, ["LAB-server"]);
+    assert!(search("pc").await.is_empty());
+    assert_eq!(store.registry_count(None).await.expect("all"), 5);
+    assert_eq!(
+        store
+            .registry_count(Some(String::new()))
+            .await
+            .expect("empty"),
+        5
+    );
+}
+
+// R6 at scale (issue 14): a period is read in CMID-ordered keyset pages, so a compliance report
+// is one pass over the registry; clients outside the period are left out.
+pub async fn r6_a_period_is_read_in_keyset_pages(b: &impl Backend) {
+    let store = b.store();
+    for n in 0..7 {
+        store
+            .commit(request(n, n as i64 * 1000, 5))
+            .await
+            .expect("commit");
+    }
+    // Clients first seen at 1 s … 5 s and last seen at or after 1 s: n = 1..=5.
+    let (from, to) = (Timestamp(T0 + 1000), Timestamp(T0 + 5001));
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .registry_in_period(from, to, after, 2)
+            .await
+            .expect("period page");
+        assert!(page.len() <= 2);
+        after = page.last().map(|e| e.cmid);
+        seen.extend(page.iter().map(|e| e.cmid));
+        if page.len() < 2 {
+            break;
+        }
+    }
+    let want: Vec<Uuid> = (1..=5).map(|n| Uuid::from_u128(100 + n)).collect();
+    assert_eq!(seen, want);
+}
+
+// Issue 14: the bench edition's pool (tally_core::bench) is counted like any pool, so a bench
+// measures the real cost, but no listing, count, pool summary or period read shows it.
+pub async fn the_bench_pool_is_counted_but_never_listed_or_reported(b: &impl Backend) {
+    let store = b.store();
+    store.commit(request(1, 0, 5)).await.expect("real");
+    let mut counts = Vec::new();
+    for n in 0..3 {
+        let mut c = request(50 + n, n as i64, tally_core::bench::THRESHOLD);
+        if let Some(req) = c.counting.as_mut() {
+            req.pool = tally_core::bench::POOL;
+        }
+        c.registry.pool = tally_core::bench::POOL;
+        c.registry.machine_name = format!("bench-{n}");
+        counts.push(store.commit(c).await.expect("bench").count);
+    }
+    assert_eq!(counts, [1, 2, 3], "counted in a table of its own");
+    assert_eq!(store.registry_len().await.expect("len"), 1);
+    assert_eq!(store.registry_count(None).await.expect("count"), 1);
+    assert_eq!(
+        store
+            .registry_count(Some("bench".into()))
+            .await
+            .expect("search"),
+        0
+    );
+    let page = store
+        .registry(RegistryPage {
+            limit: 10,
+            ..RegistryPage::default()
+        })
+        .await
+        .expect("page");
+    assert_eq!(page.len(), 1);
+    assert_eq!(
+        store
+            .registry_in_period(Timestamp(0), Timestamp(i64::MAX), None, 100)
+            .await
+            .expect("period")
+            .len(),
+        1
+    );
+    let pools: Vec<Uuid> = count_of(&*store, 10).await.iter().map(|p| p.pool).collect();
+    assert_eq!(pools, [POOL], "the bench pool is in no summary");
+    // Retention prunes the bench machines with the others.
+    let pruned = store
+        .prune_registry(Timestamp(T0 + 1_000_000))
+        .await
+        .expect("prune");
+    assert_eq!(pruned, 4);
+}
+
 // Issue 12: refusals are counted per day, edition and result, never one row per machine: a
 // flood of requests for unknown editions from random machines adds one row, and nothing to the
 // registry or the event table; the edition of an unknown request is not kept.

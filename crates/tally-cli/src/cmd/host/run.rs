@@ -54,6 +54,11 @@ pub struct RunArgs {
     /// --dev a free loopback port]. It is printed and written to DATA_DIR/admin.addr.
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<SocketAddr>,
+    /// Answer `tally bench`'s synthetic edition, counted in a pool of its own that no listing,
+    /// count or compliance report shows [default: the config file's `accept_bench`; on with
+    /// --dev].
+    #[arg(long)]
+    accept_bench: bool,
 }
 
 /// `--durability`.
@@ -80,6 +85,7 @@ impl RunArgs {
             no_dns_publish: self.no_dns_publish,
             dev: self.dev,
             host_name: self.host_name.clone(),
+            accept_bench: self.accept_bench,
             ..self.dir.overrides()
         }
     }
