@@ -310,6 +310,9 @@ enum RegistryWrite {
 /// The two registry tables' statements: the same SQL on `registry` and on `bench_registry`
 /// (a bench request does the same work as a real one, in a table no report reads).
 struct RegistrySql {
+    /// A renewal of a machine whose name, edition and pool are unchanged (the common case): it
+    /// leaves the name index alone (SQLite rewrites the index entries of every column in SET).
+    renew: &'static str,
     update: &'static str,
     insert: &'static str,
 }
@@ -317,6 +320,13 @@ struct RegistrySql {
 macro_rules! registry_sql {
     ($table:literal) => {
         RegistrySql {
+            renew: concat!(
+                "UPDATE ",
+                $table,
+                " SET license_state = ?5, last_seen = max(last_seen, ?6), last_result = ?7,
+                 last_count = ?8, activated = ?9, requests = requests + 1
+             WHERE cmid = ?1 AND machine_name = ?2 AND sku = ?3 AND pool = ?4"
+            ),
             update: concat!(
                 "UPDATE ",
                 $table,
@@ -352,7 +362,7 @@ fn write_registry(
     } else {
         &REGISTRY
     };
-    let updated = conn.prepare_cached(sql.update)?.execute(params![
+    let values = params![
         r.cmid.as_bytes(),
         r.machine_name,
         r.sku.as_bytes(),
@@ -362,24 +372,16 @@ fn write_registry(
         r.result.0,
         r.count,
         r.activated,
-    ])?;
-    if updated > 0 {
-        return Ok(RegistryWrite::Updated);
+    ];
+    for update in [sql.renew, sql.update] {
+        if conn.prepare_cached(update)?.execute(values)? > 0 {
+            return Ok(RegistryWrite::Updated);
+        }
     }
     if !may_insert {
         return Ok(RegistryWrite::Skipped);
     }
-    conn.prepare_cached(sql.insert)?.execute(params![
-        r.cmid.as_bytes(),
-        r.machine_name,
-        r.sku.as_bytes(),
-        r.pool.as_bytes(),
-        r.license_state as u8,
-        r.seen_at.millis(),
-        r.result.0,
-        r.count,
-        r.activated,
-    ])?;
+    conn.prepare_cached(sql.insert)?.execute(values)?;
     Ok(RegistryWrite::Inserted)
 }
 
