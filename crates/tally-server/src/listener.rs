@@ -118,36 +118,38 @@ pub async fn run_admitted(
     );
     tracker.close();
     tracker.wait().await;
+    // The requests answered since the last summary, those in flight at shutdown included.
+    log_summary(&service.take_summary(), config.summary_interval);
     Ok(())
 }
 
 /// Logs, every `every`, how many activation requests were answered and how (one line for all
 /// of them, not one per request; the per-request lines are at debug level, see
-/// [`crate::REQUEST_LOG_TARGET`]). A quiet interval logs nothing; the last one is logged at
-/// shutdown.
+/// [`crate::REQUEST_LOG_TARGET`]). A quiet interval logs nothing. Ends at shutdown; the accept
+/// loop logs the last interval once the requests in flight are done.
 async fn log_summaries(service: Arc<HostService>, every: Duration, shutdown: CancellationToken) {
+    let every = every.max(Duration::from_secs(1));
     let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let last = tokio::select! {
-            _ = shutdown.cancelled() => true,
-            _ = ticks.tick() => false,
-        };
-        let s = service.take_summary();
-        if s.total() > 0 {
-            info!(
-                requests = s.total(),
-                activated = s.activated,
-                below_threshold = s.below_threshold,
-                refused = s.refused,
-                storage_failure = s.storage_failure,
-                seconds = every.as_secs(),
-                "activation requests answered (per-request lines: --log info,tally::requests=debug; all of them: tally host events --id 12290)"
-            );
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => log_summary(&service.take_summary(), every),
         }
-        if last {
-            return;
-        }
+    }
+}
+
+fn log_summary(s: &crate::Summary, every: Duration) {
+    if s.total() > 0 {
+        info!(
+            requests = s.total(),
+            activated = s.activated,
+            below_threshold = s.below_threshold,
+            refused = s.refused,
+            storage_failure = s.storage_failure,
+            seconds = every.as_secs(),
+            "activation requests answered (per-request lines: --log info,tally::requests=debug; all of them: tally host events --id 12290)"
+        );
     }
 }
 

@@ -248,6 +248,10 @@ pub const DEFAULT_REGISTRY_CAP: u64 = 10_000_000;
 /// Event id logged once when the registry reaches its cap.
 pub const EVENT_REGISTRY_FULL: u32 = 1005;
 
+/// A request for the bench edition (`tally_core::bench`): an activation request's event row
+/// (same fields as 12290) for a synthetic machine of `tally bench`.
+pub const EVENT_BENCH_REQUEST: u32 = 1006;
+
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
@@ -356,7 +360,6 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// R27: the 12290 event of an activation request, as every backend writes it.
 /// A registry search's bounds: names from `lo` (inclusive) to `hi` (exclusive) are those that
 /// start with the search text, in a byte order where U+10FFFF sorts after every other character
 /// (SQLite's NOCASE, PostgreSQL's "C" collation on `lower()`). `(None, None)`: no search. An
@@ -368,11 +371,18 @@ pub(crate) fn prefix_bounds(search: Option<&str>) -> (Option<String>, Option<Str
     }
 }
 
+/// R27: the 12290 event of an activation request, as every backend writes it; a request for the
+/// bench edition is the same row under [`EVENT_BENCH_REQUEST`], so that no dashboard series or
+/// `events --id 12290` counts synthetic machines.
 pub(crate) fn activation_event(changes: &Changes) -> Event {
     let r = &changes.registry;
     Event {
         at: r.seen_at,
-        event_id: 12290,
+        event_id: if tally_core::bench::is_bench_pool(r.pool) {
+            EVENT_BENCH_REQUEST
+        } else {
+            12290
+        },
         level: "info".into(),
         message: format!("activation request from {}", r.machine_name),
         data: serde_json::json!({

@@ -445,7 +445,12 @@ async fn dashboard_in_headless_chromium_matches_the_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_thresholds_storage_and_below_threshold() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    // The per-request lines (debug level, opt-in) name the result as the metrics do.
+    let host = HostProcess::start_dev(
+        bin(),
+        &tmp.path().join("host"),
+        &["--log", "info,tally::requests=debug"],
+    );
     for n in 0..5 {
         activate(tmp.path(), &format!("m{n}"), &host, &host.addr.to_string());
     }

@@ -353,19 +353,23 @@ impl Store for PgStore {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<RegistryEntry>, StoreError> {
+        // From the start or after a CMID: two statements, so each page is a range of the
+        // primary key in any plan (an `IS NULL OR` would not be, in a generic plan).
+        let after_cmid = if after.is_some() { "cmid > $4 AND" } else { "" };
         let sql = format!(
             "SELECT {REGISTRY_COLUMNS} FROM registry
-             WHERE ($1::uuid IS NULL OR cmid > $1) AND last_seen >= $2 AND first_seen < $3
-             ORDER BY cmid LIMIT $4"
+             WHERE {after_cmid} last_seen >= $1 AND first_seen < $2
+             ORDER BY cmid LIMIT $3"
         );
-        let limit = i64::from(limit);
+        let (from, to, limit) = (from.millis(), to.millis(), i64::from(limit));
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&from, &to, &limit];
+        if let Some(cmid) = &after {
+            params.push(cmid);
+        }
         let rows = self
             .client()
             .await?
-            .query(
-                sql.as_str(),
-                &[&after, &from.millis(), &to.millis(), &limit],
-            )
+            .query(sql.as_str(), &params)
             .await
             .map_err(backend("read registry"))?;
         Ok(rows.iter().map(registry_row).collect())

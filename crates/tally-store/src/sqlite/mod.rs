@@ -327,6 +327,53 @@ fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
 const NAME_PREFIX: &str =
     "WHERE machine_name COLLATE NOCASE >= :lo AND machine_name COLLATE NOCASE < :hi";
 
+/// Most matches of a search sorted in memory by SQLite; a search with more is answered by the
+/// order's index with the name condition as a filter (see [`page_sql`]).
+const SORT_AT_MOST: i64 = 20_000;
+
+/// How a page's search is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Search {
+    /// No search.
+    None,
+    /// By the name index (a range), then sorted if the order is not by name.
+    Indexed,
+    /// By the order's index, the name condition checked on each row (`+machine_name` keeps
+    /// SQLite off the name index): for searches with more than [`SORT_AT_MOST`] matches.
+    Filtered,
+}
+
+/// A registry page's SQL. Ties are broken by rowid, so each order is one index scan (covering
+/// while rows are skipped: a deep offset does not read the rows it skips). The order comes from
+/// a closed enum, never from the request text.
+fn page_sql(sort: RegistrySort, search: Search) -> String {
+    let order = match sort {
+        RegistrySort::LastSeen => "last_seen DESC, rowid DESC",
+        RegistrySort::Machine => "machine_name COLLATE NOCASE, rowid",
+        RegistrySort::FirstSeen => "first_seen, rowid",
+    };
+    let filter = match search {
+        Search::None => "",
+        Search::Indexed => NAME_PREFIX,
+        Search::Filtered => {
+            "WHERE +machine_name COLLATE NOCASE >= :lo AND +machine_name COLLATE NOCASE < :hi"
+        }
+    };
+    format!(
+        "SELECT {REGISTRY_COLUMNS} FROM registry {filter} ORDER BY {order} LIMIT :limit OFFSET :offset"
+    )
+}
+
+/// A period's keyset page (`registry_in_period`). The empty blob is bound for "from the start":
+/// it sorts before every CMID, so each page is a range search of the primary key, never a scan.
+fn period_sql() -> String {
+    format!(
+        "SELECT {REGISTRY_COLUMNS} FROM registry
+         WHERE cmid > :after AND last_seen >= :from AND first_seen < :to
+         ORDER BY cmid LIMIT :limit"
+    )
+}
+
 const REGISTRY_COLUMNS: &str = "cmid, machine_name, sku, pool, first_seen, last_seen, last_result, last_count, activated, requests";
 
 fn registry_row(row: &Row<'_>) -> rusqlite::Result<RegistryEntry> {
@@ -454,21 +501,31 @@ impl Store for SqliteStore {
 
     async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError> {
         self.read(move |conn| {
-            // Ties are broken by rowid, so each order is one index scan (covering while rows
-            // are skipped: a deep offset does not read the rows it skips).
-            let order = match page.sort {
-                RegistrySort::LastSeen => "last_seen DESC, rowid DESC",
-                RegistrySort::Machine => "machine_name COLLATE NOCASE, rowid",
-                RegistrySort::FirstSeen => "first_seen, rowid",
-            };
-            // The order comes from a closed enum, never from the request text. Each order and
-            // the prefix search are answered from an index (migration 0004).
             let (lo, hi) = crate::prefix_bounds(page.search.as_deref());
-            let filter = if lo.is_some() { NAME_PREFIX } else { "" };
-            let sql = format!(
-                "SELECT {REGISTRY_COLUMNS} FROM registry {filter}
-                 ORDER BY {order} LIMIT :limit OFFSET :offset"
-            );
+            let search = match (&lo, &hi, page.sort) {
+                (None, _, _) | (_, None, _) => Search::None,
+                (_, _, RegistrySort::Machine) => Search::Indexed,
+                // In another order, a few matches are found by the name index and sorted; many
+                // (a prefix shared by a whole site) by the order's index, filtered.
+                (Some(lo), Some(hi), _) => {
+                    let matches: i64 = conn
+                        .query_row(
+                            &format!(
+                                "SELECT count(*) FROM (SELECT 1 FROM registry {NAME_PREFIX} LIMIT {})",
+                                SORT_AT_MOST + 1
+                            ),
+                            rusqlite::named_params! { ":lo": lo, ":hi": hi },
+                            |r| r.get(0),
+                        )
+                        .map_err(backend("count registry"))?;
+                    if matches > SORT_AT_MOST {
+                        Search::Filtered
+                    } else {
+                        Search::Indexed
+                    }
+                }
+            };
+            let sql = page_sql(page.sort, search);
             let offset = page.offset as i64;
             let mut bound: Vec<(&str, &dyn rusqlite::ToSql)> =
                 vec![(":limit", &page.limit), (":offset", &offset)];
@@ -505,16 +562,11 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<RegistryEntry>, StoreError> {
         self.read(move |conn| {
-            let sql = format!(
-                "SELECT {REGISTRY_COLUMNS} FROM registry
-                 WHERE (:after IS NULL OR cmid > :after) AND last_seen >= :from AND first_seen < :to
-                 ORDER BY cmid LIMIT :limit"
-            );
-            conn.prepare_cached(&sql)
+            conn.prepare_cached(&period_sql())
                 .and_then(|mut s| {
                     s.query_map(
                         rusqlite::named_params! {
-                            ":after": after.as_ref().map(|u| u.as_bytes().to_vec()),
+                            ":after": after.map_or_else(Vec::new, |u| u.as_bytes().to_vec()),
                             ":from": from.millis(),
                             ":to": to.millis(),
                             ":limit": limit,
@@ -559,6 +611,61 @@ mod tests {
     use tally_proto::{LicenseState, ResultCode};
 
     use super::*;
+
+    /// The query plans at scale: each page and period read is an index search or scan, with
+    /// no sort, except a search with few matches in another order than by name.
+    #[test]
+    fn registry_reads_use_their_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tally.db");
+        drop(SqliteStore::open(&path, Durability::Normal).expect("open"));
+        let conn = Connection::open(&path).expect("conn");
+        let plan = |sql: &str| -> String {
+            let mut stmt = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("explain");
+            let rows: Vec<String> = stmt
+                .query_map(
+                    rusqlite::params_from_iter(std::iter::repeat_n(
+                        rusqlite::types::Null,
+                        stmt.parameter_count(),
+                    )),
+                    |r| r.get::<_, String>(3),
+                )
+                .expect("plan")
+                .map(|r| r.expect("row"))
+                .collect();
+            rows.join("; ")
+        };
+        let period = plan(&period_sql());
+        assert!(
+            period.contains("SEARCH registry USING INDEX") && period.contains("cmid>?"),
+            "{period}"
+        );
+        for sort in [
+            RegistrySort::LastSeen,
+            RegistrySort::Machine,
+            RegistrySort::FirstSeen,
+        ] {
+            for search in [Search::None, Search::Filtered] {
+                let p = plan(&page_sql(sort, search));
+                assert!(
+                    !p.contains("TEMP B-TREE") && p.contains("USING"),
+                    "{sort:?} {search:?}: {p}"
+                );
+            }
+        }
+        let p = plan(&page_sql(RegistrySort::Machine, Search::Indexed));
+        assert!(
+            p.contains("registry_name") && !p.contains("TEMP B-TREE"),
+            "{p}"
+        );
+        let p = plan(&page_sql(RegistrySort::LastSeen, Search::Indexed));
+        assert!(
+            p.contains("registry_name"),
+            "a few matches come from the name index: {p}"
+        );
+    }
 
     fn changes(n: u128, now: i64) -> Changes {
         let cmid = Uuid::from_u128(100 + n);

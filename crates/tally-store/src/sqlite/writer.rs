@@ -152,15 +152,19 @@ impl Writer {
                 .map(|n| Answer::Deleted(n as u64))
                 .map_err(backend("prune events")),
             Work::PruneRegistry(before) => {
-                let deleted = ["registry", "bench_registry"]
-                    .iter()
-                    .try_fold(0u64, |sum, table| {
-                        self.conn
-                            .execute(
+                // Both tables in one transaction, so the writer's count stays right.
+                let deleted = self
+                    .conn
+                    .transaction()
+                    .and_then(|tx| {
+                        let mut n = 0u64;
+                        for table in ["registry", "bench_registry"] {
+                            n += tx.execute(
                                 &format!("DELETE FROM {table} WHERE last_seen < ?1"),
                                 params![before.millis()],
-                            )
-                            .map(|n| sum + n as u64)
+                            )? as u64;
+                        }
+                        tx.commit().map(|()| n)
                     })
                     .map_err(backend("prune registry"));
                 if let (Ok(n), Some(len)) = (&deleted, self.registry_len.as_mut()) {

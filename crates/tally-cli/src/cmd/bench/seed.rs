@@ -125,6 +125,31 @@ pub async fn run(rows: u64, dir: &Path, as_json: bool) -> anyhow::Result<ExitCod
         )
         .await?,
     );
+    let recent = RegistryPage {
+        search: Some(format!("SEED-{:06}", rows / 200)),
+        ..page(RegistrySort::LastSeen)
+    };
+    queries.push(
+        time(
+            "search, last seen first",
+            || store.registry(recent.clone()),
+            Vec::len,
+        )
+        .await?,
+    );
+    // A prefix a tenth of ten million machines share, as a site's naming scheme would.
+    let broad = RegistryPage {
+        search: Some("seed-00".into()),
+        ..page(RegistrySort::LastSeen)
+    };
+    queries.push(
+        time(
+            "broad search (seed-00), last seen first",
+            || store.registry(broad.clone()),
+            Vec::len,
+        )
+        .await?,
+    );
     queries.push(
         time(
             "count of a search",

@@ -163,7 +163,7 @@ pub enum HostCommand {
         dir: DirArgs,
         #[command(flatten)]
         remote: crate::cmd::remote::RemoteArgs,
-        /// Only machines whose name contains this text.
+        /// Only machines whose name starts with this text, in any case.
         #[arg(long)]
         search: Option<String>,
         /// Rows to show.
