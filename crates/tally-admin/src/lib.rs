@@ -16,6 +16,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use view::Selection;
 
 pub mod fuzzing;
 pub mod report;
@@ -348,13 +349,6 @@ struct ClientsQuery {
     filter: Option<String>,
 }
 
-/// The parsed `/clients` query: search, order and filter.
-struct Selection {
-    search: Option<String>,
-    sort: RegistrySort,
-    filter: Option<view::Filter>,
-}
-
 fn selection(q: &ClientsQuery) -> Result<Selection, ApiError> {
     let sort = match q.sort.as_deref() {
         None | Some("") => RegistrySort::LastSeen,
@@ -392,18 +386,17 @@ async fn selected_rows(
     state: &AdminState,
     sel: &Selection,
 ) -> Result<Vec<view::ClientRow>, ApiError> {
-    let rows = view::all_rows(state.service.store().as_ref(), sel.search.clone(), sel.sort)
-        .await
-        .map_err(internal)?;
     let settings = state.control.settings();
-    Ok(view::classify(
-        rows,
+    view::selected_rows(
+        state.service.store().as_ref(),
         state.service.session().catalog(),
-        sel.filter,
+        sel,
         SystemClock.now(),
         settings.renewal_interval_secs,
         settings.activation_interval_secs,
-    ))
+    )
+    .await
+    .map_err(internal)
 }
 
 /// The filtered registry as CSV, for the dashboard's export.
@@ -429,13 +422,17 @@ async fn clients_csv(
 
 /// Per-edition counts and the activations of the last 30 days, for the dashboard.
 async fn summary(State(state): State<AdminState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let sel = Selection {
-        search: None,
-        sort: RegistrySort::LastSeen,
-        filter: None,
-    };
-    let rows = selected_rows(&state, &sel).await?;
     let now = SystemClock.now();
+    let settings = state.control.settings();
+    let editions = view::per_edition_of_registry(
+        state.service.store().as_ref(),
+        state.service.session().catalog(),
+        now,
+        settings.renewal_interval_secs,
+        settings.activation_interval_secs,
+    )
+    .await
+    .map_err(internal)?;
     let days = 30;
     let events = view::activation_events(
         state.service.store().as_ref(),
@@ -444,7 +441,7 @@ async fn summary(State(state): State<AdminState>) -> Result<Json<serde_json::Val
     .await
     .map_err(internal)?;
     let mut body = json!({
-        "editions": view::per_edition(&rows, state.service.session().catalog()),
+        "editions": editions,
         "days": view::series(&events, now, days),
         "time": now,
     });

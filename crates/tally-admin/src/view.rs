@@ -2,8 +2,9 @@
 //! the host sees it, filters, per-edition counts, activations over time, CSV; and the one rule
 //! for times in JSON (every Unix-ms time also as `<name>_rfc3339`, UTC).
 //!
-//! The registry holds at most `registry_cap` rows, so filters and summaries read it whole, in
-//! pages, instead of asking every backend for new queries.
+//! Filters and summaries read the registry whole, in CMID-ordered keyset pages, one pass that
+//! holds one page at a time (plus what a filter keeps), instead of asking every backend for new
+//! queries.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -11,17 +12,15 @@ use serde::Serialize;
 use serde_json::Value;
 use tally_core::Catalog;
 use tally_core::time::Timestamp;
-use tally_store::{
-    Event, EventQuery, RegistryEntry, RegistryPage, RegistrySort, Store, StoreError,
-};
+use tally_store::{Event, EventQuery, RegistryEntry, RegistrySort, Store, StoreError};
 
 /// R7: a license is valid 180 days from the last success.
 const VALIDITY_DAYS: i64 = 180;
 /// R10: a new installation's grace period.
 const GRACE_DAYS: i64 = 30;
 const DAY_MS: i64 = 86_400_000;
-/// Rows read per page when the registry is read whole.
-const PAGE: u32 = 500;
+/// Rows read per keyset page when the registry is read whole.
+const KEYSET_PAGE: u32 = 5000;
 
 /// A client's state as the host sees it from its registry row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -109,28 +108,68 @@ pub struct ClientRow {
     pub state: ClientState,
 }
 
-/// Reads the whole registry (at most `registry_cap` rows), in pages.
-pub async fn all_rows(
+/// What a whole-registry read keeps: a name prefix (any case), a state filter, an order.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    /// Only machines whose name starts with this text, in any case.
+    pub search: Option<String>,
+    /// Only machines in this state.
+    pub filter: Option<Filter>,
+    /// The order of the result.
+    pub sort: RegistrySort,
+}
+
+/// The rows of the whole registry that `sel` keeps, named, classified and in `sel`'s order.
+/// The registry is read in CMID-ordered keyset pages (`Store::registry_in_period`), each page
+/// classified and filtered before the next is read, so a read costs one pass and holds only
+/// what it keeps, whatever the registry's size (the dashboard's filters and CSV export).
+pub async fn selected_rows(
     store: &dyn Store,
-    search: Option<String>,
-    sort: RegistrySort,
-) -> Result<Vec<RegistryEntry>, StoreError> {
-    let mut rows = Vec::new();
+    catalog: &Catalog,
+    sel: &Selection,
+    now: Timestamp,
+    renewal_secs: u32,
+    activation_secs: u32,
+) -> Result<Vec<ClientRow>, StoreError> {
+    let prefix = sel.search.as_deref().map(str::to_lowercase);
+    let mut kept = Vec::new();
+    let mut after = None;
     loop {
         let page = store
-            .registry(RegistryPage {
-                offset: rows.len() as u64,
-                limit: PAGE,
-                search: search.clone(),
-                sort,
-            })
+            .registry_in_period(Timestamp(i64::MIN), Timestamp(i64::MAX), after, KEYSET_PAGE)
             .await?;
-        let done = page.len() < PAGE as usize;
-        rows.extend(page);
+        let done = page.len() < KEYSET_PAGE as usize;
+        after = page.last().map(|e| e.cmid);
+        let matching: Vec<RegistryEntry> = page
+            .into_iter()
+            .filter(|e| {
+                prefix
+                    .as_deref()
+                    .is_none_or(|p| e.machine_name.to_lowercase().starts_with(p))
+            })
+            .collect();
+        kept.extend(classify(
+            matching,
+            catalog,
+            sel.filter,
+            now,
+            renewal_secs,
+            activation_secs,
+        ));
         if done {
-            return Ok(rows);
+            break;
         }
     }
+    match sel.sort {
+        RegistrySort::LastSeen => kept.sort_by(|a, b| {
+            (b.entry.last_seen, b.entry.cmid).cmp(&(a.entry.last_seen, a.entry.cmid))
+        }),
+        RegistrySort::Machine => {
+            kept.sort_by_cached_key(|r| (r.entry.machine_name.to_lowercase(), r.entry.cmid))
+        }
+        RegistrySort::FirstSeen => kept.sort_by_key(|r| (r.entry.first_seen, r.entry.cmid)),
+    }
+    Ok(kept)
 }
 
 /// Names and classifies `rows`, keeping those `filter` keeps.
@@ -231,27 +270,71 @@ pub struct EditionCount {
     pub expired: u64,
 }
 
+/// Per-edition counts of the whole registry, read in keyset pages and counted page by page, so
+/// memory stays one page whatever the registry's size (the dashboard's summary).
+pub async fn per_edition_of_registry(
+    store: &dyn Store,
+    catalog: &Catalog,
+    now: Timestamp,
+    renewal_secs: u32,
+    activation_secs: u32,
+) -> Result<Vec<EditionCount>, StoreError> {
+    let mut tally = EditionTally::new(catalog);
+    let mut after = None;
+    loop {
+        let page = store
+            .registry_in_period(Timestamp(i64::MIN), Timestamp(i64::MAX), after, KEYSET_PAGE)
+            .await?;
+        let done = page.len() < KEYSET_PAGE as usize;
+        after = page.last().map(|e| e.cmid);
+        for row in classify(page, catalog, None, now, renewal_secs, activation_secs) {
+            tally.add(&row);
+        }
+        if done {
+            return Ok(tally.finish());
+        }
+    }
+}
+
 /// Per-edition counts of `rows`, one entry per catalog edition (and per unknown SKU seen).
 pub fn per_edition(rows: &[ClientRow], catalog: &Catalog) -> Vec<EditionCount> {
-    let mut by_sku: BTreeMap<String, EditionCount> = catalog
-        .editions()
-        .iter()
-        .map(|e| {
-            (
-                e.sku.to_string(),
-                EditionCount {
-                    sku: e.sku.to_string(),
-                    name: e.name.clone(),
-                    kind: format!("{:?}", e.kind).to_ascii_lowercase(),
-                    pool: e.pool.to_string(),
-                    threshold: e.threshold,
-                    ..EditionCount::default()
-                },
-            )
-        })
-        .collect();
+    let mut tally = EditionTally::new(catalog);
     for r in rows {
-        let c = by_sku
+        tally.add(r);
+    }
+    tally.finish()
+}
+
+/// Per-edition counts, added to one row at a time.
+struct EditionTally {
+    by_sku: BTreeMap<String, EditionCount>,
+}
+
+impl EditionTally {
+    fn new(catalog: &Catalog) -> Self {
+        let by_sku: BTreeMap<String, EditionCount> = catalog
+            .editions()
+            .iter()
+            .map(|e| {
+                (
+                    e.sku.to_string(),
+                    EditionCount {
+                        sku: e.sku.to_string(),
+                        name: e.name.clone(),
+                        kind: format!("{:?}", e.kind).to_ascii_lowercase(),
+                        pool: e.pool.to_string(),
+                        threshold: e.threshold,
+                        ..EditionCount::default()
+                    },
+                )
+            })
+            .collect();
+        Self { by_sku }
+    }
+
+    fn add(&mut self, r: &ClientRow) {
+        let c = self
+            .by_sku
             .entry(r.entry.sku.to_string())
             .or_insert_with(|| EditionCount {
                 sku: r.entry.sku.to_string(),
@@ -270,9 +353,12 @@ pub fn per_edition(rows: &[ClientRow], catalog: &Catalog) -> Vec<EditionCount> {
             ClientState::Expired => c.expired += 1,
         }
     }
-    let mut out: Vec<EditionCount> = by_sku.into_values().collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+
+    fn finish(self) -> Vec<EditionCount> {
+        let mut out: Vec<EditionCount> = self.by_sku.into_values().collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
 }
 
 /// One UTC day of activation requests (event 12290).
@@ -369,6 +455,58 @@ pub fn with_rfc3339(v: &mut Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    // Whole-registry reads over several keyset pages: every machine counted once, a search and
+    // a filter kept, the order asked for (issue 14: one pass, one page in memory).
+    #[tokio::test]
+    async fn whole_registry_reads_cross_keyset_pages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tally.db");
+        let catalog = Catalog::demo();
+        let edition = &catalog.editions()[0];
+        let now = Timestamp(1_800_000_000_000);
+        let rows = u64::from(KEYSET_PAGE) * 2 + 7;
+        tally_store::sqlite::seed_registry(&path, rows, edition.sku, edition.pool, now, |_| {})
+            .expect("seed");
+        let store = tally_store::sqlite::SqliteStore::open_read_only(&path).expect("open");
+        let counts = per_edition_of_registry(&store, &catalog, now, 604_800, 7200)
+            .await
+            .expect("summary");
+        let total: u64 = counts.iter().map(|c| c.machines).sum();
+        assert_eq!(total, rows);
+        let sel = Selection {
+            search: Some("SEED-0000100".into()),
+            sort: RegistrySort::Machine,
+            filter: None,
+        };
+        let found = selected_rows(&store, &catalog, &sel, now, 604_800, 7200)
+            .await
+            .expect("search");
+        let names: Vec<&str> = found
+            .iter()
+            .map(|r| r.entry.machine_name.as_str())
+            .collect();
+        let want: Vec<String> = (1000..1010).map(|i| format!("seed-{i:08}")).collect();
+        assert_eq!(names, want);
+        let expired = Selection {
+            filter: Some(Filter::Expired),
+            ..Selection::default()
+        };
+        let kept = selected_rows(&store, &catalog, &expired, now, 604_800, 7200)
+            .await
+            .expect("filter");
+        assert!(kept.iter().all(|r| r.state == ClientState::Expired));
+        assert!(
+            kept.windows(2)
+                .all(|w| w[0].entry.last_seen >= w[1].entry.last_seen)
+        );
+        let in_counts: u64 = counts.iter().map(|c| c.expired).sum();
+        assert_eq!(
+            kept.len() as u64,
+            in_counts,
+            "the filter and the summary agree"
+        );
+    }
 
     fn row(
         activated: bool,
