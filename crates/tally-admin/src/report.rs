@@ -27,19 +27,11 @@ pub async fn clients_in_period(
     from: Timestamp,
     to: Timestamp,
 ) -> Result<Vec<RegistryEntry>, StoreError> {
-    const PAGE: u32 = 1000;
     let mut out: Vec<RegistryEntry> = Vec::new();
-    loop {
-        let after = out.last().map(|e| e.cmid);
-        let page = store.registry_in_period(from, to, after, PAGE).await?;
-        let n = page.len();
-        out.extend(page);
-        if n < PAGE as usize {
-            // The report lists them oldest first (then by CMID), as before.
-            out.sort_by_key(|e| (e.first_seen, e.cmid));
-            return Ok(out);
-        }
-    }
+    crate::view::for_each_page(store, from, to, |page| out.extend(page)).await?;
+    // The report lists them oldest first (then by CMID), as before.
+    out.sort_by_key(|e| (e.first_seen, e.cmid));
+    Ok(out)
 }
 
 fn csv_field(s: &str) -> String {

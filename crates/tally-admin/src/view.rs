@@ -119,6 +119,29 @@ pub struct Selection {
     pub sort: RegistrySort,
 }
 
+/// Reads the registry's machines seen in `[from, to)` in CMID-ordered keyset pages
+/// (`Store::registry_in_period`) and hands each page to `each` before reading the next: one pass
+/// at any size, one page in memory.
+pub async fn for_each_page(
+    store: &dyn Store,
+    from: Timestamp,
+    to: Timestamp,
+    mut each: impl FnMut(Vec<RegistryEntry>),
+) -> Result<(), StoreError> {
+    let mut after = None;
+    loop {
+        let page = store
+            .registry_in_period(from, to, after, KEYSET_PAGE)
+            .await?;
+        let done = page.len() < KEYSET_PAGE as usize;
+        after = page.last().map(|e| e.cmid);
+        each(page);
+        if done {
+            return Ok(());
+        }
+    }
+}
+
 /// The rows of the whole registry that `sel` keeps, named, classified and in `sel`'s order.
 /// The registry is read in CMID-ordered keyset pages (`Store::registry_in_period`), each page
 /// classified and filtered before the next is read, so a read costs one pass and holds only
@@ -133,33 +156,25 @@ pub async fn selected_rows(
 ) -> Result<Vec<ClientRow>, StoreError> {
     let prefix = sel.search.as_deref().map(str::to_lowercase);
     let mut kept = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store
-            .registry_in_period(Timestamp(i64::MIN), Timestamp(i64::MAX), after, KEYSET_PAGE)
-            .await?;
-        let done = page.len() < KEYSET_PAGE as usize;
-        after = page.last().map(|e| e.cmid);
-        let matching: Vec<RegistryEntry> = page
-            .into_iter()
-            .filter(|e| {
-                prefix
-                    .as_deref()
-                    .is_none_or(|p| e.machine_name.to_lowercase().starts_with(p))
-            })
-            .collect();
-        kept.extend(classify(
-            matching,
-            catalog,
-            sel.filter,
-            now,
-            renewal_secs,
-            activation_secs,
-        ));
-        if done {
-            break;
-        }
-    }
+    for_each_page(
+        store,
+        Timestamp(i64::MIN),
+        Timestamp(i64::MAX),
+        |mut page| {
+            if let Some(p) = prefix.as_deref() {
+                page.retain(|e| e.machine_name.to_lowercase().starts_with(p));
+            }
+            kept.extend(classify(
+                page,
+                catalog,
+                sel.filter,
+                now,
+                renewal_secs,
+                activation_secs,
+            ));
+        },
+    )
+    .await?;
     match sel.sort {
         RegistrySort::LastSeen => kept.sort_by(|a, b| {
             (b.entry.last_seen, b.entry.cmid).cmp(&(a.entry.last_seen, a.entry.cmid))
@@ -280,29 +295,13 @@ pub async fn per_edition_of_registry(
     activation_secs: u32,
 ) -> Result<Vec<EditionCount>, StoreError> {
     let mut tally = EditionTally::new(catalog);
-    let mut after = None;
-    loop {
-        let page = store
-            .registry_in_period(Timestamp(i64::MIN), Timestamp(i64::MAX), after, KEYSET_PAGE)
-            .await?;
-        let done = page.len() < KEYSET_PAGE as usize;
-        after = page.last().map(|e| e.cmid);
+    for_each_page(store, Timestamp(i64::MIN), Timestamp(i64::MAX), |page| {
         for row in classify(page, catalog, None, now, renewal_secs, activation_secs) {
             tally.add(&row);
         }
-        if done {
-            return Ok(tally.finish());
-        }
-    }
-}
-
-/// Per-edition counts of `rows`, one entry per catalog edition (and per unknown SKU seen).
-pub fn per_edition(rows: &[ClientRow], catalog: &Catalog) -> Vec<EditionCount> {
-    let mut tally = EditionTally::new(catalog);
-    for r in rows {
-        tally.add(r);
-    }
-    tally.finish()
+    })
+    .await?;
+    Ok(tally.finish())
 }
 
 /// Per-edition counts, added to one row at a time.

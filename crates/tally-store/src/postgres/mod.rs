@@ -245,6 +245,23 @@ fn registry_row(r: &tokio_postgres::Row) -> RegistryEntry {
 const NAME_PREFIX: &str =
     "WHERE lower(machine_name) COLLATE \"C\" >= $3 AND lower(machine_name) COLLATE \"C\" < $4";
 
+impl PgStore {
+    /// Registry rows of a query over `registry` selecting [`REGISTRY_COLUMNS`].
+    async fn registry_rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<RegistryEntry>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(sql, params)
+            .await
+            .map_err(backend("read registry"))?;
+        Ok(rows.iter().map(registry_row).collect())
+    }
+}
+
 fn search_bounds(search: Option<String>) -> (Option<String>, Option<String>) {
     crate::prefix_bounds(search.map(|s| s.to_lowercase()).as_deref())
 }
@@ -337,13 +354,7 @@ impl Store for PgStore {
             "SELECT {REGISTRY_COLUMNS} FROM registry {filter}
              ORDER BY {order} LIMIT $1 OFFSET $2"
         );
-        let rows = self
-            .client()
-            .await?
-            .query(sql.as_str(), &params)
-            .await
-            .map_err(backend("read registry"))?;
-        Ok(rows.iter().map(registry_row).collect())
+        self.registry_rows(&sql, &params).await
     }
 
     async fn registry_in_period(
@@ -366,13 +377,7 @@ impl Store for PgStore {
         if let Some(cmid) = &after {
             params.push(cmid);
         }
-        let rows = self
-            .client()
-            .await?
-            .query(sql.as_str(), &params)
-            .await
-            .map_err(backend("read registry"))?;
-        Ok(rows.iter().map(registry_row).collect())
+        self.registry_rows(&sql, &params).await
     }
 
     async fn registry_entry(&self, cmid: Uuid) -> Result<Option<RegistryEntry>, StoreError> {
