@@ -15,7 +15,6 @@ use tally_client::agent::{AgentRequest, MAX_REQUEST_LINE, machine_name};
 use tally_client::codes;
 use tally_client::ops::{Client, OpResult};
 use tally_client::state::{ClientState, StateError};
-use tally_core::lifecycle::LicenseStatus;
 use tally_core::time::{Clock, Timestamp};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -27,6 +26,21 @@ use tracing::{info, warn};
 /// Longest the agent sleeps between checks (the hardware check and clock jumps need a look now
 /// and then even when nothing is due).
 pub const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// How soon the agent looks again when it cannot read its state.
+const STATE_RETRY: Duration = Duration::from_secs(60);
+
+/// Shortest sleep between two looks (an overdue attempt waits this long, no busy loop).
+const MIN_SLEEP: Duration = Duration::from_millis(50);
+
+/// How long to sleep at `now` before `next` (due now or past: [`MIN_SLEEP`]; nothing ahead:
+/// [`MAX_SLEEP`]).
+fn sleep_for(next: Option<Timestamp>, now: Timestamp) -> Duration {
+    next.map_or(MAX_SLEEP, |t| {
+        Duration::from_millis(u64::try_from(t.0.saturating_sub(now.0)).unwrap_or(0))
+    })
+    .clamp(MIN_SLEEP, MAX_SLEEP)
+}
 
 /// Agent errors.
 #[derive(Debug, Error)]
@@ -180,34 +194,48 @@ impl Agent {
             Ok(false) => {}
             Err(error) => warn!(%error, "cannot read the client state"),
         }
-        let Ok(status) = self.client.status(now) else {
-            return Duration::from_secs(60);
+        let Some(state) = self.state(now) else {
+            return STATE_RETRY;
         };
-        if status.status != LicenseStatus::Unlicensed
-            && status.next_attempt.is_none_or(|t| now >= t)
-            && !self.generalized()
-        {
+        // R11: a generalized image makes no attempt until the deployed copy's first start.
+        let attempted = state.license.is_due(now) && !state.generalized;
+        if attempted {
             let result = self.activate(None).await;
             log_attempt(&result);
         }
         let now = self.clock.now();
-        let Ok(status) = self.client.status(now) else {
-            return Duration::from_secs(60);
+        let Some(after) = self.state(now) else {
+            return STATE_RETRY;
         };
-        let until = |t: Option<Timestamp>| {
-            t.map(|t| Duration::from_millis(t.0.saturating_sub(now.0).max(0) as u64))
+        let next = if after.generalized {
+            None
+        } else if attempted
+            && after.license.is_due(now)
+            && after.license.next_attempt == state.license.next_attempt
+        {
+            // The attempt stopped before any host (no trust file, say) and recorded nothing:
+            // due again at once. Retry on the activation interval (R8) rather than spin.
+            let secs = after.license.intervals.activation_secs;
+            warn!(
+                retry_in_secs = secs,
+                "the attempt was not recorded; will retry"
+            );
+            Some(Timestamp(now.0.saturating_add(i64::from(secs) * 1000)))
+        } else {
+            after.license.next_event(now)
         };
-        [
-            until(status.next_attempt),
-            until(status.validity_end),
-            until(status.grace_end),
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|d| !d.is_zero())
-        .min()
-        .unwrap_or(MAX_SLEEP)
-        .clamp(Duration::from_millis(50), MAX_SLEEP)
+        sleep_for(next, now)
+    }
+
+    /// The saved state, or `None` (logged) when it cannot be read.
+    fn state(&self, now: Timestamp) -> Option<ClientState> {
+        match ClientState::load(self.client.dir(), now) {
+            Ok(s) => Some(s),
+            Err(error) => {
+                warn!(%error, retry_in_secs = STATE_RETRY.as_secs(), "cannot read the client state; will look again");
+                None
+            }
+        }
     }
 
     async fn activate(&self, host: Option<&str>) -> OpResult {
@@ -350,4 +378,29 @@ fn log_attempt(r: &OpResult) {
 /// The default socket path for a state directory.
 pub fn default_socket(state_dir: &Path) -> PathBuf {
     state_dir.join(tally_client::agent::SOCKET_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp(1_800_000_000_000);
+
+    // R8: an attempt already due (the agent woke late, or the attempt outlasted the interval)
+    // is looked at again almost at once, never after the next period end.
+    #[test]
+    fn r8_an_overdue_event_is_looked_at_soon() {
+        assert_eq!(sleep_for(Some(Timestamp(NOW.0 - 5_000)), NOW), MIN_SLEEP);
+        assert_eq!(sleep_for(Some(NOW), NOW), MIN_SLEEP);
+        assert_eq!(
+            sleep_for(Some(Timestamp(NOW.0 + 2_000)), NOW),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn nothing_ahead_or_far_ahead_sleeps_the_longest() {
+        assert_eq!(sleep_for(None, NOW), MAX_SLEEP);
+        assert_eq!(sleep_for(Some(NOW.plus_days(180)), NOW), MAX_SLEEP);
+    }
 }

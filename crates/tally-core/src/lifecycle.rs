@@ -194,6 +194,26 @@ impl License {
         self.status != LicenseStatus::Unlicensed && self.next_attempt.is_none_or(|t| now >= t)
     }
 
+    /// The next moment the client must act or its status changes by itself, seen at `now`: an
+    /// attempt (R8; `now` itself when one is due already, however long ago it fell due), the
+    /// end of initial grace (R10) or of validity (R7). Ends already past are not events (they
+    /// changed the status when they passed). `None`: nothing happens until someone acts.
+    pub fn next_event(&self, now: Timestamp) -> Option<Timestamp> {
+        let attempt = if self.is_due(now) {
+            Some(now)
+        } else {
+            self.next_attempt.filter(|&t| self.is_due(t))
+        };
+        // The ends `status_at` acts on, and only those.
+        let end = match self.status {
+            LicenseStatus::InitialGrace => self.grace_end,
+            LicenseStatus::Licensed => self.validity_end,
+            _ => None,
+        };
+        let ends = end.filter(|&t| t > now);
+        attempt.into_iter().chain(ends).min()
+    }
+
     /// R25: the authority activated this installation with a MAK: licensed for good (no
     /// renewal), as long as the hardware stays within tolerance (R12).
     pub fn on_permanent_activation(&mut self, now: Timestamp, hardware: Option<&Hardware>) {
@@ -322,6 +342,43 @@ mod tests {
         let mut l = License::default();
         l.install(T0);
         l
+    }
+
+    // R8: an attempt that fell due is due now, however long ago (an agent that woke late or
+    // whose attempt outlasted the interval must not sleep until the next period end).
+    #[test]
+    fn r8_an_overdue_attempt_is_the_next_event() {
+        let mut l = installed();
+        l.on_attempt(T0, counted(true), None);
+        let renewal = T0.plus_days(7);
+        assert_eq!(l.next_event(T0), Some(renewal));
+        assert_eq!(l.next_event(Timestamp(renewal.0 - 1)), Some(renewal));
+        assert_eq!(l.next_event(renewal), Some(renewal));
+        let late = Timestamp(renewal.0 + 5);
+        assert_eq!(l.next_event(late), Some(late), "overdue: due now");
+    }
+
+    // R7, R10: period ends are events while ahead; a MAK client (R25) and an unlicensed one
+    // have no attempt to make.
+    #[test]
+    fn r7_r10_period_ends_are_events_only_while_ahead() {
+        let l = License::default();
+        assert_eq!(
+            l.next_event(T0),
+            None,
+            "unlicensed: nothing happens by itself"
+        );
+        let mut l = installed();
+        l.next_attempt = Some(T0.plus_days(40));
+        assert_eq!(
+            l.next_event(T0),
+            Some(T0.plus_days(GRACE_DAYS)),
+            "grace ends first"
+        );
+        assert_eq!(l.next_event(T0.plus_days(35)), Some(T0.plus_days(40)));
+        let mut mak = installed();
+        mak.on_permanent_activation(T0, None);
+        assert_eq!(mak.next_event(T0.plus_days(1)), None, "R25: no renewal");
     }
 
     // R7: validity is 180 days from the last success; a renewal restarts it.

@@ -154,6 +154,25 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: the process stops answering (its sockets still accept and buffer) until
+    /// [`Process::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Process::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let ok = Command::new("kill")
+            .args([which, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {which} {} failed", self.child.id());
+    }
+
     /// SIGTERM, then waits up to `limit` for the exit.
     pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
         let _ = Command::new("kill")

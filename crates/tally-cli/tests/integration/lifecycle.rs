@@ -111,7 +111,12 @@ fn agent_renews_on_host_interval_and_survives_host_down() {
     let renewed = wait_until(Duration::from_secs(20), || {
         status(&dir)["validity_end"].as_i64().filter(|v| *v > first)
     });
-    assert!(renewed.is_some(), "no renewal; log:\n{}", agent.stderr());
+    assert!(
+        renewed.is_some(),
+        "no renewal; agent log:\n{}\nhost log:\n{}",
+        agent.stderr(),
+        host.stderr()
+    );
 
     // The host goes away: the agent retries on the activation interval and logs it.
     host.kill9();
@@ -149,6 +154,68 @@ fn agent_renews_on_host_interval_and_survives_host_down() {
         .terminate(Duration::from_secs(10))
         .expect("agent stops on SIGTERM");
     assert!(stopped.success());
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+// R8: a renewal whose answer comes later than the renewal interval (a host stalled by load) is
+// followed by the next renewal at once: the agent does not sleep until the next period end.
+#[test]
+fn agent_renews_again_when_an_answer_outlasts_the_interval() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host = HostProcess::start_dev(
+        bin(),
+        &tmp.path().join("host"),
+        &["--renewal-interval", "2s", "--activation-interval", "1s"],
+    );
+    let addr = host.addr.to_string();
+    for i in 0..4 {
+        let dir = client_dir(tmp.path(), &format!("other{i}"), &host);
+        assert_eq!(activate(&dir, &addr).0, Some(2));
+    }
+    let dir = client_dir(tmp.path(), "agent", &host);
+    let mut agent = Process::spawn(
+        bin(),
+        &["agent", "run", "--state-dir", s(&dir), "--host", &addr],
+        &[],
+    );
+    let activated = || agent.stderr().matches("result=activated").count();
+    wait_until(Duration::from_secs(20), || (activated() > 0).then_some(()))
+        .unwrap_or_else(|| panic!("agent never activated; log:\n{}", agent.stderr()));
+
+    // The host stops answering; the kernel still accepts the agent's next connection and
+    // buffers its request. The agent still answers on its socket.
+    host.pause();
+    let paused = status(&dir);
+    let done = activated();
+    let due = paused["next_attempt"].as_i64().expect("next_attempt");
+    let stalled = wait_until(Duration::from_secs(20), || {
+        (now_ms() > due + 2_500).then(|| status(&dir))
+    })
+    .expect("clock moves");
+    host.resume();
+    assert_eq!(
+        stalled["validity_end"], paused["validity_end"],
+        "no renewal while the host is stopped"
+    );
+    // The stalled renewal is answered more than an interval late: the next one is due already.
+    let renewed = wait_until(Duration::from_secs(20), || {
+        (activated() >= done + 2).then_some(())
+    });
+    assert!(
+        renewed.is_some(),
+        "no renewal after the late answer; log:\n{}",
+        agent.stderr()
+    );
+    assert!(
+        agent
+            .terminate(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
 }
 
 // R13: any local user may activate through the agent; rearm needs root or the agent's owner.
