@@ -15,6 +15,7 @@ use tally_client::agent::{AgentRequest, MAX_REQUEST_LINE, machine_name};
 use tally_client::codes;
 use tally_client::ops::{Client, OpResult};
 use tally_client::state::{ClientState, StateError};
+use tally_core::lifecycle::MIN_INTERVAL_SECS;
 use tally_core::time::{Clock, Timestamp};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -192,7 +193,7 @@ impl Agent {
         match self.client.check_hardware(now) {
             Ok(true) => warn!("hardware changed past tolerance (R12): reactivation needed"),
             Ok(false) => {}
-            Err(error) => warn!(%error, "cannot read the client state"),
+            Err(error) => warn!(%error, "cannot check the hardware (R12)"),
         }
         let Some(state) = self.state(now) else {
             return STATE_RETRY;
@@ -209,17 +210,21 @@ impl Agent {
         };
         let next = if after.generalized {
             None
-        } else if attempted
-            && after.license.is_due(now)
-            && after.license.next_attempt == state.license.next_attempt
-        {
-            // The attempt stopped before any host (no trust file, say) and recorded nothing:
-            // due again at once. Retry on the activation interval (R8) rather than spin.
-            let secs = after.license.intervals.activation_secs;
-            warn!(
-                retry_in_secs = secs,
-                "the attempt was not recorded; will retry"
-            );
+        } else if attempted && after.license.is_due(now) {
+            // The attempt left the next one due already: it recorded nothing (no trust file,
+            // say), or it outlasted the interval it set (a slow host, a long timeout). Go again
+            // one activation interval (R8) after its end, not at once and not an hour later.
+            let secs = after
+                .license
+                .intervals
+                .activation_secs
+                .max(MIN_INTERVAL_SECS);
+            if after.license.next_attempt == state.license.next_attempt {
+                warn!(
+                    retry_in_secs = secs,
+                    "the attempt was not recorded; will retry"
+                );
+            }
             Some(Timestamp(now.0.saturating_add(i64::from(secs) * 1000)))
         } else {
             after.license.next_event(now)

@@ -26,6 +26,8 @@ pub const GRACE_DAYS: i64 = 30;
 pub const VALIDITY_DAYS: i64 = 180;
 /// R11: rearms an installation has.
 pub const MAX_REARMS: u8 = 3;
+/// Shortest interval a client keeps from a host's answer (R9), in seconds: a host's 0 is 1.
+pub const MIN_INTERVAL_SECS: u32 = 1;
 
 /// Where a client stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -240,8 +242,12 @@ impl License {
                 activated,
                 intervals,
             } => {
-                // R9: the host's intervals override the client's and persist.
-                self.intervals = intervals;
+                // R9: the host's intervals override the client's and persist; below a second
+                // (no Tally host sends that) they would make a client retry without pause.
+                self.intervals = Intervals {
+                    activation_secs: intervals.activation_secs.max(MIN_INTERVAL_SECS),
+                    renewal_secs: intervals.renewal_secs.max(MIN_INTERVAL_SECS),
+                };
                 if activated {
                     // R7: a success restarts the 180 days; R8: next renewal after the interval.
                     self.status = LicenseStatus::Licensed;
@@ -249,7 +255,7 @@ impl License {
                     self.last_success = Some(now);
                     self.next_attempt = Some(Timestamp(
                         now.0
-                            .saturating_add(i64::from(intervals.renewal_secs) * 1000),
+                            .saturating_add(i64::from(self.intervals.renewal_secs) * 1000),
                     ));
                     // R12: the hardware baseline is the one of the latest success.
                     if let Some(hw) = hardware {
@@ -356,6 +362,27 @@ mod tests {
         assert_eq!(l.next_event(renewal), Some(renewal));
         let late = Timestamp(renewal.0 + 5);
         assert_eq!(l.next_event(late), Some(late), "overdue: due now");
+    }
+
+    // R9: a host's zero interval is kept as one second, so no client retries without pause.
+    #[test]
+    fn r9_a_zero_interval_is_kept_as_one_second() {
+        let mut l = installed();
+        let zero = Intervals {
+            activation_secs: 0,
+            renewal_secs: 0,
+        };
+        l.on_attempt(
+            T0,
+            AttemptOutcome::Counted {
+                activated: true,
+                intervals: zero,
+            },
+            None,
+        );
+        assert_eq!(l.next_attempt, Some(Timestamp(T0.0 + 1_000)));
+        l.on_attempt(T0, AttemptOutcome::Failed, None);
+        assert_eq!(l.next_attempt, Some(Timestamp(T0.0 + 1_000)));
     }
 
     // R7, R10: period ends are events while ahead; a MAK client (R25) and an unlicensed one

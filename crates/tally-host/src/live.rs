@@ -40,14 +40,40 @@ pub struct Persisted {
 }
 
 impl Persisted {
-    /// Reads DATA_DIR/settings.json (empty when missing).
+    /// Reads DATA_DIR/settings.json (empty when missing). A file that cannot be read, does not
+    /// parse or holds a value the admin API would refuse stops the start, naming the file.
     pub fn load(dir: &Path) -> Result<Self, HostError> {
         let path = dir.join(paths::SETTINGS_FILE);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| HostError::Invalid(format!("{} is damaged: {e}", path.display()))),
-            Err(_) => Ok(Self::default()),
+        let bad = |why: String| {
+            HostError::Invalid(format!(
+                "{}: {why} (these are the settings changed live; fix the file, or delete it to go back to the config file and flags)",
+                path.display()
+            ))
+        };
+        let persisted: Self = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| bad(format!("damaged: {e}")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(bad(format!("cannot be read: {e}"))),
+        };
+        for (name, secs) in [
+            (
+                "activation_interval_secs",
+                persisted.activation_interval_secs,
+            ),
+            ("renewal_interval_secs", persisted.renewal_interval_secs),
+        ] {
+            if let Some(secs) = secs {
+                check_interval(name, secs).map_err(bad)?;
+            }
         }
+        if let Some(listen) = &persisted.listen
+            && listen.parse::<SocketAddr>().is_err()
+        {
+            return Err(bad(format!(
+                "listen '{listen}' is not an address like 0.0.0.0:1688"
+            )));
+        }
+        Ok(persisted)
     }
 
     fn save(&self, dir: &Path) -> std::io::Result<()> {
@@ -197,5 +223,41 @@ impl HostControl for LiveHost {
         let mut v = crate::dns::read_status(&self.dir);
         v["enabled"] = serde_json::Value::Bool(self.current().dns_publish);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(json: &str) -> Result<Persisted, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        std::fs::write(dir.path().join(paths::SETTINGS_FILE), json).map_err(|e| e.to_string())?;
+        Persisted::load(dir.path()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn missing_settings_are_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Persisted::load(dir.path()).expect("no file is no settings");
+        assert_eq!(p.renewal_interval_secs, None);
+    }
+
+    // R9, R26: a hand-edited zero interval would make every client retry without pause; the
+    // host refuses to start and names the file.
+    #[test]
+    fn r26_saved_settings_the_api_would_refuse_stop_the_start() {
+        let e = load(r#"{"renewal_interval_secs": 0}"#).expect_err("zero interval");
+        assert!(
+            e.contains("renewal_interval_secs must be between 1 second and 1 year"),
+            "{e}"
+        );
+        assert!(e.contains(paths::SETTINGS_FILE), "{e}");
+        let e = load(r#"{"listen": "nowhere"}"#).expect_err("bad address");
+        assert!(e.contains("listen 'nowhere'"), "{e}");
+        let e = load("{").expect_err("damaged");
+        assert!(e.contains("damaged"), "{e}");
+        let ok = load(r#"{"activation_interval_secs": 60, "listen": "127.0.0.1:1688"}"#);
+        assert_eq!(ok.map(|p| p.activation_interval_secs), Ok(Some(60)));
     }
 }

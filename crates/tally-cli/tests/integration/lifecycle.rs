@@ -188,13 +188,28 @@ fn agent_renews_again_when_an_answer_outlasts_the_interval() {
         .unwrap_or_else(|| panic!("agent never activated; log:\n{}", agent.stderr()));
 
     // The host stops answering; the kernel still accepts the agent's next connection and
-    // buffers its request. The agent still answers on its socket.
-    host.pause();
-    let paused = status(&dir);
-    let done = activated();
+    // buffers its request. The agent still answers on its socket. A pause that lands while a
+    // renewal is in flight (next attempt already due) is undone and tried again.
+    let (paused, done) = (0..5)
+        .find_map(|_| {
+            host.pause();
+            let st = status(&dir);
+            let done = activated();
+            if st["next_attempt"].as_i64().is_some_and(|t| t > now_ms()) {
+                return Some((st, done));
+            }
+            host.resume();
+            wait_until(Duration::from_secs(20), || {
+                (activated() > done).then_some(())
+            });
+            None
+        })
+        .expect("a pause between two renewals");
     let due = paused["next_attempt"].as_i64().expect("next_attempt");
+    // Stopped well past the renewal interval (2 s) from the attempt's start, well inside the
+    // client's 10 s timeout.
     let stalled = wait_until(Duration::from_secs(20), || {
-        (now_ms() > due + 2_500).then(|| status(&dir))
+        (now_ms() > due + 4_000).then(|| status(&dir))
     })
     .expect("clock moves");
     host.resume();
@@ -202,7 +217,8 @@ fn agent_renews_again_when_an_answer_outlasts_the_interval() {
         stalled["validity_end"], paused["validity_end"],
         "no renewal while the host is stopped"
     );
-    // The stalled renewal is answered more than an interval late: the next one is due already.
+    // The stalled renewal is answered more than an interval late: the next one is due already
+    // and goes one activation interval (1 s) later, not after an hour's sleep.
     let renewed = wait_until(Duration::from_secs(20), || {
         (activated() >= done + 2).then_some(())
     });
