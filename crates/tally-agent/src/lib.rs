@@ -195,15 +195,22 @@ impl Agent {
             Ok(false) => {}
             Err(error) => warn!(%error, "cannot check the hardware (R12)"),
         }
-        let Some(state) = self.state(now) else {
-            return STATE_RETRY;
+        let (state, attempted) = {
+            // Decided under the attempt lock: an activation asked on the socket meanwhile has
+            // already renewed, and this tick then finds nothing due.
+            let _one = self.attempt.lock().await;
+            let now = self.clock.now();
+            let Some(state) = self.state(now) else {
+                return STATE_RETRY;
+            };
+            // R11: a generalized image makes no attempt until the deployed copy's first start.
+            let due = state.license.is_due(now) && !state.generalized;
+            if due {
+                let result = self.client.activate(None, &self.machine, now).await;
+                log_attempt(&result);
+            }
+            (state, due)
         };
-        // R11: a generalized image makes no attempt until the deployed copy's first start.
-        let attempted = state.license.is_due(now) && !state.generalized;
-        if attempted {
-            let result = self.activate(None).await;
-            log_attempt(&result);
-        }
         let now = self.clock.now();
         let Some(after) = self.state(now) else {
             return STATE_RETRY;
