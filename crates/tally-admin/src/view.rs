@@ -12,7 +12,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tally_core::Catalog;
 use tally_core::time::Timestamp;
-use tally_store::{Event, EventQuery, RegistryEntry, RegistrySort, Store, StoreError};
+use tally_store::{
+    CensusCutoffs, Event, EventQuery, RegistryEntry, RegistrySort, Store, StoreError,
+};
 
 /// R7: a license is valid 180 days from the last success.
 const VALIDITY_DAYS: i64 = 180;
@@ -58,6 +60,17 @@ impl ClientState {
         } else {
             Self::InGrace
         }
+    }
+}
+
+/// The bounds [`ClientState::of`] sorts by, for the store's aggregate count
+/// ([`Store::registry_census`]): the same states, counted where the rows are.
+pub fn cutoffs(now: Timestamp, renewal_secs: u32, activation_secs: u32) -> CensusCutoffs {
+    let ago = |ms: i64| Timestamp(now.millis().saturating_sub(ms));
+    CensusCutoffs {
+        validity_before: ago(VALIDITY_DAYS * DAY_MS),
+        renewal_before: ago((i64::from(renewal_secs) + i64::from(activation_secs)) * 1000),
+        grace_before: ago(GRACE_DAYS * DAY_MS),
     }
 }
 
@@ -285,8 +298,9 @@ pub struct EditionCount {
     pub expired: u64,
 }
 
-/// Per-edition counts of the whole registry, read in keyset pages and counted page by page, so
-/// memory stays one page whatever the registry's size (the dashboard's summary).
+/// Per-edition counts of the whole registry, from one aggregate query of the store
+/// ([`Store::registry_census`]): no row is read into memory, whatever the registry's size (the
+/// dashboard's summary). Every catalog edition is listed, with zeros when it has no machine.
 pub async fn per_edition_of_registry(
     store: &dyn Store,
     catalog: &Catalog,
@@ -294,70 +308,45 @@ pub async fn per_edition_of_registry(
     renewal_secs: u32,
     activation_secs: u32,
 ) -> Result<Vec<EditionCount>, StoreError> {
-    let mut tally = EditionTally::new(catalog);
-    for_each_page(store, Timestamp(i64::MIN), Timestamp(i64::MAX), |page| {
-        for row in classify(page, catalog, None, now, renewal_secs, activation_secs) {
-            tally.add(&row);
-        }
-    })
-    .await?;
-    Ok(tally.finish())
-}
-
-/// Per-edition counts, added to one row at a time.
-struct EditionTally {
-    by_sku: BTreeMap<String, EditionCount>,
-}
-
-impl EditionTally {
-    fn new(catalog: &Catalog) -> Self {
-        let by_sku: BTreeMap<String, EditionCount> = catalog
-            .editions()
-            .iter()
-            .map(|e| {
-                (
-                    e.sku.to_string(),
-                    EditionCount {
-                        sku: e.sku.to_string(),
-                        name: e.name.clone(),
-                        kind: format!("{:?}", e.kind).to_ascii_lowercase(),
-                        pool: e.pool.to_string(),
-                        threshold: e.threshold,
-                        ..EditionCount::default()
-                    },
-                )
-            })
-            .collect();
-        Self { by_sku }
-    }
-
-    fn add(&mut self, r: &ClientRow) {
-        let c = self
-            .by_sku
-            .entry(r.entry.sku.to_string())
+    let census = store
+        .registry_census(cutoffs(now, renewal_secs, activation_secs))
+        .await?;
+    let mut by_sku: BTreeMap<String, EditionCount> = catalog
+        .editions()
+        .iter()
+        .map(|e| {
+            (
+                e.sku.to_string(),
+                EditionCount {
+                    sku: e.sku.to_string(),
+                    name: e.name.clone(),
+                    kind: format!("{:?}", e.kind).to_ascii_lowercase(),
+                    pool: e.pool.to_string(),
+                    threshold: e.threshold,
+                    ..EditionCount::default()
+                },
+            )
+        })
+        .collect();
+    for row in census {
+        let c = by_sku
+            .entry(row.sku.to_string())
             .or_insert_with(|| EditionCount {
-                sku: r.entry.sku.to_string(),
-                name: r.edition.clone(),
-                pool: r.entry.pool.to_string(),
+                sku: row.sku.to_string(),
+                name: row.sku.to_string(),
+                pool: row.pool.to_string(),
                 ..EditionCount::default()
             });
-        c.machines += 1;
-        match r.state {
-            ClientState::Activated => c.activated += 1,
-            ClientState::InGrace => c.in_grace += 1,
-            ClientState::RenewalOverdue => {
-                c.activated += 1;
-                c.renewal_overdue += 1;
-            }
-            ClientState::Expired => c.expired += 1,
-        }
+        c.machines += row.machines;
+        // An overdue machine is still activated (its validity runs, R7).
+        c.activated += row.activated + row.renewal_overdue;
+        c.renewal_overdue += row.renewal_overdue;
+        c.expired += row.expired;
+        c.in_grace += row.in_grace;
     }
-
-    fn finish(self) -> Vec<EditionCount> {
-        let mut out: Vec<EditionCount> = self.by_sku.into_values().collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
-    }
+    let mut out: Vec<EditionCount> = by_sku.into_values().collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// One UTC day of activation requests (event 12290).
@@ -473,6 +462,41 @@ mod tests {
             .expect("summary");
         let total: u64 = counts.iter().map(|c| c.machines).sum();
         assert_eq!(total, rows);
+        // The store's aggregate sorts as ClientState::of does, row by row, at a time when the
+        // seeded machines span every state an activated machine can be in.
+        let later = Timestamp(now.millis() + 3 * DAY_MS);
+        let at_later = per_edition_of_registry(&store, &catalog, later, 604_800, 7200)
+            .await
+            .expect("summary");
+        let all = classify(
+            store
+                .registry_in_period(Timestamp(i64::MIN), Timestamp(i64::MAX), None, u32::MAX)
+                .await
+                .expect("all rows"),
+            &catalog,
+            None,
+            later,
+            604_800,
+            7200,
+        );
+        let of = |s: ClientState| all.iter().filter(|r| r.state == s).count() as u64;
+        let c = at_later
+            .iter()
+            .find(|c| c.sku == edition.sku.to_string())
+            .expect("edition");
+        let (current, overdue, expired) = (
+            of(ClientState::Activated),
+            of(ClientState::RenewalOverdue),
+            of(ClientState::Expired),
+        );
+        assert!(
+            current > 0 && overdue > 0 && expired > 0,
+            "seed spans the states"
+        );
+        assert_eq!(
+            (c.machines, c.activated, c.renewal_overdue, c.expired),
+            (rows, current + overdue, overdue, expired)
+        );
         let sel = Selection {
             search: Some("SEED-0000100".into()),
             sort: RegistrySort::Machine,

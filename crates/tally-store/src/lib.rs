@@ -142,6 +142,59 @@ pub struct RegistryEntry {
     pub served_by: Option<String>,
 }
 
+/// The moments that sort the registry into states for [`Store::registry_census`]. Each is a
+/// strict bound: a time equal to it is on the recent side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CensusCutoffs {
+    /// An activated machine last seen before this has run out of validity (R7): expired.
+    pub validity_before: Timestamp,
+    /// An activated machine last seen before this, and not expired, is overdue for renewal.
+    pub renewal_before: Timestamp,
+    /// A machine not activated, first seen before this, has run out of grace (R10): expired.
+    pub grace_before: Timestamp,
+}
+
+impl CensusRow {
+    /// Counts one machine into its state (the rule the PostgreSQL query writes in SQL).
+    pub fn add(&mut self, cut: &CensusCutoffs, activated: bool, first: Timestamp, last: Timestamp) {
+        self.machines += 1;
+        let bucket = if activated {
+            if last < cut.validity_before {
+                &mut self.expired
+            } else if last < cut.renewal_before {
+                &mut self.renewal_overdue
+            } else {
+                &mut self.activated
+            }
+        } else if first < cut.grace_before {
+            &mut self.expired
+        } else {
+            &mut self.in_grace
+        };
+        *bucket += 1;
+    }
+}
+
+/// One edition's (and pool's) machines in the registry, by state: each machine is in exactly
+/// one of `activated`, `renewal_overdue`, `expired` and `in_grace`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CensusRow {
+    /// The edition last requested.
+    pub sku: Uuid,
+    /// The pool last named.
+    pub pool: Uuid,
+    /// All of them.
+    pub machines: u64,
+    /// Activated and renewing on time.
+    pub activated: u64,
+    /// Activated, last seen before [`CensusCutoffs::renewal_before`], not expired.
+    pub renewal_overdue: u64,
+    /// Activated and past validity, or never activated and past grace.
+    pub expired: u64,
+    /// Not activated (the count is below the threshold), still in grace.
+    pub in_grace: u64,
+}
+
 /// One entry of the host's event log (R27).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Event {
@@ -331,6 +384,10 @@ pub trait Store: Send + Sync + 'static {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<RegistryEntry>, StoreError>;
+
+    /// The registry counted by edition and state at `cutoffs`, in one aggregate query: what
+    /// the dashboard shows at any registry size without reading the rows. Ordered by SKU, pool.
+    async fn registry_census(&self, cutoffs: CensusCutoffs) -> Result<Vec<CensusRow>, StoreError>;
 
     /// Appends events to the log (durable when it returns, like [`Store::commit`]).
     async fn record_events(&self, events: Vec<Event>) -> Result<(), StoreError>;

@@ -31,8 +31,8 @@ use uuid::Uuid;
 
 use crate::health::Health;
 use crate::{
-    Event, EventQuery, PoolCount, RefusalCount, RegistryEntry, RegistryPage, RegistrySort, Store,
-    StoreError, StoreOptions,
+    CensusCutoffs, CensusRow, Event, EventQuery, PoolCount, RefusalCount, RegistryEntry,
+    RegistryPage, RegistrySort, Store, StoreError, StoreOptions,
 };
 
 /// Most requests committed in one transaction.
@@ -239,6 +239,15 @@ fn registry_row(r: &tokio_postgres::Row) -> RegistryEntry {
     }
 }
 
+/// [`Store::registry_census`]: one pass, the states as `tally_admin::view::ClientState::of`
+/// sorts them (expired before overdue).
+const CENSUS_SQL: &str = "SELECT sku, pool, count(*),
+       count(*) FILTER (WHERE activated AND last_seen >= $1 AND last_seen >= $2),
+       count(*) FILTER (WHERE activated AND last_seen >= $1 AND last_seen < $2),
+       count(*) FILTER (WHERE CASE WHEN activated THEN last_seen < $1 ELSE first_seen < $3 END),
+       count(*) FILTER (WHERE NOT activated AND first_seen >= $3)
+  FROM registry GROUP BY sku, pool ORDER BY sku, pool";
+
 /// A search: lower-cased machine names from `$3` (inclusive) to `$4` (exclusive) in byte
 /// order, by the `registry_machine` index. Without a search the query has no condition (an
 /// `IS NULL OR …` would keep a generic plan from using the index).
@@ -378,6 +387,33 @@ impl Store for PgStore {
             params.push(cmid);
         }
         self.registry_rows(&sql, &params).await
+    }
+
+    async fn registry_census(&self, cutoffs: CensusCutoffs) -> Result<Vec<CensusRow>, StoreError> {
+        let (v, r, g) = (
+            cutoffs.validity_before.millis(),
+            cutoffs.renewal_before.millis(),
+            cutoffs.grace_before.millis(),
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(CENSUS_SQL, &[&v, &r, &g])
+            .await
+            .map_err(backend("count registry by state"))?;
+        let n = |row: &tokio_postgres::Row, i| u64::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        Ok(rows
+            .iter()
+            .map(|row| CensusRow {
+                sku: row.get(0),
+                pool: row.get(1),
+                machines: n(row, 2),
+                activated: n(row, 3),
+                renewal_overdue: n(row, 4),
+                expired: n(row, 5),
+                in_grace: n(row, 6),
+            })
+            .collect())
     }
 
     async fn registry_entry(&self, cmid: Uuid) -> Result<Option<RegistryEntry>, StoreError> {

@@ -10,6 +10,7 @@
 //! [`FULL_CHECK_BYTES`]; larger files get a probe of every table at start and the full check
 //! from `tally host check`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -26,8 +27,8 @@ use uuid::Uuid;
 
 use crate::health::Health;
 use crate::{
-    Event, EventQuery, PoolCount, RefusalCount, RegistryEntry, RegistryPage, RegistrySort, Store,
-    StoreError, StoreOptions,
+    CensusCutoffs, CensusRow, Event, EventQuery, PoolCount, RefusalCount, RegistryEntry,
+    RegistryPage, RegistrySort, Store, StoreError, StoreOptions,
 };
 
 mod seed;
@@ -315,8 +316,9 @@ fn read_tables(conn: &Connection) -> rusqlite::Result<Vec<PoolSnapshot>> {
 }
 
 fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
-    let bytes: Vec<u8> = row.get(idx)?;
-    Uuid::from_slice(&bytes).map_err(|e| {
+    // Borrowed from SQLite's row, not copied into a Vec first.
+    let bytes = row.get_ref(idx)?.as_blob()?;
+    Uuid::from_slice(bytes).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Blob, Box::new(e))
     })
 }
@@ -375,6 +377,33 @@ fn period_sql() -> String {
 }
 
 const REGISTRY_COLUMNS: &str = "cmid, machine_name, sku, pool, first_seen, last_seen, last_result, last_count, activated, requests";
+
+/// [`Store::registry_census`]: what sorts a machine into its state ([`CensusRow::add`]).
+const CENSUS_SQL: &str = "SELECT sku, pool, activated, first_seen, last_seen FROM registry";
+
+/// The scan behind [`Store::registry_census`].
+fn census(conn: &Connection, cutoffs: &CensusCutoffs) -> rusqlite::Result<Vec<CensusRow>> {
+    let mut by_edition: BTreeMap<(Uuid, Uuid), CensusRow> = BTreeMap::new();
+    let mut stmt = conn.prepare_cached(CENSUS_SQL)?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let (sku, pool) = (uuid_col(row, 0)?, uuid_col(row, 1)?);
+        by_edition
+            .entry((sku, pool))
+            .or_insert(CensusRow {
+                sku,
+                pool,
+                ..CensusRow::default()
+            })
+            .add(
+                cutoffs,
+                row.get(2)?,
+                Timestamp(row.get(3)?),
+                Timestamp(row.get(4)?),
+            );
+    }
+    Ok(by_edition.into_values().collect())
+}
 
 fn registry_row(row: &Row<'_>) -> rusqlite::Result<RegistryEntry> {
     Ok(RegistryEntry {
@@ -578,6 +607,13 @@ impl Store for SqliteStore {
                 .map_err(backend("read registry"))
         })
         .await
+    }
+
+    async fn registry_census(&self, cutoffs: CensusCutoffs) -> Result<Vec<CensusRow>, StoreError> {
+        // One scan of the table, counted here: SQLite's GROUP BY sorts every row through a
+        // temporary b-tree first (8 s at 10 M machines against 1 s for the scan).
+        self.read(move |conn| census(conn, &cutoffs).map_err(backend("count registry by state")))
+            .await
     }
 
     async fn registry_entry(&self, cmid: Uuid) -> Result<Option<RegistryEntry>, StoreError> {

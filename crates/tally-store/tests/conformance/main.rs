@@ -36,6 +36,7 @@ macro_rules! all_conformance_tests {
             r6_registry_pages_search_and_entries,
             r6_search_is_a_name_prefix_in_any_case,
             r6_a_period_is_read_in_keyset_pages,
+            r6_the_census_counts_each_machine_in_one_state,
             the_bench_pool_is_counted_but_never_listed_or_reported,
             refusals_are_aggregated_not_registered,
             registry_cap_and_retention,

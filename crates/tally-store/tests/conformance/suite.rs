@@ -6,7 +6,9 @@ use tally_core::counting::CountTables;
 use tally_core::host::{Changes, CountRequest, RegistryUpdate};
 use tally_core::time::{DAY_MS, Timestamp};
 use tally_proto::{LicenseState, ResultCode};
-use tally_store::{Event, EventQuery, PoolCount, RegistryPage, RegistrySort, Store};
+use tally_store::{
+    CensusCutoffs, CensusRow, Event, EventQuery, PoolCount, RegistryPage, RegistrySort, Store,
+};
 use uuid::Uuid;
 
 /// A backend under test: a fresh, empty database per test.
@@ -272,6 +274,59 @@ pub async fn r6_a_period_is_read_in_keyset_pages(b: &impl Backend) {
     }
     let want: Vec<Uuid> = (1..=5).map(|n| Uuid::from_u128(100 + n)).collect();
     assert_eq!(seen, want);
+}
+
+// R6, R7, R10: the census sorts every machine into exactly one state by the cutoffs (strict
+// bounds: a time equal to a cutoff is on the recent side), per edition and pool, in one query.
+pub async fn r6_the_census_counts_each_machine_in_one_state(b: &impl Backend) {
+    let store = b.store();
+    let now = 400 * DAY_MS;
+    let cut = CensusCutoffs {
+        validity_before: Timestamp(T0 + now - 180 * DAY_MS),
+        renewal_before: Timestamp(T0 + now - 7 * DAY_MS),
+        grace_before: Timestamp(T0 + now - 30 * DAY_MS),
+    };
+    let seen = |n: u128, ms: i64, activated: bool, sku: u128| {
+        let mut c = request(n, ms, if activated { 1 } else { 1000 });
+        c.registry.activated = activated;
+        c.registry.sku = Uuid::from_u128(sku);
+        c
+    };
+    let rows = [
+        seen(1, now - DAY_MS, true, 9),           // activated
+        seen(2, now - 7 * DAY_MS, true, 9),       // on the bound: activated
+        seen(3, now - 7 * DAY_MS - 1, true, 9),   // overdue
+        seen(4, now - 180 * DAY_MS, true, 9),     // on the bound: overdue
+        seen(5, now - 180 * DAY_MS - 1, true, 9), // expired
+        seen(6, now - 5 * DAY_MS, false, 9),      // in grace
+        seen(7, now - 30 * DAY_MS, false, 9),     // on the bound: in grace
+        seen(8, now - 30 * DAY_MS - 1, false, 9), // grace ran out: expired
+        seen(9, now - DAY_MS, true, 10),          // another edition
+    ];
+    assert_eq!(store.registry_census(cut).await.expect("empty"), []);
+    for c in rows {
+        store.commit(c).await.expect("commit");
+    }
+    let census = store.registry_census(cut).await.expect("census");
+    let want = [
+        CensusRow {
+            sku: Uuid::from_u128(9),
+            pool: POOL,
+            machines: 8,
+            activated: 2,
+            renewal_overdue: 2,
+            expired: 2,
+            in_grace: 2,
+        },
+        CensusRow {
+            sku: Uuid::from_u128(10),
+            pool: POOL,
+            machines: 1,
+            activated: 1,
+            ..CensusRow::default()
+        },
+    ];
+    assert_eq!(census, want);
 }
 
 // Issue 14: the bench edition's pool (tally_core::bench) is counted like any pool, so a bench
