@@ -2,9 +2,9 @@
 //! the host sees it, filters, per-edition counts, activations over time, CSV; and the one rule
 //! for times in JSON (every Unix-ms time also as `<name>_rfc3339`, UTC).
 //!
-//! Filters and summaries read the registry whole, in CMID-ordered keyset pages, one pass that
-//! holds one page at a time (plus what a filter keeps), instead of asking every backend for new
-//! queries.
+//! The summary's per-edition counts come from the store's census ([`Store::registry_census`],
+//! with the bounds of [`cutoffs`]). Filters and the CSV export read the registry whole, in
+//! CMID-ordered keyset pages, one pass that holds one page at a time (plus what a filter keeps).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -443,6 +443,57 @@ pub fn with_rfc3339(v: &mut Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    // The census bounds sort every machine as ClientState::of does: activated or not, one
+    // millisecond either side of each bound, with a renewal interval shorter and longer than
+    // the validity.
+    #[test]
+    fn census_cutoffs_agree_with_client_state() {
+        let now = Timestamp(1_800_000_000_000);
+        for (renewal, activation) in [(604_800, 7200), (365 * 86_400, 7200), (1, 1)] {
+            let cut = cutoffs(now, renewal, activation);
+            let bounds = [
+                cut.validity_before.millis(),
+                cut.renewal_before.millis(),
+                cut.grace_before.millis(),
+                now.millis(),
+            ];
+            for at in bounds.iter().flat_map(|b| [b - 1, *b, b + 1]) {
+                for (activated, first, last) in [
+                    (true, at - DAY_MS, at),
+                    (false, at, now.millis()),
+                    (false, at, at),
+                ] {
+                    let entry = RegistryEntry {
+                        cmid: uuid::Uuid::nil(),
+                        machine_name: "pc".into(),
+                        sku: uuid::Uuid::nil(),
+                        pool: uuid::Uuid::nil(),
+                        first_seen: Timestamp(first),
+                        last_seen: Timestamp(last),
+                        last_result: 0,
+                        last_count: 1,
+                        activated,
+                        requests: 1,
+                        served_by: None,
+                    };
+                    let mut row = tally_store::CensusRow::default();
+                    row.add(&cut, activated, entry.first_seen, entry.last_seen);
+                    let bucket = match ClientState::of(&entry, now, renewal, activation) {
+                        ClientState::Activated => row.activated,
+                        ClientState::RenewalOverdue => row.renewal_overdue,
+                        ClientState::Expired => row.expired,
+                        ClientState::InGrace => row.in_grace,
+                    };
+                    assert_eq!(
+                        (bucket, row.machines),
+                        (1, 1),
+                        "{entry:?} at {renewal}/{activation}"
+                    );
+                }
+            }
+        }
+    }
 
     // Whole-registry reads over several keyset pages: every machine counted once, a search and
     // a filter kept, the order asked for (issue 14: one pass, one page in memory).

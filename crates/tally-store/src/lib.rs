@@ -385,8 +385,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<RegistryEntry>, StoreError>;
 
-    /// The registry counted by edition and state at `cutoffs`, in one aggregate query: what
-    /// the dashboard shows at any registry size without reading the rows. Ordered by SKU, pool.
+    /// The registry counted by edition and state at `cutoffs`, in one pass where the rows are
+    /// (PostgreSQL: one aggregate query; SQLite: one scan counted in the reader), without
+    /// returning a row: what the dashboard shows at any registry size. Ordered by SKU, pool.
     async fn registry_census(&self, cutoffs: CensusCutoffs) -> Result<Vec<CensusRow>, StoreError>;
 
     /// Appends events to the log (durable when it returns, like [`Store::commit`]).

@@ -316,11 +316,8 @@ fn read_tables(conn: &Connection) -> rusqlite::Result<Vec<PoolSnapshot>> {
 }
 
 fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
-    // Borrowed from SQLite's row, not copied into a Vec first.
-    let bytes = row.get_ref(idx)?.as_blob()?;
-    Uuid::from_slice(bytes).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Blob, Box::new(e))
-    })
+    // A 16-byte array straight from SQLite's row (no Vec); rusqlite's errors name the column.
+    row.get::<_, [u8; 16]>(idx).map(Uuid::from_bytes)
 }
 
 /// A search: machine names from `:lo` (inclusive) to `:hi` (exclusive), case-insensitive, by

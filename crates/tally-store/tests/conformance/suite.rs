@@ -292,17 +292,39 @@ pub async fn r6_the_census_counts_each_machine_in_one_state(b: &impl Backend) {
         c.registry.sku = Uuid::from_u128(sku);
         c
     };
-    let rows = [
-        seen(1, now - DAY_MS, true, 9),           // activated
-        seen(2, now - 7 * DAY_MS, true, 9),       // on the bound: activated
-        seen(3, now - 7 * DAY_MS - 1, true, 9),   // overdue
-        seen(4, now - 180 * DAY_MS, true, 9),     // on the bound: overdue
-        seen(5, now - 180 * DAY_MS - 1, true, 9), // expired
-        seen(6, now - 5 * DAY_MS, false, 9),      // in grace
-        seen(7, now - 30 * DAY_MS, false, 9),     // on the bound: in grace
-        seen(8, now - 30 * DAY_MS - 1, false, 9), // grace ran out: expired
-        seen(9, now - DAY_MS, true, 10),          // another edition
+    // Machine n: its first request, then its last; first and last seen differ, so a backend
+    // that read one for the other would count differently.
+    let grace = now - 29 * DAY_MS;
+    let machines = [
+        (1, true, 0, now - DAY_MS),                      // activated
+        (2, true, 0, now - 7 * DAY_MS),                  // on the bound: activated
+        (3, true, 0, now - 7 * DAY_MS - 1),              // overdue
+        (4, true, 0, now - 180 * DAY_MS),                // on the bound: overdue
+        (5, true, 0, now - 100 * DAY_MS),                // overdue
+        (6, true, 0, now - 180 * DAY_MS - 1),            // expired
+        (7, true, 0, now - 200 * DAY_MS),                // expired
+        (8, true, 0, now - 181 * DAY_MS),                // expired
+        (9, false, now - 30 * DAY_MS - 1, now - DAY_MS), // grace ran out: expired, however recent
+        (10, false, grace, now - DAY_MS),                // in grace
+        (11, false, grace, now - 2 * DAY_MS),            // in grace
+        (12, false, now - 30 * DAY_MS, now - DAY_MS),    // on the bound: in grace
+        (13, false, grace, grace),                       // in grace
+        (14, false, now - DAY_MS, now - DAY_MS),         // in grace
     ];
+    let mut rows = vec![];
+    for (n, activated, first, last) in machines {
+        rows.push(seen(n, first, activated, 9));
+        if last != first {
+            rows.push(seen(n, last, activated, 9));
+        }
+    }
+    rows.push(seen(20, now - DAY_MS, true, 10)); // another edition
+    let mut other_pool = seen(21, now - DAY_MS, true, 9);
+    other_pool.registry.pool = Uuid::from_u128(2);
+    if let Some(c) = other_pool.counting.as_mut() {
+        c.pool = Uuid::from_u128(2);
+    }
+    rows.push(other_pool);
     assert_eq!(store.registry_census(cut).await.expect("empty"), []);
     for c in rows {
         store.commit(c).await.expect("commit");
@@ -312,11 +334,18 @@ pub async fn r6_the_census_counts_each_machine_in_one_state(b: &impl Backend) {
         CensusRow {
             sku: Uuid::from_u128(9),
             pool: POOL,
-            machines: 8,
+            machines: 14,
             activated: 2,
-            renewal_overdue: 2,
-            expired: 2,
-            in_grace: 2,
+            renewal_overdue: 3,
+            expired: 4,
+            in_grace: 5,
+        },
+        CensusRow {
+            sku: Uuid::from_u128(9),
+            pool: Uuid::from_u128(2),
+            machines: 1,
+            activated: 1,
+            ..CensusRow::default()
         },
         CensusRow {
             sku: Uuid::from_u128(10),
@@ -372,6 +401,20 @@ pub async fn the_bench_pool_is_counted_but_never_listed_or_reported(b: &impl Bac
     );
     let pools: Vec<Uuid> = count_of(&*store, 10).await.iter().map(|p| p.pool).collect();
     assert_eq!(pools, [POOL], "the bench pool is in no summary");
+    let everyone = CensusCutoffs {
+        validity_before: Timestamp(i64::MIN),
+        renewal_before: Timestamp(i64::MIN),
+        grace_before: Timestamp(i64::MIN),
+    };
+    let census = store.registry_census(everyone).await.expect("census");
+    assert_eq!(
+        census
+            .iter()
+            .map(|r| (r.pool, r.machines))
+            .collect::<Vec<_>>(),
+        [(POOL, 1)],
+        "the bench pool is in no census"
+    );
     // Retention prunes the bench machines with the others.
     let pruned = store
         .prune_registry(Timestamp(T0 + 1_000_000))
