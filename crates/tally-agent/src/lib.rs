@@ -15,7 +15,6 @@ use tally_client::agent::{AgentRequest, MAX_REQUEST_LINE, machine_name};
 use tally_client::codes;
 use tally_client::ops::{Client, OpResult};
 use tally_client::state::{ClientState, StateError};
-use tally_core::lifecycle::MIN_INTERVAL_SECS;
 use tally_core::time::{Clock, Timestamp};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -217,22 +216,12 @@ impl Agent {
         };
         let next = if after.generalized {
             None
-        } else if attempted && after.license.is_due(now) {
-            // The attempt left the next one due already: it recorded nothing (no trust file,
-            // say), or it outlasted the interval it set (a slow host, a long timeout). Go again
-            // one activation interval (R8) after its end, not at once and not an hour later.
-            let secs = after
-                .license
-                .intervals
-                .activation_secs
-                .max(MIN_INTERVAL_SECS);
-            if after.license.next_attempt == state.license.next_attempt {
-                warn!(
-                    retry_in_secs = secs,
-                    "the attempt was not recorded; will retry"
-                );
+        } else if attempted {
+            if after.license.is_due(now) && after.license.next_attempt == state.license.next_attempt
+            {
+                warn!("the attempt was not recorded; will retry on the activation interval");
             }
-            Some(Timestamp(now.0.saturating_add(i64::from(secs) * 1000)))
+            after.license.next_event_after_attempt(now)
         } else {
             after.license.next_event(now)
         };

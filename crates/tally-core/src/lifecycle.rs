@@ -216,6 +216,18 @@ impl License {
         attempt.into_iter().chain(ends).min()
     }
 
+    /// [`License::next_event`] right after an attempt ended at `now`. An attempt that left the
+    /// next one due already (it outlasted the interval it set, or stopped before any host and
+    /// recorded nothing) is followed by the next one an activation interval later (R8): never
+    /// at once, which would retry without pause.
+    pub fn next_event_after_attempt(&self, now: Timestamp) -> Option<Timestamp> {
+        if self.is_due(now) {
+            Some(self.retry_at(now))
+        } else {
+            self.next_event(now)
+        }
+    }
+
     /// R25: the authority activated this installation with a MAK: licensed for good (no
     /// renewal), as long as the hardware stays within tolerance (R12).
     pub fn on_permanent_activation(&mut self, now: Timestamp, hardware: Option<&Hardware>) {
@@ -272,10 +284,8 @@ impl License {
 
     fn retry_at(&self, now: Timestamp) -> Timestamp {
         // R8: a failed attempt is retried every activation interval.
-        Timestamp(
-            now.0
-                .saturating_add(i64::from(self.intervals.activation_secs) * 1000),
-        )
+        let secs = self.intervals.activation_secs.max(MIN_INTERVAL_SECS);
+        Timestamp(now.0.saturating_add(i64::from(secs) * 1000))
     }
 
     /// R11: rearm resets the grace timer to 30 days, at most three times.
@@ -338,9 +348,13 @@ mod tests {
     }
 
     fn counted(activated: bool) -> AttemptOutcome {
+        counted_with(activated, host_intervals())
+    }
+
+    fn counted_with(activated: bool, intervals: Intervals) -> AttemptOutcome {
         AttemptOutcome::Counted {
             activated,
-            intervals: host_intervals(),
+            intervals,
         }
     }
 
@@ -362,6 +376,12 @@ mod tests {
         assert_eq!(l.next_event(renewal), Some(renewal));
         let late = Timestamp(renewal.0 + 5);
         assert_eq!(l.next_event(late), Some(late), "overdue: due now");
+        // Right after an attempt that left it due, the next goes an activation interval later.
+        assert_eq!(
+            l.next_event_after_attempt(late),
+            Some(Timestamp(late.0 + 7_200_000))
+        );
+        assert_eq!(l.next_event_after_attempt(T0), Some(renewal));
     }
 
     // R9: a host's zero interval is kept as one second, so no client retries without pause.
@@ -372,14 +392,7 @@ mod tests {
             activation_secs: 0,
             renewal_secs: 0,
         };
-        l.on_attempt(
-            T0,
-            AttemptOutcome::Counted {
-                activated: true,
-                intervals: zero,
-            },
-            None,
-        );
+        l.on_attempt(T0, counted_with(true, zero), None);
         assert_eq!(l.next_attempt, Some(Timestamp(T0.0 + 1_000)));
         l.on_attempt(T0, AttemptOutcome::Failed, None);
         assert_eq!(l.next_attempt, Some(Timestamp(T0.0 + 1_000)));
