@@ -3,6 +3,7 @@
 //! tool skips a test or fails it (it fails when `CI` is set).
 
 pub mod bind;
+pub mod faketime;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader};
@@ -240,7 +241,17 @@ pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 
 /// Runs `tally` with `args` and waits for it.
 pub fn tally(bin: &Path, args: &[&str]) -> Output {
-    match Command::new(bin).args(args).env_remove("RUST_LOG").output() {
+    tally_env(bin, args, &[])
+}
+
+/// Runs `tally` with `args` and extra environment (a [`faketime::env`], say) and waits for it.
+pub fn tally_env(bin: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    match Command::new(bin)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env_remove("RUST_LOG")
+        .output()
+    {
         Ok(o) => o,
         Err(e) => panic!("cannot run {}: {e}", bin.display()),
     }
@@ -248,7 +259,16 @@ pub fn tally(bin: &Path, args: &[&str]) -> Output {
 
 /// Runs `tally` and parses its stdout as JSON; panics with stderr on bad JSON.
 pub fn tally_json(bin: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
-    let out = tally(bin, args);
+    tally_json_env(bin, args, &[])
+}
+
+/// [`tally_json`] with extra environment (a [`faketime::env`], say).
+pub fn tally_json_env(
+    bin: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Option<i32>, serde_json::Value) {
+    let out = tally_env(bin, args, envs);
     let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "tally {args:?} printed no JSON ({e}); stdout: {} stderr: {}",
@@ -295,6 +315,17 @@ impl HostProcess {
     /// As [`HostProcess::start_dev`], on a given listen address. The admin API listens on a
     /// free loopback port.
     pub fn start_on(bin: &Path, data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
+        Self::start_env(bin, data_dir, listen, extra, &[])
+    }
+
+    /// As [`HostProcess::start_on`], with extra environment (a [`faketime::env`], say).
+    pub fn start_env(
+        bin: &Path,
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let dir = data_dir
             .to_str()
             .unwrap_or_else(|| panic!("non-UTF-8 path {}", data_dir.display()));
@@ -313,7 +344,7 @@ impl HostProcess {
         let (process, addrs) = Process::spawn_reading(
             bin,
             &args,
-            &[],
+            envs,
             &["tally host listening on ", "tally admin listening on "],
         );
         Self {
