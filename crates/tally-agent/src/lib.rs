@@ -202,30 +202,35 @@ impl Agent {
             let Some(state) = self.state(now) else {
                 return STATE_RETRY;
             };
+            // X5: due on trusted time (a clock set back past the tolerance: due now).
+            let view = self.client.view(&state, now);
             // R11: a generalized image makes no attempt until the deployed copy's first start.
-            let due = state.license.is_due(now) && !state.generalized;
+            let due = view.license.is_due(view.now) && !state.generalized;
             if due {
                 let result = self.client.activate(None, &self.machine, now).await;
                 log_attempt(&result);
             }
-            (state, due)
+            (view, due)
         };
         let now = self.clock.now();
         let Some(after) = self.state(now) else {
             return STATE_RETRY;
         };
-        let next = if after.generalized {
+        let generalized = after.generalized;
+        let after = self.client.view(&after, now);
+        let next = if generalized {
             None
         } else if attempted {
-            if after.license.is_due(now) && after.license.next_attempt == state.license.next_attempt
+            if after.license.is_due(after.now)
+                && after.license.next_attempt == state.license.next_attempt
             {
                 warn!("the attempt was not recorded; will retry on the activation interval");
             }
-            after.license.next_event_after_attempt(now)
+            after.license.next_event_after_attempt(after.now)
         } else {
-            after.license.next_event(now)
+            after.license.next_event(after.now)
         };
-        sleep_for(next, now)
+        sleep_for(next, after.now)
     }
 
     /// The saved state, or `None` (logged) when it cannot be read.

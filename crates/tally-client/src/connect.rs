@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rand::RngExt;
@@ -12,7 +13,7 @@ use tally_core::time::Timestamp;
 use tally_core::trust::{TrustAnchor, TrustError, VerifiedHost, sha256};
 use tally_proto::{
     ActivationRequest, DecodeError, Frame, HostCertificate, LicenseState, MAX_FRAME, MachineName,
-    Message, ResultCode,
+    Message, RequestExt, ResultCode,
 };
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -103,6 +104,36 @@ pub struct ActivationParams {
     pub license_state: LicenseState,
     /// Minutes left of grace or validity.
     pub grace_remaining_minutes: u32,
+    /// Version 2's installation fields (X6); `None` sends a version-1 request.
+    pub installation: Option<Installation>,
+}
+
+/// What identifies one installation beyond its CMID (X6): sequence numbers reserved (and saved)
+/// before any request is sent, one per request, and the hardware digest.
+#[derive(Clone, Debug)]
+pub struct Installation {
+    next: Arc<AtomicU32>,
+    last: u32,
+    /// First 8 bytes of SHA-256 over the hardware fingerprint.
+    pub hardware_digest: [u8; 8],
+}
+
+impl Installation {
+    /// Numbers `first..=last`, reserved in the state before use.
+    pub fn new(first: u32, last: u32, hardware_digest: [u8; 8]) -> Self {
+        Self {
+            next: Arc::new(AtomicU32::new(first)),
+            last,
+            hardware_digest,
+        }
+    }
+
+    /// The next reserved number; the last one again if a single attempt used them all (it
+    /// tried more hosts than numbers were reserved for).
+    fn take(&self) -> u32 {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        n.min(self.last)
+    }
 }
 
 /// A verified answer.
@@ -120,8 +151,12 @@ pub struct Answer {
     pub activated: bool,
     /// The host's intervals (R9).
     pub intervals: Intervals,
-    /// The host's clock.
+    /// The host's clock: trusted time (X5).
     pub host_time: Timestamp,
+    /// The request frame sent, kept with the response as evidence (X5).
+    pub request_frame: Vec<u8>,
+    /// The response frame received (signed by the host).
+    pub response_frame: Vec<u8>,
 }
 
 /// Activates against hosts, trusting one authority; remembers host certificates it verified.
@@ -177,12 +212,16 @@ impl Connector {
             license_state: params.license_state,
             grace_remaining_minutes: params.grace_remaining_minutes,
             client_time: now.millis(),
+            ext: params.installation.as_ref().map(|i| RequestExt {
+                sequence: i.take(),
+                hardware_digest: i.hardware_digest,
+            }),
             machine_name: params.machine_name.clone(),
         };
         let frame = Message::ActivationRequest(request.clone()).encode();
-        let response = match self.exchange(&mut stream, host, &frame).await? {
-            Message::ActivationResponse(r) => r,
-            Message::Error(e) => return Err(ClientError::Rejected(e.result)),
+        let (response, response_frame) = match self.exchange(&mut stream, host, &frame).await? {
+            (Message::ActivationResponse(r), bytes) => (r, bytes),
+            (Message::Error(e), _) => return Err(ClientError::Rejected(e.result)),
             _ => return Err(ClientError::Unexpected("non-activation")),
         };
         let known = self
@@ -197,8 +236,8 @@ impl Connector {
                     .exchange(&mut stream, host, &Message::CertificateRequest.encode())
                     .await?
                 {
-                    Message::CertificateResponse(c) => c,
-                    Message::Error(e) => return Err(ClientError::Rejected(e.result)),
+                    (Message::CertificateResponse(c), _) => c,
+                    (Message::Error(e), _) => return Err(ClientError::Rejected(e.result)),
                     _ => return Err(ClientError::Unexpected("non-certificate")),
                 };
                 let v = self.anchor.verify_certificate(&cert, now)?;
@@ -220,6 +259,8 @@ impl Connector {
                 renewal_secs: response.renewal_interval_secs,
             },
             host_time: Timestamp(response.host_time),
+            request_frame: frame,
+            response_frame,
         })
     }
 
@@ -268,7 +309,7 @@ impl Connector {
         stream: &mut TcpStream,
         host: &str,
         frame: &[u8],
-    ) -> Result<Message, ClientError> {
+    ) -> Result<(Message, Vec<u8>), ClientError> {
         let io = |source| ClientError::Io {
             host: host.to_owned(),
             source,
@@ -286,7 +327,7 @@ impl Connector {
                 });
             }
         };
-        Ok(Message::decode(&bytes)?)
+        Ok((Message::decode(&bytes)?, bytes))
     }
 }
 

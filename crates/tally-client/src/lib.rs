@@ -13,6 +13,7 @@
 //! - [`authority`]: the HTTP client to the vendor's authority (host and MAK activation).
 //! - [`connect`]: the [`Connector`] and the wire exchange.
 //! - [`state`]: the locked, atomically written state file.
+//! - [`evidence`]: the hosts' signed answers kept in it (X5).
 //! - [`hardware`]: the hardware probe (R12).
 //! - [`codes`]: client-side result codes (R14).
 
@@ -20,6 +21,7 @@ pub mod agent;
 pub mod authority;
 pub mod codes;
 pub mod connect;
+pub mod evidence;
 pub mod hardware;
 pub mod ops;
 pub mod state;

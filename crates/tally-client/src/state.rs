@@ -15,13 +15,15 @@ use tally_core::hardware::Hardware;
 use tally_core::keys::{KeyKind, ProductKey};
 use tally_core::lifecycle::{AttemptOutcome, License, LicenseStatus, LifecycleError};
 use tally_core::time::Timestamp;
-use tally_core::trust::{armor, labels, parse_certificate};
+use tally_core::trust::{TrustAnchor, armor, labels, parse_certificate};
+use tally_core::trusted::{Evidence, TimeBase};
 use tally_proto::HostCertificate;
 use thiserror::Error;
 use uuid::Uuid;
 
 use crate::codes;
 use crate::connect::Answer;
+use crate::evidence::{EvidenceStore, SignedAnswer};
 
 /// File name inside the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -113,6 +115,79 @@ pub struct ClientState {
     /// each deployed copy. The agent clears it when it starts.
     #[serde(default)]
     pub generalized: bool,
+    /// Local clock readings beside the signed evidence (X5).
+    #[serde(default)]
+    pub time: TimeBase,
+    /// Hosts' signed answers: what grace and validity may claim (X5).
+    #[serde(default)]
+    pub evidence: EvidenceStore,
+    /// The installation's request counter (X6): saved before each request is sent, so this
+    /// installation never sends a number twice.
+    #[serde(default)]
+    pub sequence: u32,
+    /// The hardware this CMID was made on (X6): found on other hardware, the state takes a new
+    /// CMID (a copied state directory is a new installation).
+    #[serde(default)]
+    pub cmid_hardware: Option<Hardware>,
+    /// When and why the CMID last changed by itself (X6), for status and logs.
+    #[serde(default)]
+    pub cmid_change: Option<CmidChange>,
+}
+
+/// A CMID the client replaced by itself (X6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CmidChange {
+    /// When (trusted time).
+    pub at: Timestamp,
+    /// The CMID it replaced.
+    pub previous: Uuid,
+    /// Why: `hardware_changed` (this state was copied to other hardware) or `clone_detected`
+    /// (a host saw another installation present the CMID).
+    pub reason: String,
+}
+
+/// The state as the time rules see it at one local reading (X5): the license bounded by the
+/// signed evidence, trusted time, and whether the local clock was set back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    /// The license as the evidence allows it (an attempt is due at once while the clock is
+    /// behind or nothing signed backs a license).
+    pub license: License,
+    /// Trusted time.
+    pub now: Timestamp,
+    /// The local clock is this far behind the latest reading seen (past the tolerance).
+    pub clock_behind_ms: Option<i64>,
+}
+
+impl View {
+    /// The status at trusted time: out of grace (notification) while the clock is behind.
+    pub fn status(&self) -> LicenseStatus {
+        if self.clock_behind_ms.is_some() && !self.license.permanent {
+            return match self.license.status {
+                LicenseStatus::Unlicensed => LicenseStatus::Unlicensed,
+                _ => LicenseStatus::Notification,
+            };
+        }
+        self.license.status_at(self.now)
+    }
+
+    /// Minutes left of grace or validity (0 while the clock is behind).
+    pub fn minutes_left(&self) -> u32 {
+        if self.clock_behind_ms.is_some() {
+            return 0;
+        }
+        self.license.minutes_left(self.now)
+    }
+}
+
+/// The signed time in a stored answer's response frame (the frame was verified when it was
+/// stored; [`ClientState::view`] verifies it again whenever it is read).
+fn signed_time(answer: Option<&SignedAnswer>) -> Option<Timestamp> {
+    let frame = tally_core::hex::from_hex(&answer?.response)?;
+    match tally_proto::Message::decode(&frame) {
+        Ok(tally_proto::Message::ActivationResponse(r)) => Some(Timestamp(r.host_time)),
+        _ => None,
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -137,7 +212,82 @@ impl ClientState {
             host_certificates: Vec::new(),
             authority_url: None,
             generalized: false,
+            time: TimeBase::default(),
+            evidence: EvidenceStore::default(),
+            sequence: 0,
+            cmid_hardware: None,
+            cmid_change: None,
         }
+    }
+
+    /// The signed times in the evidence that verify against `anchor` (X5).
+    pub fn evidence_times(&self, anchor: Option<&TrustAnchor>, catalog: &Catalog) -> Evidence {
+        self.evidence
+            .verify(anchor, &self.certificates(), self.cmid, self.sku, catalog)
+    }
+
+    /// The state at local reading `local` as the time rules see it (X5; see [`View`]).
+    pub fn view(
+        &self,
+        anchor: Option<&TrustAnchor>,
+        catalog: &Catalog,
+        local: Timestamp,
+        tolerance_secs: u32,
+    ) -> View {
+        let evidence = self.evidence_times(anchor, catalog);
+        let reading = self.time.read(&evidence, local, tolerance_secs);
+        let mut license = evidence.bound(&self.license);
+        if reading.behind_ms.is_some() && !license.permanent {
+            // Until a host answers (or the clock is right again): an attempt is due now.
+            license.next_attempt = None;
+        }
+        View {
+            license,
+            now: reading.now,
+            clock_behind_ms: reading.behind_ms,
+        }
+    }
+
+    /// X6: the CMID belongs to the hardware it was made on. On hardware past tolerance of
+    /// that (R12 weights), this state was copied: it takes a new CMID, and a license activated
+    /// elsewhere is out of tolerance here (R12). Returns whether the CMID changed. A state
+    /// that never recorded its hardware adopts `current`.
+    pub fn claim_hardware(&mut self, current: &Hardware, now: Timestamp) -> bool {
+        match &self.cmid_hardware {
+            None => {
+                self.cmid_hardware = Some(current.clone());
+                false
+            }
+            Some(born) if born.within_tolerance(current) => false,
+            Some(_) => {
+                self.new_cmid("hardware_changed", now);
+                self.cmid_hardware = Some(current.clone());
+                self.license.check_hardware(current, now);
+                true
+            }
+        }
+    }
+
+    /// X6: takes a new CMID for `reason` (see [`CmidChange`]): this installation counts apart
+    /// from the one whose CMID it had.
+    pub fn new_cmid(&mut self, reason: &str, now: Timestamp) {
+        let previous = self.cmid;
+        self.cmid = Uuid::new_v4();
+        self.cmid_change = Some(CmidChange {
+            at: now,
+            previous,
+            reason: reason.to_owned(),
+        });
+        // Activation evidence named the old CMID; grace goes on.
+        self.evidence.activation = None;
+    }
+
+    /// X6: reserves `n` request sequence numbers (saved before any is sent) and returns the
+    /// first.
+    pub fn reserve_sequence(&mut self, n: u32) -> u32 {
+        let first = self.sequence.wrapping_add(1);
+        self.sequence = self.sequence.wrapping_add(n);
+        first
     }
 
     fn open_lock(dir: &Path) -> Result<fs::File, StateError> {
@@ -215,7 +365,9 @@ impl ClientState {
         lock.lock().map_err(io(dir)).map_err(E::from)?;
         let mut state = Self::read_unlocked(dir, now)?;
         let out = f(&mut state)?;
-        state.license.refresh(now);
+        // X5: the highest local reading only rises; statuses are computed from trusted time
+        // when read (`view`), not refreshed here on the raw clock.
+        state.time.observe(now);
         state.write_unlocked(dir)?;
         drop(lock);
         Ok(out)
@@ -250,6 +402,10 @@ impl ClientState {
         }
         self.key = Some(key);
         self.sku = Some(edition.sku);
+        if self.license.status == LicenseStatus::Unlicensed {
+            // A new grace period: the next signed answer bounds it (X5).
+            self.evidence.grace = None;
+        }
         self.license.install(now);
         Ok(edition)
     }
@@ -297,8 +453,20 @@ impl ClientState {
         self.license.status_at(now)
     }
 
-    /// Applies a verified answer (R2, R7, R9, R12).
-    pub fn apply_answer(&mut self, answer: &Answer, hardware: Option<&Hardware>, now: Timestamp) {
+    /// Applies a verified answer (R2, R7, R9, R12) that arrived at local reading `local`: it
+    /// is kept as evidence and re-bases trusted time on the host's signed time (X5), at which
+    /// the lifecycle runs; stored times beyond what the evidence allows are pulled back.
+    pub fn apply_answer(&mut self, answer: &Answer, hardware: Option<&Hardware>, local: Timestamp) {
+        let now = answer.host_time;
+        let signed = SignedAnswer::new(&answer.request_frame, &answer.response_frame);
+        self.evidence.latest = Some(signed.clone());
+        if self.evidence.grace.is_none() {
+            self.evidence.grace = Some(signed.clone());
+        }
+        if answer.activated {
+            self.evidence.activation = Some(signed);
+        }
+        self.time.on_signed(local);
         let (result, code) = if !answer.result.is_success() {
             (
                 answer.result.name().unwrap_or("host_error").to_owned(),
@@ -318,6 +486,14 @@ impl ClientState {
             AttemptOutcome::Failed
         };
         self.license.on_attempt(now, outcome, hardware);
+        // X5: the answer was verified by the connector just now; bound what the state claims by
+        // it (an install made with the clock ahead gets its grace from the host's time).
+        let evidence = Evidence {
+            latest: Some(now),
+            activation: signed_time(self.evidence.activation.as_ref()),
+            grace: signed_time(self.evidence.grace.as_ref()),
+        };
+        self.license = evidence.bound(&self.license);
         // R19: remember the host that answered; R20: not while a host is set by hand.
         if self.manual_host.is_none() {
             self.cached_host = Some(answer.host.to_string());
@@ -345,7 +521,9 @@ impl ClientState {
 
     /// R11: rearm.
     pub fn rearm(&mut self, now: Timestamp) -> Result<(), StateError> {
-        Ok(self.license.rearm(now)?)
+        self.license.rearm(now)?;
+        self.evidence.grace = None;
+        Ok(())
     }
 
     /// R11: generalize: always a new CMID; the grace timer is reset when a rearm is left,
@@ -356,7 +534,12 @@ impl ClientState {
         self.cached_host = None;
         self.last_attempt = None;
         self.generalized = true;
-        Ok(self.license.generalize(now)?)
+        self.evidence.activation = None;
+        let result = self.license.generalize(now);
+        if result.is_ok() {
+            self.evidence.grace = None;
+        }
+        Ok(result?)
     }
 
     /// R20: sets a host by hand; discovery is off and the cached host is cleared.

@@ -18,7 +18,7 @@ use tally_core::trust::{
 };
 use tally_proto::{
     ActivationRequest, ActivationResponse, CertificateBody, DecodeError, Frame, LicenseState,
-    MachineName, Message, ResultCode,
+    MachineName, Message, RequestExt, ResultCode,
 };
 use uuid::Uuid;
 
@@ -98,6 +98,10 @@ fn world() -> World {
         license_state: LicenseState::InitialGrace,
         grace_remaining_minutes: 43_200,
         client_time: NOW_MS,
+        ext: Some(RequestExt {
+            sequence: 7,
+            hardware_digest: *b"hw-dgst1",
+        }),
         machine_name: MachineName::new("pc-01.example.test").unwrap(),
     };
     let request_frame = Message::ActivationRequest(request.clone()).encode();
@@ -226,8 +230,8 @@ fn request_vectors(w: &World) -> Value {
     let mut trailing = w.request_frame.clone();
     trailing[1] += 1;
     trailing.push(0);
-    let mut version2 = w.request_frame.clone();
-    version2[2] = 2;
+    let mut version3 = w.request_frame.clone();
+    version3[2] = 3;
     let mut bad_state = w.request_frame.clone();
     bad_state[4 + 16 * 4 + 2] = 9;
     let undecodable: Vec<(&str, Vec<u8>)> = vec![
@@ -238,7 +242,7 @@ fn request_vectors(w: &World) -> Value {
             vec![0x00, 0xF9],
         ),
         ("length 65535", vec![0xFF, 0xFF]),
-        ("version 2", version2),
+        ("version 3", version3),
         ("unknown kind 0x42", vec![0x00, 0x02, 0x01, 0x42]),
         (
             "a response kind sent to a host",
@@ -270,9 +274,12 @@ fn request_vectors(w: &World) -> Value {
             "license_state": r.license_state as u8,
             "grace_remaining_minutes": r.grace_remaining_minutes,
             "client_time": r.client_time,
+            "sequence": r.ext.map(|e| e.sequence),
+            "hardware_digest": r.ext.map(|e| to_hex(&e.hardware_digest)),
             "machine_name": r.machine_name.as_str(),
         },
         "frame": to_hex(&w.request_frame),
+        "version_1_frame": to_hex(&Message::ActivationRequest(ActivationRequest { ext: None, ..r.clone() }).encode()),
         "frame_sha256": to_hex(&sha256(&w.request_frame)),
         "certificate_request_frame": to_hex(&Message::CertificateRequest.encode()),
         "undecodable": cases,
@@ -289,9 +296,22 @@ fn response_vectors(w: &World) -> Value {
         activation_interval_secs: 7_200,
         renewal_interval_secs: 604_800,
         host_time: NOW_MS + 3,
+        revocation_serial: Some(0),
         signature: [0; 64],
     };
     w.identity.sign(&mut response, &digest);
+    // A version-1 client's request and the version-1 answer a version-2 host gives it.
+    let v1_request = Message::ActivationRequest(ActivationRequest {
+        ext: None,
+        ..w.request.clone()
+    })
+    .encode();
+    let v1_digest = sha256(&v1_request);
+    let mut v1_response = ActivationResponse {
+        revocation_serial: None,
+        ..response.clone()
+    };
+    w.identity.sign(&mut v1_response, &v1_digest);
     let verified = w
         .anchor
         .verify_certificate(w.identity.certificate(), Timestamp(NOW_MS))
@@ -331,6 +351,7 @@ fn response_vectors(w: &World) -> Value {
             "activation_interval": response.activation_interval_secs,
             "renewal_interval": response.renewal_interval_secs,
             "host_time": response.host_time,
+            "revocation_serial": response.revocation_serial,
         },
         "request_frame_sha256": to_hex(&digest),
         "signed_message": to_hex(&response.signed_bytes(&digest)),
@@ -344,6 +365,13 @@ fn response_vectors(w: &World) -> Value {
             { "name": "a count for an edition the host does not cover (server-c)", "frame": frame(&response), "sku": datacenter.to_string(), "expected": verify(&response, &digest, datacenter) },
             { "name": "a signed refusal for that edition", "frame": frame(&refusal), "sku": datacenter.to_string(), "expected": verify(&refusal, &digest, datacenter) },
         ],
+        "version_1": {
+            "description": "request.json's version_1_frame and the version-1 response a version-2 host answers it with (no revocation_serial; signing context tally/v1/activation-response).",
+            "request_frame_sha256": to_hex(&v1_digest),
+            "signed_message": to_hex(&v1_response.signed_bytes(&v1_digest)),
+            "frame": frame(&v1_response),
+            "expected": verify(&v1_response, &v1_digest, sku),
+        },
     })
 }
 
@@ -425,11 +453,15 @@ fn published_vectors_match_the_code() {
     );
     // The response frames decode back to what was signed.
     let frame = tally_core::hex::from_hex(resp["frame"].as_str().unwrap()).unwrap();
-    assert_eq!(frame.len(), 140);
+    assert_eq!(frame.len(), 144, "version 2: revocation_serial");
     assert!(matches!(
         Message::decode(&frame),
         Ok(Message::ActivationResponse(_))
     ));
+    // X6: a version-1 client still gets a version-1 answer it can verify.
+    assert_eq!(resp["version_1"]["expected"], "valid");
+    let v1 = tally_core::hex::from_hex(resp["version_1"]["frame"].as_str().unwrap()).unwrap();
+    assert_eq!((v1.len(), v1[2]), (140, 1));
     check_or_bless("keys.json", &keys);
     check_or_bless("certificate.json", &cert);
     check_or_bless("request.json", &req);

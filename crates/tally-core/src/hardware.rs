@@ -73,6 +73,22 @@ impl Hardware {
         self.changed_weight(other) < TOLERANCE
     }
 
+    /// First 8 bytes of SHA-256 over the fingerprint (component digests in name order): what a
+    /// version-2 request carries (X6), so a host can tell copies on other hardware apart.
+    pub fn digest(&self) -> [u8; 8] {
+        let mut text = String::new();
+        for (k, v) in &self.0 {
+            text.push_str(k);
+            text.push('=');
+            text.push_str(v);
+            text.push('\n');
+        }
+        let full = sha256(text.as_bytes());
+        let mut out = [0; 8];
+        out.copy_from_slice(&full[..8]);
+        out
+    }
+
     /// Component names.
     pub fn components(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)

@@ -72,6 +72,10 @@ pub struct RegistryUpdate {
     pub activated: bool,
     /// The requester's address, when the I/O layer knows it (R27).
     pub peer: Option<String>,
+    /// Version 2's installation fields (X6): the request's sequence and hardware digest. A
+    /// store that has seen this CMID send this sequence or a later one (another installation
+    /// presents the CMID) reports a clone.
+    pub installation: Option<tally_proto::RequestExt>,
 }
 
 /// A request to count one client in its pool's table (R2–R5), applied by the store in commit
@@ -126,6 +130,18 @@ impl CountTables {
     /// the table change to persist.
     pub fn apply(&mut self, req: &CountRequest) -> (u32, crate::counting::TableChange) {
         self.record(req.pool, req.cmid, req.threshold, req.at)
+    }
+}
+
+/// The version a peer's frame speaks, when this host speaks it; else the oldest it speaks.
+fn peer_version(frame: &[u8]) -> u8 {
+    match frame.get(2) {
+        Some(&v)
+            if (tally_proto::MIN_PROTOCOL_VERSION..=tally_proto::PROTOCOL_VERSION).contains(&v) =>
+        {
+            v
+        }
+        _ => tally_proto::MIN_PROTOCOL_VERSION,
     }
 }
 
@@ -228,7 +244,13 @@ impl HostSession {
 
     /// An unsigned error frame.
     pub fn error_frame(result: ResultCode) -> Vec<u8> {
-        Message::Error(ErrorMessage { result }).encode()
+        Self::error_frame_for(result, &[])
+    }
+
+    /// An unsigned error frame in the version `frame` spoke, when this host speaks it (else
+    /// the oldest it speaks, which every client can read).
+    pub fn error_frame_for(result: ResultCode, frame: &[u8]) -> Vec<u8> {
+        Message::Error(ErrorMessage { result }).encode_as(peer_version(frame))
     }
 
     /// Handles one whole frame received at `now`.
@@ -237,21 +259,23 @@ impl HostSession {
             Ok(m) => m,
             Err(reason) => {
                 return Outcome::Close {
-                    reply: Self::error_frame(reason.result_code()),
+                    reply: Self::error_frame_for(reason.result_code(), frame),
                     reason,
                 };
             }
         };
         match msg {
+            // Answered in the version asked in: a version-1 client reads a version-1 frame.
             Message::CertificateRequest => Outcome::Reply(
-                Message::CertificateResponse(self.identity.certificate().clone()).encode(),
+                Message::CertificateResponse(self.identity.certificate().clone())
+                    .encode_as(peer_version(frame)),
             ),
             Message::ActivationRequest(request) => {
                 Outcome::Activation(Box::new(self.activate(request, sha256(frame), now)))
             }
             // A host is never sent responses; a peer that does is not speaking our protocol.
             _ => Outcome::Close {
-                reply: Self::error_frame(ResultCode::MALFORMED_REQUEST),
+                reply: Self::error_frame_for(ResultCode::MALFORMED_REQUEST, frame),
                 reason: DecodeError::InvalidField {
                     field: "kind",
                     reason: "not a request",
@@ -308,6 +332,8 @@ impl HostSession {
             activation_interval_secs: self.intervals.activation_secs,
             renewal_interval_secs: self.intervals.renewal_secs,
             host_time: now.millis(),
+            // A version-2 request gets a version-2 answer (X7: no revocation list yet: 0).
+            revocation_serial: request.ext.map(|_| 0),
             signature: [0; 64],
         };
         let registry = RegistryUpdate {
@@ -321,6 +347,7 @@ impl HostSession {
             count: 0,
             activated: false,
             peer: None,
+            installation: request.ext,
         };
         PendingActivation {
             request,
@@ -423,6 +450,10 @@ mod tests {
             license_state: LicenseState::InitialGrace,
             grace_remaining_minutes: 100,
             client_time: 0,
+            ext: Some(tally_proto::RequestExt {
+                sequence: 1,
+                hardware_digest: [0; 8],
+            }),
             machine_name: MachineName::lossy(&format!("pc{cmid}")),
         };
         (Message::ActivationRequest(req.clone()).encode(), req)

@@ -10,6 +10,7 @@
 //! - [`counting`]: per-pool CMID tables (R2–R5).
 //! - [`host`]: the host session: frame in, response and changes to persist out.
 //! - [`lifecycle`]: the client's licensing state machine (R2, R7–R12).
+//! - [`trusted`]: the client's trusted time from signed host times (X5).
 //! - [`hardware`]: the weighted hardware fingerprint (R12).
 //! - [`hex`]: lower-case hex, shared by key files and signed catalogs.
 //! - [`secret`]: constant-time comparison of tokens.
@@ -29,6 +30,7 @@ pub mod lifecycle;
 pub mod secret;
 pub mod time;
 pub mod trust;
+pub mod trusted;
 
 pub use catalog::{Catalog, Edition, EditionKind};
 pub use keys::{KeyGroup, KeyKind, ProductKey};

@@ -153,9 +153,64 @@ impl Clock for ManualClock {
     }
 }
 
+/// A wall clock that never goes back while the process runs (X5): between readings it moves
+/// with the monotonic clock, so a wall clock set back neither repeats nor delays what a timer
+/// scheduled; a wall clock set forward is followed (the vendor's side of the doubt: periods
+/// run out by it until a host answers).
+#[derive(Debug)]
+pub struct SteadyClock<C> {
+    wall: C,
+    last: std::sync::Mutex<Option<(Timestamp, std::time::Instant)>>,
+}
+
+impl<C: Clock> SteadyClock<C> {
+    /// Follows `wall`.
+    pub fn new(wall: C) -> Self {
+        Self {
+            wall,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<C: Clock> Clock for SteadyClock<C> {
+    fn now(&self) -> Timestamp {
+        let wall = self.wall.now();
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = match *last {
+            Some((t, at)) => {
+                let ran = i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX);
+                wall.max(Timestamp(t.0.saturating_add(ran)))
+            }
+            None => wall,
+        };
+        *last = Some((now, std::time::Instant::now()));
+        now
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // X5: a wall clock set back does not move the steady clock back; one set forward does.
+    #[test]
+    fn x5_steady_clock_never_goes_back() {
+        let wall = ManualClock::new(Timestamp(10 * DAY_MS));
+        let steady = SteadyClock::new(wall.clone());
+        let first = steady.now();
+        wall.set(Timestamp(DAY_MS));
+        assert!(steady.now() >= first, "set back: not followed");
+        wall.set(Timestamp(20 * DAY_MS));
+        assert_eq!(
+            steady.now(),
+            Timestamp(20 * DAY_MS),
+            "set forward: followed"
+        );
+    }
 
     #[test]
     fn rfc3339_formatting() {

@@ -276,6 +276,27 @@ impl VerifiedHost {
         nonce: &[u8; 16],
         edition: &Edition,
     ) -> Result<(), TrustError> {
+        self.verify_signature(response, request_digest, nonce)?;
+        // A signed refusal (e.g. `edition_not_covered`) carries no count, so it is genuine
+        // whatever the host's coverage; a count is only trusted from a host that covers it.
+        if response.result.is_success() && !self.coverage.covers(edition) {
+            return Err(TrustError::GroupDoesNotCover {
+                host_group: self.coverage.group,
+                host_generation: self.coverage.generation,
+                edition: edition.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that `response` answers the request with `request_digest` and `nonce` and was
+    /// signed by this host (R16), whatever it says: a signed time (X5) needs no coverage.
+    pub fn verify_signature(
+        &self,
+        response: &ActivationResponse,
+        request_digest: &[u8; 32],
+        nonce: &[u8; 16],
+    ) -> Result<(), TrustError> {
         // The nonce first: a replayed response is named as such, not as a bad signature.
         if &response.nonce != nonce {
             return Err(TrustError::NonceMismatch);
@@ -287,15 +308,6 @@ impl VerifiedHost {
         self.key
             .verify_strict(&response.signed_bytes(request_digest), &sig)
             .map_err(|_| TrustError::BadResponseSignature)?;
-        // A signed refusal (e.g. `edition_not_covered`) carries no count, so it is genuine
-        // whatever the host's coverage; a count is only trusted from a host that covers it.
-        if response.result.is_success() && !self.coverage.covers(edition) {
-            return Err(TrustError::GroupDoesNotCover {
-                host_group: self.coverage.group,
-                host_generation: self.coverage.generation,
-                edition: edition.name.clone(),
-            });
-        }
         Ok(())
     }
 }

@@ -192,6 +192,7 @@ impl Sim {
             license_state: c.license.status_at(now).wire(),
             grace_remaining_minutes: c.license.minutes_left(now),
             client_time: now.millis(),
+            ext: None,
             machine_name: MachineName::lossy(&format!("sim-{i}")),
         };
         let frame = Message::ActivationRequest(request.clone()).encode();

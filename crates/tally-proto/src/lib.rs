@@ -25,15 +25,19 @@ pub mod result;
 pub use codec::{DecodeError, Frame, FrameError};
 pub use message::{
     ActivationRequest, ActivationResponse, CertificateBody, ErrorMessage, HostCertificate,
-    LicenseState, MachineName, Message, MessageKind,
+    LicenseState, MachineName, Message, MessageKind, RequestExt,
 };
 pub use result::ResultCode;
 
 /// Largest frame, header included, in either direction (R15).
 pub const MAX_FRAME: usize = 250;
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The newest protocol version this crate speaks (version 2: X5–X7, see `docs/PROTOCOL.md`).
+pub const PROTOCOL_VERSION: u8 = 2;
+
+/// The oldest protocol version this crate still decodes and answers (a version-1 client gets
+/// a version-1 answer from a version-2 host).
+pub const MIN_PROTOCOL_VERSION: u8 = 1;
 
 /// Bytes before the body: length (2), version (1), kind (1).
 pub const HEADER_LEN: usize = 4;
@@ -48,7 +52,8 @@ pub mod fuzzing {
         if let Ok(Some(len)) = Frame::check(data)
             && let Ok(msg) = Message::decode(&data[..len])
         {
-            let bytes = msg.encode();
+            // The version byte is the third of the frame (decode checked it is there).
+            let bytes = msg.encode_as(data[2]);
             assert_eq!(&bytes[..], &data[..len], "re-encoding differs");
             assert_eq!(
                 Message::decode(&bytes).ok(),

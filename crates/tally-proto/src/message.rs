@@ -5,7 +5,7 @@
 use uuid::Uuid;
 
 use crate::codec::{DecodeError, Frame, Reader};
-use crate::{HEADER_LEN, MAX_FRAME, PROTOCOL_VERSION, ResultCode};
+use crate::{HEADER_LEN, MAX_FRAME, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ResultCode};
 
 /// The kind byte of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,8 +138,23 @@ pub struct ActivationRequest {
     pub grace_remaining_minutes: u32,
     /// The client's clock, Unix milliseconds.
     pub client_time: i64,
+    /// Version 2's fields (X6); `None` is a version-1 request.
+    pub ext: Option<RequestExt>,
     /// The requesting machine's name (R27).
     pub machine_name: MachineName,
+}
+
+/// What a version-2 request adds (X6: one CMID is one installation). On the wire between
+/// `client_time` and the machine name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestExt {
+    /// The installation's request counter: saved by the client before each request is sent,
+    /// so one installation never sends a number twice. Two installations that present one CMID
+    /// (a copied disk image) send the same numbers: the host sees a number again.
+    pub sequence: u32,
+    /// First 8 bytes of SHA-256 over the client's hardware fingerprint (R12), so the host can
+    /// tell copies on different hardware apart in its reports.
+    pub hardware_digest: [u8; 8],
 }
 
 /// Host → client: the signed answer to one [`ActivationRequest`] (R2, R9, R16).
@@ -157,21 +172,39 @@ pub struct ActivationResponse {
     pub activation_interval_secs: u32,
     /// Seconds between renewals (R8, R9).
     pub renewal_interval_secs: u32,
-    /// The host's clock, Unix milliseconds.
+    /// The host's clock, Unix milliseconds: the client's trusted time (X5).
     pub host_time: i64,
+    /// Version 2: the newest revocation list serial the host holds (X7; 0 when it holds
+    /// none), so a client learns that a newer list exists. `None` is a version-1 response.
+    pub revocation_serial: Option<u32>,
     /// Ed25519 signature, see `docs/PROTOCOL.md` "Signatures".
     pub signature: [u8; 64],
 }
 
 impl ActivationResponse {
-    /// Domain separator for the response signature.
+    /// Domain separator for a version-1 response signature.
     pub const SIGNING_CONTEXT: &'static [u8] = b"tally/v1/activation-response\0";
+    /// Domain separator for a version-2 response signature.
+    pub const SIGNING_CONTEXT_V2: &'static [u8] = b"tally/v2/activation-response\0";
 
-    /// Bytes covered by the signature: context, SHA-256 of the request frame, then every field
-    /// before the signature as encoded on the wire.
+    /// The protocol version this response is encoded in.
+    pub fn version(&self) -> u8 {
+        if self.revocation_serial.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Bytes covered by the signature: the version's context, SHA-256 of the request frame,
+    /// then every field before the signature as encoded on the wire.
     pub fn signed_bytes(&self, request_digest: &[u8; 32]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::SIGNING_CONTEXT.len() + 32 + 72);
-        out.extend_from_slice(Self::SIGNING_CONTEXT);
+        let context = match self.version() {
+            1 => Self::SIGNING_CONTEXT,
+            _ => Self::SIGNING_CONTEXT_V2,
+        };
+        let mut out = Vec::with_capacity(context.len() + 32 + 76);
+        out.extend_from_slice(context);
         out.extend_from_slice(request_digest);
         self.encode_unsigned(&mut out);
         out
@@ -185,6 +218,9 @@ impl ActivationResponse {
         out.extend_from_slice(&self.activation_interval_secs.to_be_bytes());
         out.extend_from_slice(&self.renewal_interval_secs.to_be_bytes());
         out.extend_from_slice(&self.host_time.to_be_bytes());
+        if let Some(serial) = self.revocation_serial {
+            out.extend_from_slice(&serial.to_be_bytes());
+        }
     }
 }
 
@@ -310,10 +346,39 @@ impl Message {
         }
     }
 
+    /// The version this message is encoded in by [`Message::encode`]: an activation request
+    /// or response is version 2 when it carries version 2's fields; every other kind is the
+    /// newest version (use [`Message::encode_as`] to answer an older peer).
+    pub fn version(&self) -> u8 {
+        match self {
+            Self::ActivationRequest(r) => {
+                if r.ext.is_some() {
+                    2
+                } else {
+                    1
+                }
+            }
+            Self::ActivationResponse(r) => r.version(),
+            _ => PROTOCOL_VERSION,
+        }
+    }
+
     /// Encodes the message as one frame.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_as(self.version())
+    }
+
+    /// Encodes the message as one frame of `version` (clamped to the versions this crate
+    /// speaks). Activation requests and responses always use their own [`Message::version`]:
+    /// their fields decide it. A host answers a certificate request or an undecodable frame in
+    /// the version the peer spoke.
+    pub fn encode_as(&self, version: u8) -> Vec<u8> {
+        let version = match self {
+            Self::ActivationRequest(_) | Self::ActivationResponse(_) => self.version(),
+            _ => version.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+        };
         let mut out = Vec::with_capacity(MAX_FRAME);
-        out.extend_from_slice(&[0, 0, PROTOCOL_VERSION, self.kind() as u8]);
+        out.extend_from_slice(&[0, 0, version, self.kind() as u8]);
         match self {
             Self::ActivationRequest(r) => {
                 out.extend_from_slice(&r.nonce);
@@ -324,6 +389,10 @@ impl Message {
                 out.push(r.license_state as u8);
                 out.extend_from_slice(&r.grace_remaining_minutes.to_be_bytes());
                 out.extend_from_slice(&r.client_time.to_be_bytes());
+                if let Some(ext) = &r.ext {
+                    out.extend_from_slice(&ext.sequence.to_be_bytes());
+                    out.extend_from_slice(&ext.hardware_digest);
+                }
                 let name = r.machine_name.as_str().as_bytes();
                 // MachineName guarantees len <= 100, so this fits in a u8.
                 out.push(name.len() as u8);
@@ -358,7 +427,7 @@ impl Message {
             });
         }
         let version = frame[2];
-        if version != PROTOCOL_VERSION {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));
         }
         let kind = MessageKind::from_u8(frame[3])?;
@@ -373,6 +442,14 @@ impl Message {
                 let license_state = LicenseState::from_u8(r.u8("license_state")?)?;
                 let grace_remaining_minutes = r.u32("grace_remaining")?;
                 let client_time = r.i64("client_time")?;
+                let ext = if version >= 2 {
+                    Some(RequestExt {
+                        sequence: r.u32("sequence")?,
+                        hardware_digest: r.array("hardware_digest")?,
+                    })
+                } else {
+                    None
+                };
                 let name_len = usize::from(r.u8("machine_name length")?);
                 let raw = r.take(name_len, "machine_name")?;
                 let name = std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidField {
@@ -388,6 +465,7 @@ impl Message {
                     license_state,
                     grace_remaining_minutes,
                     client_time,
+                    ext,
                     machine_name: MachineName::new(name)?,
                 })
             }
@@ -399,6 +477,11 @@ impl Message {
                 activation_interval_secs: r.u32("activation_interval")?,
                 renewal_interval_secs: r.u32("renewal_interval")?,
                 host_time: r.i64("host_time")?,
+                revocation_serial: if version >= 2 {
+                    Some(r.u32("revocation_serial")?)
+                } else {
+                    None
+                },
                 signature: r.array("signature")?,
             }),
             MessageKind::CertificateRequest => Self::CertificateRequest,
@@ -431,6 +514,10 @@ mod tests {
             license_state: LicenseState::OutOfTolerance,
             grace_remaining_minutes: u32::MAX,
             client_time: i64::MAX,
+            ext: Some(RequestExt {
+                sequence: u32::MAX,
+                hardware_digest: [0xFF; 8],
+            }),
             // 25 four-byte characters: 100 bytes, the longest a name can be.
             machine_name: MachineName::new(&"🦀".repeat(25)).expect("100 bytes is allowed"),
         }
@@ -445,6 +532,7 @@ mod tests {
             activation_interval_secs: 7200,
             renewal_interval_secs: 604_800,
             host_time: 1_700_000_000_000,
+            revocation_serial: Some(u32::MAX),
             signature: [3; 64],
         }
     }
@@ -482,8 +570,39 @@ mod tests {
         ] {
             assert!(bytes.len() <= MAX_FRAME, "{name} is {} bytes", bytes.len());
         }
-        assert_eq!(req.len(), 4 + 80 + 100);
-        assert_eq!(resp.len(), 4 + 136);
+        assert_eq!(req.len(), 4 + 80 + 12 + 100);
+        assert_eq!(resp.len(), 4 + 140);
+    }
+
+    // R15 + X6: a version-1 request still decodes (as a request without version 2's fields),
+    // and the version-1 response answering it keeps the version-1 layout and signing context.
+    #[test]
+    fn version_1_frames_decode_and_answer_in_version_1() {
+        let mut v1 = largest_request();
+        v1.ext = None;
+        let bytes = Message::ActivationRequest(v1.clone()).encode();
+        assert_eq!(bytes[2], 1);
+        assert_eq!(bytes.len(), 4 + 80 + 100);
+        assert_eq!(Message::decode(&bytes), Ok(Message::ActivationRequest(v1)));
+        let mut resp = response();
+        resp.revocation_serial = None;
+        let bytes = Message::ActivationResponse(resp.clone()).encode();
+        assert_eq!((bytes[2], bytes.len()), (1, 4 + 136));
+        assert!(
+            resp.signed_bytes(&[0; 32])
+                .starts_with(ActivationResponse::SIGNING_CONTEXT)
+        );
+        assert!(
+            response()
+                .signed_bytes(&[0; 32])
+                .starts_with(ActivationResponse::SIGNING_CONTEXT_V2)
+        );
+        let err = Message::Error(ErrorMessage {
+            result: ResultCode::HOST_BUSY,
+        });
+        assert_eq!(err.encode_as(1)[2], 1);
+        assert_eq!(err.encode()[2], PROTOCOL_VERSION);
+        assert_eq!(Message::decode(&err.encode_as(1)), Ok(err));
     }
 
     #[test]
@@ -529,7 +648,11 @@ mod tests {
         assert_eq!(code(&[0x00, 0xF9]), ResultCode::FRAME_TOO_LARGE);
         assert_eq!(code(&[0xFF, 0xFF]), ResultCode::FRAME_TOO_LARGE);
         assert_eq!(
-            code(&[0x00, 0x02, 0x02, 0x03]),
+            code(&[0x00, 0x02, 0x03, 0x03]),
+            ResultCode::UNSUPPORTED_VERSION
+        );
+        assert_eq!(
+            code(&[0x00, 0x02, 0x00, 0x03]),
             ResultCode::UNSUPPORTED_VERSION
         );
         assert_eq!(
@@ -596,7 +719,7 @@ mod tests {
             let msg = Message::ActivationRequest(ActivationRequest {
                 nonce, cmid: Uuid::from_bytes(cmid), pool: Uuid::from_bytes(nonce), sku: Uuid::nil(),
                 threshold, license_state: LicenseState::InitialGrace, grace_remaining_minutes: grace,
-                client_time: time, machine_name: MachineName::new(&name).expect("generated names are valid"),
+                client_time: time, ext: Some(RequestExt { sequence: grace, hardware_digest: [1; 8] }), machine_name: MachineName::new(&name).expect("generated names are valid"),
             });
             prop_assert_eq!(Message::decode(&msg.encode()), Ok(msg));
         }

@@ -26,6 +26,9 @@ impl ResultCode {
     pub const STORAGE_FAILURE: Self = Self(0xC7A1_0007);
     /// The frame exceeded the 250-byte limit.
     pub const FRAME_TOO_LARGE: Self = Self(0xC7A1_0008);
+    /// Version 2 (X6): another installation presents this CMID (the request's sequence was
+    /// seen before); nothing was counted. The client takes a new CMID and asks again.
+    pub const CLONE_DETECTED: Self = Self(0xC7A1_0009);
 
     /// Whether this is the success code.
     pub fn is_success(self) -> bool {
@@ -45,6 +48,7 @@ impl ResultCode {
             Self::HOST_BUSY => "host_busy",
             Self::STORAGE_FAILURE => "storage_failure",
             Self::FRAME_TOO_LARGE => "frame_too_large",
+            Self::CLONE_DETECTED => "clone_detected",
             _ => return None,
         })
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use tally_agent::{Agent, default_socket};
-use tally_core::time::{Clock, SystemClock};
+use tally_core::time::{Clock, SteadyClock, SystemClock};
 use tokio_util::sync::CancellationToken;
 
 use crate::cmd::client::ClientOpts;
@@ -39,7 +39,8 @@ pub async fn run(cmd: AgentCommand) -> anyhow::Result<ExitCode> {
         .socket
         .clone()
         .unwrap_or_else(|| default_socket(&args.opts.dir()));
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // X5: the agent's timers follow the monotonic clock between wall-clock readings.
+    let clock: Arc<dyn Clock> = Arc::new(SteadyClock::new(SystemClock));
     let mut agent = Agent::new(client, socket, clock);
     if let Some(name) = args.opts.machine_name.clone() {
         agent = agent.with_machine_name(name);

@@ -419,6 +419,8 @@ fn request_frames(args: &BenchArgs) -> anyhow::Result<Vec<Vec<u8>>> {
                 license_state: LicenseState::InitialGrace,
                 grace_remaining_minutes: 43_200,
                 client_time: 0,
+                // Version 1: the bench measures the counting path, not clone detection.
+                ext: None,
                 machine_name: MachineName::lossy(&format!("bench-{i}")),
             })
             .encode()

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use tally_client::connect::Installation;
 use tally_client::{ActivationParams, Connector};
 use tally_core::host::Intervals;
 use tally_core::time::{Clock, SystemClock};
@@ -121,6 +122,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             machine_name: MachineName::lossy(&format!("demo-pc-{n:02}")),
             license_state: LicenseState::InitialGrace,
             grace_remaining_minutes: 30 * 24 * 60,
+            // X6: each demo client is one installation: its own sequence (shared by the clones
+            // of these params it renews with) and hardware.
+            installation: Some(Installation::new(1, u32::MAX, [n as u8; 8])),
         };
         let answer = connector.activate(&addr, &params, clock.now()).await?;
         rows.push(Row {

@@ -19,9 +19,14 @@ use tally_dns::discover::{Discovery, Found, order};
 pub use discover::{DiscoverReport, Probe};
 
 use crate::codes;
+use crate::connect::Installation;
 use crate::connect::{ActivationParams, Answer, ClientError, Connector};
 use crate::hardware;
-use crate::state::{Attempt, ClientState, StateError};
+use crate::state::{Attempt, ClientState, CmidChange, StateError, View};
+use tally_core::trusted::DEFAULT_CLOCK_TOLERANCE_SECS;
+
+/// Sequence numbers reserved (and saved) per activation attempt (X6): one per host tried.
+const SEQUENCE_BLOCK: u32 = 64;
 
 mod discover;
 mod mak;
@@ -79,14 +84,31 @@ pub struct StatusReport {
     pub cached_host: Option<String>,
     /// The latest attempt.
     pub last_attempt: Option<Attempt>,
+    /// X5: the local clock is this many seconds behind the latest reading seen: nothing is
+    /// extended and the installation is out of grace (notification) until the clock is right
+    /// again or a host answers. `None` when it is not.
+    #[serde(default)]
+    pub clock_behind_secs: Option<i64>,
+    /// X5: the trusted time the status was computed at (the hosts' signed time plus the local
+    /// time elapsed since), RFC 3339 UTC.
+    #[serde(default)]
+    pub trusted_time_rfc3339: Option<String>,
+    /// X6: the CMID's last change by the client itself (state copied to other hardware, or a
+    /// host saw another installation present it).
+    #[serde(default)]
+    pub cmid_change: Option<CmidChange>,
+    /// X6: this state runs on hardware past tolerance of the hardware its CMID was made on (a
+    /// copied state directory): the next activation takes a new CMID.
+    #[serde(default)]
+    pub copied: bool,
 }
 
 impl StatusReport {
-    /// Reports `state` at `now`.
-    pub fn new(state: &ClientState, catalog: &Catalog, now: Timestamp) -> Self {
-        let l = &state.license;
-        let status = l.status_at(now);
-        let minutes_left = l.minutes_left(now);
+    /// Reports `state` as the time rules see it (`view`, from [`ClientState::view`]).
+    pub fn new(state: &ClientState, catalog: &Catalog, view: &View) -> Self {
+        let l = &view.license;
+        let status = view.status();
+        let minutes_left = view.minutes_left();
         let utc = |t: Option<Timestamp>| t.map(Timestamp::to_rfc3339);
         Self {
             cmid: state.cmid,
@@ -110,6 +132,10 @@ impl StatusReport {
             manual_host: state.manual_host.clone(),
             cached_host: state.cached_host.clone(),
             last_attempt: state.last_attempt.clone(),
+            clock_behind_secs: view.clock_behind_ms.map(|ms| ms / 1000),
+            trusted_time_rfc3339: Some(view.now.to_rfc3339()),
+            cmid_change: state.cmid_change.clone(),
+            copied: false,
         }
     }
 }
@@ -155,6 +181,7 @@ pub struct Client {
     trust: Option<TrustAnchor>,
     timeout: Duration,
     discovery: Discovery,
+    clock_tolerance_secs: u32,
 }
 
 impl Client {
@@ -171,7 +198,30 @@ impl Client {
             trust,
             timeout: Duration::from_secs(10),
             discovery: Discovery::default(),
+            clock_tolerance_secs: DEFAULT_CLOCK_TOLERANCE_SECS,
         }
+    }
+
+    /// Sets how far the local clock may go back before it is called behind (X5; default
+    /// [`DEFAULT_CLOCK_TOLERANCE_SECS`]).
+    pub fn with_clock_tolerance(mut self, secs: u32) -> Self {
+        self.clock_tolerance_secs = secs;
+        self
+    }
+
+    /// `state` as the time rules see it at local reading `local` (X5).
+    pub fn view(&self, state: &ClientState, local: Timestamp) -> View {
+        state.view(
+            self.trust.as_ref(),
+            &self.catalog,
+            local,
+            self.clock_tolerance_secs,
+        )
+    }
+
+    /// Trusted time for `state` at local reading `local` (X5).
+    fn trusted_now(&self, state: &ClientState, local: Timestamp) -> Timestamp {
+        self.view(state, local).now
     }
 
     /// Sets how DNS discovery looks for hosts (R19).
@@ -196,13 +246,27 @@ impl Client {
         &self.catalog
     }
 
-    /// The status now.
+    /// The status at local reading `now`, on trusted time (X5). A state on hardware other
+    /// than its CMID's (X6) reports out of tolerance and `copied` (reading changes nothing).
     pub fn status(&self, now: Timestamp) -> Result<StatusReport, StateError> {
-        Ok(StatusReport::new(
-            &ClientState::load(&self.dir, now)?,
-            &self.catalog,
-            now,
-        ))
+        let mut state = ClientState::load(&self.dir, now)?;
+        let copied = state
+            .cmid_hardware
+            .as_ref()
+            .is_some_and(|born| !born.within_tolerance(&hardware::probe()));
+        if copied {
+            state.license.check_hardware(&hardware::probe(), now);
+        }
+        let view = self.view(&state, now);
+        let mut report = StatusReport::new(&state, &self.catalog, &view);
+        if copied {
+            report.copied = true;
+            if report.status != LicenseStatus::Unlicensed {
+                report.status = LicenseStatus::OutOfTolerance;
+                report.licensed = false;
+            }
+        }
+        Ok(report)
     }
 
     fn done(&self, now: Timestamp, code: u32, message: String) -> OpResult {
@@ -229,7 +293,10 @@ impl Client {
             }
         };
         if key.kind() == KeyKind::Mak {
-            return match ClientState::update(&self.dir, now, |s| s.install_mak(key, now)) {
+            return match ClientState::update(&self.dir, now, |s| {
+                let t = self.trusted_now(s, now);
+                s.install_mak(key, t)
+            }) {
                 Ok(()) => self.done(
                     now,
                     0,
@@ -267,7 +334,8 @@ impl Client {
         }
         let catalog = Arc::clone(&self.catalog);
         match ClientState::update(&self.dir, now, |s| {
-            s.install_setup_key(key, &catalog, now)
+            let t = self.trusted_now(s, now);
+            s.install_setup_key(key, &catalog, t)
                 .map(|e| e.name.clone())
         }) {
             Ok(name) => self.done(
@@ -296,7 +364,10 @@ impl Client {
 
     /// R11: rearm.
     pub fn rearm(&self, now: Timestamp) -> OpResult {
-        match ClientState::update(&self.dir, now, |s| s.rearm(now)) {
+        match ClientState::update(&self.dir, now, |s| {
+            let t = self.trusted_now(s, now);
+            s.rearm(t)
+        }) {
             Ok(()) => self.done(now, 0, "grace period reset to 30 days".into()),
             Err(e) => OpResult::from_error(&e),
         }
@@ -309,7 +380,8 @@ impl Client {
             now,
             |s| -> Result<Result<(), StateError>, StateError> {
                 // The new CMID is kept even when no rearm is left: save in both cases.
-                Ok(s.generalize(now))
+                let t = self.trusted_now(s, now);
+                Ok(s.generalize(t))
             },
         );
         match result {
@@ -352,7 +424,10 @@ impl Client {
         }
     }
 
-    /// Activates (or renews) now: at `host` if given, else the manual or cached host.
+    /// Activates (or renews) now: at `host` if given, else the manual or cached host. `now`
+    /// is the local reading; the lifecycle runs on trusted time (X5). A state copied to other
+    /// hardware takes a new CMID first; a host that reports a clone (another installation
+    /// presents this CMID) makes it take a new CMID and ask once more (X6).
     pub async fn activate(
         &self,
         host: Option<&str>,
@@ -388,41 +463,90 @@ impl Client {
             let _ = connector.remember(cert, now);
         }
         let hw = hardware::probe();
-        let params = ActivationParams {
-            cmid: state.cmid,
-            edition: edition.clone(),
-            machine_name: MachineName::lossy(machine_name),
-            license_state: state.status(now).wire(),
-            grace_remaining_minutes: state.license.minutes_left(now),
-        };
         let explicit = host
             .map(with_default_port)
             .or_else(|| state.manual_host.clone());
-        let (outcome, host) = match explicit {
-            // R20: a host given by hand is the only one tried.
-            Some(h) => (connector.activate(&h, &params, now).await, h),
-            None => {
-                self.activate_discovered(&connector, &params, state.cached_host.clone(), now)
-                    .await
+        let mut rounds = 0;
+        let (outcome, host) = loop {
+            rounds += 1;
+            // X6: claim the hardware (a copied state takes a new CMID) and reserve sequence
+            // numbers, saved before any request carries one.
+            let prepared = ClientState::update(&self.dir, now, |s| -> Result<_, StateError> {
+                let t = self.trusted_now(s, now);
+                if s.claim_hardware(&hw, t) {
+                    tracing::warn!(previous = ?s.cmid_change.as_ref().map(|c| c.previous), cmid = %s.cmid,
+                        "this state directory now runs on other hardware: took a new CMID");
+                }
+                let first = s.reserve_sequence(SEQUENCE_BLOCK);
+                let view = self.view(s, now);
+                Ok((
+                    s.cmid,
+                    first,
+                    view.status(),
+                    view.minutes_left(),
+                    s.cached_host.clone(),
+                ))
+            });
+            let (cmid, first, status, minutes_left, cached) = match prepared {
+                Ok(p) => p,
+                Err(e) => return OpResult::from_error(&e),
+            };
+            let params = ActivationParams {
+                cmid,
+                edition: edition.clone(),
+                machine_name: MachineName::lossy(machine_name),
+                license_state: status.wire(),
+                grace_remaining_minutes: minutes_left,
+                installation: Some(Installation::new(
+                    first,
+                    first.wrapping_add(SEQUENCE_BLOCK - 1),
+                    hw.digest(),
+                )),
+            };
+            let (outcome, host) = match &explicit {
+                // R20: a host given by hand is the only one tried.
+                Some(h) => (connector.activate(h, &params, now).await, h.clone()),
+                None => {
+                    self.activate_discovered(&connector, &params, cached, now)
+                        .await
+                }
+            };
+            let clone =
+                matches!(&outcome, Ok(a) if a.result == tally_proto::ResultCode::CLONE_DETECTED);
+            let certs = connector.certificates();
+            let saved = ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
+                s.set_certificates(&certs);
+                // A generalize that ran meanwhile made a new CMID: this answer is not for it.
+                if s.cmid != cmid {
+                    return Ok(());
+                }
+                match &outcome {
+                    Ok(answer) => {
+                        s.apply_answer(answer, Some(&hw), now);
+                        if clone {
+                            // X6: another installation presents this CMID: count apart.
+                            s.new_cmid("clone_detected", answer.host_time);
+                            s.cmid_hardware = Some(hw.clone());
+                        }
+                    }
+                    Err(e) => {
+                        let t = self.trusted_now(s, now);
+                        s.record_failure(Some(host.clone()), e.code_name(), e.code(), t);
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = saved {
+                return OpResult::from_error(&e);
             }
+            if clone && rounds < 2 {
+                tracing::warn!(host = %host, previous = %cmid,
+                    "the host saw another installation present this CMID: took a new CMID, asking again");
+                continue;
+            }
+            break (outcome, host);
         };
-        let cmid = state.cmid;
-        let certs = connector.certificates();
-        let saved = ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
-            s.set_certificates(&certs);
-            // A generalize that ran meanwhile made a new CMID: this answer is not for it.
-            if s.cmid != cmid {
-                return Ok(());
-            }
-            match &outcome {
-                Ok(answer) => s.apply_answer(answer, Some(&hw), now),
-                Err(e) => s.record_failure(Some(host.clone()), e.code_name(), e.code(), now),
-            }
-            Ok(())
-        });
-        if let Err(e) = saved {
-            return OpResult::from_error(&e);
-        }
+        let _ = host;
         let status = self.status(now).ok();
         match outcome {
             Ok(a) => {
@@ -533,11 +657,14 @@ impl Client {
     }
 
     /// R12: compares the hardware with the baseline of the last success; returns whether the
-    /// client went out of tolerance.
+    /// client went out of tolerance. X6: a state on hardware other than its CMID's takes a
+    /// new CMID here too.
     pub fn check_hardware(&self, now: Timestamp) -> Result<bool, StateError> {
         let hw = hardware::probe();
         ClientState::update(&self.dir, now, |s| -> Result<bool, StateError> {
-            Ok(s.license.check_hardware(&hw, now))
+            let t = self.trusted_now(s, now);
+            let moved = s.claim_hardware(&hw, t);
+            Ok(s.license.check_hardware(&hw, t) || moved)
         })
     }
 }
