@@ -13,6 +13,7 @@
 //! - [`authority`]: the HTTP client to the vendor's authority (host and MAK activation).
 //! - [`connect`]: the [`Connector`] and the wire exchange.
 //! - [`state`]: the locked, atomically written state file.
+//! - [`fsmode`]: file and directory modes set explicitly, never from the umask (X4).
 //! - [`hardware`]: the hardware probe (R12).
 //! - [`codes`]: client-side result codes (R14).
 
@@ -20,6 +21,7 @@ pub mod agent;
 pub mod authority;
 pub mod codes;
 pub mod connect;
+pub mod fsmode;
 pub mod hardware;
 pub mod ops;
 pub mod state;
