@@ -190,7 +190,10 @@ mod tests {
         // Stricter than the maximum stays as it is.
         fs::set_permissions(&f, fs::Permissions::from_mode(0o400)).expect("chmod");
         assert_eq!(tighten(&f, PUBLIC_FILE).expect("stricter"), None);
-        assert_eq!(tighten(&tmp.path().join("missing"), 0o600).expect("none"), None);
+        assert_eq!(
+            tighten(&tmp.path().join("missing"), 0o600).expect("none"),
+            None
+        );
     }
 
     #[test]
