@@ -164,12 +164,12 @@ mod tests {
     /// one test changes it (so two never interleave), and every mode checked anywhere is set
     /// explicitly, so a test running meanwhile sees no difference.
     #[allow(unsafe_code)]
-    fn with_umask<T>(umask: u32, f: impl FnOnce() -> T) -> T {
+    fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
         unsafe extern "C" {
             fn umask(mask: u32) -> u32;
         }
         // SAFETY: umask(2) cannot fail and only sets the process's file creation mask.
-        let old = unsafe { umask(umask) };
+        let old = unsafe { umask(mask) };
         let out = f();
         // SAFETY: as above.
         unsafe { umask(old) };
