@@ -6,15 +6,21 @@
 //!
 //! Socket permissions are `0666` so any local user can ask for the status or an activation
 //! (R13); privileged requests are checked against the peer's uid (root or the agent's owner).
+//! X4: each non-root user holds at most [`MAX_CONNECTIONS_PER_USER`] connections (all of them
+//! together [`MAX_CONNECTIONS_NON_ROOT`]); more are closed at once; a request must arrive within
+//! [`REQUEST_DEADLINE`]; root is never capped. At start the state directory's modes are
+//! tightened (`Agent::tighten_modes`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tally_client::agent::{AgentRequest, MAX_REQUEST_LINE, machine_name};
 use tally_client::codes;
-use tally_client::ops::{Client, OpResult};
-use tally_client::state::{ClientState, StateError};
+use tally_client::fsmode;
+use tally_client::ops::{Client, OpResult, TRUST_FILE};
+use tally_client::state::{ClientState, LOCK_FILE, STATE_FILE, StateError};
 use tally_core::time::{Clock, Timestamp};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -29,6 +35,22 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
 /// How soon the agent looks again when it cannot read its state.
 const STATE_RETRY: Duration = Duration::from_secs(60);
+
+/// Connections one non-root user may hold open on the agent socket at once (X4). Beyond it a
+/// new connection from that user is closed at once, unread; root is never capped, so a user
+/// holding idle connections cannot delay root's status or activation.
+pub const MAX_CONNECTIONS_PER_USER: usize = 16;
+
+/// Connections all non-root users together may hold open (X4): bounds the agent's file
+/// descriptors against many accounts; root's connections are not counted and never refused.
+pub const MAX_CONNECTIONS_NON_ROOT: usize = 256;
+
+/// How long a connection may take to send its request line before it is closed (X4: an idle
+/// connection holds its slot at most this long).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A user whose connections are refused is logged at most once per this period.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(60);
 
 /// Shortest sleep between two looks (an overdue attempt waits this long, no busy loop).
 const MIN_SLEEP: Duration = Duration::from_millis(50);
@@ -62,6 +84,14 @@ pub enum AgentError {
         /// The socket path.
         path: PathBuf,
     },
+    /// A file or directory more open than the agent makes it could not be narrowed (X4).
+    #[error("cannot tighten the mode of {path}: {source}")]
+    Modes {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The start-up change of the state (the `--host` given, clearing the generalized mark)
     /// failed; the agent did not start.
     #[error("{0}")]
@@ -77,6 +107,7 @@ pub struct Agent {
     wake: Notify,
     attempt: Mutex<()>,
     host: Option<String>,
+    peers: StdMutex<Peers>,
 }
 
 impl Agent {
@@ -90,6 +121,7 @@ impl Agent {
             wake: Notify::new(),
             attempt: Mutex::new(()),
             host: None,
+            peers: StdMutex::new(Peers::default()),
         }
     }
 
@@ -109,7 +141,7 @@ impl Agent {
     /// Runs until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), AgentError> {
         let listener = self.bind()?;
-        if let Err(error) = self.on_start() {
+        if let Err(error) = self.tighten_modes().and_then(|()| self.on_start()) {
             let _ = std::fs::remove_file(&self.socket);
             return Err(error);
         }
@@ -162,13 +194,50 @@ impl Agent {
         ClientState::load(self.client.dir(), self.clock.now()).is_ok_and(|s| s.generalized)
     }
 
+    /// X4: what an older Tally or a loose umask left more open than this agent makes it is
+    /// narrowed now, each change logged with the path and both modes: the state directory
+    /// (0755: others may enter to reach the socket, only the owner writes), the state (0600),
+    /// the trust file (0644). Run once the socket is ours, before anything else is changed. A
+    /// lock file others could open is replaced by a fresh 0600 one, so a
+    /// descriptor opened on the old one before the upgrade locks nothing the agent uses.
+    fn tighten_modes(&self) -> Result<(), AgentError> {
+        let dir = self.client.dir();
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| AgentError::Modes { path, source }
+        };
+        let lock = dir.join(LOCK_FILE);
+        if let Some(old) = fsmode::mode_of(&lock).filter(|m| m & !fsmode::PRIVATE_FILE != 0) {
+            fsmode::write_atomic(&lock, b"", fsmode::PRIVATE_FILE).map_err(err(&lock))?;
+            warn!(
+                path = %lock.display(),
+                old_mode = %format!("{old:04o}"),
+                new_mode = "0600",
+                "lock file others could open was replaced by a new one (X4)"
+            );
+        }
+        // Only the state directory: a socket given elsewhere (`--socket /run/...`) sits in a
+        // directory that is not Tally's to change.
+        fsmode::tighten(dir, fsmode::SHARED_DIR).map_err(err(dir))?;
+        for (name, max) in [
+            (STATE_FILE, fsmode::PRIVATE_FILE),
+            (TRUST_FILE, fsmode::PUBLIC_FILE),
+        ] {
+            let path = dir.join(name);
+            fsmode::tighten(&path, max).map_err(err(&path))?;
+        }
+        Ok(())
+    }
+
     fn bind(&self) -> Result<UnixListener, AgentError> {
         let err = |source| AgentError::Socket {
             path: self.socket.clone(),
             source,
         };
-        if let Some(parent) = self.socket.parent() {
-            std::fs::create_dir_all(parent).map_err(err)?;
+        if let Some(parent) = self.socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Reachable by every local user, who may talk to the agent (R13); writable by its
+            // owner only, so nobody else can replace the socket or the trust file (X4).
+            fsmode::create_dir(parent, fsmode::SHARED_DIR).map_err(err)?;
         }
         // A socket file left by a crashed agent: remove it if nothing answers on it.
         if self.socket.exists() {
@@ -270,21 +339,28 @@ impl Agent {
                     }
                 },
             };
+            let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else {
+                continue;
+            };
+            // X4: over the user's cap the connection is closed at once, unread.
+            let Some(slot) = Slot::take(&self, uid) else {
+                continue;
+            };
             let agent = Arc::clone(&self);
             tokio::spawn(async move {
-                if let Err(error) = agent.handle(stream, owner).await {
+                if let Err(error) = agent.handle(stream, uid, owner).await {
                     warn!(%error, "agent socket request failed");
                 }
+                drop(slot);
             });
         }
     }
 
-    async fn handle(&self, stream: UnixStream, owner: u32) -> std::io::Result<()> {
-        let uid = stream.peer_cred()?.uid();
+    async fn handle(&self, stream: UnixStream, uid: u32, owner: u32) -> std::io::Result<()> {
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
         let mut reader = BufReader::new(read.take(MAX_REQUEST_LINE as u64));
-        tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        tokio::time::timeout(REQUEST_DEADLINE, reader.read_line(&mut line))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "request not received in time")
@@ -303,7 +379,12 @@ impl Agent {
         };
         let mut out = serde_json::to_vec(&reply).unwrap_or_default();
         out.push(b'\n');
-        write.write_all(&out).await
+        // A peer that never reads its answer holds the slot no longer than one that never asks.
+        tokio::time::timeout(REQUEST_DEADLINE, write.write_all(&out))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "answer not taken in time")
+            })?
     }
 
     async fn execute(&self, req: AgentRequest) -> OpResult {
@@ -352,6 +433,82 @@ impl Agent {
             self.wake.notify_one();
         }
         result
+    }
+}
+
+/// Open connections per non-root user, and when each refused user was last logged.
+#[derive(Default)]
+struct Peers {
+    open: HashMap<u32, usize>,
+    non_root: usize,
+    logged: HashMap<u32, Instant>,
+}
+
+/// One admitted connection's place in [`Peers`], given back when dropped.
+struct Slot {
+    agent: Arc<Agent>,
+    uid: u32,
+}
+
+impl Slot {
+    /// Admits a connection from `uid`, or refuses it (logged once per user per minute). Root is
+    /// never capped (X4: root's status is answered whatever others hold).
+    fn take(agent: &Arc<Agent>, uid: u32) -> Option<Self> {
+        if uid == 0 {
+            return Some(Self {
+                agent: Arc::clone(agent),
+                uid,
+            });
+        }
+        let mut peers = agent.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = peers.open.get(&uid).copied().unwrap_or(0);
+        if open >= MAX_CONNECTIONS_PER_USER || peers.non_root >= MAX_CONNECTIONS_NON_ROOT {
+            let now = Instant::now();
+            let due = peers
+                .logged
+                .get(&uid)
+                .is_none_or(|t| now.duration_since(*t) >= REFUSAL_LOG_PERIOD);
+            if due {
+                peers.logged.insert(uid, now);
+                warn!(
+                    uid,
+                    open,
+                    per_user = MAX_CONNECTIONS_PER_USER,
+                    non_root_open = peers.non_root,
+                    non_root = MAX_CONNECTIONS_NON_ROOT,
+                    "agent socket connections over the cap refused (X4); logged once a minute per user"
+                );
+            }
+            return None;
+        }
+        peers.open.insert(uid, open + 1);
+        peers.non_root += 1;
+        Some(Self {
+            agent: Arc::clone(agent),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.uid == 0 {
+            return;
+        }
+        let mut peers = self
+            .agent
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        peers.non_root = peers.non_root.saturating_sub(1);
+        if let Some(n) = peers.open.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                peers.open.remove(&self.uid);
+            }
+        }
+        // Forget old refusals, so the map stays as small as the set of recent offenders.
+        peers.logged.retain(|_, t| t.elapsed() < REFUSAL_LOG_PERIOD);
     }
 }
 

@@ -1,10 +1,10 @@
 //! An authority directory: `authority.key` (secret, mode 0600) and `authority.pub`.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use tally_core::trust::{armor, labels, parse_secret};
+use tally_store::fsmode;
 
 use crate::{Authority, AuthorityError};
 
@@ -17,18 +17,25 @@ pub const TOKEN_FILE: &str = "operator.token";
 /// File name of the authority database.
 pub const DB_FILE: &str = "authority.db";
 
-/// Writes `contents` to `path` with mode 0600, creating it; refuses to overwrite.
+/// Writes `contents` to `path` with mode 0600 (whatever the umask), creating it; refuses to
+/// overwrite.
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+    fsmode::write_new(path, contents.as_bytes(), fsmode::PRIVATE_FILE)
+}
+
+/// X4: narrows what an older Tally or a loose umask left too open in an authority directory,
+/// each change logged with the path and both modes: the directory (0700), the root key and the
+/// operator token (0600), the public key (0644). The database is narrowed when it is opened.
+pub fn tighten(dir: &Path) -> std::io::Result<()> {
+    fsmode::tighten(dir, fsmode::PRIVATE_DIR)?;
+    for (name, max) in [
+        (SECRET_FILE, fsmode::PRIVATE_FILE),
+        (TOKEN_FILE, fsmode::PRIVATE_FILE),
+        (PUBLIC_FILE, fsmode::PUBLIC_FILE),
+    ] {
+        fsmode::tighten(&dir.join(name), max)?;
     }
-    let mut f = opts.open(path)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()
+    Ok(())
 }
 
 /// The armored text of an authority public key file.
@@ -39,7 +46,8 @@ pub fn public_file_text(authority: &Authority) -> String {
 /// Creates a new authority in `dir` (made if missing). Returns the authority and the path of
 /// its public key file.
 pub fn init(dir: &Path) -> Result<(Authority, PathBuf), AuthorityError> {
-    fs::create_dir_all(dir)?;
+    // X4: the directory holds the root key: only its owner may enter it, whatever the umask.
+    fsmode::create_dir(dir, fsmode::PRIVATE_DIR)?;
     let secret = dir.join(SECRET_FILE);
     if secret.exists() {
         return Err(AuthorityError::AlreadyExists(dir.display().to_string()));
@@ -50,7 +58,11 @@ pub fn init(dir: &Path) -> Result<(Authority, PathBuf), AuthorityError> {
         &armor(labels::AUTHORITY_SECRET, &authority.secret().to_bytes()),
     )?;
     let public = dir.join(PUBLIC_FILE);
-    fs::write(&public, public_file_text(&authority))?;
+    fsmode::write_atomic(
+        &public,
+        public_file_text(&authority).as_bytes(),
+        fsmode::PUBLIC_FILE,
+    )?;
     let token: [u8; 32] = rand::RngExt::random(&mut rand::rng());
     write_private(
         &dir.join(TOKEN_FILE),
@@ -94,6 +106,9 @@ pub async fn open_service_on(
 /// Loads the authority in `dir`.
 pub fn load(dir: &Path) -> Result<Authority, AuthorityError> {
     let secret = dir.join(SECRET_FILE);
+    if secret.exists() {
+        tighten(dir)?;
+    }
     let text = match fs::read_to_string(&secret) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -130,6 +145,20 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
+            assert_eq!(fsmode::mode_of(&public), Some(fsmode::PUBLIC_FILE));
+            // X4: a loose directory and key are narrowed when the authority is loaded.
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).expect("chmod");
+            fs::set_permissions(
+                dir.path().join(SECRET_FILE),
+                fs::Permissions::from_mode(0o644),
+            )
+            .expect("chmod");
+            load(dir.path()).expect("load");
+            assert_eq!(fsmode::mode_of(dir.path()), Some(fsmode::PRIVATE_DIR));
+            assert_eq!(
+                fsmode::mode_of(&dir.path().join(SECRET_FILE)),
+                Some(fsmode::PRIVATE_FILE)
+            );
         }
         let empty = tempfile::tempdir().expect("tempdir");
         assert!(matches!(

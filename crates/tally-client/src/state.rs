@@ -6,7 +6,6 @@
 //! or the new state, never a torn file.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +23,7 @@ use uuid::Uuid;
 use crate::codes;
 use crate::connect::Answer;
 use crate::evidence::{EvidenceStore, SignedAnswer};
+use crate::fsmode;
 
 /// File name inside the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -290,15 +290,13 @@ impl ClientState {
         first
     }
 
+    /// The lock only writers take. X4: it is made (and kept) mode 0600, so a user who cannot
+    /// write the state cannot open it to hold `flock` on it and stall the owner; the directory
+    /// is made 0755 with the agent's socket in it (R13), never from the umask.
     fn open_lock(dir: &Path) -> Result<fs::File, StateError> {
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        fsmode::create_dir(dir, fsmode::SHARED_DIR).map_err(io(dir))?;
         let path = dir.join(LOCK_FILE);
-        fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))
+        fsmode::open_file(&path, fsmode::PRIVATE_FILE).map_err(io(&path))
     }
 
     fn read_unlocked(dir: &Path, now: Timestamp) -> Result<Self, StateError> {
@@ -313,7 +311,6 @@ impl ClientState {
 
     fn write_unlocked(&self, dir: &Path) -> Result<(), StateError> {
         let path = dir.join(STATE_FILE);
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
         let json = serde_json::to_vec_pretty(self).map_err(|source| StateError::Corrupt {
             path: path.clone(),
             source,
@@ -321,34 +318,14 @@ impl ClientState {
         // The state holds the product key: readable by its owner only (X4), also when an older
         // Tally left a world-readable file (the temporary file is new each time, so the mode
         // applies on every save).
-        let mut f = {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io(&tmp))?
-        };
-        {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(io(&tmp))?;
-        }
-        f.write_all(&json).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        Ok(())
+        fsmode::write_atomic(&path, &json, fsmode::PRIVATE_FILE).map_err(io(&path))
     }
 
-    /// Reads the state in `dir` under a shared lock (a fresh, unsaved state if there is none).
+    /// Reads the state in `dir` (a fresh, unsaved state if there is none). Readers take no
+    /// lock: every save is an atomic rename, so a reader sees the old or the new file whole,
+    /// never waits for a writer and never holds one up (X4); nor does it create anything.
     pub fn load(dir: &Path, now: Timestamp) -> Result<Self, StateError> {
-        let lock = Self::open_lock(dir)?;
-        lock.lock_shared().map_err(io(dir))?;
-        let state = Self::read_unlocked(dir, now);
-        drop(lock);
-        state
+        Self::read_unlocked(dir, now)
     }
 
     /// Reads, changes and saves the state in `dir` under an exclusive lock. `f`'s error aborts

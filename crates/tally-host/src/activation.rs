@@ -66,7 +66,9 @@ pub fn installation_id(dir: &Path) -> Result<InstallationId, HostError> {
     let public = host_secret(dir)?.verifying_key();
     let groups = service::installation_id(key, &public, &hardware_id());
     let file = dir.join(paths::INSTALLATION_ID);
-    std::fs::write(&file, format!("{}\n", groups.join(" "))).map_err(HostError::write(&file))?;
+    let text = format!("{}\n", groups.join(" "));
+    tally_store::fsmode::write_atomic(&file, text.as_bytes(), tally_store::fsmode::PUBLIC_FILE)
+        .map_err(HostError::write(&file))?;
     Ok(InstallationId { groups, file })
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tally_admin::HostControl;
 use tally_server::HostService;
+use tally_store::fsmode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -51,7 +52,10 @@ pub async fn serve(
             let acceptor =
                 tally_admin::tls::acceptor(&tls.cert, &tls.key).map_err(HostError::Invalid)?;
             // Local `tally host …` commands trust this certificate.
-            std::fs::copy(&tls.cert, &cert_copy).map_err(HostError::write(&cert_copy))?;
+            // (Not `fs::copy`, which would copy the source's mode too: X4.)
+            let pem = std::fs::read(&tls.cert).map_err(HostError::read(&tls.cert))?;
+            fsmode::write_atomic(&cert_copy, &pem, fsmode::PUBLIC_FILE)
+                .map_err(HostError::write(&cert_copy))?;
             (Some(acceptor), "https")
         }
         None => {
@@ -70,7 +74,8 @@ pub async fn serve(
         shutdown,
     ));
     let addr_file = dir.join(paths::ADMIN_ADDR_FILE);
-    std::fs::write(&addr_file, format!("{scheme}://{addr}"))
+    let url = format!("{scheme}://{addr}");
+    fsmode::write_atomic(&addr_file, url.as_bytes(), fsmode::PRIVATE_FILE)
         .map_err(HostError::write(&addr_file))?;
     info!(admin_addr = %addr, "admin API, metrics and dashboard listening");
     Ok(addr)

@@ -97,10 +97,9 @@ pub fn import(dir: &Path, configured: Option<&Path>, text: &str) -> Result<Catal
             current.version()
         )));
     }
-    let tmp = dir.join(format!(".{}.tmp", paths::HOST_CATALOG));
-    std::fs::write(&tmp, text).map_err(HostError::write(&tmp))?;
     let target = dir.join(paths::HOST_CATALOG);
-    std::fs::rename(&tmp, &target).map_err(HostError::write(target))?;
+    tally_store::fsmode::write_atomic(&target, text.as_bytes(), tally_store::fsmode::PUBLIC_FILE)
+        .map_err(HostError::write(&target))?;
     Ok(catalog)
 }
 

@@ -120,7 +120,10 @@ pub fn write_disabled_status(dir: &Path) {
 }
 
 fn write_status(path: &Path, status: &serde_json::Value) {
-    if let Err(error) = std::fs::write(path, status.to_string()) {
+    let text = status.to_string();
+    let written =
+        tally_store::fsmode::write_atomic(path, text.as_bytes(), tally_store::fsmode::PRIVATE_FILE);
+    if let Err(error) = written {
         warn!(%error, path = %path.display(), "cannot record the DNS publishing state");
     }
 }

@@ -15,6 +15,7 @@ use tally_core::trust::{
 };
 use tally_proto::HostCertificate;
 use tally_store::Store;
+use tally_store::fsmode;
 use tally_store::sqlite::Durability;
 use tracing::info;
 
@@ -25,25 +26,16 @@ fn read(path: &Path) -> Result<String, HostError> {
     std::fs::read_to_string(path).map_err(HostError::read(path))
 }
 
+/// Writes (or replaces) a public file: keys, certificates, the trust anchor (0644, X4: never
+/// from the umask).
 fn write(path: &Path, text: &str) -> Result<(), HostError> {
-    std::fs::write(path, text).map_err(HostError::write(path))
+    fsmode::write_atomic(path, text.as_bytes(), fsmode::PUBLIC_FILE).map_err(HostError::write(path))
 }
 
 /// Writes (or replaces) a secret file readable by its owner only; an existing file's mode is
 /// tightened too (an older Tally wrote `host-product.key` world-readable).
 fn write_secret(path: &Path, text: &str) -> Result<(), HostError> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(HostError::write(path))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| f.write_all(text.as_bytes()))
-        .and_then(|()| f.sync_all())
+    fsmode::write_atomic(path, text.as_bytes(), fsmode::PRIVATE_FILE)
         .map_err(HostError::write(path))
 }
 
@@ -53,7 +45,7 @@ pub fn ensure_host_key(dir: &Path) -> Result<bool, HostError> {
     if secret.exists() {
         return Ok(false);
     }
-    std::fs::create_dir_all(dir).map_err(HostError::write(dir))?;
+    fsmode::create_dir(dir, fsmode::PRIVATE_DIR).map_err(HostError::write(dir))?;
     let key = generate_key();
     authority_dir::write_private(&secret, &armor(labels::HOST_SECRET, &key.to_bytes()))
         .map_err(HostError::write(&secret))?;

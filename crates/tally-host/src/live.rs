@@ -77,9 +77,11 @@ impl Persisted {
     }
 
     fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(format!(".{}.tmp", paths::SETTINGS_FILE));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())?;
-        std::fs::rename(tmp, dir.join(paths::SETTINGS_FILE))
+        tally_store::fsmode::write_atomic(
+            &dir.join(paths::SETTINGS_FILE),
+            &serde_json::to_vec_pretty(self).unwrap_or_default(),
+            tally_store::fsmode::PRIVATE_FILE,
+        )
     }
 }
 

@@ -8,7 +8,10 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use tally_store::fsmode;
 
 use crate::HostError;
 
@@ -25,14 +28,20 @@ pub struct DataDirLock {
 impl DataDirLock {
     /// Takes the lock on `dir`, or says which process holds it.
     pub fn acquire(dir: &Path) -> Result<Self, HostError> {
-        std::fs::create_dir_all(dir).map_err(HostError::write(dir))?;
+        // X4: the data directory (keys, database, token) is its owner's alone, and so is the
+        // lock, so no other user can open it to hold the lock and keep the host from starting.
+        fsmode::create_dir(dir, fsmode::PRIVATE_DIR).map_err(HostError::write(dir))?;
         let path = dir.join(LOCK_FILE);
+        fsmode::tighten(&path, fsmode::PRIVATE_FILE).map_err(HostError::write(&path))?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(fsmode::PRIVATE_FILE)
             .open(&path)
+            .map_err(HostError::write(&path))?;
+        file.set_permissions(std::fs::Permissions::from_mode(fsmode::PRIVATE_FILE))
             .map_err(HostError::write(&path))?;
         match file.try_lock() {
             Ok(()) => {}

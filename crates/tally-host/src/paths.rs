@@ -1,7 +1,11 @@
 //! The host data directory's layout: one constant per file, so every command and the running
 //! host agree on where things are.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use tally_store::fsmode;
+
+use crate::HostError;
 
 /// The host's Ed25519 secret key (mode 0600).
 pub const HOST_SECRET: &str = "host.key";
@@ -31,6 +35,49 @@ pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 pub const ADMIN_CERT_FILE: &str = "admin-cert.pem";
 /// The last DNS publishing result (for `host status`).
 pub const DNS_STATUS_FILE: &str = "dns-status.json";
+
+/// X4: the most open mode each of the data directory's entries may have; [`tighten`] narrows
+/// what is more open. The directory and the dev authority's are the owner's alone; secrets, the
+/// database and what describes the running host are 0600; public keys and certificates 0644.
+const MAX_MODES: &[(&str, u32)] = &[
+    ("", fsmode::PRIVATE_DIR),
+    (HOST_SECRET, fsmode::PRIVATE_FILE),
+    (HOST_PRODUCT_KEY, fsmode::PRIVATE_FILE),
+    (ADMIN_TOKEN_FILE, fsmode::PRIVATE_FILE),
+    (ADMIN_ADDR_FILE, fsmode::PRIVATE_FILE),
+    (SETTINGS_FILE, fsmode::PRIVATE_FILE),
+    (DNS_STATUS_FILE, fsmode::PRIVATE_FILE),
+    (crate::lock::LOCK_FILE, fsmode::PRIVATE_FILE),
+    (HOST_DB, fsmode::PRIVATE_FILE),
+    ("tally.db-wal", fsmode::PRIVATE_FILE),
+    ("tally.db-shm", fsmode::PRIVATE_FILE),
+    (HOST_PUBLIC, fsmode::PUBLIC_FILE),
+    (HOST_CERT, fsmode::PUBLIC_FILE),
+    (AUTHORITY_PUB, fsmode::PUBLIC_FILE),
+    (HOST_CATALOG, fsmode::PUBLIC_FILE),
+    (INSTALLATION_ID, fsmode::PUBLIC_FILE),
+    (ADMIN_CERT_FILE, fsmode::PUBLIC_FILE),
+];
+
+/// X4: narrows every entry of the data directory `dir` that is more open than [`MAX_MODES`]
+/// allows (an older Tally left `host-product.key` 0644; a umask of 000 made the directory
+/// 0777), each change logged as a warning with the path and both modes; then the dev
+/// authority's directory (see `tally_authority::dir::tighten`).
+pub fn tighten(dir: &Path) -> Result<(), HostError> {
+    for (name, max) in MAX_MODES {
+        let path = if name.is_empty() {
+            dir.to_owned()
+        } else {
+            dir.join(name)
+        };
+        fsmode::tighten(&path, *max).map_err(HostError::write(&path))?;
+    }
+    let dev = dir.join(DEV_AUTHORITY_DIR);
+    if dev.is_dir() {
+        tally_authority::dir::tighten(&dev).map_err(HostError::write(&dev))?;
+    }
+    Ok(())
+}
 
 /// `$XDG_DATA_HOME`, else `~/.local/share`, else the current directory: where Tally keeps the
 /// host's and the client's data by default.

@@ -43,6 +43,8 @@ impl Host {
         let dir = config.data_dir.clone();
         // Before anything is opened or bound: a second host on this directory is refused.
         let lock = crate::lock::DataDirLock::acquire(&dir)?;
+        // X4: what an older Tally or a loose umask left too open is narrowed first (logged).
+        crate::paths::tighten(&dir)?;
         let catalog = catalog::resolve(&dir, config.catalog.as_deref())?;
         // R26: settings changed live persist and win over the config file and the flags.
         let persisted = Persisted::load(&dir)?;

@@ -121,7 +121,8 @@ pub async fn open_writer(
     served_by: &str,
     options: StoreOptions,
 ) -> Result<Arc<dyn Store>, HostError> {
-    std::fs::create_dir_all(dir).map_err(HostError::write(dir))?;
+    tally_store::fsmode::create_dir(dir, tally_store::fsmode::PRIVATE_DIR)
+        .map_err(HostError::write(dir))?;
     Ok(match db {
         Database::Embedded => Arc::new(SqliteStore::open_with(
             &dir.join(paths::HOST_DB),

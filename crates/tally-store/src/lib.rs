@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`Store`]: what the host needs from storage.
 //! - [`sqlite`]: the embedded backend: WAL, one writer thread doing group commit.
+//! - [`fsmode`]: file and directory modes set explicitly, never from the umask (X4).
 //!
 //! **Durability contract:** when [`Store::commit`] returns `Ok`, the changes survive a crash of
 //! the process (and, with the default `synchronous = FULL`, of the machine). Implementations
@@ -23,6 +24,7 @@ use tally_core::time::Timestamp;
 use thiserror::Error;
 use uuid::Uuid;
 
+pub mod fsmode;
 mod health;
 pub mod migrate;
 #[cfg(feature = "postgres")]

@@ -35,6 +35,13 @@ impl std::fmt::Debug for SqliteAuthorityStore {
 impl SqliteAuthorityStore {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // X4: the authority's database is its owner's alone (0600, -wal and -shm too).
+        tally_store::fsmode::prepare_sqlite(path).map_err(|e| {
+            StoreError::Database(tally_store::StoreError::Open {
+                path: path.display().to_string(),
+                source: Arc::new(e),
+            })
+        })?;
         let mut conn = Connection::open(path).map_err(backend)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",

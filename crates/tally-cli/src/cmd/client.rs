@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use tally_client::agent::{self, AgentError, AgentRequest};
 use tally_client::codes;
+use tally_client::fsmode;
 use tally_client::ops::{Client, OpResult, StatusReport, TRUST_FILE};
 use tally_core::time::{Clock, SystemClock};
 use tally_core::trust::parse_authority_public;
@@ -345,10 +346,12 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot read {}", file.display()))?;
         parse_authority_public(&text).with_context(|| format!("{}", file.display()))?;
         let dir = args.opts.dir();
-        std::fs::create_dir_all(&dir)
+        // X4: the trust anchor is readable by all (0644) in a directory only its owner may
+        // write (0755), whatever the umask, so no other local user can replace it.
+        fsmode::create_dir(&dir, fsmode::SHARED_DIR)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
         let target = dir.join(TRUST_FILE);
-        std::fs::write(&target, text)
+        fsmode::write_atomic(&target, text.as_bytes(), fsmode::PUBLIC_FILE)
             .with_context(|| format!("cannot write {}", target.display()))?;
         println!("This client now trusts {}.", file.display());
         return Ok(ExitCode::SUCCESS);

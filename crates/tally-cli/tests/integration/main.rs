@@ -16,6 +16,7 @@ mod faults;
 mod fleet;
 mod hostile;
 mod lifecycle;
+mod local_users;
 mod one_path;
 mod readme;
 mod startup;

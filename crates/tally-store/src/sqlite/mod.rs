@@ -221,6 +221,11 @@ impl SqliteStore {
                 "the database file is empty: starting with an empty registry and counts; if this host had data, stop it and restore a backup (see OPERATIONS.md)"
             );
         }
+        // X4: the registry is the owner's alone (0600, -wal and -shm too), whatever the umask.
+        crate::fsmode::prepare_sqlite(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            source: Arc::new(e),
+        })?;
         let mut conn = open_connection(path, durability)?;
         check(&conn, path)?;
         crate::migrate::sqlite(&mut conn, MIGRATIONS, path)?;
