@@ -27,6 +27,9 @@ use crate::fsmode;
 
 /// File name inside the state directory.
 pub const STATE_FILE: &str = "state.json";
+/// Host certificates a state remembers at most (the oldest make room).
+pub const MAX_CERTIFICATES: usize = 32;
+
 /// Lock file name inside the state directory.
 pub const LOCK_FILE: &str = "state.lock";
 
@@ -543,16 +546,22 @@ impl ClientState {
             .collect()
     }
 
-    /// Replaces the remembered certificates.
+    /// Adds `certs` to the remembered certificates (those kept stay: the evidence (X5) is
+    /// verified through them), keeping at most the newest [`MAX_CERTIFICATES`].
     pub fn set_certificates(&mut self, certs: &[HostCertificate]) {
-        self.host_certificates = certs
-            .iter()
-            .map(|c| {
-                armor(labels::HOST_CERTIFICATE, &c.to_bytes())
-                    .trim()
-                    .to_owned()
-            })
-            .collect();
+        for c in certs {
+            let text = armor(labels::HOST_CERTIFICATE, &c.to_bytes())
+                .trim()
+                .to_owned();
+            if !self.host_certificates.contains(&text) {
+                self.host_certificates.push(text);
+            }
+        }
+        let excess = self
+            .host_certificates
+            .len()
+            .saturating_sub(MAX_CERTIFICATES);
+        self.host_certificates.drain(..excess);
     }
 }
 

@@ -41,6 +41,8 @@ fn server_params() -> ActivationParams {
         machine_name: MachineName::lossy("load"),
         license_state: LicenseState::InitialGrace,
         grace_remaining_minutes: 1,
+        // Version 1: the load reuses one CMID from many connections at once.
+        installation: None,
     }
 }
 

@@ -37,6 +37,11 @@ fn params(kind: EditionKind, group: KeyGroup) -> ActivationParams {
         machine_name: MachineName::lossy("victim"),
         license_state: LicenseState::InitialGrace,
         grace_remaining_minutes: 1000,
+        installation: Some(tally_client::connect::Installation::new(
+            1,
+            u32::MAX,
+            [0; 8],
+        )),
     }
 }
 

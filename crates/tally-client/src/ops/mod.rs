@@ -458,9 +458,12 @@ impl Client {
             );
         };
         let connector = Connector::new(trust, self.timeout);
+        // X5: certificates are checked at trusted time (a clock set back does not make a
+        // host's certificate "not yet valid"; one set forward does not keep an expired one).
+        let trusted = self.trusted_now(&state, now);
         for cert in state.certificates() {
             // A remembered certificate that no longer verifies is simply fetched again.
-            let _ = connector.remember(cert, now);
+            let _ = connector.remember(cert, trusted);
         }
         let hw = hardware::probe();
         let explicit = host
@@ -485,9 +488,10 @@ impl Client {
                     view.status(),
                     view.minutes_left(),
                     s.cached_host.clone(),
+                    view.now,
                 ))
             });
-            let (cmid, first, status, minutes_left, cached) = match prepared {
+            let (cmid, first, status, minutes_left, cached, trusted) = match prepared {
                 Ok(p) => p,
                 Err(e) => return OpResult::from_error(&e),
             };
@@ -505,9 +509,9 @@ impl Client {
             };
             let (outcome, host) = match &explicit {
                 // R20: a host given by hand is the only one tried.
-                Some(h) => (connector.activate(h, &params, now).await, h.clone()),
+                Some(h) => (connector.activate(h, &params, trusted).await, h.clone()),
                 None => {
-                    self.activate_discovered(&connector, &params, cached, now)
+                    self.activate_discovered(&connector, &params, cached, trusted)
                         .await
                 }
             };
