@@ -94,6 +94,11 @@ pub struct Status {
     validity_end: Option<String>,
     /// End of grace, RFC 3339 UTC, or None.
     grace_end: Option<String>,
+    /// Seconds the local clock is behind the latest reading seen (X5: nothing is extended
+    /// until it is right again or a host answers), or None.
+    clock_behind_secs: Option<i64>,
+    /// The CMID (it changes by itself when the state was copied or a host saw a clone, X6).
+    cmid: String,
 }
 
 #[pymethods]
@@ -173,6 +178,8 @@ impl Licensing {
             rearms_left: s.rearms_left,
             validity_end: s.report.validity_end_rfc3339,
             grace_end: s.report.grace_end_rfc3339,
+            clock_behind_secs: s.report.clock_behind_secs,
+            cmid: s.report.cmid.to_string(),
         })
     }
 

@@ -177,6 +177,11 @@ impl Connector {
         }
     }
 
+    /// The authority this connector trusts.
+    pub fn anchor(&self) -> &TrustAnchor {
+        &self.anchor
+    }
+
     /// Adds a certificate seen before (e.g. from the state file), if it still verifies.
     pub fn remember(&self, cert: HostCertificate, now: Timestamp) -> Result<(), TrustError> {
         let verified = self.anchor.verify_certificate(&cert, now)?;

@@ -143,6 +143,12 @@ typedef struct {
    * The count of the last attempt that reached a host (0 when none).
    */
   uint32_t count;
+  /**
+   * X5: seconds the local clock is behind the latest reading the library has seen (0 when
+   * it is not): nothing is extended and `state` is notification until the clock is right
+   * again or a host answers.
+   */
+  int64_t clock_behind_secs;
 } tally_status;
 
 /**
@@ -194,6 +200,12 @@ typedef struct {
  * Host: the request frame was over 250 bytes.
  */
 #define TALLY_FRAME_TOO_LARGE 3349217288
+
+/**
+ * Host (protocol version 2): another installation presents this CMID; nothing was counted.
+ * The library took a new CMID and asked again (X6).
+ */
+#define TALLY_CLONE_DETECTED 3349217289
 
 /**
  * The host could not be resolved or reached.

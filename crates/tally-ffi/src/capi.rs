@@ -36,6 +36,9 @@ pub const TALLY_HOST_BUSY: tally_result = 0xC7A10006;
 pub const TALLY_STORAGE_FAILURE: tally_result = 0xC7A10007;
 /// Host: the request frame was over 250 bytes.
 pub const TALLY_FRAME_TOO_LARGE: tally_result = 0xC7A10008;
+/// Host (protocol version 2): another installation presents this CMID; nothing was counted.
+/// The library took a new CMID and asked again (X6).
+pub const TALLY_CLONE_DETECTED: tally_result = 0xC7A10009;
 /// The host could not be resolved or reached.
 pub const TALLY_HOST_UNREACHABLE: tally_result = 0xC7A10101;
 /// The host did not answer in time.
@@ -124,6 +127,10 @@ pub struct tally_status {
     pub last_result: tally_result,
     /// The count of the last attempt that reached a host (0 when none).
     pub count: u32,
+    /// X5: seconds the local clock is behind the latest reading the library has seen (0 when
+    /// it is not): nothing is extended and `state` is notification until the clock is right
+    /// again or a host answers.
+    pub clock_behind_secs: i64,
 }
 
 /// The outcome of `tally_activate()`. A plain struct the caller allocates.
@@ -167,6 +174,7 @@ pub fn result_name(code: tally_result) -> &'static CStr {
         TALLY_HOST_BUSY => c"host_busy",
         TALLY_STORAGE_FAILURE => c"storage_failure",
         TALLY_FRAME_TOO_LARGE => c"frame_too_large",
+        TALLY_CLONE_DETECTED => c"clone_detected",
         TALLY_HOST_UNREACHABLE => c"host_unreachable",
         TALLY_HOST_TIMEOUT => c"host_timeout",
         TALLY_PROTOCOL_ERROR => c"protocol_error",
@@ -410,6 +418,7 @@ fn to_c_status(s: &Status) -> tally_status {
         has_last_attempt: s.last_result.is_some(),
         last_result: s.last_result.unwrap_or(0),
         count: s.count.unwrap_or(0),
+        clock_behind_secs: s.report.clock_behind_secs.unwrap_or(0),
     }
 }
 
@@ -450,12 +459,13 @@ mod tests {
             (TALLY_HOST_BUSY, ResultCode::HOST_BUSY.0),
             (TALLY_STORAGE_FAILURE, ResultCode::STORAGE_FAILURE.0),
             (TALLY_FRAME_TOO_LARGE, ResultCode::FRAME_TOO_LARGE.0),
+            (TALLY_CLONE_DETECTED, ResultCode::CLONE_DETECTED.0),
         ];
         for (c, rust) in pairs {
             assert_eq!(c, rust);
             assert_eq!(result_name(c).to_str().unwrap(), codes::name(rust));
         }
-        assert_eq!(pairs.len(), codes::ALL.len() + 8);
+        assert_eq!(pairs.len(), codes::ALL.len() + 9);
         assert_eq!(result_name(0x1234).to_str().unwrap(), "unknown");
     }
 

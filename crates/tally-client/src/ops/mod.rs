@@ -219,6 +219,27 @@ impl Client {
         )
     }
 
+    /// X5: the evidence in the state is verified against the trusted authority key. A key the
+    /// caller passed (`--trust FILE`, the embedding API's trust argument) is kept as
+    /// `DIR/authority.pub` after the first verified answer when that file does not exist, so a
+    /// later status, which is given no key, can still check the evidence. An existing file is
+    /// never replaced.
+    fn keep_trust(&self, connector: &Connector) {
+        let path = self.dir.join(TRUST_FILE);
+        if path.exists() {
+            return;
+        }
+        let text = tally_core::trust::armor(
+            tally_core::trust::labels::AUTHORITY_PUBLIC,
+            connector.anchor().key().as_bytes(),
+        );
+        if let Err(error) =
+            crate::fsmode::write_new(&path, text.as_bytes(), crate::fsmode::PUBLIC_FILE)
+        {
+            tracing::warn!(path = %path.display(), %error, "cannot keep the trusted authority key");
+        }
+    }
+
     /// Trusted time for `state` at local reading `local` (X5).
     fn trusted_now(&self, state: &ClientState, local: Timestamp) -> Timestamp {
         self.view(state, local).now
@@ -542,6 +563,9 @@ impl Client {
             });
             if let Err(e) = saved {
                 return OpResult::from_error(&e);
+            }
+            if outcome.is_ok() {
+                self.keep_trust(&connector);
             }
             if clone && rounds < 2 {
                 tracing::warn!(host = %host, previous = %cmid,
