@@ -297,6 +297,12 @@ fn write_table_change(conn: &Connection, t: &TableChange) -> rusqlite::Result<()
         t.upsert.0.as_bytes(),
         t.upsert.1.millis()
     ])?;
+    // X5: entries stamped in the future, pulled back to the request's time.
+    let mut pull_back = conn
+        .prepare_cached("UPDATE pool_entries SET last_seen = ?3 WHERE pool = ?1 AND cmid = ?2")?;
+    for (cmid, at) in &t.pulled_back {
+        pull_back.execute(params![t.pool.as_bytes(), cmid.as_bytes(), at.millis()])?;
+    }
     let mut delete =
         conn.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1 AND cmid = ?2")?;
     for cmid in &t.removed {
