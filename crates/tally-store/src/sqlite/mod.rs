@@ -27,10 +27,11 @@ use uuid::Uuid;
 
 use crate::health::Health;
 use crate::{
-    CensusCutoffs, CensusRow, Event, EventQuery, PoolCount, RefusalCount, RegistryEntry,
-    RegistryPage, RegistrySort, Store, StoreError, StoreOptions,
+    CensusCutoffs, CensusRow, ClockEvidence, Event, EventQuery, PoolCount, RefusalCount,
+    RegistryEntry, RegistryPage, RegistrySort, Store, StoreError, StoreOptions,
 };
 
+mod clock;
 mod seed;
 mod writer;
 
@@ -47,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_events.sql"),
     include_str!("../../migrations/sqlite/0003_refusals.sql"),
     include_str!("../../migrations/sqlite/0004_registry_scale.sql"),
+    include_str!("../../migrations/sqlite/0005_clock.sql"),
 ];
 
 /// How hard commits go to disk.
@@ -515,6 +517,18 @@ impl Store for SqliteStore {
             .map_err(backend("read refusals"))
         })
         .await
+    }
+
+    async fn clock_evidence(&self) -> Result<ClockEvidence, StoreError> {
+        self.read(|conn| clock::evidence(conn).map_err(backend("read clock evidence")))
+            .await
+    }
+
+    async fn trust_clock(&self, at: Timestamp) -> Result<u64, StoreError> {
+        match self.submit(Work::TrustClock(at)).await? {
+            Answer::Deleted(n) => Ok(n),
+            _ => Ok(0),
+        }
     }
 
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {

@@ -35,11 +35,16 @@ pub(super) enum Work {
     PruneEvents(Timestamp),
     /// Retention: delete registry rows not seen since this (run alone).
     PruneRegistry(Timestamp),
+    /// X5: the clock was trusted at this time: move the mark, pull future stamps back (alone).
+    TrustClock(Timestamp),
 }
 
 impl Work {
     fn runs_alone(&self) -> bool {
-        matches!(self, Self::PruneEvents(_) | Self::PruneRegistry(_))
+        matches!(
+            self,
+            Self::PruneEvents(_) | Self::PruneRegistry(_) | Self::TrustClock(_)
+        )
     }
 }
 
@@ -175,6 +180,13 @@ impl Writer {
                 }
                 deleted.map(Answer::Deleted)
             }
+            Work::TrustClock(at) => {
+                let pulled =
+                    super::clock::trust(&mut self.conn, at).map_err(backend("trust clock"));
+                // The counting tables reload with the pulled-back times.
+                self.tables = None;
+                pulled.map(Answer::Deleted)
+            }
             Work::Changes(_) | Work::Events(_) => Ok(Answer::Done),
         };
         let _ = job.done.send(result);
@@ -232,7 +244,9 @@ impl Writer {
                     }
                     answers.push(Answer::Done);
                 }
-                Work::PruneEvents(_) | Work::PruneRegistry(_) => answers.push(Answer::Done),
+                Work::PruneEvents(_) | Work::PruneRegistry(_) | Work::TrustClock(_) => {
+                    answers.push(Answer::Done);
+                }
             }
         }
         if newly_full {
