@@ -142,8 +142,9 @@ pub fn assess(e: &Evidence) -> Vec<Finding> {
     };
     let skew = e.now.0.saturating_sub(base.0);
     // Behind the reference: the clock went back (or the stored data came from a clock ahead of
-    // this one, which without a mark cannot be told apart).
-    let behind = skew < -CLOCK_TOLERANCE_MS;
+    // this one, which without a mark cannot be told apart). Witnesses that agree with the clock
+    // outrank the mark: then the mark was set by a clock that ran ahead.
+    let behind = skew < -CLOCK_TOLERANCE_MS && !vouched;
     // Far ahead with nothing to vouch: a jump, or a host stopped for that long.
     let jumped = skew > MAX_UNWITNESSED_GAP_MS && !vouched;
     if behind || jumped {
@@ -320,6 +321,12 @@ mod tests {
                 skew_ms: YEAR
             }]
         );
+        let behind_but_vouched = Evidence {
+            trusted_mark: Some(Timestamp(T.0 + YEAR)),
+            clients_offset_ms: Some(0),
+            ..at(T)
+        };
+        assert!(assess(&behind_but_vouched).is_empty());
         let database_disagrees = Evidence {
             database_now: Some(T),
             ..at(Timestamp(T.0 + YEAR))
