@@ -233,9 +233,7 @@ async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
 
 /// X5: the host clock check's result, as `status` shows it (`tally host status` prints it).
 pub fn clock_json(c: &tally_server::ClockStatus) -> serde_json::Value {
-    let finding = |f: &tally_core::clock::Finding| {
-        json!({ "reference": f.reference.name(), "skew_seconds": f.skew_ms / 1000 })
-    };
+    let finding = |f: &tally_core::clock::Finding| json!({ "reference": f.reference.name(), "skew_seconds": f.skew_ms / 1000 });
     json!({
         "suspect": c.suspect(),
         "findings": c.findings.iter().map(finding).collect::<Vec<_>>(),

@@ -10,6 +10,7 @@ mod authority;
 mod authority_pg;
 mod bench;
 mod cli;
+mod clock;
 mod dns;
 mod embedding;
 mod faults;
