@@ -183,8 +183,10 @@ impl Writer {
             Work::TrustClock(at) => {
                 let pulled =
                     super::clock::trust(&mut self.conn, at).map_err(backend("trust clock"));
-                // The counting tables reload with the pulled-back times.
-                self.tables = None;
+                if !matches!(pulled, Ok(0)) {
+                    // The counting tables reload with the pulled-back times.
+                    self.tables = None;
+                }
                 pulled.map(Answer::Deleted)
             }
             Work::Changes(_) | Work::Events(_) => Ok(Answer::Done),
