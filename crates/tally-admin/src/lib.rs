@@ -218,6 +218,7 @@ async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
             "error": store.storage_error(),
             "registry_full": store.registry_full(),
         },
+        "clock": clock_json(&state.service.clock_watch().status()),
         "catalog": { "name": catalog.name(), "version": catalog.version() },
         "pools": pools,
         "registry_clients": clients,
@@ -228,6 +229,18 @@ async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
     });
     view::with_rfc3339(&mut body);
     Ok(Json(body))
+}
+
+/// X5: the host clock check's result, as `status` shows it (`tally host status` prints it).
+pub fn clock_json(c: &tally_server::ClockStatus) -> serde_json::Value {
+    let finding = |f: &tally_core::clock::Finding| json!({ "reference": f.reference.name(), "skew_seconds": f.skew_ms / 1000 });
+    json!({
+        "suspect": c.suspect(),
+        "findings": c.findings.iter().map(finding).collect::<Vec<_>>(),
+        "checked_at": c.checked_at,
+        "retention_held_back": c.retention_held_back.as_ref().map(finding),
+        "tolerance_secs": tally_core::clock::CLOCK_TOLERANCE_MS / 1000,
+    })
 }
 
 /// Whole days from `now` to `end` (negative once past).
@@ -534,6 +547,31 @@ async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
         0.0
     });
     metrics::gauge!("tally_registry_full").set(if store.registry_full() { 1.0 } else { 0.0 });
+    // X5: the clock check's findings; 0 for every reference that does not contradict the clock.
+    let clock = state.service.clock_watch().status();
+    metrics::gauge!("tally_clock_suspect").set(if clock.suspect() { 1.0 } else { 0.0 });
+    metrics::gauge!("tally_clock_retention_held_back").set(
+        if clock.retention_held_back.is_some() {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    for reference in [
+        tally_core::clock::Reference::Database,
+        tally_core::clock::Reference::Clients,
+        tally_core::clock::Reference::StoredData,
+        tally_core::clock::Reference::TrustedMark,
+        tally_core::clock::Reference::Monotonic,
+    ] {
+        let skew = clock
+            .findings
+            .iter()
+            .find(|f| f.reference == reference)
+            .map_or(0, |f| f.skew_ms);
+        metrics::gauge!("tally_clock_skew_seconds", "reference" => reference.name())
+            .set(skew as f64 / 1000.0);
+    }
     let not_after = Timestamp(
         session
             .identity()
@@ -573,6 +611,18 @@ fn describe_gauges() {
     describe_gauge!(
         "tally_registry_full",
         "1 when the registry reached its cap: new machines are counted but not registered."
+    );
+    describe_gauge!(
+        "tally_clock_suspect",
+        "1 while something contradicts the host's clock (X5; event 1007), else 0."
+    );
+    describe_gauge!(
+        "tally_clock_skew_seconds",
+        "The host's clock minus each reference that contradicts it (0: no contradiction)."
+    );
+    describe_gauge!(
+        "tally_clock_retention_held_back",
+        "1 while retention is held back because its clock is in doubt (X5; event 1008)."
     );
     describe_gauge!(
         "tally_certificate_expiry_seconds",

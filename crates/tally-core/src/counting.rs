@@ -28,6 +28,9 @@ pub struct TableChange {
     pub upsert: (Uuid, Timestamp),
     /// Entries that expired or gave way.
     pub removed: Vec<Uuid>,
+    /// Other entries whose last-seen time lay in the future and was pulled back to the request's
+    /// time (X5), with that time.
+    pub pulled_back: Vec<(Uuid, Timestamp)>,
 }
 
 /// A pool's table as stored, to rebuild it at start.
@@ -97,6 +100,23 @@ impl PoolTable {
         now: Timestamp,
     ) -> (u32, TableChange) {
         let mut removed = Vec::new();
+        // X5: an entry stamped beyond now (a clock that ran ahead) is treated as seen now, so it
+        // lapses within 30 days of this clock instead of living on (the measured failure: machines
+        // seen while a host ran ten years ahead never expired).
+        let mut pulled_back = Vec::new();
+        let ahead = Timestamp(now.0.saturating_add(crate::clock::CLOCK_TOLERANCE_MS));
+        let future: Vec<(Timestamp, Uuid)> = self
+            .by_age
+            .range((ahead, Uuid::max())..)
+            .filter(|(t, _)| *t > ahead)
+            .copied()
+            .collect();
+        for (_, c) in future {
+            self.insert(c, now);
+            if c != cmid {
+                pulled_back.push((c, now));
+            }
+        }
         // R4: entries not renewed within 30 days are removed. An entry whose last request is
         // exactly 30 days ago has lived its 30 days.
         let cutoff = Timestamp(now.0.saturating_sub(ENTRY_LIFETIME_MS));
@@ -124,6 +144,7 @@ impl PoolTable {
                 None => break,
             }
         }
+        pulled_back.retain(|(c, _)| self.last_seen.contains_key(c));
         let count = self.last_seen.len() as u32;
         let change = TableChange {
             pool,
@@ -131,6 +152,7 @@ impl PoolTable {
             capacity_changed: self.capacity != before,
             upsert: (cmid, at),
             removed,
+            pulled_back,
         };
         (count, change)
     }
@@ -283,6 +305,35 @@ mod tests {
                     .is_some_and(|p| p.contains(cmid(n), Timestamp(0)))
             );
         }
+    }
+
+    // X5, R4: entries stamped by a clock that ran ten years ahead are pulled back to the next
+    // request's time and lapse 30 days after it; the requester's own entry too.
+    #[test]
+    fn x5_future_entries_are_pulled_back_and_lapse_within_30_days() {
+        let t0 = Timestamp(1_800_000_000_000);
+        let ahead = t0.plus_days(3650);
+        let mut t = CountTables::default();
+        for n in 0..5 {
+            t.record(POOL, cmid(n), 5, ahead);
+        }
+        // Back at real time: the five were seen (at some real moment), so they count now...
+        let (count, change) = t.record(POOL, cmid(5), 5, t0);
+        assert_eq!(count, 6);
+        assert_eq!(change.pulled_back.len(), 5);
+        assert!(change.pulled_back.iter().all(|(_, at)| *at == t0));
+        // ...a renewal does not keep its future time...
+        let (_, change) = t.record(POOL, cmid(0), 5, t0.plus_days(2));
+        assert_eq!(change.upsert, (cmid(0), t0.plus_days(2)));
+        // ...and 30 days of real time later, only machines seen since count.
+        let (count, change) = t.record(POOL, cmid(9), 5, t0.plus_days(31));
+        assert_eq!(count, 2, "cmid 0 (seen day 2) and the requester");
+        assert_eq!(change.removed.len(), 5);
+        // Within the tolerance a time ahead is kept (clocks differ by a little).
+        let mut t = CountTables::default();
+        let near = Timestamp(t0.0 + 60_000);
+        t.record(POOL, cmid(1), 5, near);
+        assert!(t.record(POOL, cmid(2), 5, t0).1.pulled_back.is_empty());
     }
 
     #[test]

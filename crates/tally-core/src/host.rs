@@ -100,6 +100,9 @@ pub struct Counted {
     pub count: u32,
     /// Whether the count reached the edition's threshold.
     pub activated: bool,
+    /// The time the store counted it at: the request's time, or the database's clock in a fleet
+    /// (X5). The signed response carries it as `host_time`.
+    pub at: Timestamp,
 }
 
 /// Everything one request changes, persisted in one transaction.
@@ -113,6 +116,15 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Puts the request at `at` (the clock the store counts on, X5): its count, registry row
+    /// and event are stamped with it.
+    pub fn restamp(&mut self, at: Timestamp) {
+        if let Some(c) = &mut self.counting {
+            c.at = at;
+        }
+        self.registry.seen_at = at;
+    }
+
     /// Records the store's count in the registry update and says what it means.
     pub fn settle(&mut self, count: u32) -> Counted {
         let activated = match &self.counting {
@@ -121,7 +133,11 @@ impl Changes {
         };
         self.registry.count = count;
         self.registry.activated = activated;
-        Counted { count, activated }
+        Counted {
+            count,
+            activated,
+            at: self.registry.seen_at,
+        }
     }
 }
 

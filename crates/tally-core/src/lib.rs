@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - [`time`]: [`time::Timestamp`], the [`time::Clock`] trait, system and manual clocks.
+//! - [`clock`]: host clock sanity (X5): what contradicts a clock, when retention may delete,
+//!   pulling future stamps back.
 //! - [`keys`]: 25-character product keys, key groups (R21), checksums.
 //! - [`catalog`]: pools and editions, thresholds (R1), the demo catalog.
 //! - [`trust`]: authority → host certificate → signed response verification (R16).
@@ -19,6 +21,7 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod clock;
 pub mod counting;
 pub mod digits;
 pub mod fuzzing;

@@ -426,6 +426,8 @@ impl HostConfig {
             host_name: self.host_name.clone(),
             options: tally_store::StoreOptions {
                 registry_cap: self.registry_cap,
+                // X5: a fleet counts on the database's clock.
+                ..tally_store::StoreOptions::default()
             },
         }
     }

@@ -17,6 +17,11 @@ pub const SETTING_CHANGED: u32 = 1002;
 pub const KEY: u32 = 1003;
 /// Event id: a newer catalog was loaded (R24).
 pub const CATALOG_LOADED: u32 = 1004;
+/// Event id: the host's clock disagrees with what it is checked against (X5): the database's
+/// clock, its clients' times, the last trusted time or the monotonic clock.
+pub const CLOCK_SUSPECT: u32 = 1007;
+/// Event id: a retention pass was held back because its clock is in doubt (X5).
+pub const RETENTION_HELD_BACK: u32 = 1008;
 
 /// Records one event now. A failure is logged, not returned: an event that cannot be written
 /// must not stop the operation it describes.

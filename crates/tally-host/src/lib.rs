@@ -25,7 +25,8 @@
 //! - [`admin`]: the admin API listener, its token, the metrics recorder.
 //! - [`dns`]: the DNS publish loop (R17, R18).
 //! - [`catalog`]: which catalog is in force ([`catalog::resolve`]), import and watch (R24).
-//! - [`retention`]: event pruning (R27).
+//! - [`retention`]: event and registry pruning (R27), only on a trusted clock (X5).
+//! - [`clock`]: the host's clock check (X5): event 1007, the trusted mark, future stamps.
 //! - [`identity`]: key pair, certificate, host key (R22), dev bootstrap.
 //! - [`activation`]: activating the host key with the authority, online or offline (R22).
 //! - [`store`]: the two ways to open the database (read-only; the single writer).
@@ -37,6 +38,7 @@
 pub mod activation;
 pub mod admin;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod dns;
 mod error;

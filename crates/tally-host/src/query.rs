@@ -32,6 +32,9 @@ pub struct HostStatus {
     pub registry_clients: u64,
     /// The last DNS publishing state.
     pub dns: serde_json::Value,
+    /// What contradicts this machine's clock (X5), judged from the store as the running host
+    /// judges it (without its clients' times, which only the running host has).
+    pub clock: serde_json::Value,
 }
 
 /// The catalog a status names.
@@ -99,6 +102,19 @@ pub async fn status(dir: &Path, db: &Database, catalog: &Catalog) -> Result<Host
     let cert = identity.certificate();
     let coverage = identity.coverage();
     let not_after = Timestamp(cert.body.not_after.saturating_mul(1000));
+    let evidence = store.clock_evidence().await?;
+    let findings = tally_core::clock::assess(&tally_core::clock::Evidence {
+        now,
+        trusted_mark: evidence.trusted_mark,
+        newest_stored: evidence.newest_stored,
+        database_now: evidence.database_now,
+        ..tally_core::clock::Evidence::default()
+    });
+    let clock = tally_admin::clock_json(&tally_server::ClockStatus {
+        findings,
+        checked_at: Some(now),
+        retention_held_back: None,
+    });
     Ok(HostStatus {
         data_dir: dir.to_owned(),
         database: db.describe(),
@@ -117,6 +133,7 @@ pub async fn status(dir: &Path, db: &Database, catalog: &Catalog) -> Result<Host
         pools,
         registry_clients: store.registry_len().await?,
         dns: dns::read_status(dir),
+        clock,
     })
 }
 

@@ -85,6 +85,16 @@ impl Host {
             config.accept_bench,
         )
         .await?;
+        // X5: the clock is checked before the host records anything on it (a host restarted
+        // ten years ahead must not make its own start event the newest stored time).
+        let mut clock_check = crate::clock::ClockCheck::default();
+        let first = match clock_check.run(&service).await {
+            Ok(checked) => Some(checked),
+            Err(error) => {
+                warn!(%error, "cannot check the clock at start");
+                None
+            }
+        };
         let listener = bind_activation(listen).map_err(|source| HostError::Bind {
             addr: listen,
             what: "activation requests",
@@ -166,11 +176,13 @@ impl Host {
             shutdown.clone(),
         ));
         tokio::spawn(retention::prune_loop(
-            Arc::clone(service.store()),
+            Arc::clone(&service),
             retention::Retention {
                 event_days: config.event_retention_days,
                 registry_days: config.registry_retention_days,
             },
+            clock_check,
+            first,
             shutdown.clone(),
         ));
         let store = Arc::clone(service.store());

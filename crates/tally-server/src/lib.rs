@@ -19,9 +19,11 @@ use std::time::Duration;
 use tally_store::StoreError;
 use thiserror::Error;
 
+mod clock;
 mod listener;
 mod service;
 
+pub use clock::{ClockStatus, ClockWatch};
 pub use listener::{run, run_admitted, run_rebindable};
 pub use service::{DEFAULT_COMMIT_TIMEOUT, Handled, HostService, REQUEST_LOG_TARGET, Summary};
 pub use tally_net::{Admission, AdmissionLimits};

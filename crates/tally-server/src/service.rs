@@ -11,7 +11,7 @@ use tally_proto::ResultCode;
 use tally_store::{PoolCount, Store, StoreError};
 use tracing::{debug, warn};
 
-use crate::{EVENT_ACTIVATION_REQUEST, ServerError};
+use crate::{ClockWatch, EVENT_ACTIVATION_REQUEST, ServerError};
 
 /// The `tracing` target of the per-request line (event 12290 at debug level): enable it with
 /// `--log info,tally::requests=debug`. The durable event log has every request anyway (R27).
@@ -62,6 +62,7 @@ pub struct HostService {
     clock: Arc<dyn Clock>,
     commit_timeout: Duration,
     tally: Tally,
+    clock_watch: ClockWatch,
 }
 
 /// How long a request waits for its commit before the client is told `storage_failure`: well
@@ -92,6 +93,7 @@ impl HostService {
             clock,
             commit_timeout: DEFAULT_COMMIT_TIMEOUT,
             tally: Tally::default(),
+            clock_watch: ClockWatch::default(),
         })
     }
 
@@ -121,6 +123,16 @@ impl HostService {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// What the host knows about its clock (X5).
+    pub fn clock_watch(&self) -> &ClockWatch {
+        &self.clock_watch
+    }
+
+    /// The host's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// Live counts per pool, as stored (for a fleet: the fleet's counts).
@@ -165,6 +177,12 @@ impl HostService {
             }
             Outcome::Activation(mut pending) => {
                 pending.changes.registry.peer = Some(peer.to_string());
+                // X5: the clients' reported times are a witness of the real time.
+                self.clock_watch.note_client(
+                    pending.request.cmid,
+                    pending.request.client_time,
+                    now,
+                );
                 let reg = &pending.changes.registry;
                 let (cmid, sku, machine) = (reg.cmid, reg.sku, reg.machine_name.clone());
                 let threshold = pending.threshold;
@@ -185,11 +203,16 @@ impl HostService {
                 // Results, logs and metrics come from the commit's outcome, never from what was
                 // hoped before it.
                 let (reply, result, count) = match committed {
-                    Ok(counted) => (
-                        session.seal(&pending, counted.count),
-                        pending.response.result,
-                        counted.count,
-                    ),
+                    Ok(counted) => {
+                        // X5: the signed host time is the time the store counted at (in a fleet,
+                        // the database's clock).
+                        pending.response.host_time = counted.at.millis();
+                        (
+                            session.seal(&pending, counted.count),
+                            pending.response.result,
+                            counted.count,
+                        )
+                    }
                     Err(error) => {
                         // The store logs the outage once; per request only at debug, so a down
                         // database or a flood cannot fill the log.

@@ -295,6 +295,32 @@ pub struct StoreOptions {
     /// answered but not added to the registry; event 1005 is logged once and
     /// [`Store::registry_full`] says so. Retention ([`Store::prune_registry`]) makes room.
     pub registry_cap: u64,
+    /// Whose clock a commit counts on (X5). Only a store with a clock of its own (PostgreSQL)
+    /// can use [`TimeSource::Database`]; SQLite always counts on the caller's time.
+    pub time: TimeSource,
+}
+
+/// Whose clock a commit counts, expires (R4) and stamps on (X5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimeSource {
+    /// The database's clock, read once in each batch's transaction, replaces the request's
+    /// time: every host of a fleet counts on one clock, so no host's clock can expire or
+    /// immortalise another's entries. The default.
+    #[default]
+    Database,
+    /// The time in each request (tests that drive time by hand).
+    Caller,
+}
+
+/// What a store knows about the time (X5), for `tally_core::clock::assess`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClockEvidence {
+    /// The database's clock (PostgreSQL); `None` for an embedded store.
+    pub database_now: Option<Timestamp>,
+    /// The last time a check trusted the clock ([`Store::trust_clock`]).
+    pub trusted_mark: Option<Timestamp>,
+    /// The newest time stored: table entries, registry, events.
+    pub newest_stored: Option<Timestamp>,
 }
 
 /// Default [`StoreOptions::registry_cap`]: ten million machines (about 1.5 GB of SQLite).
@@ -311,6 +337,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             registry_cap: DEFAULT_REGISTRY_CAP,
+            time: TimeSource::default(),
         }
     }
 }
@@ -407,6 +434,16 @@ pub trait Store: Send + Sync + 'static {
     /// Removes machines not seen since `before` from the registry (retention); returns how
     /// many. Never touches the counting tables.
     async fn prune_registry(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// What the store knows about the time: its own clock (PostgreSQL), the trusted mark and the
+    /// newest time stored (X5).
+    async fn clock_evidence(&self) -> Result<ClockEvidence, StoreError>;
+
+    /// Records that a check trusted the clock at `at` (the mark never moves back), and pulls
+    /// every table entry (R4) and registry `last_seen` stamped beyond `at` +
+    /// `tally_core::clock::CLOCK_TOLERANCE_MS` back to `at`; returns how many rows it pulled back.
+    /// Call it only on a clock `tally_core::clock::assess` found nothing against (X5).
+    async fn trust_clock(&self, at: Timestamp) -> Result<u64, StoreError>;
 
     /// Whether the registry reached its cap (see [`StoreOptions::registry_cap`]).
     fn registry_full(&self) -> bool {

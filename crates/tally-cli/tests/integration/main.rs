@@ -11,6 +11,7 @@ mod authority_pg;
 mod bench;
 mod cli;
 mod client_clock;
+mod clock;
 mod dns;
 mod embedding;
 mod faults;

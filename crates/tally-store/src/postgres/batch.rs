@@ -30,13 +30,13 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::sql::{
-    BENCH_REGISTRY_WRITES, CREATE_POOL, DELETE_ENTRIES, EventRows, INSERT_EVENTS, LOCK_POOL,
-    PoolDiff, READ_ENTRIES, REGISTRY_WRITES, RefusalRows, RegistryRows, UPDATE_CAPACITY,
+    BENCH_REGISTRY_WRITES, CREATE_POOL, DATABASE_NOW, DELETE_ENTRIES, EventRows, INSERT_EVENTS,
+    LOCK_POOL, PoolDiff, READ_ENTRIES, REGISTRY_WRITES, RefusalRows, RegistryRows, UPDATE_CAPACITY,
     UPSERT_ENTRIES, UPSERT_REFUSALS,
 };
 use super::{MAX_BATCH, backend, pool_error};
 use crate::health::Health;
-use crate::{Event, StoreError};
+use crate::{Event, StoreError, TimeSource};
 
 /// Attempts for a batch that hits a serialization failure or a deadlock before giving up.
 const ATTEMPTS: usize = 5;
@@ -68,6 +68,8 @@ pub(super) struct RegistrySize {
     pub(super) full: Arc<AtomicBool>,
     /// Set by retention: the estimate is stale, refresh before the next batch.
     pub(super) stale: Arc<AtomicBool>,
+    /// Whose clock the batch counts on (X5).
+    pub(super) time: TimeSource,
 }
 
 impl RegistrySize {
@@ -175,6 +177,7 @@ pub(super) struct Statements {
     pub(super) bench_registry: tokio_postgres::Statement,
     pub(super) events: tokio_postgres::Statement,
     pub(super) refusals: tokio_postgres::Statement,
+    pub(super) now: tokio_postgres::Statement,
 }
 
 async fn prepare(client: &Object, may_insert: bool) -> Result<Statements, StoreError> {
@@ -202,6 +205,7 @@ async fn prepare(client: &Object, may_insert: bool) -> Result<Statements, StoreE
         .await?,
         events: p(INSERT_EVENTS).await?,
         refusals: p(UPSERT_REFUSALS).await?,
+        now: p(DATABASE_NOW).await?,
     })
 }
 
@@ -226,27 +230,46 @@ async fn commit_batch(
     let st = prepare(client, may_insert).await?;
     let pools = counted_pools(batch);
 
-    // Round trip 1: BEGIN, every pool's lock, then their tables (in this order on the wire).
+    // Round trip 1: BEGIN, every pool's lock, their tables, then the database's clock (in this
+    // order on the wire: the clock is read once the locks are held, so batches of one pool are
+    // stamped in commit order).
     let lock_params: Vec<[&(dyn ToSql + Sync); 1]> = pools.iter().map(|p| [p as _]).collect();
-    let ((begun, locks), entries) = join(
+    let (((begun, locks), entries), now) = join(
         join(
-            client.batch_execute("BEGIN"),
-            join_all(lock_params.iter().map(|p| client.query(&st.lock, p))),
+            join(
+                client.batch_execute("BEGIN"),
+                join_all(lock_params.iter().map(|p| client.query(&st.lock, p))),
+            ),
+            client.query(&st.entries, &[&pools]),
         ),
-        client.query(&st.entries, &[&pools]),
+        client.query_one(&st.now, &[]),
     )
     .await;
     let locked = match begun.map_err(backend("begin")) {
         Ok(()) => read_tables(client, &st, &pools, locks, entries).await,
         Err(e) => Err(e),
     };
-    let before = match locked {
+    let locked = match (locked, now.map_err(backend("read the database clock"))) {
+        (Ok(tables), Ok(now)) => Ok((tables, Timestamp(now.get(0)))),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    let (before, now) = match locked {
         Ok(b) => b,
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
             return Err(e);
         }
     };
+    // X5: the fleet counts, expires and stamps on one clock, the database's; no host's clock
+    // can expire or immortalise another's entries.
+    if size.time == TimeSource::Database {
+        for job in batch.iter_mut() {
+            match &mut job.work {
+                Work::Changes(changes) => changes.restamp(now),
+                Work::Events(list) => list.iter_mut().for_each(|e| e.at = now),
+            }
+        }
+    }
 
     // Counting, in request order, on the tables as stored.
     let mut tables = CountTables::from_snapshots(before.values().cloned());

@@ -31,8 +31,8 @@ use uuid::Uuid;
 
 use crate::health::Health;
 use crate::{
-    CensusCutoffs, CensusRow, Event, EventQuery, PoolCount, RefusalCount, RegistryEntry,
-    RegistryPage, RegistrySort, Store, StoreError, StoreOptions,
+    CensusCutoffs, CensusRow, ClockEvidence, Event, EventQuery, PoolCount, RefusalCount,
+    RegistryEntry, RegistryPage, RegistrySort, Store, StoreError, StoreOptions, TimeSource,
 };
 
 /// Most requests committed in one transaction.
@@ -42,12 +42,14 @@ pub const MAX_BATCH: usize = 512;
 pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_registry_scale.sql"),
+    include_str!("../../migrations/postgres/0003_clock.sql"),
 ];
 
 /// The advisory lock key that serialises the host schema's migrations across processes.
 pub const MIGRATION_LOCK: i64 = 0x7461_6c6c_7901; // "tally" + 1
 
 mod batch;
+mod clock;
 mod sql;
 
 use batch::{Job, RegistrySize, Work};
@@ -64,6 +66,7 @@ pub struct PgStore {
     health: Arc<Health>,
     full: Arc<AtomicBool>,
     stale: Arc<AtomicBool>,
+    time: TimeSource,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -117,6 +120,7 @@ impl PgStore {
             checked: None,
             full: Arc::clone(&full),
             stale: Arc::clone(&stale),
+            time: options.time,
         };
         tokio::spawn(batch::batcher(
             pool.clone(),
@@ -132,6 +136,7 @@ impl PgStore {
             health,
             full,
             stale,
+            time: options.time,
         })
     }
 
@@ -188,6 +193,7 @@ impl PgStore {
             health: Arc::default(),
             full: Arc::default(),
             stale: Arc::default(),
+            time: TimeSource::Database,
         })
     }
 
@@ -311,17 +317,18 @@ impl Store for PgStore {
     }
 
     async fn pool_counts(&self, now: Timestamp) -> Result<Vec<PoolCount>, StoreError> {
-        let cutoff = now
-            .millis()
-            .saturating_sub(tally_core::counting::ENTRY_LIFETIME_MS);
+        // X5: on the database's clock, as the fleet counts (`now` only when tests drive time).
+        let now = (self.time == TimeSource::Caller).then_some(now.millis());
+        let lifetime = tally_core::counting::ENTRY_LIFETIME_MS;
         let rows = self
             .client()
             .await?
             .query(
                 "SELECT p.pool, p.capacity, count(e.cmid)
-                 FROM pools p LEFT JOIN pool_entries e ON e.pool = p.pool AND e.last_seen > $1
+                 FROM pools p LEFT JOIN pool_entries e ON e.pool = p.pool AND e.last_seen >
+                     COALESCE($1::int8, (extract(epoch FROM clock_timestamp()) * 1000)::int8) - $2
                  GROUP BY p.pool, p.capacity ORDER BY p.pool",
-                &[&cutoff],
+                &[&now, &lifetime],
             )
             .await
             .map_err(backend("read pools"))?;
@@ -499,6 +506,15 @@ impl Store for PgStore {
 
     fn storage_error(&self) -> Option<String> {
         self.health.error()
+    }
+
+    async fn clock_evidence(&self) -> Result<ClockEvidence, StoreError> {
+        clock::evidence(&self.client().await?).await
+    }
+
+    async fn trust_clock(&self, at: Timestamp) -> Result<u64, StoreError> {
+        self.writable()?;
+        clock::trust(&mut self.client().await?, at).await
     }
 
     fn registry_full(&self) -> bool {

@@ -234,6 +234,10 @@ impl RefusalRows {
     }
 }
 
+/// The database's clock in Unix ms (X5): `clock_timestamp()`, the time the statement runs (not
+/// the transaction's start, which precedes the wait for the pool locks).
+pub(crate) const DATABASE_NOW: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8";
+
 pub(super) const LOCK_POOL: &str = "SELECT capacity FROM pools WHERE pool = $1 FOR UPDATE";
 
 pub(super) const READ_ENTRIES: &str =

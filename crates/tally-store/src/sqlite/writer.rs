@@ -35,11 +35,16 @@ pub(super) enum Work {
     PruneEvents(Timestamp),
     /// Retention: delete registry rows not seen since this (run alone).
     PruneRegistry(Timestamp),
+    /// X5: the clock was trusted at this time: move the mark, pull future stamps back (alone).
+    TrustClock(Timestamp),
 }
 
 impl Work {
     fn runs_alone(&self) -> bool {
-        matches!(self, Self::PruneEvents(_) | Self::PruneRegistry(_))
+        matches!(
+            self,
+            Self::PruneEvents(_) | Self::PruneRegistry(_) | Self::TrustClock(_)
+        )
     }
 }
 
@@ -175,6 +180,15 @@ impl Writer {
                 }
                 deleted.map(Answer::Deleted)
             }
+            Work::TrustClock(at) => {
+                let pulled =
+                    super::clock::trust(&mut self.conn, at).map_err(backend("trust clock"));
+                if !matches!(pulled, Ok(0)) {
+                    // The counting tables reload with the pulled-back times.
+                    self.tables = None;
+                }
+                pulled.map(Answer::Deleted)
+            }
             Work::Changes(_) | Work::Events(_) => Ok(Answer::Done),
         };
         let _ = job.done.send(result);
@@ -232,7 +246,9 @@ impl Writer {
                     }
                     answers.push(Answer::Done);
                 }
-                Work::PruneEvents(_) | Work::PruneRegistry(_) => answers.push(Answer::Done),
+                Work::PruneEvents(_) | Work::PruneRegistry(_) | Work::TrustClock(_) => {
+                    answers.push(Answer::Done);
+                }
             }
         }
         if newly_full {
@@ -297,6 +313,12 @@ fn write_table_change(conn: &Connection, t: &TableChange) -> rusqlite::Result<()
         t.upsert.0.as_bytes(),
         t.upsert.1.millis()
     ])?;
+    // X5: entries stamped in the future, pulled back to the request's time.
+    let mut pull_back = conn
+        .prepare_cached("UPDATE pool_entries SET last_seen = ?3 WHERE pool = ?1 AND cmid = ?2")?;
+    for (cmid, at) in &t.pulled_back {
+        pull_back.execute(params![t.pool.as_bytes(), cmid.as_bytes(), at.millis()])?;
+    }
     let mut delete =
         conn.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1 AND cmid = ?2")?;
     for cmid in &t.removed {

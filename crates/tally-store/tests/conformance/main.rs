@@ -43,6 +43,7 @@ macro_rules! all_conformance_tests {
             r27_events_are_recorded_queried_and_pruned,
             x3_a_failed_commit_counts_nothing,
             durable_across_reopen,
+            x5_trusting_the_clock_pulls_future_stamps_back,
         );
     };
 }

@@ -42,9 +42,15 @@ async fn server() -> Option<PgServer> {
     .expect("join")
 }
 
+/// A host's store that counts on the time in each request: the suite drives time by hand (a
+/// host counts on the database's clock, X5; `x5_a_fleet_counts_on_the_database_clock`).
 async fn open(url: &str, host: &str) -> PgStore {
     let pool = tally_store::pg::connect(url).await.expect("connect");
-    PgStore::open(pool, host).await.expect("open")
+    let options = tally_store::StoreOptions {
+        time: tally_store::TimeSource::Caller,
+        ..Default::default()
+    };
+    PgStore::open_with(pool, host, options).await.expect("open")
 }
 
 async fn backend(_test: &str) -> Option<Postgres> {
@@ -66,6 +72,10 @@ impl Backend for Postgres {
 
     async fn with_options(&self, options: tally_store::StoreOptions) -> Arc<dyn Store> {
         let pool = tally_store::pg::connect(&self.url).await.expect("connect");
+        let options = tally_store::StoreOptions {
+            time: tally_store::TimeSource::Caller,
+            ..options
+        };
         Arc::new(
             PgStore::open_with(pool, "host-capped", options)
                 .await
@@ -87,6 +97,69 @@ impl Backend for Postgres {
 }
 
 crate::all_conformance_tests!();
+
+// X5: hosts of a fleet count, expire and stamp on the database's clock. A host whose clock runs a
+// year ahead neither expires the others' entries nor stamps its own in the future; one a month
+// behind does not bring expired machines back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x5_a_fleet_counts_on_the_database_clock() {
+    use tally_core::time::{DAY_MS, Timestamp};
+    let Some(b) = backend("x5_a_fleet_counts_on_the_database_clock").await else {
+        return;
+    };
+    let on_db_clock = |name: &'static str| {
+        let url = b.url.clone();
+        async move {
+            let pool = tally_store::pg::connect(&url).await.expect("connect");
+            PgStore::open(pool, name).await.expect("open")
+        }
+    };
+    let (a, ahead) = (on_db_clock("host-a").await, on_db_clock("host-ahead").await);
+    let real = tally_core::time::SystemClock;
+    let now = || tally_core::Clock::now(&real).millis();
+    let year = 365 * DAY_MS;
+    // `request(n, ms, _)` is at a fixed T0; shift each to the time its host's clock shows.
+    let at = |n: u128, ms: i64| {
+        let mut c = request(n, 0, 5);
+        c.restamp(Timestamp(ms));
+        c
+    };
+    for n in 1..=4 {
+        assert_eq!(
+            a.commit(at(n, now())).await.expect("commit").count,
+            n as u32
+        );
+    }
+    let before = now();
+    let counted = ahead.commit(at(5, now() + year)).await.expect("commit");
+    assert_eq!(counted.count, 5, "the year-ahead host expired nobody");
+    assert!(
+        (before - 60_000..=now() + 60_000).contains(&counted.at.millis()),
+        "stamped on the database clock, not a year ahead"
+    );
+    let entry = a
+        .registry_entry(uuid::Uuid::from_u128(105))
+        .await
+        .expect("entry")
+        .expect("present");
+    assert!(entry.last_seen.millis() <= now() + 60_000);
+    // A host a month behind counts on the same clock: the others' entries are live for it.
+    let behind = on_db_clock("host-behind").await;
+    let c = behind
+        .commit(at(6, now() - 31 * DAY_MS))
+        .await
+        .expect("commit");
+    assert_eq!(c.count, 6);
+    // Counts read on the database clock whatever `now` a caller passes.
+    let counts = ahead
+        .pool_counts(Timestamp(now() + year))
+        .await
+        .expect("counts");
+    assert_eq!(counts[0].count, 6);
+    let evidence = a.clock_evidence().await.expect("evidence");
+    let db = evidence.database_now.expect("the database has a clock");
+    assert!((db.millis() - now()).abs() < 60_000);
+}
 
 // X1: three hosts on one database, 90 clients at once spread over them: the fleet gives every
 // count from 1 to the capacity (50) exactly once, as one host would in commit order, and never

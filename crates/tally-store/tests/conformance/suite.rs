@@ -47,6 +47,7 @@ pub fn request(n: u128, ms: i64, threshold: u16) -> Changes {
             count: 0,
             activated: false,
             peer: Some("127.0.0.1:9".into()),
+            installation: None,
         },
     }
 }
@@ -488,7 +489,10 @@ pub async fn refusals_are_aggregated_not_registered(b: &impl Backend) {
 // event 1005 once) and a retention that makes room again.
 pub async fn registry_cap_and_retention(b: &impl Backend) {
     let store = b
-        .with_options(tally_store::StoreOptions { registry_cap: 3 })
+        .with_options(tally_store::StoreOptions {
+            registry_cap: 3,
+            ..Default::default()
+        })
         .await;
     for n in 1..=5 {
         let c = store.commit(request(n, n as i64, 5)).await.expect("commit");
@@ -629,4 +633,54 @@ pub async fn durable_across_reopen(b: &impl Backend) {
     assert_eq!(count_of(&*again, 100).await, count_of(&*store, 100).await);
     let c = again.commit(request(12, 50, 5)).await.expect("commit");
     assert_eq!(c.count, 10, "the reopened store counts on the stored table");
+}
+
+// X5: the store keeps the last trusted time (never moved back, durable) and, when the clock is
+// trusted, pulls table entries and registry times stamped in the future back to it, so machines
+// seen while a clock ran ten years ahead lapse 30 days later (R4).
+pub async fn x5_trusting_the_clock_pulls_future_stamps_back(b: &impl Backend) {
+    let store = b.store();
+    let empty = store.clock_evidence().await.expect("evidence");
+    assert_eq!((empty.trusted_mark, empty.newest_stored), (None, None));
+    let ten_years = 3650 * DAY_MS;
+    for n in 1..=3 {
+        store
+            .commit(request(n, ten_years, 5))
+            .await
+            .expect("commit");
+    }
+    store.commit(request(4, 0, 5)).await.expect("commit");
+    let e = store.clock_evidence().await.expect("evidence");
+    assert_eq!(e.newest_stored, Some(Timestamp(T0 + ten_years)));
+    let pulled = store
+        .trust_clock(Timestamp(T0 + 1000))
+        .await
+        .expect("trust");
+    // Counting machine 4 already pulled the table's entries back (tally_core::counting); the
+    // registry rows are pulled back here.
+    assert_eq!(pulled, 3, "three registry rows");
+    let e = store.clock_evidence().await.expect("evidence");
+    assert_eq!(e.trusted_mark, Some(Timestamp(T0 + 1000)));
+    let entry = store
+        .registry_entry(Uuid::from_u128(101))
+        .await
+        .expect("entry")
+        .expect("present");
+    assert_eq!(
+        (entry.first_seen, entry.last_seen),
+        (Timestamp(T0 + 1000), Timestamp(T0 + 1000))
+    );
+    assert_eq!(count_of(&*store, 1000).await[0].count, 4);
+    // 30 days after the trusted time, the pulled-back machines have lapsed (R4).
+    assert_eq!(count_of(&*store, 1000 + 30 * DAY_MS).await[0].count, 0);
+    let c = store
+        .commit(request(5, 1000 + 30 * DAY_MS, 5))
+        .await
+        .expect("commit");
+    assert_eq!(c.count, 1, "only the machine seen within 30 days");
+    // The mark never moves back, and it is durable.
+    store.trust_clock(Timestamp(T0)).await.expect("trust");
+    let again = b.reopen().await;
+    let e = again.clock_evidence().await.expect("evidence");
+    assert_eq!(e.trusted_mark, Some(Timestamp(T0 + 1000)));
 }

@@ -138,7 +138,8 @@ pub enum HostCommand {
     /// --target, of a remote host.
     Set(set::SetArgs),
     /// Query the event log (R27): 12290 activation requests, 12293/12294 DNS publishing,
-    /// 1000 start, 1001 stop, 1002 setting changed, 1004 catalog loaded.
+    /// 1000 start, 1001 stop, 1002 setting changed, 1004 catalog loaded, 1007 host clock suspect,
+    /// 1008 retention held back (X5).
     Events {
         #[command(flatten)]
         dir: DirArgs,

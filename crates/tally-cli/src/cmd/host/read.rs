@@ -320,6 +320,9 @@ pub fn print_remote_status(s: &serde_json::Value) {
             println!("Registry:    FULL (new machines are counted but not registered)");
         }
     }
+    if let Some(clock) = s.get("clock").filter(|v| v.is_object()) {
+        print_clock(clock);
+    }
     if s["settings"].is_object() {
         print_settings(&s["settings"]);
     }
@@ -394,4 +397,27 @@ pub async fn check(dir: &DirArgs, as_json: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// X5: the clock check's line(s) in `tally host status`.
+fn print_clock(clock: &serde_json::Value) {
+    let findings = clock["findings"].as_array().cloned().unwrap_or_default();
+    if findings.is_empty() {
+        println!("Clock:       ok");
+    }
+    for f in &findings {
+        let skew = f["skew_seconds"].as_i64().unwrap_or(0);
+        println!(
+            "Clock:       SUSPECT: {} s {} the {} (event 1007)",
+            skew.unsigned_abs(),
+            if skew >= 0 { "ahead of" } else { "behind" },
+            f["reference"].as_str().unwrap_or("?").replace('_', " ")
+        );
+    }
+    if let Some(r) = clock["retention_held_back"].as_object() {
+        println!(
+            "Retention:   HELD BACK: the clock is in doubt ({}; event 1008)",
+            r.get("reference").and_then(|v| v.as_str()).unwrap_or("?")
+        );
+    }
 }
