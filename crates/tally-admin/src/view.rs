@@ -230,7 +230,7 @@ pub fn classify(
 /// The registry as CSV (UTC times), one row per client, with a header.
 pub fn csv(rows: &[ClientRow]) -> String {
     let mut out = String::from(
-        "machine_name,cmid,edition,state,first_seen_utc,last_seen_utc,last_count,activated,requests\n",
+        "machine_name,cmid,edition,state,first_seen_utc,last_seen_utc,last_count,activated,requests,clones\n",
     );
     for r in rows {
         let e = &r.entry;
@@ -244,6 +244,8 @@ pub fn csv(rows: &[ClientRow]) -> String {
             e.last_count.to_string(),
             e.activated.to_string(),
             e.requests.to_string(),
+            // X6: how often another installation presented this CMID.
+            e.clones.to_string(),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');
@@ -476,6 +478,7 @@ mod tests {
                         activated,
                         requests: 1,
                         served_by: None,
+                        clones: 0,
                     };
                     let mut row = tally_store::CensusRow::default();
                     row.add(&cut, activated, entry.first_seen, entry.last_seen);
@@ -600,6 +603,7 @@ mod tests {
             activated,
             requests: 1,
             served_by: None,
+            clones: 0,
         }
     }
 

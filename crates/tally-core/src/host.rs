@@ -103,6 +103,10 @@ pub struct Counted {
     /// The time the store counted it at: the request's time, or the database's clock in a fleet
     /// (X5). The signed response carries it as `host_time`.
     pub at: Timestamp,
+    /// X6: the store saw another installation present this CMID. Under
+    /// [`crate::clones::ClonePolicy::Apart`] nothing was counted (`count` 0) and the answer is
+    /// `clone_detected`.
+    pub clone: bool,
 }
 
 /// Everything one request changes, persisted in one transaction.
@@ -113,6 +117,8 @@ pub struct Changes {
     /// The registry record (R6). Its `count` and `activated` are filled in by
     /// [`Changes::settle`] once the store has counted.
     pub registry: RegistryUpdate,
+    /// X6: what the store does when another installation presents this CMID.
+    pub clone_policy: crate::clones::ClonePolicy,
 }
 
 impl Changes {
@@ -137,6 +143,7 @@ impl Changes {
             count,
             activated,
             at: self.registry.seen_at,
+            clone: false,
         }
     }
 }
@@ -199,6 +206,7 @@ pub struct HostSession {
     identity: HostIdentity,
     intervals: Intervals,
     accept_bench: bool,
+    clone_policy: crate::clones::ClonePolicy,
 }
 
 impl HostSession {
@@ -209,7 +217,14 @@ impl HostSession {
             identity,
             intervals,
             accept_bench: false,
+            clone_policy: crate::clones::ClonePolicy::default(),
         }
+    }
+
+    /// The same host handling detected clones by `policy` (X6; host setting `clones`).
+    pub fn with_clone_policy(mut self, policy: crate::clones::ClonePolicy) -> Self {
+        self.clone_policy = policy;
+        self
     }
 
     /// The same host, also answering the bench edition ([`crate::bench`]) when `accept`.
@@ -245,6 +260,7 @@ impl HostSession {
             identity: self.identity.clone(),
             intervals,
             accept_bench: self.accept_bench,
+            clone_policy: self.clone_policy,
         }
     }
 
@@ -255,6 +271,7 @@ impl HostSession {
             identity: self.identity.clone(),
             intervals: self.intervals,
             accept_bench: self.accept_bench,
+            clone_policy: self.clone_policy,
         }
     }
 
@@ -370,7 +387,11 @@ impl HostSession {
             response,
             request_digest,
             threshold,
-            changes: Changes { counting, registry },
+            changes: Changes {
+                counting,
+                registry,
+                clone_policy: self.clone_policy,
+            },
         }
     }
 

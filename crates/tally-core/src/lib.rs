@@ -13,6 +13,7 @@
 //! - [`host`]: the host session: frame in, response and changes to persist out.
 //! - [`lifecycle`]: the client's licensing state machine (R2, R7–R12).
 //! - [`trusted`]: the client's trusted time from signed host times (X5).
+//! - [`clones`]: judging an installation's request sequence on the host (X6).
 //! - [`hardware`]: the weighted hardware fingerprint (R12).
 //! - [`hex`]: lower-case hex, shared by key files and signed catalogs.
 //! - [`secret`]: constant-time comparison of tokens.
@@ -22,6 +23,7 @@
 pub mod bench;
 pub mod catalog;
 pub mod clock;
+pub mod clones;
 pub mod counting;
 pub mod digits;
 pub mod fuzzing;

@@ -204,6 +204,13 @@ pub struct FileConfig {
     /// `--dev`].
     #[serde(default)]
     pub accept_bench: Option<bool>,
+    /// X6, what a host does when two installations present one CMID (a disk image deployed
+    /// without `generalize`, a cloned VM): `"apart"` tells the copy to take a new CMID, so
+    /// each copy is counted (the count is a compliance signal); `"once"` counts them as one
+    /// machine and only reports them (event 1009, `clones` in `host clients`) [default:
+    /// `"apart"`].
+    #[serde(default)]
+    pub clones: tally_core::clones::ClonePolicy,
 }
 
 /// The `[dns]` section of the host config.
@@ -340,6 +347,8 @@ pub struct HostConfig {
     pub registry_cap: u64,
     /// Whether the host answers the bench edition (see [`FileConfig::accept_bench`]).
     pub accept_bench: bool,
+    /// What to do with detected clones (see [`FileConfig::clones`]).
+    pub clones: tally_core::clones::ClonePolicy,
 }
 
 impl HostConfig {
@@ -415,6 +424,7 @@ impl HostConfig {
             registry_retention_days: file.registry_retention_days.max(1),
             registry_cap: file.registry_cap.max(1),
             accept_bench: overrides.accept_bench || file.accept_bench.unwrap_or(overrides.dev),
+            clones: file.clones,
         })
     }
 
@@ -429,6 +439,7 @@ impl HostConfig {
                 // X5: a fleet counts on the database's clock.
                 ..tally_store::StoreOptions::default()
             },
+            clones: self.clones,
         }
     }
 }

@@ -288,7 +288,9 @@ pub async fn build_service(
         )
     });
     let session = Arc::new(
-        HostSession::new(Arc::new(catalog), identity, intervals).accepting_bench(accept_bench),
+        HostSession::new(Arc::new(catalog), identity, intervals)
+            .accepting_bench(accept_bench)
+            .with_clone_policy(storage.clones),
     );
     let store: Arc<dyn Store> = store::open_writer(
         dir,

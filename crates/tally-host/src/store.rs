@@ -83,6 +83,8 @@ pub struct Storage {
     pub host_name: Option<String>,
     /// Registry cap and the like.
     pub options: StoreOptions,
+    /// X6: what the store does with a detected clone (host setting `clones`).
+    pub clones: tally_core::clones::ClonePolicy,
 }
 
 /// A URL cut before any `@`, so a mistyped URL with a password is not echoed.

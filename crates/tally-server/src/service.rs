@@ -207,11 +207,23 @@ impl HostService {
                         // X5: the signed host time is the time the store counted at (in a fleet,
                         // the database's clock).
                         pending.response.host_time = counted.at.millis();
-                        (
-                            session.seal(&pending, counted.count),
-                            pending.response.result,
-                            counted.count,
-                        )
+                        if counted.clone {
+                            // X6: event 1009 is in the commit; the metric for dashboards.
+                            metrics::counter!("tally_clones_detected_total").increment(1);
+                        }
+                        if counted.clone
+                            && pending.changes.clone_policy
+                                == tally_core::clones::ClonePolicy::Apart
+                        {
+                            let result = ResultCode::CLONE_DETECTED;
+                            (session.seal_failure(&pending, result), result, 0)
+                        } else {
+                            (
+                                session.seal(&pending, counted.count),
+                                pending.response.result,
+                                counted.count,
+                            )
+                        }
                     }
                     Err(error) => {
                         // The store logs the outage once; per request only at debug, so a down

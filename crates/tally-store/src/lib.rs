@@ -142,6 +142,9 @@ pub struct RegistryEntry {
     pub requests: u64,
     /// The host that answered the latest request (fleet mode; `None` on a single host's SQLite).
     pub served_by: Option<String>,
+    /// X6: how often another installation presented this CMID (a copied disk image or VM not
+    /// generalized); 0 for one installation.
+    pub clones: u32,
 }
 
 /// The moments that sort the registry into states for [`Store::registry_census`]. Each is a
@@ -359,6 +362,44 @@ pub(crate) fn refusal_key(changes: &Changes) -> (i64, Uuid, u32) {
 }
 
 /// The event logged when the registry reaches its cap.
+/// Event id: another installation presented a CMID (X6; the registry row counts it in `clones`).
+pub const EVENT_CLONE_DETECTED: u32 = 1009;
+
+/// The event for a clone of `changes`' CMID: the request's sequence, the stored one, the
+/// hardware digests and what the host did (counted apart or once).
+pub(crate) fn clone_event(changes: &Changes, stored: u32, stored_digest: Option<[u8; 8]>) -> Event {
+    let r = &changes.registry;
+    let (sequence, digest) = r
+        .installation
+        .map_or((0, [0; 8]), |i| (i.sequence, i.hardware_digest));
+    let apart = changes.clone_policy == tally_core::clones::ClonePolicy::Apart;
+    Event {
+        at: r.seen_at,
+        event_id: EVENT_CLONE_DETECTED,
+        level: "warning".into(),
+        message: format!(
+            "clone detected: CMID {} ({}) is presented by another installation (a copied disk image or VM not generalized); {}",
+            r.cmid,
+            r.machine_name,
+            if apart {
+                "the copy was told to take a new CMID and is counted apart"
+            } else {
+                "counted once (clones = \"once\")"
+            }
+        ),
+        data: serde_json::json!({
+            "cmid": r.cmid,
+            "machine": r.machine_name,
+            "sequence": sequence,
+            "stored_sequence": stored,
+            "hardware_digest": tally_core::hex::to_hex(&digest),
+            "stored_hardware_digest": stored_digest.map(|d| tally_core::hex::to_hex(&d)),
+            "policy": if apart { "apart" } else { "once" },
+            "peer": r.peer,
+        }),
+    }
+}
+
 pub(crate) fn registry_full_event(at: Timestamp, cap: u64) -> Event {
     Event {
         at,

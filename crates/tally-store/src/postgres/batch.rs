@@ -21,14 +21,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use deadpool_postgres::{Object, Pool};
 use futures_util::future::{join, join_all};
+use tally_core::clones::{ClonePolicy, Verdict};
 use tally_core::counting::{CountTables, PoolSnapshot};
 use tally_core::host::{Changes, Counted};
 use tally_core::time::Timestamp;
+use tally_proto::ResultCode;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use super::installations::{self, Judge};
 use super::sql::{
     BENCH_REGISTRY_WRITES, CREATE_POOL, DATABASE_NOW, DELETE_ENTRIES, EventRows, INSERT_EVENTS,
     LOCK_POOL, PoolDiff, READ_ENTRIES, REGISTRY_WRITES, RefusalRows, RegistryRows, UPDATE_CAPACITY,
@@ -178,6 +181,8 @@ pub(super) struct Statements {
     pub(super) events: tokio_postgres::Statement,
     pub(super) refusals: tokio_postgres::Statement,
     pub(super) now: tokio_postgres::Statement,
+    pub(super) note_sequences: tokio_postgres::Statement,
+    pub(super) note_clones: tokio_postgres::Statement,
 }
 
 async fn prepare(client: &Object, may_insert: bool) -> Result<Statements, StoreError> {
@@ -206,6 +211,8 @@ async fn prepare(client: &Object, may_insert: bool) -> Result<Statements, StoreE
         events: p(INSERT_EVENTS).await?,
         refusals: p(UPSERT_REFUSALS).await?,
         now: p(DATABASE_NOW).await?,
+        note_sequences: p(installations::NOTE_SEQUENCES).await?,
+        note_clones: p(installations::NOTE_CLONES).await?,
     })
 }
 
@@ -271,6 +278,20 @@ async fn commit_batch(
         }
     }
 
+    // X6: the installations' registry rows, read under the pool locks (no round trip when the
+    // batch has no version-2 request).
+    let changes = batch.iter().filter_map(|j| match &j.work {
+        Work::Changes(c) => Some(&**c),
+        Work::Events(_) => None,
+    });
+    let mut judge = match Judge::read(client, changes).await {
+        Ok(j) => j,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+
     // Counting, in request order, on the tables as stored.
     let mut tables = CountTables::from_snapshots(before.values().cloned());
     let mut answers = Vec::with_capacity(batch.len());
@@ -279,6 +300,26 @@ async fn commit_batch(
     for job in batch.iter_mut() {
         match &mut job.work {
             Work::Changes(changes) => {
+                let judged = judge.judge(changes);
+                let clone = judged.is_some_and(|(v, _)| v.is_clone());
+                if let Some((Verdict::Clone { stored }, before)) = judged {
+                    events.push(crate::clone_event(
+                        changes,
+                        stored,
+                        before.and_then(|b| b.hardware_digest),
+                    ));
+                }
+                if clone && changes.clone_policy == ClonePolicy::Apart {
+                    // Counted apart: this copy counts nothing under this CMID; it takes a new
+                    // one and asks again. Event 12290 says so; the registry row counts it.
+                    changes.counting = None;
+                    changes.registry.result = ResultCode::CLONE_DETECTED;
+                    let mut counted = changes.settle(0);
+                    counted.clone = true;
+                    answers.push(counted);
+                    events.push(crate::activation_event(changes));
+                    continue;
+                }
                 let Some(req) = changes.counting else {
                     // A refusal adds to its day's aggregate: bounded storage whatever is sent.
                     let at = changes.registry.seen_at.millis();
@@ -291,7 +332,9 @@ async fn commit_batch(
                     continue;
                 };
                 let count = tables.apply(&req).0;
-                answers.push(changes.settle(count));
+                let mut counted = changes.settle(count);
+                counted.clone = clone;
+                answers.push(counted);
                 events.push(crate::activation_event(changes));
             }
             Work::Events(list) => {
@@ -319,6 +362,17 @@ async fn commit_batch(
     }
     if !bench.cmid.is_empty() {
         writes.push((&st.bench_registry, bench.params()));
+    }
+    // After the registry rows (new machines' rows exist by then).
+    let (seq_cmids, seq_numbers, seq_digests, clone_cmids) = judge.rows();
+    if !seq_cmids.is_empty() {
+        writes.push((
+            &st.note_sequences,
+            installations::sequence_params(&seq_cmids, &seq_numbers, &seq_digests),
+        ));
+    }
+    if !clone_cmids.is_empty() {
+        writes.push((&st.note_clones, vec![&clone_cmids]));
     }
     if !event_rows.at.is_empty() {
         writes.push((&st.events, event_rows.params()));

@@ -43,6 +43,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_registry_scale.sql"),
     include_str!("../../migrations/postgres/0003_clock.sql"),
+    include_str!("../../migrations/postgres/0004_installations.sql"),
 ];
 
 /// The advisory lock key that serialises the host schema's migrations across processes.
@@ -50,6 +51,7 @@ pub const MIGRATION_LOCK: i64 = 0x7461_6c6c_7901; // "tally" + 1
 
 mod batch;
 mod clock;
+mod installations;
 mod sql;
 
 use batch::{Job, RegistrySize, Work};
@@ -227,7 +229,7 @@ impl PgStore {
     }
 }
 
-const REGISTRY_COLUMNS: &str = "cmid, machine_name, sku, pool, first_seen, last_seen, last_result, last_count, activated, requests, served_by";
+const REGISTRY_COLUMNS: &str = "cmid, machine_name, sku, pool, first_seen, last_seen, last_result, last_count, activated, requests, served_by, clones";
 
 fn registry_row(r: &tokio_postgres::Row) -> RegistryEntry {
     RegistryEntry {
@@ -242,6 +244,7 @@ fn registry_row(r: &tokio_postgres::Row) -> RegistryEntry {
         activated: r.get(8),
         requests: u64::try_from(r.get::<_, i64>(9)).unwrap_or(0),
         served_by: r.get(10),
+        clones: u32::try_from(r.get::<_, i32>(11)).unwrap_or(0),
     }
 }
 

@@ -32,6 +32,7 @@ use crate::{
 };
 
 mod clock;
+mod installations;
 mod seed;
 mod writer;
 
@@ -49,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_refusals.sql"),
     include_str!("../../migrations/sqlite/0004_registry_scale.sql"),
     include_str!("../../migrations/sqlite/0005_clock.sql"),
+    include_str!("../../migrations/sqlite/0006_installations.sql"),
 ];
 
 /// How hard commits go to disk.
@@ -380,7 +382,7 @@ fn period_sql() -> String {
     )
 }
 
-const REGISTRY_COLUMNS: &str = "cmid, machine_name, sku, pool, first_seen, last_seen, last_result, last_count, activated, requests";
+const REGISTRY_COLUMNS: &str = "cmid, machine_name, sku, pool, first_seen, last_seen, last_result, last_count, activated, requests, clones";
 
 /// [`Store::registry_census`]: what sorts a machine into its state ([`CensusRow::add`]).
 const CENSUS_SQL: &str = "SELECT sku, pool, activated, first_seen, last_seen FROM registry";
@@ -422,6 +424,7 @@ fn registry_row(row: &Row<'_>) -> rusqlite::Result<RegistryEntry> {
         activated: row.get(8)?,
         requests: row.get::<_, i64>(9)?.max(0) as u64,
         served_by: None,
+        clones: u32::try_from(row.get::<_, i64>(10)?).unwrap_or(0),
     })
 }
 

@@ -83,6 +83,7 @@ fn changes(n: u128, now: i64) -> Changes {
             peer: None,
             installation: None,
         },
+        clone_policy: Default::default(),
     }
 }
 

@@ -16,12 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, params};
+use tally_core::clones::{self, ClonePolicy, Verdict};
 use tally_core::counting::{CountTables, TableChange};
 use tally_core::host::{Changes, Counted};
 use tally_core::time::Timestamp;
+use tally_proto::ResultCode;
 use tokio::sync::oneshot;
 
-use super::{Durability, backend, open_connection, read_tables};
+use super::{Durability, backend, installations, open_connection, read_tables};
 use crate::health::Health;
 use crate::{Event, StoreError, StoreOptions};
 
@@ -220,6 +222,45 @@ impl Writer {
         for job in batch.iter_mut() {
             match &mut job.work {
                 Work::Changes(changes) => {
+                    // X6: judged on the registry row as stored, before anything is counted.
+                    let (verdict, seen) = match changes.registry.installation {
+                        Some(ext)
+                            if changes.counting.is_some()
+                                && !tally_core::bench::is_bench_pool(changes.registry.pool) =>
+                        {
+                            let seen = installations::seen(&tx, changes.registry.cmid)
+                                .map_err(backend("read registry"))?;
+                            let at = changes.registry.seen_at;
+                            (Some(clones::judge(seen.as_ref(), &ext, at)), seen)
+                        }
+                        _ => (None, None),
+                    };
+                    let clone = verdict.is_some_and(Verdict::is_clone);
+                    let clone_event = clone.then(|| {
+                        crate::clone_event(
+                            changes,
+                            seen.and_then(|s| s.sequence).unwrap_or(0),
+                            seen.and_then(|s| s.hardware_digest),
+                        )
+                    });
+                    if clone && changes.clone_policy == ClonePolicy::Apart {
+                        // Counted apart: this copy counts nothing under this CMID; it takes a
+                        // new one and asks again.
+                        changes.counting = None;
+                        changes.registry.result = ResultCode::CLONE_DETECTED;
+                        let mut counted = changes.settle(0);
+                        counted.clone = true;
+                        if let Some(v) = verdict {
+                            installations::note(&tx, changes, v).map_err(backend("write"))?;
+                        }
+                        insert_event(&tx, &crate::activation_event(changes))
+                            .map_err(backend("write event"))?;
+                        if let Some(e) = &clone_event {
+                            insert_event(&tx, e).map_err(backend("write event"))?;
+                        }
+                        answers.push(Answer::Counted(counted));
+                        continue;
+                    }
                     let Some(req) = changes.counting else {
                         // A refusal adds to its day's aggregate: bounded storage whatever is sent.
                         write_refusal(&tx, changes).map_err(backend("write refusal"))?;
@@ -235,9 +276,17 @@ impl Writer {
                         RegistryWrite::Updated => {}
                         RegistryWrite::Skipped => newly_full |= !self.full.load(Ordering::Relaxed),
                     }
+                    if let Some(v) = verdict {
+                        installations::note(&tx, changes, v).map_err(backend("write"))?;
+                    }
                     // R27: event 12290 is written with the activation it describes.
                     insert_event(&tx, &crate::activation_event(changes))
                         .map_err(backend("write event"))?;
+                    if let Some(e) = &clone_event {
+                        insert_event(&tx, e).map_err(backend("write event"))?;
+                    }
+                    let mut counted = counted;
+                    counted.clone = clone;
                     answers.push(Answer::Counted(counted));
                 }
                 Work::Events(events) => {

@@ -44,6 +44,7 @@ macro_rules! all_conformance_tests {
             x3_a_failed_commit_counts_nothing,
             durable_across_reopen,
             x5_trusting_the_clock_pulls_future_stamps_back,
+            x6_a_repeated_sequence_is_a_clone,
         );
     };
 }

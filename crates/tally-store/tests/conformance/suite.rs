@@ -49,6 +49,7 @@ pub fn request(n: u128, ms: i64, threshold: u16) -> Changes {
             peer: Some("127.0.0.1:9".into()),
             installation: None,
         },
+        clone_policy: Default::default(),
     }
 }
 
@@ -683,4 +684,68 @@ pub async fn x5_trusting_the_clock_pulls_future_stamps_back(b: &impl Backend) {
     let again = b.reopen().await;
     let e = again.clock_evidence().await.expect("evidence");
     assert_eq!(e.trusted_mark, Some(Timestamp(T0 + 1000)));
+}
+
+/// `request(n, ms, 5)` as a version-2 request with the installation's `sequence` from hardware
+/// `hw`, under `policy`.
+fn installation(
+    n: u128,
+    ms: i64,
+    sequence: u32,
+    hw: u8,
+    policy: tally_core::clones::ClonePolicy,
+) -> Changes {
+    let mut c = request(n, ms, 5);
+    c.registry.installation = Some(tally_proto::RequestExt {
+        sequence,
+        hardware_digest: [hw; 8],
+    });
+    c.clone_policy = policy;
+    c
+}
+
+// X6: one installation's numbers grow; a number seen again is another installation presenting
+// the CMID: counted apart (nothing counted under it, `clone`) or once, and counted in the row.
+pub async fn x6_a_repeated_sequence_is_a_clone(b: &impl Backend) {
+    use tally_core::clones::ClonePolicy::{Apart, Once};
+    let store = b.store();
+    let commit = |c: Changes| {
+        let store = Arc::clone(&store);
+        async move { store.commit(c).await.expect("commit") }
+    };
+    let first = commit(installation(1, 0, 1, 1, Apart)).await;
+    assert_eq!((first.count, first.clone), (1, false));
+    let next = commit(installation(1, 1000, 65, 1, Apart)).await;
+    assert_eq!(
+        (next.count, next.clone),
+        (1, false),
+        "a higher number: the same one"
+    );
+    let copy = commit(installation(1, 2000, 65, 1, Apart)).await;
+    assert_eq!(
+        (copy.count, copy.clone),
+        (0, true),
+        "the same number again: a clone, counted apart (nothing under this CMID)"
+    );
+    let late = commit(installation(1, 3000, 60, 1, Apart)).await;
+    assert_eq!(
+        (late.count, late.clone),
+        (1, false),
+        "a lower number from the same hardware within two minutes: one installation's attempts"
+    );
+    let once = commit(installation(1, 4000, 65, 2, Once)).await;
+    assert_eq!(
+        (once.count, once.clone),
+        (1, true),
+        "clones = once: counted once"
+    );
+    let entry = store
+        .registry_entry(Uuid::from_u128(101))
+        .await
+        .expect("entry")
+        .expect("present");
+    assert_eq!(entry.clones, 2, "{entry:?}");
+    // The copy, with a new CMID, counts apart.
+    let apart = commit(installation(2, 5000, 1, 1, Apart)).await;
+    assert_eq!((apart.count, apart.clone), (2, false));
 }

@@ -245,6 +245,7 @@ pub async fn clients(
         "LAST SEEN (UTC)",
         "COUNT",
         "REQUESTS",
+        "CLONES",
     ]);
     let rows = page["clients"].as_array().cloned().unwrap_or_default();
     for c in &rows {
@@ -256,6 +257,11 @@ pub async fn clients(
             utc(&c["last_seen"]).trim_end_matches(" UTC").to_owned(),
             c["last_count"].to_string(),
             c["requests"].to_string(),
+            // X6: another installation presented this CMID.
+            match c["clones"].as_u64() {
+                Some(n) if n > 0 => format!("{n} detected"),
+                _ => "-".to_owned(),
+            },
         ]);
     }
     print!("{}", t.render());
