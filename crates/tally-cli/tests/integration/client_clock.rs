@@ -310,3 +310,47 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+// X6: a VM-style copy on identical hardware (same CMID, same hardware): the host sees one
+// installation's number again, reports a clone (event 1009, `clones` in `host clients`) and,
+// by default, has the copy take a new CMID, so both are counted.
+#[test]
+fn x6_a_copy_on_identical_hardware_is_reported_and_counted_apart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    let original = Machine::new(tmp.path(), "original", "disk-1");
+    original.install(None, &host).expect("install");
+    assert_eq!(original.activate(None, &host).expect("activate")["count"], 1);
+    let cmid = original.status(None).expect("status")["cmid"].clone();
+    let copy = Machine {
+        dir: tmp.path().join("copy"),
+        hardware: original.hardware.clone(),
+    };
+    copy_dir(&original.dir, &copy.dir);
+    // The copy goes first after the copy was taken: to the host it is the installation.
+    let v = copy.activate(None, &host).expect("activate");
+    assert_eq!(v["count"], 1, "{v}");
+    // The original continues from the same saved number: the host sees it again.
+    let v = original.activate(None, &host).expect("activate");
+    assert_eq!(v["count"], 2, "counted apart under a new CMID: {v}");
+    let after = original.status(None).expect("status");
+    assert_eq!(after["cmid_change"]["reason"], "clone_detected", "{after}");
+    assert_ne!(after["cmid"], cmid);
+    let data = s(&host.data_dir);
+    let (_, clients) = tally_json_env(bin(), &["host", "clients", "--data-dir", data, "--json"], &[]);
+    let rows = clients["clients"].as_array().expect("clients");
+    assert_eq!(rows.len(), 2, "{clients}");
+    let copied = rows
+        .iter()
+        .find(|r| r["cmid"] == cmid)
+        .expect("the copied CMID's row");
+    assert_eq!(copied["clones"], 1, "{copied}");
+    let (_, events) = tally_json_env(
+        bin(),
+        &["host", "events", "--data-dir", data, "--id", "1009", "--json"],
+        &[],
+    );
+    let events = events.as_array().expect("events");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["cmid"], cmid);
+}
