@@ -125,8 +125,10 @@ impl Evidence {
             None => {
                 l.validity_end = None;
                 if l.status == LicenseStatus::Licensed {
-                    // Nothing signed says this installation ever activated.
+                    // Nothing signed says this installation ever activated: an attempt is due
+                    // at once (a state written before the evidence existed reactivates).
                     l.status = LicenseStatus::Notification;
+                    l.next_attempt = None;
                 }
             }
         }
@@ -212,6 +214,7 @@ mod tests {
         let unsigned = Evidence::default().bound(&l);
         assert_eq!(unsigned.status_at(REAL), LicenseStatus::Notification);
         assert_eq!(unsigned.validity_end, None);
+        assert!(unsigned.is_due(REAL), "an attempt is due at once");
         let mut mak = activated_at(REAL);
         mak.on_permanent_activation(REAL, None);
         assert_eq!(
