@@ -320,7 +320,10 @@ fn x6_a_copy_on_identical_hardware_is_reported_and_counted_apart() {
     let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
     let original = Machine::new(tmp.path(), "original", "disk-1");
     original.install(None, &host).expect("install");
-    assert_eq!(original.activate(None, &host).expect("activate")["count"], 1);
+    assert_eq!(
+        original.activate(None, &host).expect("activate")["count"],
+        1
+    );
     let cmid = original.status(None).expect("status")["cmid"].clone();
     let copy = Machine {
         dir: tmp.path().join("copy"),
@@ -337,7 +340,11 @@ fn x6_a_copy_on_identical_hardware_is_reported_and_counted_apart() {
     assert_eq!(after["cmid_change"]["reason"], "clone_detected", "{after}");
     assert_ne!(after["cmid"], cmid);
     let data = s(&host.data_dir);
-    let (_, clients) = tally_json_env(bin(), &["host", "clients", "--data-dir", data, "--json"], &[]);
+    let (_, clients) = tally_json_env(
+        bin(),
+        &["host", "clients", "--data-dir", data, "--json"],
+        &[],
+    );
     let rows = clients["clients"].as_array().expect("clients");
     assert_eq!(rows.len(), 2, "{clients}");
     let copied = rows
@@ -347,7 +354,15 @@ fn x6_a_copy_on_identical_hardware_is_reported_and_counted_apart() {
     assert_eq!(copied["clones"], 1, "{copied}");
     let (_, events) = tally_json_env(
         bin(),
-        &["host", "events", "--data-dir", data, "--id", "1009", "--json"],
+        &[
+            "host",
+            "events",
+            "--data-dir",
+            data,
+            "--id",
+            "1009",
+            "--json",
+        ],
         &[],
     );
     let events = events.as_array().expect("events");
