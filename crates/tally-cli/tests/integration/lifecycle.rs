@@ -333,7 +333,11 @@ fn r13_any_user_activates_only_root_rearms() {
 #[test]
 fn r11_clones_count_once_until_generalized() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    // R11 as the spec states it: a host set to count clones once (X6's default counts them
+    // apart: client_clock::x6_a_copy_on_identical_hardware_is_reported_and_counted_apart).
+    let config = tmp.path().join("host.toml");
+    std::fs::write(&config, "clones = \"once\"\n").expect("config");
+    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &["--config", s(&config)]);
     let addr = host.addr.to_string();
     let a = client_dir(tmp.path(), "a", &host);
     let b = tmp.path().join("b");

@@ -212,11 +212,21 @@ impl Client {
     /// `state` as the time rules see it at local reading `local` (X5).
     pub fn view(&self, state: &ClientState, local: Timestamp) -> View {
         state.view(
-            self.trust.as_ref(),
+            self.anchor().as_ref(),
             &self.catalog,
             local,
             self.clock_tolerance_secs,
         )
+    }
+
+    /// The trusted authority: the one given, else `DIR/authority.pub` as it is now (a handle
+    /// opened before an activation kept the caller's key there still finds it).
+    fn anchor(&self) -> Option<TrustAnchor> {
+        self.trust.clone().or_else(|| {
+            std::fs::read_to_string(self.dir.join(TRUST_FILE))
+                .ok()
+                .and_then(|t| parse_authority_public(&t).ok())
+        })
     }
 
     /// X5: the evidence in the state is verified against the trusted authority key. A key the
