@@ -34,10 +34,15 @@ pub const DEFAULT_CLOCK_TOLERANCE_SECS: u32 = 3600;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeBase {
-    /// The highest local reading seen (a clock far below it was set back).
+    /// The client's steady local time at the last reading: it moves forward with the local
+    /// clock and never back (a clock far below it was set back, and stays "behind" by as much
+    /// until a host answers or the clock is set forward again).
     #[serde(default)]
     pub latest_local: Option<Timestamp>,
-    /// The local reading when the latest verified answer arrived (its signed time is the
+    /// The raw local reading that went with it (how far the clock moved since is added).
+    #[serde(default)]
+    pub last_reading: Option<Timestamp>,
+    /// The steady local time when the latest verified answer arrived (its signed time is the
     /// anchor, kept as evidence beside this).
     #[serde(default)]
     pub anchor_local: Option<Timestamp>,
@@ -70,15 +75,13 @@ impl TimeBase {
     /// The trusted time at local reading `local` (see the module docs).
     pub fn read(&self, evidence: &Evidence, local: Timestamp, tolerance_secs: u32) -> Reading {
         let tolerance = i64::from(tolerance_secs) * 1000;
-        let behind_ms = self
-            .latest_local
-            .map(|l| l.0.saturating_sub(local.0))
-            .filter(|&b| b > tolerance);
+        let steady = self.steady(local);
+        let behind_ms = Some(steady.0.saturating_sub(local.0)).filter(|&b| b > tolerance);
         let now = match (evidence.latest, self.anchor_local) {
             (Some(signed), Some(at)) => Timestamp(
                 signed
                     .0
-                    .saturating_add(local.0.saturating_sub(at.0))
+                    .saturating_add(steady.0.saturating_sub(at.0))
                     .max(signed.0),
             ),
             // Signed evidence without the local reading it arrived at (an edited state): the
@@ -89,11 +92,24 @@ impl TimeBase {
         Reading { now, behind_ms }
     }
 
-    /// Notes a local reading (the high-water mark only rises).
-    pub fn observe(&mut self, local: Timestamp) {
-        if self.latest_local.is_none_or(|l| local > l) {
-            self.latest_local = Some(local);
+    /// The steady local time at reading `local`: the last one plus how far the clock moved
+    /// forward since (nothing when it moved back), and never below the reading itself (a clock
+    /// set forward is followed).
+    fn steady(&self, local: Timestamp) -> Timestamp {
+        match (self.latest_local, self.last_reading) {
+            (Some(steady), Some(last)) => {
+                let moved = local.0.saturating_sub(last.0).max(0);
+                Timestamp(steady.0.saturating_add(moved).max(local.0))
+            }
+            (Some(steady), None) => Timestamp(steady.0.max(local.0)),
+            (None, _) => local,
         }
+    }
+
+    /// Notes a local reading: the steady time moves on by what the clock moved forward.
+    pub fn observe(&mut self, local: Timestamp) {
+        self.latest_local = Some(self.steady(local));
+        self.last_reading = Some(local);
     }
 
     /// A verified answer arrived at local reading `local`: it is the new anchor, and the local
@@ -101,6 +117,7 @@ impl TimeBase {
     pub fn on_signed(&mut self, local: Timestamp) {
         self.anchor_local = Some(local);
         self.latest_local = Some(local);
+        self.last_reading = Some(local);
     }
 }
 
@@ -175,6 +192,30 @@ mod tests {
         assert_eq!(r.behind_ms, Some(3650 * DAY_MS));
         let slip = Timestamp(REAL.plus_days(3650).0 - 1000);
         assert_eq!(base.read(&Evidence::default(), slip, TOL).behind_ms, None);
+    }
+
+    // X5: a clock set back and left running stays behind by as much (the set-back is not
+    // forgotten once the clock passes the old readings) until a host answers.
+    #[test]
+    fn x5_a_clock_set_back_and_left_running_stays_behind() {
+        let mut base = TimeBase::default();
+        base.on_signed(REAL);
+        let ev = Evidence {
+            latest: Some(REAL),
+            ..Evidence::default()
+        };
+        // Set back 144 days, observed, then 200 days of running.
+        base.observe(REAL.plus_days(-144));
+        let later = REAL.plus_days(-144 + 200);
+        let r = base.read(&ev, later, TOL);
+        assert_eq!(r.behind_ms, Some(144 * DAY_MS));
+        assert_eq!(r.now, REAL.plus_days(200), "trusted time is not set back");
+        base.on_signed(later);
+        assert_eq!(
+            base.read(&ev, later, TOL).behind_ms,
+            None,
+            "a host answered"
+        );
     }
 
     // X5: with an anchor, trusted time is the host's time plus local time elapsed; a host's
