@@ -116,6 +116,7 @@ fn run_example(exe: &Path, state: &Path, host: &HostProcess) -> Output {
 
 #[test]
 fn c_example_activates_the_fifth_server_and_reports_errors() {
+    let _heavy = crate::heavy();
     if !has("cc", "--version") {
         return skip(
             "c_example_activates_the_fifth_server_and_reports_errors",
@@ -186,6 +187,7 @@ fn c_example_activates_the_fifth_server_and_reports_errors() {
 
 #[test]
 fn cpp_example_links_statically_and_wraps_the_handle() {
+    let _heavy = crate::heavy();
     if !has("c++", "--version") {
         return skip(
             "cpp_example_links_statically_and_wraps_the_handle",
@@ -224,6 +226,7 @@ fn cpp_example_links_statically_and_wraps_the_handle() {
 
 #[test]
 fn python_package_installs_and_its_tests_pass_against_a_host() {
+    let _heavy = crate::heavy();
     let test = "python_package_installs_and_its_tests_pass_against_a_host";
     let python = std::env::var("TALLY_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     if !has(&python, "--version") {

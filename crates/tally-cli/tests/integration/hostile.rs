@@ -126,7 +126,11 @@ fn prepare_client(root: &Path, name: &str, host: &HostProcess) -> std::path::Pat
 // after 200 from one more source showed its per-source cap (128: 72 evicted). Six real clients
 // are each answered within 2 s; the host shows the evictions in its metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The heavy-test guard serialises whole tests (each has its own runtime; no task of this one
+// takes the lock), so holding it across awaits is the point.
+#[allow(clippy::await_holding_lock)]
 async fn connection_flood_does_not_stop_real_clients() {
+    let _heavy = crate::heavy();
     let tmp = tempfile::tempdir().expect("tempdir");
     let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
     let token = std::fs::read_to_string(host.data_dir.join("admin.token")).expect("admin token");

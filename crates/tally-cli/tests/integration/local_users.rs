@@ -162,6 +162,7 @@ fn root_status(dir: &Path) -> (Value, Duration) {
 // or delay root's status with 1,100 idle agent connections, and may still ask the agent.
 #[test]
 fn x4_local_users_cannot_lock_read_replace_or_crowd_out() {
+    let _heavy = crate::heavy();
     if !can_switch_user("x4_local_users_cannot_lock_read_replace_or_crowd_out") {
         return;
     }

@@ -32,6 +32,16 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Tests whose checks need the machine's CPU (a flood answered within 2 s, a crowd of 1,100
+/// connections) and tests that compile (cargo, a C compiler, a Python wheel) hold this lock, so
+/// neither kind runs beside the other on CI's 2 cores.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The `tally` binary built for these tests.
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tally"))
