@@ -60,11 +60,13 @@ impl Client {
             }
             Err((base, error)) => {
                 let _ = ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
+                    // X5: the retry is scheduled on trusted time.
+                    let t = self.trusted_now(s, now);
                     s.record_failure(
                         Some(base.clone()),
                         "mak_refused",
                         codes::HOST_UNREACHABLE,
-                        now,
+                        t,
                     );
                     Ok(())
                 });
@@ -125,7 +127,8 @@ impl Client {
         }
         let hw = hardware::probe();
         let saved = ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
-            s.license.on_permanent_activation(now, Some(&hw));
+            s.license
+                .on_permanent_activation(self.trusted_now(s, now), Some(&hw));
             if url.is_some() {
                 s.authority_url = url.clone();
             }

@@ -250,14 +250,7 @@ impl Writer {
                         changes.registry.result = ResultCode::CLONE_DETECTED;
                         let mut counted = changes.settle(0);
                         counted.clone = true;
-                        if let Some(v) = verdict {
-                            installations::note(&tx, changes, v).map_err(backend("write"))?;
-                        }
-                        insert_event(&tx, &crate::activation_event(changes))
-                            .map_err(backend("write event"))?;
-                        if let Some(e) = &clone_event {
-                            insert_event(&tx, e).map_err(backend("write event"))?;
-                        }
+                        record_request(&tx, changes, verdict, clone_event.as_ref())?;
                         answers.push(Answer::Counted(counted));
                         continue;
                     }
@@ -276,15 +269,7 @@ impl Writer {
                         RegistryWrite::Updated => {}
                         RegistryWrite::Skipped => newly_full |= !self.full.load(Ordering::Relaxed),
                     }
-                    if let Some(v) = verdict {
-                        installations::note(&tx, changes, v).map_err(backend("write"))?;
-                    }
-                    // R27: event 12290 is written with the activation it describes.
-                    insert_event(&tx, &crate::activation_event(changes))
-                        .map_err(backend("write event"))?;
-                    if let Some(e) = &clone_event {
-                        insert_event(&tx, e).map_err(backend("write event"))?;
-                    }
+                    record_request(&tx, changes, verdict, clone_event.as_ref())?;
                     let mut counted = counted;
                     counted.clone = clone;
                     answers.push(Answer::Counted(counted));
@@ -315,6 +300,24 @@ impl Writer {
         }
         Ok(answers)
     }
+}
+
+/// What every counted or clone-refused request writes after its registry row: the installation
+/// note (X6), event 12290 with the activation it describes (R27), and the clone's event 1009.
+fn record_request(
+    conn: &Connection,
+    changes: &Changes,
+    verdict: Option<Verdict>,
+    clone_event: Option<&Event>,
+) -> Result<(), StoreError> {
+    if let Some(v) = verdict {
+        installations::note(conn, changes, v).map_err(backend("write"))?;
+    }
+    insert_event(conn, &crate::activation_event(changes)).map_err(backend("write event"))?;
+    if let Some(e) = clone_event {
+        insert_event(conn, e).map_err(backend("write event"))?;
+    }
+    Ok(())
 }
 
 /// The latest request time in a batch (for the events the writer adds itself).
