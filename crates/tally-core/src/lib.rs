@@ -12,6 +12,7 @@
 //! - [`counting`]: per-pool CMID tables (R2–R5).
 //! - [`host`]: the host session: frame in, response and changes to persist out.
 //! - [`lifecycle`]: the client's licensing state machine (R2, R7–R12).
+//! - [`revocation`]: the authority's signed revocation list, verified; no rollback (X7).
 //! - [`trusted`]: the client's trusted time from signed host times (X5).
 //! - [`clones`]: judging an installation's request sequence on the host (X6).
 //! - [`hardware`]: the weighted hardware fingerprint (R12).
@@ -32,6 +33,7 @@ pub mod hex;
 pub mod host;
 pub mod keys;
 pub mod lifecycle;
+pub mod revocation;
 pub mod secret;
 pub mod time;
 pub mod trust;

@@ -17,17 +17,23 @@
 //! - [`codec`]: the bounded reader and the writer helpers.
 //! - [`message`]: the message types and their encodings.
 //! - [`result`]: the result codes a host puts in its responses.
+//! - [`document`]: documents fetched in chunks (version 2): the revocation list, rollovers.
+//! - [`revocation`]: the authority's signed revocation list's encoding (X7).
 
 pub mod codec;
+pub mod document;
 pub mod message;
 pub mod result;
+pub mod revocation;
 
 pub use codec::{DecodeError, Frame, FrameError};
 pub use message::{
     ActivationRequest, ActivationResponse, CertificateBody, ErrorMessage, HostCertificate,
     LicenseState, MachineName, Message, MessageKind, RequestExt,
 };
+pub use document::{DocumentChunk, DocumentKind, DocumentRequest};
 pub use result::ResultCode;
+pub use revocation::RevocationList;
 
 /// Largest frame, header included, in either direction (R15).
 pub const MAX_FRAME: usize = 250;

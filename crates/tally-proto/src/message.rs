@@ -5,6 +5,7 @@
 use uuid::Uuid;
 
 use crate::codec::{DecodeError, Frame, Reader};
+use crate::document::{DocumentChunk, DocumentRequest};
 use crate::{HEADER_LEN, MAX_FRAME, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, ResultCode};
 
 /// The kind byte of a frame.
@@ -21,6 +22,10 @@ pub enum MessageKind {
     CertificateResponse = 0x04,
     /// Host → client: a request could not be read; the host closes the connection.
     Error = 0x05,
+    /// Client → host, version 2: send me a piece of a document (X7).
+    DocumentRequest = 0x06,
+    /// Host → client, version 2: a piece of a document.
+    DocumentChunk = 0x07,
 }
 
 impl MessageKind {
@@ -31,6 +36,8 @@ impl MessageKind {
             0x03 => Self::CertificateRequest,
             0x04 => Self::CertificateResponse,
             0x05 => Self::Error,
+            0x06 => Self::DocumentRequest,
+            0x07 => Self::DocumentChunk,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -332,6 +339,10 @@ pub enum Message {
     CertificateResponse(HostCertificate),
     /// See [`ErrorMessage`].
     Error(ErrorMessage),
+    /// See [`DocumentRequest`] (version 2).
+    DocumentRequest(DocumentRequest),
+    /// See [`DocumentChunk`] (version 2).
+    DocumentChunk(DocumentChunk),
 }
 
 impl Message {
@@ -343,6 +354,8 @@ impl Message {
             Self::CertificateRequest => MessageKind::CertificateRequest,
             Self::CertificateResponse(_) => MessageKind::CertificateResponse,
             Self::Error(_) => MessageKind::Error,
+            Self::DocumentRequest(_) => MessageKind::DocumentRequest,
+            Self::DocumentChunk(_) => MessageKind::DocumentChunk,
         }
     }
 
@@ -375,6 +388,8 @@ impl Message {
     pub fn encode_as(&self, version: u8) -> Vec<u8> {
         let version = match self {
             Self::ActivationRequest(_) | Self::ActivationResponse(_) => self.version(),
+            // Documents exist from version 2 on.
+            Self::DocumentRequest(_) | Self::DocumentChunk(_) => PROTOCOL_VERSION,
             _ => version.clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
         };
         let mut out = Vec::with_capacity(MAX_FRAME);
@@ -405,6 +420,8 @@ impl Message {
             Self::CertificateRequest => {}
             Self::CertificateResponse(c) => out.extend_from_slice(&c.to_bytes()),
             Self::Error(e) => out.extend_from_slice(&e.result.0.to_be_bytes()),
+            Self::DocumentRequest(d) => d.encode(&mut out),
+            Self::DocumentChunk(d) => d.encode(&mut out),
         }
         // Every message type is bounded well below MAX_FRAME (see the size tests), so the
         // length always fits the u16 prefix.
@@ -491,6 +508,14 @@ impl Message {
             MessageKind::Error => Self::Error(ErrorMessage {
                 result: ResultCode(r.u32("result")?),
             }),
+            MessageKind::DocumentRequest | MessageKind::DocumentChunk if version < 2 => {
+                return Err(DecodeError::InvalidField {
+                    field: "kind",
+                    reason: "documents need protocol version 2",
+                });
+            }
+            MessageKind::DocumentRequest => Self::DocumentRequest(DocumentRequest::read(&mut r)?),
+            MessageKind::DocumentChunk => Self::DocumentChunk(DocumentChunk::read(&mut r)?),
         };
         r.finish()?;
         Ok(msg)
@@ -562,16 +587,36 @@ mod tests {
             result: ResultCode(u32::MAX),
         })
         .encode();
+        let doc_req = Message::DocumentRequest(DocumentRequest {
+            doc: crate::DocumentKind::RootRollover,
+            offset: u32::MAX,
+        })
+        .encode();
+        let chunk = Message::DocumentChunk(DocumentChunk::of(
+            crate::DocumentKind::RevocationList,
+            u32::MAX,
+            &[0xAB; 1000],
+            0,
+        ))
+        .encode();
         for (name, bytes) in [
             ("request", &req),
             ("response", &resp),
             ("certificate", &cert),
             ("error", &err),
+            ("document request", &doc_req),
+            ("document chunk", &chunk),
         ] {
             assert!(bytes.len() <= MAX_FRAME, "{name} is {} bytes", bytes.len());
         }
         assert_eq!(req.len(), 4 + 80 + 12 + 100);
         assert_eq!(resp.len(), 4 + 140);
+        assert_eq!(chunk.len(), 4 + 14 + 224);
+        // X7: documents round-trip, and exist only from version 2 on.
+        assert!(matches!(Message::decode(&chunk), Ok(Message::DocumentChunk(c)) if c.data.len() == 224));
+        let mut v1 = doc_req.clone();
+        v1[2] = 1;
+        assert!(Message::decode(&v1).is_err());
     }
 
     // R15 + X6: a version-1 request still decodes (as a request without version 2's fields),

@@ -29,6 +29,9 @@ impl ResultCode {
     /// Version 2 (X6): another installation presents this CMID (the request's sequence was
     /// seen before); nothing was counted. The client takes a new CMID and asks again.
     pub const CLONE_DETECTED: Self = Self(0xC7A1_0009);
+    /// Version 2 (X7): this host's certificate is on the authority's revocation list the host
+    /// holds; it answers no activation. The client asks another host (R19).
+    pub const HOST_REVOKED: Self = Self(0xC7A1_000A);
 
     /// Whether this is the success code.
     pub fn is_success(self) -> bool {
@@ -49,6 +52,7 @@ impl ResultCode {
             Self::STORAGE_FAILURE => "storage_failure",
             Self::FRAME_TOO_LARGE => "frame_too_large",
             Self::CLONE_DETECTED => "clone_detected",
+            Self::HOST_REVOKED => "host_revoked",
             _ => return None,
         })
     }
