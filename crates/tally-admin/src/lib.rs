@@ -219,6 +219,7 @@ async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
             "registry_full": store.registry_full(),
         },
         "clock": clock_json(&state.service.clock_watch().status()),
+        "revocation": revocation_json(session.revocations(), session.identity().certificate()),
         "catalog": { "name": catalog.name(), "version": catalog.version() },
         "pools": pools,
         "registry_clients": clients,
@@ -240,6 +241,26 @@ pub fn clock_json(c: &tally_server::ClockStatus) -> serde_json::Value {
         "checked_at": c.checked_at,
         "retention_held_back": c.retention_held_back.as_ref().map(finding),
         "tolerance_secs": tally_core::clock::CLOCK_TOLERANCE_MS / 1000,
+    })
+}
+
+/// The `revocation` part of a host's status (the admin API and `tally host status`).
+pub fn revocation_json(
+    held: &tally_core::revocation::Held,
+    cert: &tally_proto::HostCertificate,
+) -> serde_json::Value {
+    let revoked = held.revokes_certificate(cert).map(|e| {
+        serde_json::json!({
+            "reason": e.reason.name(),
+            "revoked_at": e.revoked_at,
+            "message": tally_core::revocation::describe(&e),
+        })
+    });
+    serde_json::json!({
+        "serial": held.serial(),
+        "issued_at": held.list().map(|l| l.list().issued_at),
+        "entries": held.list().map_or(0, |l| l.list().entries.len()),
+        "revoked": revoked,
     })
 }
 

@@ -302,6 +302,24 @@ async fn revoke(
     Ok(ok(state.service.revoke(serial(p)?, &req, actor).await?))
 }
 
+async fn revoke_certificate(
+    State(state): State<AppState>,
+    Path(fingerprint): Path<String>,
+    ApiJson(req): ApiJson<RevokeRequest>,
+) -> Result<Response, ApiError> {
+    let added = state
+        .service
+        .revoke_certificate(&fingerprint, &req, OPERATOR)
+        .await?;
+    Ok(ok(
+        serde_json::json!({ "revoked": fingerprint.trim().to_lowercase(), "newly_added": added }),
+    ))
+}
+
+async fn revocations(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(ok(state.service.revocations().await?))
+}
+
 async fn audit(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(ok(state.service.audit().await?))
 }
@@ -339,6 +357,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys/{serial}", get(key_detail))
         .route("/v1/keys/{serial}/exception", post(exception))
         .route("/v1/keys/{serial}/revoke", post(revoke))
+        .route(
+            "/v1/certificates/{fingerprint}/revoke",
+            post(revoke_certificate),
+        )
         .route("/v1/audit", get(audit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -347,6 +369,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/openapi.json", get(openapi))
         .route("/v1/authority", get(authority_info))
+        .route("/v1/revocations", get(revocations))
         .route("/v1/host-activations", post(host_activation))
         .route("/v1/offline-confirmations", post(offline_confirmation))
         .route("/v1/mak-activations", post(mak_activation))

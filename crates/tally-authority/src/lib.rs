@@ -105,6 +105,12 @@ impl Authority {
         &self.signing
     }
 
+    /// Signs `message` with the root key (every signature the authority makes goes through
+    /// here: certificates, MAK claims, revocation lists).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        ed25519_dalek::Signer::sign(&self.signing, message).to_bytes()
+    }
+
     /// The public key clients trust.
     pub fn public(&self) -> VerifyingKey {
         self.signing.verifying_key()

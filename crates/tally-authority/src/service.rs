@@ -11,6 +11,10 @@ use tally_core::time::{Clock, DAY_MS, Timestamp};
 use tally_core::trust::{armor, from_hex, labels, to_hex};
 use thiserror::Error;
 
+mod revoke;
+
+pub use revoke::{RevocationView, RevocationsView, RevokeRequest};
+
 use crate::offline;
 use crate::store::{
     ActivationRecord, AuditEntry, AuthorityStore, DEFAULT_MAX_ACTIVATIONS, DEFAULT_MAX_HOSTS,
@@ -173,14 +177,6 @@ pub struct ExceptionRequest {
     pub reason: String,
 }
 
-/// An operator revokes a key.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevokeRequest {
-    /// Why (kept in the audit log).
-    pub reason: String,
-}
-
 /// A key with its activations.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeyDetail {
@@ -196,6 +192,8 @@ pub struct Service {
     authority: Authority,
     store: Arc<dyn AuthorityStore>,
     clock: Arc<dyn Clock>,
+    /// The newest revocation list signed, reused while its serial is the newest.
+    list_cache: std::sync::Mutex<Option<tally_core::revocation::VerifiedList>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -224,6 +222,7 @@ impl Service {
             authority,
             store,
             clock,
+            list_cache: std::sync::Mutex::new(None),
         }
     }
 
@@ -323,6 +322,8 @@ impl Service {
             Err(refusal) => return Err(ServiceError::Refused(refusal)),
         };
         let cert = self.authority.certify(key, &public, self.clock.now())?;
+        // X7: the certificates this machine had with this key are superseded.
+        self.record_certificate(&cert, &hardware).await?;
         let fields = key.host_fields()?;
         Ok(HostActivation {
             certificate: armor(labels::HOST_CERTIFICATE, &cert.to_bytes()),
@@ -395,8 +396,7 @@ impl Service {
                 .div_euclid(DAY_MS)
                 .clamp(0, i64::from(u16::MAX)) as u16,
         };
-        let signature =
-            ed25519_dalek::Signer::sign(self.authority.secret(), &claim.signed_bytes()).to_bytes();
+        let signature = self.authority.sign(&claim.signed_bytes());
         Ok(MakActivation {
             serial: claim.serial,
             day: claim.day,
@@ -473,24 +473,6 @@ impl Service {
                 actor,
                 self.clock.now(),
             )
-            .await?
-            .ok_or(ServiceError::NotFound(serial))
-    }
-
-    /// Revokes a key.
-    pub async fn revoke(
-        &self,
-        serial: u32,
-        req: &RevokeRequest,
-        actor: &str,
-    ) -> Result<KeyRecord, ServiceError> {
-        if req.reason.trim().is_empty() {
-            return Err(ServiceError::BadRequest(
-                "a revocation needs a reason".into(),
-            ));
-        }
-        self.store
-            .revoke(serial, req.reason.trim(), actor, self.clock.now())
             .await?
             .ok_or(ServiceError::NotFound(serial))
     }

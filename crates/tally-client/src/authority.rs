@@ -124,6 +124,22 @@ impl AuthorityClient {
         })
     }
 
+    /// `GET /v1/revocations` (X7): the authority's newest signed revocation list, as the text
+    /// of a `revocations.tally` file (the caller verifies it).
+    pub async fn revocations(&self) -> Result<String, AuthorityClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/revocations", self.base))
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        let v = answer(resp).await?;
+        v["file"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or(AuthorityClientError::Incomplete("file"))
+    }
+
     /// `POST /v1/host-activations` (R22, R23): returns the certificate text the authority
     /// issued for `host_public_key` (hex) under `host_key`.
     pub async fn activate_host(

@@ -13,15 +13,17 @@
 
 use std::sync::Arc;
 
+use tally_proto::revocation::Entry;
 use tally_proto::{
-    ActivationRequest, ActivationResponse, DecodeError, ErrorMessage, LicenseState, Message,
-    ResultCode,
+    ActivationRequest, ActivationResponse, DecodeError, DocumentChunk, DocumentKind, ErrorMessage,
+    LicenseState, Message, ResultCode,
 };
 use uuid::Uuid;
 
 use crate::bench;
 use crate::catalog::Catalog;
 use crate::counting::CountTables;
+use crate::revocation::Held;
 use crate::time::Timestamp;
 use crate::trust::{HostIdentity, sha256};
 
@@ -200,13 +202,15 @@ pub enum Outcome {
 }
 
 /// The host's request handler. Cheap to share: wrap it in an `Arc`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct HostSession {
     catalog: Arc<Catalog>,
     identity: HostIdentity,
     intervals: Intervals,
     accept_bench: bool,
     clone_policy: crate::clones::ClonePolicy,
+    revocations: Arc<Held>,
+    rollover: Arc<Vec<u8>>,
 }
 
 impl HostSession {
@@ -218,7 +222,38 @@ impl HostSession {
             intervals,
             accept_bench: false,
             clone_policy: crate::clones::ClonePolicy::default(),
+            revocations: Arc::new(Held::default()),
+            rollover: Arc::new(Vec::new()),
         }
+    }
+
+    /// The same host holding `revocations` (X7): it relays the list to clients, tells them its
+    /// serial in every version-2 answer, and answers no activation if the list revokes its own
+    /// certificate.
+    pub fn with_revocations(&self, revocations: Arc<Held>) -> Self {
+        let mut s = self.clone();
+        s.revocations = revocations;
+        s
+    }
+
+    /// The same host relaying `chain` (the encoded root rollover statements its certificate
+    /// chains through) to clients that ask for it.
+    pub fn with_rollover(&self, chain: Arc<Vec<u8>>) -> Self {
+        let mut s = self.clone();
+        s.rollover = chain;
+        s
+    }
+
+    /// The revocation list held.
+    pub fn revocations(&self) -> &Held {
+        &self.revocations
+    }
+
+    /// Why this host may not answer activations: the entry of the held list that revokes its
+    /// own certificate (X7).
+    pub fn revoked(&self) -> Option<Entry> {
+        self.revocations
+            .revokes_certificate(self.identity.certificate())
     }
 
     /// The same host handling detected clones by `policy` (X6; host setting `clones`).
@@ -255,24 +290,16 @@ impl HostSession {
 
     /// The same host sending other intervals (R9, R26).
     pub fn with_intervals(&self, intervals: Intervals) -> Self {
-        Self {
-            catalog: Arc::clone(&self.catalog),
-            identity: self.identity.clone(),
-            intervals,
-            accept_bench: self.accept_bench,
-            clone_policy: self.clone_policy,
-        }
+        let mut s = self.clone();
+        s.intervals = intervals;
+        s
     }
 
     /// The same host serving another catalog (R24).
     pub fn with_catalog(&self, catalog: Arc<Catalog>) -> Self {
-        Self {
-            catalog,
-            identity: self.identity.clone(),
-            intervals: self.intervals,
-            accept_bench: self.accept_bench,
-            clone_policy: self.clone_policy,
-        }
+        let mut s = self.clone();
+        s.catalog = catalog;
+        s
     }
 
     /// An unsigned error frame.
@@ -303,8 +330,29 @@ impl HostSession {
                 Message::CertificateResponse(self.identity.certificate().clone())
                     .encode_as(peer_version(frame)),
             ),
+            // X7: a host whose own certificate is revoked counts nobody; the error grants
+            // nothing, and the client asks another host (R19).
+            Message::ActivationRequest(_) if self.revoked().is_some() => {
+                Outcome::Reply(Self::error_frame_for(ResultCode::HOST_REVOKED, frame))
+            }
             Message::ActivationRequest(request) => {
                 Outcome::Activation(Box::new(self.activate(request, sha256(frame), now)))
+            }
+            // X7: any host relays the authority's documents; they are signed by the authority.
+            Message::DocumentRequest(req) => {
+                let (serial, bytes): (u32, &[u8]) = match req.doc {
+                    DocumentKind::RevocationList => match self.revocations.list() {
+                        Some(l) => (l.serial(), l.bytes()),
+                        None => (0, &[]),
+                    },
+                    DocumentKind::RootRollover => {
+                        (u32::from(!self.rollover.is_empty()), &self.rollover)
+                    }
+                };
+                Outcome::Reply(
+                    Message::DocumentChunk(DocumentChunk::of(req.doc, serial, bytes, req.offset))
+                        .encode(),
+                )
             }
             // A host is never sent responses; a peer that does is not speaking our protocol.
             _ => Outcome::Close {
@@ -365,8 +413,9 @@ impl HostSession {
             activation_interval_secs: self.intervals.activation_secs,
             renewal_interval_secs: self.intervals.renewal_secs,
             host_time: now.millis(),
-            // A version-2 request gets a version-2 answer (X7: no revocation list yet: 0).
-            revocation_serial: request.ext.map(|_| 0),
+            // A version-2 request gets a version-2 answer, naming the newest revocation list
+            // this host holds (X7: 0 for none), so the client learns that a newer one exists.
+            revocation_serial: request.ext.map(|_| self.revocations.serial()),
             signature: [0; 64],
         };
         let registry = RegistryUpdate {
@@ -432,6 +481,7 @@ mod tests {
         tables: std::sync::Mutex<CountTables>,
         clock: ManualClock,
         catalog: Arc<Catalog>,
+        authority: SigningKey,
     }
 
     fn fixture(group: KeyGroup) -> Fixture {
@@ -465,7 +515,94 @@ mod tests {
             tables: std::sync::Mutex::new(CountTables::default()),
             clock,
             catalog,
+            authority,
         }
+    }
+
+    fn revocation_list(
+        f: &Fixture,
+        serial: u32,
+        entries: Vec<tally_proto::revocation::Entry>,
+    ) -> Arc<Held> {
+        use ed25519_dalek::Signer;
+        let list = crate::revocation::build::<std::convert::Infallible>(
+            &f.authority.verifying_key(),
+            serial,
+            Timestamp(5),
+            entries,
+            |m| Ok(f.authority.sign(m).to_bytes()),
+        )
+        .unwrap_or_else(|e| match e {})
+        .expect("fits");
+        Arc::new(Held::new(Some(list)))
+    }
+
+    // X7: the host names its list's serial in version-2 answers, relays the list in chunks
+    // that reassemble to the signed bytes, and once the list revokes its own certificate it
+    // answers no activation (host_revoked), while still relaying the list.
+    #[test]
+    fn x7_a_host_relays_its_list_and_stops_when_revoked() {
+        use tally_proto::revocation::{Entry, Reason, Subject};
+        let f = fixture(KeyGroup::ServerC);
+        let e = edition(&f, EditionKind::Server, KeyGroup::ServerA);
+        let other = revocation_list(
+            &f,
+            3,
+            vec![Entry {
+                subject: Subject::HostKey(99),
+                reason: Reason::KeyCompromise,
+                revoked_at: 1,
+            }],
+        );
+        let session = f.session.with_revocations(Arc::clone(&other));
+        assert!(session.revoked().is_none());
+        let (frame, _) = request(1, &e);
+        let Outcome::Activation(p) = session.handle(&frame, f.clock.now()) else {
+            panic!("an activation")
+        };
+        assert_eq!(p.response.revocation_serial, Some(3));
+
+        let mut assembler = tally_proto::document::Assembler::new(DocumentKind::RevocationList);
+        let whole = loop {
+            let req = Message::DocumentRequest(assembler.next_request()).encode();
+            let Outcome::Reply(bytes) = session.handle(&req, f.clock.now()) else {
+                panic!("a chunk")
+            };
+            let Ok(Message::DocumentChunk(chunk)) = Message::decode(&bytes) else {
+                panic!("a chunk frame")
+            };
+            if let Some(done) = assembler.push(chunk).expect("in order") {
+                break done;
+            }
+        };
+        assert_eq!(whole.0, 3);
+        let verified =
+            crate::revocation::VerifiedList::verify(&whole.1, &f.anchor).expect("signed");
+        assert_eq!(Some(&verified), other.list());
+
+        let own = revocation_list(
+            &f,
+            4,
+            vec![Entry {
+                subject: Subject::HostKey(1),
+                reason: Reason::KeyCompromise,
+                revoked_at: 1,
+            }],
+        );
+        let revoked = session.with_revocations(own);
+        assert_eq!(
+            revoked.revoked().map(|e| e.reason),
+            Some(Reason::KeyCompromise)
+        );
+        let Outcome::Reply(bytes) = revoked.handle(&frame, f.clock.now()) else {
+            panic!("an error reply")
+        };
+        assert_eq!(
+            Message::decode(&bytes),
+            Ok(Message::Error(ErrorMessage {
+                result: ResultCode::HOST_REVOKED
+            }))
+        );
     }
 
     fn edition(f: &Fixture, kind: EditionKind, group: KeyGroup) -> crate::Edition {

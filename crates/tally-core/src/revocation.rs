@@ -65,8 +65,11 @@ impl VerifiedList {
         if list.authority_id != authority_id(key) {
             return Err(RevocationError::UnknownAuthority);
         }
-        key.verify_strict(&list.signed_bytes(), &Signature::from_bytes(&list.signature))
-            .map_err(|_| RevocationError::BadSignature)?;
+        key.verify_strict(
+            &list.signed_bytes(),
+            &Signature::from_bytes(&list.signature),
+        )
+        .map_err(|_| RevocationError::BadSignature)?;
         let bytes = list.to_bytes();
         Ok(Self { list, bytes })
     }
@@ -232,9 +235,13 @@ mod tests {
     }
 
     fn list(key: &SigningKey, serial: u32, entries: Vec<Entry>) -> VerifiedList {
-        build::<Infallible>(&key.verifying_key(), serial, Timestamp(1000), entries, |m| {
-            Ok(key.sign(m).to_bytes())
-        })
+        build::<Infallible>(
+            &key.verifying_key(),
+            serial,
+            Timestamp(1000),
+            entries,
+            |m| Ok(key.sign(m).to_bytes()),
+        )
         .unwrap_or_else(|e| match e {})
         .expect("fits")
     }
@@ -308,7 +315,10 @@ mod tests {
         let anchor = TrustAnchor::new(root().verifying_key());
         let good = list(&root(), 4, vec![entry(Subject::Mak(1))]);
         let text = good.to_file_text();
-        assert_eq!(VerifiedList::from_file_text(&text, &anchor), Ok(good.clone()));
+        assert_eq!(
+            VerifiedList::from_file_text(&text, &anchor),
+            Ok(good.clone())
+        );
 
         let other = SigningKey::from_bytes(&[8; 32]);
         let foreign = list(&other, 4, vec![]);

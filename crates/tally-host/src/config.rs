@@ -106,6 +106,10 @@ fn default_idle_timeout_secs() -> u64 {
 fn default_event_retention_days() -> u32 {
     90
 }
+fn default_revocations_refresh_minutes() -> u32 {
+    360
+}
+
 fn default_registry_retention_days() -> u32 {
     crate::retention::DEFAULT_REGISTRY_RETENTION_DAYS
 }
@@ -179,6 +183,14 @@ pub struct FileConfig {
     /// Days the event log keeps events (R27) [default: `default_event_retention_days()`, 90].
     #[serde(default = "default_event_retention_days")]
     pub event_retention_days: u32,
+    /// Online hosts: the authority's URL to fetch its revocation list from (X7), e.g.
+    /// `https://activation.vendor.example` [default: none: lists arrive only by
+    /// `tally host import-revocations FILE`].
+    #[serde(default)]
+    pub revocations_url: Option<String>,
+    /// Minutes between fetches from `revocations_url` [default: 360; at least 1].
+    #[serde(default = "default_revocations_refresh_minutes")]
+    pub revocations_refresh_minutes: u32,
     /// DNS publishing (R17, R18) [default: none: not published; records can be made by hand].
     #[serde(default)]
     pub dns: Option<DnsConfig>,
@@ -332,6 +344,10 @@ pub struct HostConfig {
     pub admin_tls: Option<AdminTls>,
     /// Days of events kept (R27), at least 1.
     pub event_retention_days: u32,
+    /// Where to fetch the authority's revocation list from, if anywhere (X7).
+    pub revocations_url: Option<String>,
+    /// How often to fetch it.
+    pub revocations_refresh: Duration,
     /// The `[dns]` section, if any.
     pub dns: Option<DnsConfig>,
     /// Whether DNS publishing starts on (R17): configured, `publish = true`, no
@@ -417,6 +433,10 @@ impl HostConfig {
                 .unwrap_or(default_admin),
             admin_tls,
             event_retention_days: file.event_retention_days.max(1),
+            revocations_url: file.revocations_url,
+            revocations_refresh: Duration::from_secs(
+                u64::from(file.revocations_refresh_minutes.max(1)) * 60,
+            ),
             dns: file.dns,
             dns_publish,
             database: Database::parse(overrides.database.as_deref().or(file.database.as_deref()))?,

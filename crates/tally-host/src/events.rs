@@ -23,6 +23,12 @@ pub const CLOCK_SUSPECT: u32 = 1007;
 /// Event id: a retention pass was held back because its clock is in doubt (X5).
 pub const RETENTION_HELD_BACK: u32 = 1008;
 
+/// Event id: a newer revocation list was loaded (X7).
+pub const REVOCATIONS_LOADED: u32 = 1020;
+/// Event id: the revocation list revokes this host's own certificate; it answers no
+/// activation from now on (X7).
+pub const HOST_REVOKED: u32 = 1021;
+
 /// Records one event now. A failure is logged, not returned: an event that cannot be written
 /// must not stop the operation it describes.
 pub async fn record(

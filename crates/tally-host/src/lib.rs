@@ -50,6 +50,7 @@ pub mod paths;
 pub mod priority;
 pub mod query;
 pub mod retention;
+pub mod revocations;
 pub mod runtime;
 pub mod store;
 

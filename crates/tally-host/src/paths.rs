@@ -19,6 +19,8 @@ pub const HOST_PRODUCT_KEY: &str = "host-product.key";
 pub const INSTALLATION_ID: &str = "installation-id.txt";
 /// The signed catalog imported into the host (R24).
 pub const HOST_CATALOG: &str = "catalog.toml";
+/// The newest revocation list the host holds (X7), verified against `authority.pub`.
+pub const REVOCATIONS: &str = "revocations.tally";
 /// The host database.
 pub const HOST_DB: &str = "tally.db";
 /// The authority public key this host (and clients of a dev host) trust.
@@ -55,6 +57,7 @@ const MAX_MODES: &[(&str, u32)] = &[
     (HOST_CERT, fsmode::PUBLIC_FILE),
     (AUTHORITY_PUB, fsmode::PUBLIC_FILE),
     (HOST_CATALOG, fsmode::PUBLIC_FILE),
+    (REVOCATIONS, fsmode::PUBLIC_FILE),
     (INSTALLATION_ID, fsmode::PUBLIC_FILE),
     (ADMIN_CERT_FILE, fsmode::PUBLIC_FILE),
 ];

@@ -35,6 +35,8 @@ pub struct HostStatus {
     /// What contradicts this machine's clock (X5), judged from the store as the running host
     /// judges it (without its clients' times, which only the running host has).
     pub clock: serde_json::Value,
+    /// The revocation list held and whether it revokes this host (X7).
+    pub revocation: serde_json::Value,
 }
 
 /// The catalog a status names.
@@ -134,6 +136,10 @@ pub async fn status(dir: &Path, db: &Database, catalog: &Catalog) -> Result<Host
         registry_clients: store.registry_len().await?,
         dns: dns::read_status(dir),
         clock,
+        revocation: tally_admin::revocation_json(
+            &crate::revocations::load(dir)?,
+            identity.certificate(),
+        ),
     })
 }
 

@@ -85,6 +85,17 @@ impl Host {
             config.accept_bench,
         )
         .await?;
+        // X7: the list held is in force before the first request is answered.
+        match crate::revocations::load(&dir) {
+            Ok(held) if held.list().is_some() => {
+                crate::revocations::apply(&service, held).await;
+            }
+            Ok(_) => {}
+            Err(error) => warn!(
+                error = %crate::error::chain(&error),
+                "the revocation list in the data directory is refused; holding none until a valid one is imported"
+            ),
+        }
         // X5: the clock is checked before the host records anything on it (a host restarted
         // ten years ahead must not make its own start event the newest stored time).
         let mut clock_check = crate::clock::ClockCheck::default();
@@ -175,6 +186,19 @@ impl Host {
             Arc::clone(&service),
             shutdown.clone(),
         ));
+        tokio::spawn(crate::revocations::watch(
+            dir.clone(),
+            Arc::clone(&service),
+            shutdown.clone(),
+        ));
+        if let Some(url) = config.revocations_url.clone() {
+            tokio::spawn(crate::revocations::fetch_loop(
+                dir.clone(),
+                url,
+                config.revocations_refresh,
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(retention::prune_loop(
             Arc::clone(&service),
             retention::Retention {

@@ -27,11 +27,11 @@ pub mod result;
 pub mod revocation;
 
 pub use codec::{DecodeError, Frame, FrameError};
+pub use document::{DocumentChunk, DocumentKind, DocumentRequest};
 pub use message::{
     ActivationRequest, ActivationResponse, CertificateBody, ErrorMessage, HostCertificate,
     LicenseState, MachineName, Message, MessageKind, RequestExt,
 };
-pub use document::{DocumentChunk, DocumentKind, DocumentRequest};
 pub use result::ResultCode;
 pub use revocation::RevocationList;
 

@@ -613,7 +613,9 @@ mod tests {
         assert_eq!(resp.len(), 4 + 140);
         assert_eq!(chunk.len(), 4 + 14 + 224);
         // X7: documents round-trip, and exist only from version 2 on.
-        assert!(matches!(Message::decode(&chunk), Ok(Message::DocumentChunk(c)) if c.data.len() == 224));
+        assert!(
+            matches!(Message::decode(&chunk), Ok(Message::DocumentChunk(c)) if c.data.len() == 224)
+        );
         let mut v1 = doc_req.clone();
         v1[2] = 1;
         assert!(Message::decode(&v1).is_err());

@@ -115,7 +115,8 @@ impl RevocationList {
 
     /// The bytes the authority signs.
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::SIGNING_CONTEXT.len() + 25 + 42 * self.entries.len());
+        let mut out =
+            Vec::with_capacity(Self::SIGNING_CONTEXT.len() + 25 + 42 * self.entries.len());
         out.extend_from_slice(Self::SIGNING_CONTEXT);
         self.encode_unsigned(&mut out);
         out

@@ -120,6 +120,13 @@ impl HostService {
         *session = Arc::new(session.with_catalog(catalog));
     }
 
+    /// Holds `revocations` from now on (X7): relayed to clients, named in every version-2
+    /// answer, and, if it revokes this host's certificate, no activation is answered.
+    pub fn set_revocations(&self, revocations: Arc<tally_core::revocation::Held>) {
+        let mut session = self.session.write().unwrap_or_else(PoisonError::into_inner);
+        *session = Arc::new(session.with_revocations(revocations));
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tally_core::time::Timestamp;
+use tally_proto::revocation::{Entry, Reason, Subject};
 use thiserror::Error;
 
 #[cfg(feature = "postgres")]
@@ -177,6 +178,58 @@ pub struct NewKey {
     pub note: String,
 }
 
+/// A host certificate to record (X7).
+#[derive(Clone, Debug)]
+pub struct NewCertificate {
+    /// SHA-256 of the certificate.
+    pub fingerprint: [u8; 32],
+    /// The host key's serial.
+    pub serial: u32,
+    /// The hardware id the host claimed (hex).
+    pub hardware: String,
+    /// The certified host public key (hex).
+    pub host_key: String,
+}
+
+/// One row of the revocation list (X7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevocationRecord {
+    /// Grows with every change: the serial of the first list that carries it.
+    pub id: u32,
+    /// The entry.
+    pub entry: Entry,
+}
+
+/// The columns a subject is stored in: its kind and its text (fingerprint hex or serial).
+pub fn subject_columns(subject: &Subject) -> (&'static str, String) {
+    match subject {
+        Subject::Certificate(fp) => ("certificate", tally_core::hex::to_hex(fp)),
+        Subject::HostKey(serial) => ("host_key", serial.to_string()),
+        Subject::Mak(serial) => ("mak", serial.to_string()),
+    }
+}
+
+/// The subject stored as `kind` and `text`, or `None` for a damaged row.
+pub fn subject_from_columns(kind: &str, text: &str) -> Option<Subject> {
+    match kind {
+        "certificate" => tally_core::hex::from_hex(text)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(Subject::Certificate),
+        "host_key" => text.parse().ok().map(Subject::HostKey),
+        "mak" => text.parse().ok().map(Subject::Mak),
+        _ => None,
+    }
+}
+
+/// The subject a revoked key goes on the list as.
+pub fn key_subject(kind: &str, serial: u32) -> Subject {
+    if kind == "mak" {
+        Subject::Mak(serial)
+    } else {
+        Subject::HostKey(serial)
+    }
+}
+
 /// What the authority needs from storage.
 #[async_trait]
 pub trait AuthorityStore: Send + Sync + 'static {
@@ -211,14 +264,36 @@ pub trait AuthorityStore: Send + Sync + 'static {
         actor: &str,
         now: Timestamp,
     ) -> Result<Option<KeyRecord>, StoreError>;
-    /// Revokes a key.
+    /// Revokes a key and, in the same transaction, puts it on the revocation list with `code`
+    /// (X7); `reason` is the operator's words, kept in the key record and the audit log.
     async fn revoke(
         &self,
         serial: u32,
         reason: &str,
+        code: Reason,
         actor: &str,
         now: Timestamp,
     ) -> Result<Option<KeyRecord>, StoreError>;
+    /// Records a certificate just issued and, in the same transaction, supersedes every
+    /// earlier certificate of the same key and machine (hardware id): they go on the
+    /// revocation list as `superseded`, so a key never has more live certificates than
+    /// machines it may activate (R23, X7). Returns the superseded fingerprints.
+    async fn record_certificate(
+        &self,
+        cert: NewCertificate,
+        now: Timestamp,
+    ) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// Puts one certificate on the revocation list; `false` if it already was.
+    async fn revoke_certificate(
+        &self,
+        fingerprint: [u8; 32],
+        code: Reason,
+        note: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+    /// The revocation list's rows, by id.
+    async fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError>;
     /// The audit log, newest first.
     async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError>;
 }

@@ -17,11 +17,19 @@ use tally_core::time::Timestamp;
 use tally_store::pg;
 use tokio_postgres::Row;
 
+use tally_proto::revocation::{Reason, Subject};
+
 use super::{
-    ActivationRecord, AuditEntry, AuthorityStore, KeyRecord, NewKey, Refusal, StoreError, Usage,
+    ActivationRecord, AuditEntry, AuthorityStore, KeyRecord, NewCertificate, NewKey, Refusal,
+    RevocationRecord, StoreError, Usage, key_subject,
 };
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+mod revocations;
+
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_revocations.sql"),
+];
 
 /// The advisory lock (and `tally_schema` row) of the authority's schema: "tallyAUT".
 pub const SCHEMA_LOCK_KEY: i64 = 0x7461_6c6c_7941_5554;
@@ -235,11 +243,13 @@ impl PgAuthorityStore {
         &self,
         serial: u32,
         reason: &str,
+        code: Reason,
         actor: &str,
         now: Timestamp,
     ) -> Result<Option<KeyRecord>, Fail> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
+        // The key's row first (its UPDATE locks it), then the list's lock: the one order.
         let n = tx
             .execute(
                 "UPDATE authority_keys SET revoked_at = $2, revoke_reason = $3 WHERE serial = $1",
@@ -249,10 +259,52 @@ impl PgAuthorityStore {
         if n == 0 {
             return Ok(None);
         }
-        audit(&tx, now, actor, "revoke", Some(serial), reason).await?;
+        let detail = format!("{}: {reason}", code.name());
+        audit(&tx, now, actor, "revoke", Some(serial), &detail).await?;
         let key = load_key(&tx, serial).await?;
+        if let Some(k) = &key {
+            revocations::add(&tx, &key_subject(&k.kind, serial), code, now).await?;
+        }
         tx.commit().await?;
         Ok(key)
+    }
+
+    async fn record_certificate_once(
+        &self,
+        cert: &NewCertificate,
+        now: Timestamp,
+    ) -> Result<Vec<[u8; 32]>, Fail> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        if !lock_key(&tx, cert.serial).await? {
+            return Err(bad("authority_certificates.serial"));
+        }
+        let superseded = revocations::record_certificate(&tx, cert, now).await?;
+        tx.commit().await?;
+        Ok(superseded)
+    }
+
+    async fn revoke_certificate_once(
+        &self,
+        fingerprint: [u8; 32],
+        code: Reason,
+        note: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, Fail> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let added = revocations::add(&tx, &Subject::Certificate(fingerprint), code, now).await?;
+        if added {
+            let detail = format!(
+                "certificate {}: {}: {note}",
+                tally_core::hex::to_hex(&fingerprint),
+                code.name()
+            );
+            audit(&tx, now, actor, "revoke_certificate", None, &detail).await?;
+        }
+        tx.commit().await?;
+        Ok(added)
     }
 
     async fn keys_once(&self) -> Result<Vec<KeyRecord>, Fail> {
@@ -440,10 +492,38 @@ impl AuthorityStore for PgAuthorityStore {
         &self,
         serial: u32,
         reason: &str,
+        code: Reason,
         actor: &str,
         now: Timestamp,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(pg::retry(|| self.revoke_once(serial, reason, actor, now)).await?)
+        Ok(pg::retry(|| self.revoke_once(serial, reason, code, actor, now)).await?)
+    }
+
+    async fn record_certificate(
+        &self,
+        cert: NewCertificate,
+        now: Timestamp,
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
+        Ok(pg::retry(|| self.record_certificate_once(&cert, now)).await?)
+    }
+
+    async fn revoke_certificate(
+        &self,
+        fingerprint: [u8; 32],
+        code: Reason,
+        note: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        Ok(pg::retry(|| self.revoke_certificate_once(fingerprint, code, note, actor, now)).await?)
+    }
+
+    async fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
+        Ok(pg::retry(|| async {
+            let c = self.client().await?;
+            revocations::all(&c).await
+        })
+        .await?)
     }
 
     async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {

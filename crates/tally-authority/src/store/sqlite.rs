@@ -10,11 +10,19 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tally_core::time::Timestamp;
 
+use tally_proto::revocation::Reason;
+
 use super::{
-    ActivationRecord, AuditEntry, AuthorityStore, KeyRecord, NewKey, Refusal, StoreError, Usage,
+    ActivationRecord, AuditEntry, AuthorityStore, KeyRecord, NewCertificate, NewKey, Refusal,
+    RevocationRecord, StoreError, Usage, key_subject,
 };
 
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+mod revocations;
+
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_revocations.sql"),
+];
 
 fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(Arc::new(e))
@@ -257,6 +265,7 @@ impl AuthorityStore for SqliteAuthorityStore {
         &self,
         serial: u32,
         reason: &str,
+        code: Reason,
         actor: &str,
         now: Timestamp,
     ) -> Result<Option<KeyRecord>, StoreError> {
@@ -270,12 +279,67 @@ impl AuthorityStore for SqliteAuthorityStore {
             if n == 0 {
                 return Ok(None);
             }
-            audit(&tx, now, &actor, "revoke", Some(serial), &reason)?;
+            audit(
+                &tx,
+                now,
+                &actor,
+                "revoke",
+                Some(serial),
+                &format!("{}: {reason}", code.name()),
+            )?;
             let key = load_key(&tx, serial)?;
+            if let Some(k) = &key {
+                revocations::add(&tx, &key_subject(&k.kind, serial), code, now)?;
+            }
             tx.commit()?;
             Ok(key)
         })
         .await
+    }
+
+    async fn record_certificate(
+        &self,
+        cert: NewCertificate,
+        now: Timestamp,
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let superseded = revocations::record_certificate(&tx, &cert, now)?;
+            tx.commit()?;
+            Ok(superseded)
+        })
+        .await
+    }
+
+    async fn revoke_certificate(
+        &self,
+        fingerprint: [u8; 32],
+        code: Reason,
+        note: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let (note, actor) = (note.to_owned(), actor.to_owned());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let subject = tally_proto::revocation::Subject::Certificate(fingerprint);
+            let added = revocations::add(&tx, &subject, code, now)?;
+            if added {
+                let detail = format!(
+                    "certificate {}: {}: {note}",
+                    tally_core::hex::to_hex(&fingerprint),
+                    code.name()
+                );
+                audit(&tx, now, &actor, "revoke_certificate", None, &detail)?;
+            }
+            tx.commit()?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError> {
+        self.with(|c| revocations::all(c)).await
     }
 
     async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {

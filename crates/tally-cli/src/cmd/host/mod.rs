@@ -76,6 +76,20 @@ pub enum HostCommand {
     /// into this host (a running host picks it up within seconds, R24).
     #[command(subcommand)]
     Catalog(HostCatalogCommand),
+    /// Import the vendor's signed revocation list (X7; `tally authority revocations --out
+    /// FILE`), for hosts without a `revocations_url`: this host then relays it to its clients,
+    /// which refuse every revoked host. A list older than the one held is refused (no
+    /// rollback). If it revokes this host, the host answers no activation from then on. A
+    /// running host loads it within a second.
+    ImportRevocations {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// The list file (`tally-revocation-list-v1 ...`).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the certificate, the counts per pool (R2-R5) and the registry size (R6); with
     /// --target, of a remote host through its admin API.
     Status {
@@ -260,6 +274,9 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
         } => setup::activate(&dir, online, offline, confirmation, trust, json).await,
         HostCommand::Catalog(HostCatalogCommand::Import { dir, file }) => {
             setup::import_catalog(&dir, &file)
+        }
+        HostCommand::ImportRevocations { dir, file, json } => {
+            setup::import_revocations(&dir, &file, json)
         }
         HostCommand::Status { dir, remote, json } => read::status(&dir, &remote, json).await,
         HostCommand::Report {

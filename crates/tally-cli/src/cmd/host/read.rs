@@ -329,6 +329,22 @@ pub fn print_remote_status(s: &serde_json::Value) {
     if let Some(clock) = s.get("clock").filter(|v| v.is_object()) {
         print_clock(clock);
     }
+    if let Some(r) = s.get("revocation").filter(|v| v.is_object()) {
+        match r["revoked"].as_object() {
+            Some(revoked) => println!(
+                "Revocation:  REVOKED: {}; this host answers no activation (ask the vendor for a new host key)",
+                revoked
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("?")
+            ),
+            None if r["serial"] == 0 => println!("Revocation:  no list held"),
+            None => println!(
+                "Revocation:  list {} held ({} entries); this host is not on it",
+                r["serial"], r["entries"]
+            ),
+        }
+    }
     if s["settings"].is_object() {
         print_settings(&s["settings"]);
     }

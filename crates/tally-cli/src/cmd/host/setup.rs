@@ -154,3 +154,35 @@ pub fn import_catalog(dir: &DirArgs, file: &Path) -> anyhow::Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// `tally host import-revocations FILE` (X7).
+pub fn import_revocations(dir: &DirArgs, file: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let config = dir.config()?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let done = tally_host::revocations::import(&config.data_dir, &text)
+        .with_context(|| format!("{} refused", file.display()))?;
+    if as_json {
+        crate::output::json(&done)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if done.replaced {
+        println!(
+            "Revocation list {} imported ({} entries) into {}; a running host relays it within a second.",
+            done.serial,
+            done.entries,
+            done.file.display()
+        );
+    } else {
+        println!(
+            "Revocation list {} is already held; nothing changed.",
+            done.serial
+        );
+    }
+    if let Some(why) = &done.revokes_this_host {
+        println!(
+            "WARNING: this list revokes this host: {why}. It answers no activation from now on; ask the vendor for a new host key."
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
