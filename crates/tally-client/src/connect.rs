@@ -9,8 +9,11 @@ use std::time::Duration;
 use rand::RngExt;
 use tally_core::catalog::Edition;
 use tally_core::host::Intervals;
+use tally_core::revocation::{Held, Offer, VerifiedList, describe};
 use tally_core::time::Timestamp;
 use tally_core::trust::{TrustAnchor, TrustError, VerifiedHost, sha256};
+use tally_proto::DocumentKind;
+use tally_proto::document::Assembler;
 use tally_proto::{
     ActivationRequest, DecodeError, Frame, HostCertificate, LicenseState, MAX_FRAME, MachineName,
     Message, RequestExt, ResultCode,
@@ -22,6 +25,9 @@ use tokio::time::timeout;
 use uuid::Uuid;
 
 use crate::codes;
+
+/// The longest a client spends fetching one revocation list from a host (X7).
+const FETCH_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Why an activation attempt failed.
 #[derive(Debug, Error)]
@@ -71,6 +77,14 @@ pub enum ClientError {
     /// The response failed verification (R16): forged, replayed, or from an untrusted host.
     #[error("response rejected: {0}")]
     Trust(#[from] TrustError),
+    /// X7: the answering host's certificate is on the vendor's revocation list.
+    #[error("host {host} is on the vendor's revocation list: {reason}; its answer is refused")]
+    Revoked {
+        /// The host.
+        host: String,
+        /// The entry, in words.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -82,6 +96,7 @@ impl ClientError {
             Self::Protocol(_) | Self::Unexpected(_) => codes::PROTOCOL_ERROR,
             Self::Rejected(code) => code.0,
             Self::Trust(_) => codes::UNTRUSTED_RESPONSE,
+            Self::Revoked { .. } => ResultCode::HOST_REVOKED.0,
         }
     }
 
@@ -165,6 +180,7 @@ pub struct Connector {
     anchor: TrustAnchor,
     timeout: Duration,
     hosts: Mutex<HashMap<[u8; 32], (HostCertificate, VerifiedHost)>>,
+    revocations: Mutex<Held>,
 }
 
 impl Connector {
@@ -174,6 +190,109 @@ impl Connector {
             anchor,
             timeout,
             hosts: Mutex::new(HashMap::new()),
+            revocations: Mutex::new(Held::default()),
+        }
+    }
+
+    /// The same connector holding `held` (X7): it refuses answers of hosts the list revokes,
+    /// and fetches a newer list from any host that names one.
+    pub fn with_revocations(self, held: Held) -> Self {
+        *self
+            .revocations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = held;
+        self
+    }
+
+    /// The newest revocation list seen (to persist).
+    pub fn revocations(&self) -> Held {
+        self.revocations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn held_serial(&self) -> u32 {
+        self.revocations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .serial()
+    }
+
+    /// X7: fetches the host's revocation list on this connection and keeps it if it verifies
+    /// and is newer. A failure is logged, never fatal: the list is signed by the authority, so
+    /// the next host can give it.
+    async fn fetch_revocations(&self, stream: &mut TcpStream, host: &str) {
+        let fetch = async {
+            let mut assembler = Assembler::new(DocumentKind::RevocationList);
+            loop {
+                let frame = Message::DocumentRequest(assembler.next_request()).encode();
+                let chunk = match self.exchange(stream, host, &frame).await? {
+                    (Message::DocumentChunk(c), _) => c,
+                    (Message::Error(e), _) => return Err(ClientError::Rejected(e.result)),
+                    _ => return Err(ClientError::Unexpected("non-document")),
+                };
+                match assembler.push(chunk) {
+                    Ok(Some(done)) => return Ok(done),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(%host, error = %e, "revocation list transfer refused");
+                        return Err(ClientError::Unexpected("document"));
+                    }
+                }
+            }
+        };
+        let (serial, bytes) = match timeout(FETCH_DEADLINE, fetch).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(error)) => {
+                tracing::warn!(%host, %error, "could not fetch the host's revocation list");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%host, "the host's revocation list did not arrive in time");
+                return;
+            }
+        };
+        if serial == 0 {
+            return;
+        }
+        match VerifiedList::verify(&bytes, &self.anchor) {
+            Ok(list) => {
+                let mut held = self
+                    .revocations
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match held.offer(list) {
+                    Ok(Offer::Newer) => {
+                        tracing::info!(%host, serial, "newer revocation list received (X7)")
+                    }
+                    Ok(Offer::Same) => {}
+                    Err(error) => {
+                        tracing::info!(%host, %error, "host relayed an older revocation list")
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%host, %error, "host relayed a revocation list that does not verify")
+            }
+        }
+    }
+
+    /// X7: the entry revoking the host certificate with fingerprint `fp`, as an error.
+    fn check_revoked(&self, host: &str, fp: &[u8; 32]) -> Result<(), ClientError> {
+        let cert = self.lock().get(fp).map(|(c, _)| c.clone());
+        let entry = cert.and_then(|c| {
+            self.revocations
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .revokes_certificate(&c)
+        });
+        match entry {
+            Some(e) => Err(ClientError::Revoked {
+                host: host.to_owned(),
+                reason: describe(&e),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -226,7 +345,13 @@ impl Connector {
         let frame = Message::ActivationRequest(request.clone()).encode();
         let (response, response_frame) = match self.exchange(&mut stream, host, &frame).await? {
             (Message::ActivationResponse(r), bytes) => (r, bytes),
-            (Message::Error(e), _) => return Err(ClientError::Rejected(e.result)),
+            (Message::Error(e), _) => {
+                if e.result == ResultCode::HOST_REVOKED {
+                    // A revoked host that knows it still relays the list that revokes it.
+                    self.fetch_revocations(&mut stream, host).await;
+                }
+                return Err(ClientError::Rejected(e.result));
+            }
             _ => return Err(ClientError::Unexpected("non-activation")),
         };
         let known = self
@@ -251,6 +376,12 @@ impl Connector {
             }
         };
         verified.verify_response(&response, &sha256(&frame), &request.nonce, &params.edition)?;
+        // X7: a host that names a newer list than ours gives it on this connection; then no
+        // answer of a revoked host is taken, whoever relayed the list.
+        if response.revocation_serial.unwrap_or(0) > self.held_serial() {
+            self.fetch_revocations(&mut stream, host).await;
+        }
+        self.check_revoked(host, &response.host_fingerprint)?;
         let threshold = params.edition.threshold;
         Ok(Answer {
             host: addr,

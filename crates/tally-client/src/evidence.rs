@@ -90,6 +90,16 @@ impl SignedAnswer {
 }
 
 impl EvidenceStore {
+    /// The fingerprint of the host certificate that signed the activation answer, if any (not
+    /// verified: for reports only).
+    pub fn activation_host(&self) -> Option<[u8; 32]> {
+        let a = self.activation.as_ref()?;
+        match Message::decode(&from_hex(&a.response)?) {
+            Ok(Message::ActivationResponse(r)) => Some(r.host_fingerprint),
+            _ => None,
+        }
+    }
+
     /// The signed times that verify (X5). Activation evidence must name `cmid` and have reached
     /// the threshold of the edition `sku` in `catalog` (R2).
     pub fn verify(

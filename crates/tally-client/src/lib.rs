@@ -14,6 +14,7 @@
 //! - [`connect`]: the [`Connector`] and the wire exchange.
 //! - [`state`]: the locked, atomically written state file.
 //! - [`evidence`]: the hosts' signed answers kept in it (X5).
+//! - `revoked`: what the authority's revocation list changes for a client (X7).
 //! - [`fsmode`]: file and directory modes set explicitly, never from the umask (X4).
 //! - [`hardware`]: the hardware probe (R12).
 //! - [`codes`]: client-side result codes (R14).
@@ -26,6 +27,7 @@ pub mod evidence;
 pub mod fsmode;
 pub mod hardware;
 pub mod ops;
+mod revoked;
 pub mod state;
 
 pub use agent::Licensing;

@@ -135,6 +135,9 @@ pub struct ClientState {
     /// When and why the CMID last changed by itself (X6), for status and logs.
     #[serde(default)]
     pub cmid_change: Option<CmidChange>,
+    /// The newest revocation list verified (X7), armored; see `revoked.rs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocations: Option<String>,
 }
 
 /// A CMID the client replaced by itself (X6).
@@ -160,6 +163,11 @@ pub struct View {
     pub now: Timestamp,
     /// The local clock is this far behind the latest reading seen (past the tolerance).
     pub clock_behind_ms: Option<i64>,
+    /// X7: why the license was taken back (the MAK, or the host that activated it, is on the
+    /// revocation list).
+    pub revoked: Option<String>,
+    /// X7: the serial of the revocation list held (0: none).
+    pub revocation_serial: u32,
 }
 
 impl View {
@@ -220,13 +228,21 @@ impl ClientState {
             sequence: 0,
             cmid_hardware: None,
             cmid_change: None,
+            revocations: None,
         }
     }
 
     /// The signed times in the evidence that verify against `anchor` (X5).
     pub fn evidence_times(&self, anchor: Option<&TrustAnchor>, catalog: &Catalog) -> Evidence {
-        self.evidence
-            .verify(anchor, &self.certificates(), self.cmid, self.sku, catalog)
+        // X7: what a revoked host signed counts for nothing.
+        let held = self.held_revocations(anchor);
+        self.evidence.verify(
+            anchor,
+            &self.live_certificates(&held),
+            self.cmid,
+            self.sku,
+            catalog,
+        )
     }
 
     /// The state at local reading `local` as the time rules see it (X5; see [`View`]).
@@ -244,10 +260,22 @@ impl ClientState {
             // Until a host answers (or the clock is right again): an attempt is due now.
             license.next_attempt = None;
         }
+        let held = self.held_revocations(anchor);
+        if self.revoked_mak(&held).is_some() {
+            // X7, R25: a revoked MAK's activation ends; an attempt is due (and refused).
+            license.permanent = false;
+            license.validity_end = None;
+            license.next_attempt = None;
+            if license.status == LicenseStatus::Licensed {
+                license.status = LicenseStatus::Notification;
+            }
+        }
         View {
             license,
             now: reading.now,
             clock_behind_ms: reading.behind_ms,
+            revoked: self.revoked_reason(&held),
+            revocation_serial: held.serial(),
         }
     }
 

@@ -12,6 +12,8 @@ use tally_core::time::{Clock, SystemClock};
 use tally_core::trust::{armor, labels, parse_host_public, to_hex};
 
 use crate::output;
+
+mod revocations;
 use crate::util::text_or_file;
 
 /// `tally authority ...`
@@ -96,21 +98,14 @@ pub enum AuthorityCommand {
         #[arg(long)]
         reason: String,
     },
-    /// Revoke a key: hosts can no longer activate or reactivate with it.
-    Revoke {
-        /// The authority directory.
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// Where the authority keeps its state.
-        #[command(flatten)]
-        db: DatabaseArg,
-        /// The key's serial.
-        #[arg(long)]
-        serial: u32,
-        /// Why.
-        #[arg(long)]
-        reason: String,
-    },
+    /// Take trust back (X7): revoke a key (--serial: no new activation; its certificates or
+    /// MAK activations go on the revocation list) or one host certificate (--certificate).
+    /// Clients that get the list (through any host, or beside the catalog in an update)
+    /// refuse revoked hosts.
+    Revoke(revocations::RevokeArgs),
+    /// Show the signed revocation list (X7); --out writes it for air-gapped hosts and for
+    /// software updates.
+    Revocations(revocations::RevocationsArgs),
     /// Turn a host's installation ID (read out by phone, or a file) into a confirmation ID.
     Confirm {
         /// The authority directory.
@@ -437,20 +432,8 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 k.max_hosts, k.max_activations
             );
         }
-        AuthorityCommand::Revoke {
-            dir: d,
-            db,
-            serial,
-            reason,
-        } => {
-            let req = tally_authority::service::RevokeRequest { reason };
-            service(&d, &db)
-                .await?
-                .revoke(serial, &req, "cli")
-                .await
-                .map_err(service_err)?;
-            println!("Key {serial} revoked.");
-        }
+        AuthorityCommand::Revoke(args) => revocations::revoke(args).await?,
+        AuthorityCommand::Revocations(args) => revocations::revocations(args).await?,
         AuthorityCommand::Confirm {
             dir: d,
             db,

@@ -22,6 +22,18 @@ impl CatalogArg {
     pub fn load(&self) -> anyhow::Result<Catalog> {
         load(self.catalog.as_deref())
     }
+
+    /// X7: `revocations.tally` beside the catalog file, where the vendor's updates put the
+    /// newest signed revocation list.
+    pub fn revocations_file(&self) -> Option<PathBuf> {
+        let catalog = self.catalog.as_deref()?;
+        Some(
+            catalog
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("revocations.tally"),
+        )
+    }
 }
 
 /// Loads a catalog file, or the demo catalog (the host's loader: one parser for every

@@ -102,11 +102,14 @@ impl ClientOpts {
             search: self.dns_search.clone(),
             label: String::new(),
         };
-        Ok(
-            Client::new(&self.dir(), Arc::new(self.catalog.load()?), trust)
-                .with_timeout(std::time::Duration::from_secs(self.timeout.clamp(1, 300)))
-                .with_discovery(discovery),
-        )
+        let mut client = Client::new(&self.dir(), Arc::new(self.catalog.load()?), trust)
+            .with_timeout(std::time::Duration::from_secs(self.timeout.clamp(1, 300)))
+            .with_discovery(discovery);
+        // X7: the vendor's update ships the newest revocation list beside the catalog.
+        if let Some(file) = self.catalog.revocations_file() {
+            client = client.with_update_file(file);
+        }
+        Ok(client)
     }
 }
 
@@ -180,6 +183,14 @@ pub enum ClientCommand {
         /// The authority public key file.
         file: PathBuf,
     },
+    /// Keep the vendor's signed revocation list (X7; `tally authority revocations --out
+    /// FILE`): from then on this client refuses every host it revokes. Lists also arrive from
+    /// any host and from `revocations.tally` beside --catalog; an older list than the one
+    /// held is refused.
+    ImportRevocations {
+        /// The list file (`tally-revocation-list-v1 ...`).
+        file: PathBuf,
+    },
 }
 
 impl ClientCommand {
@@ -201,7 +212,7 @@ impl ClientCommand {
             Self::Generalize => AgentRequest::Generalize,
             Self::SetHost { host } => AgentRequest::SetHost { host: host.clone() },
             Self::ClearHost => AgentRequest::ClearHost,
-            Self::Trust { .. } | Self::Discover => return None,
+            Self::Trust { .. } | Self::Discover | Self::ImportRevocations { .. } => return None,
         })
     }
 }
@@ -272,8 +283,12 @@ pub fn print_status(s: &StatusReport, verbose: bool) {
         }
         _ => {}
     }
+    if let Some(why) = &s.revoked {
+        println!("Revoked:        {why}");
+    }
     if verbose {
         println!("CMID:           {}", s.cmid);
+        println!("Revocations:    list {} held", s.revocation_serial);
         if let Some(t) = s.next_attempt {
             println!("Next attempt:   {t}");
         }
@@ -354,6 +369,28 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         fsmode::write_atomic(&target, text.as_bytes(), fsmode::PUBLIC_FILE)
             .with_context(|| format!("cannot write {}", target.display()))?;
         println!("This client now trusts {}.", file.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let ClientCommand::ImportRevocations { file } = &args.command {
+        let now = tally_core::time::Clock::now(&tally_core::time::SystemClock);
+        let done = args
+            .opts
+            .client()?
+            .import_revocations_file(file, now)
+            .map_err(|e| anyhow::anyhow!("{e} ({})", tally_client::codes::name(e.code())))?;
+        if args.opts.json {
+            output::json(&done)?;
+        } else if done.replaced {
+            println!(
+                "Revocation list {} kept; hosts it revokes are refused from now on.",
+                done.serial
+            );
+        } else {
+            println!(
+                "Revocation list {} is already held; nothing changed.",
+                done.serial
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if let ClientCommand::Discover = &args.command {

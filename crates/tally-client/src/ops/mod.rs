@@ -30,6 +30,9 @@ const SEQUENCE_BLOCK: u32 = 64;
 
 mod discover;
 mod mak;
+mod revocations;
+
+pub use revocations::{ImportError, Imported};
 
 /// The authority key file kept in a state directory.
 pub const TRUST_FILE: &str = "authority.pub";
@@ -101,6 +104,13 @@ pub struct StatusReport {
     /// copied state directory): the next activation takes a new CMID.
     #[serde(default)]
     pub copied: bool,
+    /// X7: why the license was taken back (its MAK, or the host that activated it, is on the
+    /// vendor's revocation list).
+    #[serde(default)]
+    pub revoked: Option<String>,
+    /// X7: the serial of the newest revocation list this client holds (0: none).
+    #[serde(default)]
+    pub revocation_serial: u32,
 }
 
 impl StatusReport {
@@ -136,6 +146,8 @@ impl StatusReport {
             trusted_time_rfc3339: Some(view.now.to_rfc3339()),
             cmid_change: state.cmid_change.clone(),
             copied: false,
+            revoked: view.revoked.clone(),
+            revocation_serial: view.revocation_serial,
         }
     }
 }
@@ -182,6 +194,7 @@ pub struct Client {
     timeout: Duration,
     discovery: Discovery,
     clock_tolerance_secs: u32,
+    update_file: Option<PathBuf>,
 }
 
 impl Client {
@@ -199,6 +212,7 @@ impl Client {
             timeout: Duration::from_secs(10),
             discovery: Discovery::default(),
             clock_tolerance_secs: DEFAULT_CLOCK_TOLERANCE_SECS,
+            update_file: None,
         }
     }
 
@@ -280,6 +294,7 @@ impl Client {
     /// The status at local reading `now`, on trusted time (X5). A state on hardware other
     /// than its CMID's (X6) reports out of tolerance and `copied` (reading changes nothing).
     pub fn status(&self, now: Timestamp) -> Result<StatusReport, StateError> {
+        self.offer_update_file(now);
         let mut state = ClientState::load(&self.dir, now)?;
         let copied = state
             .cmid_hardware
@@ -465,6 +480,7 @@ impl Client {
         machine_name: &str,
         now: Timestamp,
     ) -> OpResult {
+        self.offer_update_file(now);
         let state = match ClientState::load(&self.dir, now) {
             Ok(s) => s,
             Err(e) => return OpResult::from_error(&e),
@@ -488,7 +504,8 @@ impl Client {
                 ),
             );
         };
-        let connector = Connector::new(trust, self.timeout);
+        let connector = Connector::new(trust.clone(), self.timeout)
+            .with_revocations(state.held_revocations(Some(&trust)));
         // X5: certificates are checked at trusted time (a clock set back does not make a
         // host's certificate "not yet valid"; one set forward does not keep an expired one).
         let trusted = self.trusted_now(&state, now);
@@ -551,6 +568,10 @@ impl Client {
             let certs = connector.certificates();
             let saved = ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
                 s.set_certificates(&certs);
+                // X7: the newest list any host gave, kept (never an older one).
+                if let Some(list) = connector.revocations().list() {
+                    let _ = s.offer_revocations(&trust, list.clone());
+                }
                 // A generalize that ran meanwhile made a new CMID: this answer is not for it.
                 if s.cmid != cmid {
                     return Ok(());
