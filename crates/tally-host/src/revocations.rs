@@ -146,7 +146,9 @@ pub async fn apply(service: &HostService, held: Held) {
 /// list that does not verify is refused and the previous one stays.
 pub async fn watch(dir: PathBuf, service: Arc<HostService>, shutdown: CancellationToken) {
     let path = dir.join(paths::REVOCATIONS);
-    let mut seen = modified(&path);
+    // The first tick always looks (a fetch or import may have written the file between the
+    // start's load and this task's first look).
+    let mut seen = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -173,7 +175,13 @@ pub async fn watch(dir: PathBuf, service: Arc<HostService>, shutdown: Cancellati
 /// Online hosts: fetches the authority's list from `url` every `every` (first at once) and
 /// imports it when newer. Failures are logged and retried at the next tick; the host keeps
 /// serving with the list it holds.
-pub async fn fetch_loop(dir: PathBuf, url: String, every: Duration, shutdown: CancellationToken) {
+pub async fn fetch_loop(
+    dir: PathBuf,
+    url: String,
+    every: Duration,
+    service: Arc<HostService>,
+    shutdown: CancellationToken,
+) {
     let client = match tally_client::authority::AuthorityClient::new(&url, Duration::from_secs(10))
     {
         Ok(c) => c,
@@ -187,6 +195,15 @@ pub async fn fetch_loop(dir: PathBuf, url: String, every: Duration, shutdown: Ca
             Ok(text) => match import(&dir, &text) {
                 Ok(done) if done.replaced => {
                     info!(serial = done.serial, %url, "newer revocation list fetched");
+                    match load(&dir) {
+                        Ok(held) if held.serial() > service.session().revocations().serial() => {
+                            apply(&service, held).await;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(error = %crate::error::chain(&e), "fetched revocation list unreadable")
+                        }
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {

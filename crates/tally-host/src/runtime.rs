@@ -196,6 +196,7 @@ impl Host {
                 dir.clone(),
                 url,
                 config.revocations_refresh,
+                Arc::clone(&service),
                 shutdown.clone(),
             ));
         }

@@ -21,6 +21,7 @@ mod lifecycle;
 mod local_users;
 mod one_path;
 mod readme;
+mod revocation;
 mod startup;
 mod trust;
 
