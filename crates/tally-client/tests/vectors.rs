@@ -375,6 +375,80 @@ fn response_vectors(w: &World) -> Value {
     })
 }
 
+/// X7: a signed revocation list, its file form, its verification outcomes, and the document
+/// frames that carry it from a host in chunks.
+fn revocation_vectors(w: &World) -> Value {
+    use tally_core::revocation::{RevocationError, VerifiedList};
+    use tally_proto::revocation::{Entry, Reason, Subject};
+    use tally_proto::{DocumentChunk, DocumentKind, DocumentRequest};
+    let fp = tally_core::trust::fingerprint(w.identity.certificate());
+    let entries = vec![
+        Entry {
+            subject: Subject::Certificate(fp),
+            reason: Reason::KeyCompromise,
+            revoked_at: NOW_MS,
+        },
+        Entry {
+            subject: Subject::HostKey(7),
+            reason: Reason::Superseded,
+            revoked_at: NOW_MS + 1,
+        },
+        Entry {
+            subject: Subject::Mak(9),
+            reason: Reason::Withdrawn,
+            revoked_at: NOW_MS + 2,
+        },
+    ];
+    let sign = |key: &SigningKey, serial: u32| {
+        tally_core::revocation::build::<std::convert::Infallible>(
+            &key.verifying_key(),
+            serial,
+            Timestamp(NOW_MS + 2),
+            entries.clone(),
+            |m| Ok(ed25519_dalek::Signer::sign(key, m).to_bytes()),
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let list = sign(&w.authority, 3);
+    let foreign = sign(&SigningKey::from_bytes(&OTHER_AUTHORITY_SEED), 3);
+    let mut tampered = list.bytes().to_vec();
+    tampered[12] ^= 1; // the serial's last byte
+    let outcome = |bytes: &[u8]| match VerifiedList::verify(bytes, &w.anchor) {
+        Ok(_) => "valid",
+        Err(RevocationError::UnknownAuthority) => "unknown_authority",
+        Err(RevocationError::BadSignature) => "bad_signature",
+        Err(_) => "damaged",
+    };
+    let request = Message::DocumentRequest(DocumentRequest {
+        doc: DocumentKind::RevocationList,
+        offset: 0,
+    })
+    .encode();
+    let chunk = Message::DocumentChunk(DocumentChunk::of(
+        DocumentKind::RevocationList,
+        3,
+        list.bytes(),
+        0,
+    ))
+    .encode();
+    json!({
+        "description": "X7: the authority's revocation list (format 1): entries for the certificate in certificate.json (by fingerprint), host key serial 7 and MAK serial 9; serial 3. Signed message = \"tally/v1/revocation-list\\0\" || every byte before the signature. Then the version-2 document frames that fetch it from a host.",
+        "authority_public_key": to_hex(w.authority.verifying_key().as_bytes()),
+        "list": to_hex(list.bytes()),
+        "signed_message": to_hex(&list.list().signed_bytes()),
+        "file": list.to_file_text(),
+        "revokes_vector_certificate": list.revokes_certificate(w.identity.certificate()).is_some(),
+        "cases": [
+            { "name": "valid", "list": to_hex(list.bytes()), "expected": outcome(list.bytes()) },
+            { "name": "serial altered", "list": to_hex(&tampered), "expected": outcome(&tampered) },
+            { "name": "signed by another authority", "list": to_hex(foreign.bytes()), "expected": outcome(foreign.bytes()) },
+        ],
+        "document_request_offset_0": to_hex(&request),
+        "first_chunk": to_hex(&chunk),
+    })
+}
+
 fn check_or_bless(name: &str, value: &Value) {
     let path = dir().join(name);
     let text = serde_json::to_string_pretty(value).unwrap() + "\n";
@@ -466,4 +540,16 @@ fn published_vectors_match_the_code() {
     check_or_bless("certificate.json", &cert);
     check_or_bless("request.json", &req);
     check_or_bless("response.json", &resp);
+    let rev = revocation_vectors(&w);
+    let outcomes: Vec<&str> = rev["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["expected"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["valid", "bad_signature", "unknown_authority"]);
+    assert_eq!(rev["revokes_vector_certificate"], true);
+    let chunk = tally_core::hex::from_hex(rev["first_chunk"].as_str().unwrap()).unwrap();
+    assert!(chunk.len() <= tally_proto::MAX_FRAME);
+    check_or_bless("revocation.json", &rev);
 }

@@ -208,6 +208,13 @@ typedef struct {
 #define TALLY_CLONE_DETECTED 3349217289
 
 /**
+ * Host (protocol version 2): this host's certificate is on the vendor's revocation list; the
+ * host said so, or the library found it on the list it holds. The library asks the next host
+ * (X7, R19).
+ */
+#define TALLY_HOST_REVOKED 3349217290
+
+/**
  * The host could not be resolved or reached.
  */
 #define TALLY_HOST_UNREACHABLE 3349217537

@@ -39,6 +39,10 @@ pub const TALLY_FRAME_TOO_LARGE: tally_result = 0xC7A10008;
 /// Host (protocol version 2): another installation presents this CMID; nothing was counted.
 /// The library took a new CMID and asked again (X6).
 pub const TALLY_CLONE_DETECTED: tally_result = 0xC7A10009;
+/// Host (protocol version 2): this host's certificate is on the vendor's revocation list; the
+/// host said so, or the library found it on the list it holds. The library asks the next host
+/// (X7, R19).
+pub const TALLY_HOST_REVOKED: tally_result = 0xC7A1000A;
 /// The host could not be resolved or reached.
 pub const TALLY_HOST_UNREACHABLE: tally_result = 0xC7A10101;
 /// The host did not answer in time.
@@ -175,6 +179,7 @@ pub fn result_name(code: tally_result) -> &'static CStr {
         TALLY_STORAGE_FAILURE => c"storage_failure",
         TALLY_FRAME_TOO_LARGE => c"frame_too_large",
         TALLY_CLONE_DETECTED => c"clone_detected",
+        TALLY_HOST_REVOKED => c"host_revoked",
         TALLY_HOST_UNREACHABLE => c"host_unreachable",
         TALLY_HOST_TIMEOUT => c"host_timeout",
         TALLY_PROTOCOL_ERROR => c"protocol_error",
@@ -460,12 +465,13 @@ mod tests {
             (TALLY_STORAGE_FAILURE, ResultCode::STORAGE_FAILURE.0),
             (TALLY_FRAME_TOO_LARGE, ResultCode::FRAME_TOO_LARGE.0),
             (TALLY_CLONE_DETECTED, ResultCode::CLONE_DETECTED.0),
+            (TALLY_HOST_REVOKED, ResultCode::HOST_REVOKED.0),
         ];
         for (c, rust) in pairs {
             assert_eq!(c, rust);
             assert_eq!(result_name(c).to_str().unwrap(), codes::name(rust));
         }
-        assert_eq!(pairs.len(), codes::ALL.len() + 9);
+        assert_eq!(pairs.len(), codes::ALL.len() + 10);
         assert_eq!(result_name(0x1234).to_str().unwrap(), "unknown");
     }
 
