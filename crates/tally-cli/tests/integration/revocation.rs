@@ -498,3 +498,107 @@ fn x7_reactivations_supersede_so_at_most_six_hosts_live() {
         "indexes into the 9 activated directories"
     );
 }
+
+// X7, R25: a revoked MAK activates no new machine, and a MAK client that gets the list (here
+// by import, as an update would bring it) is no longer licensed and says why; a MAK client
+// without the list is unaffected until it gets one.
+#[test]
+fn x7_a_revoked_mak_ends_its_activations_for_clients_with_the_list() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    let authority = Authority::start(root);
+    let (_, v) = tally_json(
+        bin(),
+        &[
+            "authority",
+            "issue-mak",
+            "--dir",
+            s(&authority.dir),
+            "--budget",
+            "5",
+            "--json",
+        ],
+    );
+    let (mak, serial) = (
+        v["key"].as_str().expect("mak").to_owned(),
+        v["serial"].to_string(),
+    );
+    let mak_client = |n: u32| {
+        let dir = client(root, &format!("mak{n}"), &authority.trust());
+        let hw = root.join(format!("mak{n}.hw.json"));
+        std::fs::write(&hw, format!("{{\"disk\": \"mak-disk-{n}\"}}")).expect("hw");
+        ok(&["client", "--state-dir", s(&dir), "install-key", &mak]);
+        let out = std::process::Command::new(bin())
+            .args([
+                "client",
+                "--state-dir",
+                s(&dir),
+                "--json",
+                "activate",
+                "--authority",
+            ])
+            .arg(&authority.url)
+            .env("TALLY_HARDWARE_FILE", &hw)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (dir, hw, v)
+    };
+    let (one, hw1, v) = mak_client(1);
+    assert_eq!(v["result"], "activated", "{v}");
+    let (two, _, v) = mak_client(2);
+    assert_eq!(v["result"], "activated", "{v}");
+
+    ok(&[
+        "authority",
+        "revoke",
+        "--dir",
+        s(&authority.dir),
+        "--serial",
+        &serial,
+        "--reason",
+        "refund",
+        "--code",
+        "withdrawn",
+    ]);
+    let list = root.join("list.tally");
+    assert_eq!(authority.revocations(&list)["entries"][0]["kind"], "mak");
+
+    // A new machine cannot activate with it.
+    let (_, _, v) = mak_client(3);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("key_revoked"),
+        "{v}"
+    );
+
+    // Client 1 gets the list: its MAK activation ends, and it says why.
+    ok(&[
+        "client",
+        "--state-dir",
+        s(&one),
+        "import-revocations",
+        s(&list),
+    ]);
+    let st = std::process::Command::new(bin())
+        .args(["client", "--state-dir", s(&one), "--json", "status"])
+        .env("TALLY_HARDWARE_FILE", &hw1)
+        .output()
+        .expect("run");
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("json");
+    assert_eq!(
+        (st["licensed"].clone(), st["permanent"].clone()),
+        (false.into(), false.into()),
+        "{st}"
+    );
+    let why = st["revoked"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("MAK serial") && why.contains("withdrawn"),
+        "{st}"
+    );
+    // Client 2 has not seen the list (it learns it from an update or a host).
+    assert_eq!(status(&two, &[])["revocation_serial"], 0);
+}
