@@ -7,6 +7,8 @@
 //! reference tests). Only the data is copied, never code. RFC 9162 keeps RFC 6962's hashing
 //! (`0x00` leaf and `0x01` node prefixes, SHA-256), so these are RFC 9162 vectors too.
 
+#![allow(clippy::expect_used)]
+
 use proptest::prelude::*;
 use tally_log::merkle::{
     Hash, ProofError, consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, root,
