@@ -13,6 +13,7 @@
 //! - [`host`]: the host session: frame in, response and changes to persist out.
 //! - [`lifecycle`]: the client's licensing state machine (R2, R7–R12).
 //! - [`trusted`]: the client's trusted time from signed host times (X5).
+//! - [`transparency`]: the authority's transparency log checked under the trusted key (X8).
 //! - [`clones`]: judging an installation's request sequence on the host (X6).
 //! - [`hardware`]: the weighted hardware fingerprint (R12).
 //! - [`hex`]: lower-case hex, shared by key files and signed catalogs.
@@ -34,6 +35,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod secret;
 pub mod time;
+pub mod transparency;
 pub mod trust;
 pub mod trusted;
 
