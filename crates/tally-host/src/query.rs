@@ -35,6 +35,8 @@ pub struct HostStatus {
     /// What contradicts this machine's clock (X5), judged from the store as the running host
     /// judges it (without its clients' times, which only the running host has).
     pub clock: serde_json::Value,
+    /// X8: the certificate's proof of inclusion in the authority's transparency log.
+    pub transparency_log: serde_json::Value,
 }
 
 /// The catalog a status names.
@@ -134,6 +136,7 @@ pub async fn status(dir: &Path, db: &Database, catalog: &Catalog) -> Result<Host
         registry_clients: store.registry_len().await?,
         dns: dns::read_status(dir),
         clock,
+        transparency_log: crate::log_proof::status(dir),
     })
 }
 
