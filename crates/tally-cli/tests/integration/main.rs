@@ -22,6 +22,7 @@ mod local_users;
 mod one_path;
 mod readme;
 mod startup;
+mod transparency;
 mod trust;
 
 use std::path::Path;
