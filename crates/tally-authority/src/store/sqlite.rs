@@ -335,7 +335,7 @@ impl AuthorityStore for SqliteAuthorityStore {
     }
 
     async fn log_entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError> {
-        let from = i64::try_from(from).map_err(|_| StoreError::BadValue("log index"))?;
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
         let rows = self
             .with(move |c| {
                 let mut s = c.prepare(
