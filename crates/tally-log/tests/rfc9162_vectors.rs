@@ -386,3 +386,28 @@ proptest! {
         prop_assert!(verify_consistency(o, n, &r1, &r2x, &px).is_err());
     }
 }
+
+proptest! {
+    // Decoding is total: arbitrary bytes or text never panic, and what decodes re-encodes to
+    // the same bytes (no trailing bytes accepted, no second encoding of one value).
+    #[test]
+    fn decoders_are_total_and_canonical(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        use tally_log::{ConsistencyProof, InclusionProof, LogEntry, SignedTreeHead};
+        if let Ok(h) = SignedTreeHead::from_bytes(&bytes) {
+            prop_assert_eq!(h.to_bytes(), bytes.clone());
+        }
+        if let Ok(p) = InclusionProof::from_bytes(&bytes) {
+            prop_assert_eq!(p.to_bytes(), bytes.clone());
+        }
+        if let Ok(p) = ConsistencyProof::from_bytes(&bytes) {
+            prop_assert_eq!(p.to_bytes(), bytes.clone());
+        }
+        if let Ok(e) = LogEntry::from_leaf_input(&bytes) {
+            prop_assert_eq!(e.leaf_input(), bytes.clone());
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = SignedTreeHead::from_text(&text);
+        let _ = InclusionProof::from_text(&text);
+        let _ = ConsistencyProof::from_text(&text);
+    }
+}
