@@ -15,15 +15,15 @@ use crate::http::{AppState, app};
 use crate::service::{Service, certificate_from_confirmation, installation_id};
 use crate::store::SqliteAuthorityStore;
 
-const TOKEN: &str = "test-operator-token";
+pub(crate) const TOKEN: &str = "test-operator-token";
 
-struct Fixture {
-    router: axum::Router,
-    anchor: TrustAnchor,
-    _dir: tempfile::TempDir,
+pub(crate) struct Fixture {
+    pub(crate) router: axum::Router,
+    pub(crate) anchor: TrustAnchor,
+    pub(crate) dir: tempfile::TempDir,
 }
 
-fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SqliteAuthorityStore::open(&dir.path().join("authority.db")).expect("db");
     let authority = Authority::generate();
@@ -40,11 +40,11 @@ fn fixture() -> Fixture {
     Fixture {
         router,
         anchor,
-        _dir: dir,
+        dir,
     }
 }
 
-async fn call(
+pub(crate) async fn call(
     router: &axum::Router,
     method: &str,
     uri: &str,
@@ -70,7 +70,7 @@ async fn call(
     (status, value)
 }
 
-async fn issue(f: &Fixture, group: &str) -> (String, u32) {
+pub(crate) async fn issue(f: &Fixture, group: &str) -> (String, u32) {
     let (status, v) = call(
         &f.router,
         "POST",
@@ -86,7 +86,7 @@ async fn issue(f: &Fixture, group: &str) -> (String, u32) {
     )
 }
 
-fn activation(key: &str, hw: u64) -> String {
+pub(crate) fn activation(key: &str, hw: u64) -> String {
     let host = generate_key();
     json!({
         "host_key": key,

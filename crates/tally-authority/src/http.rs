@@ -1,6 +1,7 @@
 //! The authority's HTTP API (axum). Public: `GET /v1/authority`, `POST /v1/host-activations`,
-//! `POST /v1/offline-confirmations`, `GET /openapi.json`. Operator (bearer token): keys, key
-//! details, exceptions, revocation, audit log. Every error is a JSON body
+//! `POST /v1/offline-confirmations`, `GET /openapi.json`, the transparency log's
+//! `GET /v1/log/{head,entries,inclusion,consistency}` (X8, in `log_http`). Operator (bearer
+//! token): keys, key details, exceptions, revocation, audit log. Every error is a JSON body
 //! `{"error": CODE, "message": TEXT}` with a 4xx status; internal details stay in the log.
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::service::{
     ExceptionRequest, HostActivationRequest, IssueRequest, MakActivationRequest, MakIssueRequest,
     RevokeRequest, Service, ServiceError,
 };
-use crate::store::Refusal;
+use crate::store::{Refusal, StoreError};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -72,7 +73,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -100,7 +101,12 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Refused(Refusal::Revoked { .. }) => StatusCode::FORBIDDEN,
             ServiceError::Refused(_) => StatusCode::CONFLICT,
-            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::NotFound(_) | ServiceError::NotLogged => StatusCode::NOT_FOUND,
+            // X8: a damaged log is said as it is: whoever checks the log must learn it.
+            ServiceError::Store(error @ StoreError::LogDamaged { .. }) => {
+                tracing::error!(%error, "the transparency log is damaged");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ServiceError::Store(error) => {
                 // Details stay in the server log (axum error-handling example).
                 tracing::error!(%error, "authority storage failed");
@@ -114,6 +120,7 @@ impl From<ServiceError> for ApiError {
                 "{r}. Ask the vendor for an exception, quoting the key's last five characters and serial; \
                  the vendor runs `tally authority exception --serial SERIAL --hosts N --reason TEXT`"
             ),
+            ServiceError::Store(e @ StoreError::LogDamaged { .. }) => e.to_string(),
             other => other.to_string(),
         };
         Self::new(status, e.code(), message)
@@ -195,7 +202,7 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<&'static str, ApiEr
     }
 }
 
-fn ok<T: Serialize>(v: T) -> Response {
+pub(crate) fn ok<T: Serialize>(v: T) -> Response {
     Json(v).into_response()
 }
 
@@ -373,6 +380,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/host-activations", post(host_activation))
         .route("/v1/offline-confirmations", post(offline_confirmation))
         .route("/v1/mak-activations", post(mak_activation))
+        .merge(crate::log_http::routes())
         .merge(operator_routes)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -10,6 +10,8 @@
 //! - [`Authority`]: key issuance, key checking, certification.
 //! - [`dir`]: the on-disk layout of an authority directory.
 //! - [`store`]: the authority's state (SQLite file, or PostgreSQL for several processes).
+//! - [`transparency`]: the log of everything the authority signs (X8): appends, signed tree
+//!   heads, inclusion and consistency proofs.
 
 use std::fmt;
 
@@ -26,12 +28,14 @@ use thiserror::Error;
 pub mod dir;
 pub mod fuzzing;
 pub mod http;
+mod log_http;
 /// Offline activation IDs (the encoding lives in `tally_core::digits`).
 pub mod offline {
     pub use tally_core::digits::*;
 }
 pub mod service;
 pub mod store;
+pub mod transparency;
 
 /// How long a host certificate is valid: hosts never contact the authority again after
 /// activation (R22), so it is long.
@@ -105,15 +109,21 @@ impl Authority {
         &self.signing
     }
 
-    /// Signs `message` with the root key (every signature the authority makes goes through
-    /// here: certificates, MAK claims, revocation lists).
+    /// The public key clients trust.
+    pub fn public(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    /// Signs `message` with the root key (Ed25519): MAK claims, revocation lists (X7), tree
+    /// heads (X8); so a root key held elsewhere (an HSM)
+    /// changes this one method.
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         ed25519_dalek::Signer::sign(&self.signing, message).to_bytes()
     }
 
-    /// The public key clients trust.
-    pub fn public(&self) -> VerifyingKey {
-        self.signing.verifying_key()
+    /// X8: signs a tree head of the transparency log (context `tally/v1/tree-head\0`).
+    pub fn sign_tree_head(&self, head: tally_log::TreeHead) -> tally_log::SignedTreeHead {
+        head.with_signature(self.sign(&head.signed_bytes()))
     }
 
     fn authenticator(&self, key: ProductKey) -> u64 {
@@ -328,3 +338,5 @@ mod tests {
 
 #[cfg(test)]
 mod api_tests;
+#[cfg(test)]
+mod log_api_tests;

@@ -20,7 +20,9 @@ use crate::store::{
     ActivationRecord, AuditEntry, AuthorityStore, DEFAULT_MAX_ACTIVATIONS, DEFAULT_MAX_HOSTS,
     KeyRecord, NewKey, Refusal, StoreError, Usage,
 };
+use crate::transparency::LogReceipt;
 use crate::{Authority, AuthorityError};
+use tally_log::EntryKind;
 
 /// Bytes of the hardware id carried in activations (and offline installation IDs).
 pub const HARDWARE_ID_BYTES: usize = 5;
@@ -45,6 +47,9 @@ pub enum ServiceError {
     /// No such key.
     #[error("no key with serial {0}")]
     NotFound(u32),
+    /// X8: no log entry holds the object asked for.
+    #[error("no entry of the transparency log holds this object")]
+    NotLogged,
     /// Storage failed (details in the server log only).
     #[error("internal error")]
     Store(#[from] StoreError),
@@ -59,7 +64,8 @@ impl ServiceError {
             Self::Refused(Refusal::Revoked { .. }) => "key_revoked",
             Self::Refused(Refusal::UnknownKey) => "key_not_valid",
             Self::Refused(_) => "limit_reached",
-            Self::NotFound(_) => "not_found",
+            Self::NotFound(_) | Self::NotLogged => "not_found",
+            Self::Store(StoreError::LogDamaged { .. }) => "log_damaged",
             Self::Store(_) => "internal",
         }
     }
@@ -102,6 +108,11 @@ pub struct HostActivation {
     pub serial: u32,
     /// What the activation used of the key's limits.
     pub usage: Usage,
+    /// X8: the certificate's entry in the transparency log and its inclusion proof (absent
+    /// only if the proof could not be built after the activation was recorded; the host can
+    /// fetch it later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogReceipt>,
 }
 
 /// An operator asks for a key.
@@ -161,6 +172,9 @@ pub struct MakActivation {
     pub signature: String,
     /// What the activation used of the MAK's budget.
     pub usage: Usage,
+    /// X8: the claim's entry in the transparency log and its inclusion proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogReceipt>,
 }
 
 /// An operator raises a key's limits.
@@ -189,9 +203,9 @@ pub struct KeyDetail {
 
 /// The authority service.
 pub struct Service {
-    authority: Authority,
-    store: Arc<dyn AuthorityStore>,
-    clock: Arc<dyn Clock>,
+    pub(crate) authority: Authority,
+    pub(crate) store: Arc<dyn AuthorityStore>,
+    pub(crate) clock: Arc<dyn Clock>,
     /// The newest revocation list signed, reused while its serial is the newest.
     list_cache: std::sync::Mutex<Option<tally_core::revocation::VerifiedList>>,
 }
@@ -283,10 +297,19 @@ impl Service {
         ))
     }
 
-    /// Certifies a host (R22, R23), counting it against the key's limits.
+    /// Certifies a host (R22, R23), counting it against the key's limits and logging the
+    /// certificate (X8).
     pub async fn activate_host(
         &self,
         req: &HostActivationRequest,
+    ) -> Result<HostActivation, ServiceError> {
+        self.activate_host_as(req, EntryKind::HostCertificate).await
+    }
+
+    async fn activate_host_as(
+        &self,
+        req: &HostActivationRequest,
+        kind: EntryKind,
     ) -> Result<HostActivation, ServiceError> {
         let key: ProductKey = req
             .host_key
@@ -308,21 +331,27 @@ impl Service {
             })?;
         let hardware = parse_hardware_id(&req.hardware_id)?;
         self.authority.check_key(key)?;
-        let usage = match self
+        // The certificate is signed first and delivered only if the activation is allowed:
+        // the store records the activation and logs the certificate in one transaction (X8).
+        let now = self.clock.now();
+        let cert = self.authority.certify(key, &public, now)?;
+        let entry = self.log_entry(kind, cert.to_bytes(), now);
+        let (usage, index) = match self
             .store
-            .activate(
+            .activate_logged(
                 key.serial(),
                 &to_hex(&hardware),
                 &to_hex(public.as_bytes()),
-                self.clock.now(),
+                now,
+                &entry,
             )
             .await?
         {
             Ok(u) => u,
             Err(refusal) => return Err(ServiceError::Refused(refusal)),
         };
-        let cert = self.authority.certify(key, &public, self.clock.now())?;
-        // X7: the certificates this machine had with this key are superseded.
+        // X7: the certificates this machine had with this key are superseded (right after the
+        // activation counted: a refused activation delivers nothing and supersedes nothing).
         self.record_certificate(&cert, &hardware).await?;
         let fields = key.host_fields()?;
         Ok(HostActivation {
@@ -331,7 +360,21 @@ impl Service {
             generation: fields.generation,
             serial: fields.serial,
             usage,
+            log: self.receipt(index).await,
         })
+    }
+
+    /// The receipt of entry `index` in the tree that ends with it. The activation is already
+    /// recorded and logged, so a failure here is logged and the answer goes without a proof
+    /// (the host fetches it later) rather than failing an activation that counted.
+    async fn receipt(&self, index: u64) -> Option<LogReceipt> {
+        match self.inclusion_proof(index, Some(index + 1)).await {
+            Ok(p) => Some(LogReceipt::of(&p)),
+            Err(error) => {
+                tracing::error!(%error, index, "cannot build the inclusion proof of a logged entry");
+                None
+            }
+        }
     }
 
     /// Issues and records a MAK with a budget of machines (R25).
@@ -360,10 +403,19 @@ impl Service {
         .await
     }
 
-    /// Activates a MAK client (R25), counted against the MAK's budget.
+    /// Activates a MAK client (R25), counted against the MAK's budget, and logs the claim
+    /// (X8).
     pub async fn activate_mak(
         &self,
         req: &MakActivationRequest,
+    ) -> Result<MakActivation, ServiceError> {
+        self.activate_mak_as(req, EntryKind::MakClaim).await
+    }
+
+    async fn activate_mak_as(
+        &self,
+        req: &MakActivationRequest,
+        kind: EntryKind,
     ) -> Result<MakActivation, ServiceError> {
         let key: ProductKey = req
             .mak
@@ -378,14 +430,6 @@ impl Service {
         let hardware = parse_hardware_id(&req.hardware_id)?;
         self.authority.check_key(key)?;
         let now = self.clock.now();
-        let usage = match self
-            .store
-            .activate(key.serial(), &to_hex(&hardware), &req.cmid.to_string(), now)
-            .await?
-        {
-            Ok(u) => u,
-            Err(refusal) => return Err(ServiceError::Refused(refusal)),
-        };
         let claim = tally_core::trust::MakClaim {
             serial: key.serial(),
             cmid: *req.cmid.as_bytes(),
@@ -396,12 +440,32 @@ impl Service {
                 .div_euclid(DAY_MS)
                 .clamp(0, i64::from(u16::MAX)) as u16,
         };
-        let signature = self.authority.sign(&claim.signed_bytes());
+        let signed = claim.signed_bytes();
+        let signature = self.authority.sign(&signed);
+        // The logged object: the signed bytes (with their context) and the signature.
+        let mut object = signed;
+        object.extend_from_slice(&signature);
+        let entry = self.log_entry(kind, object, now);
+        let (usage, index) = match self
+            .store
+            .activate_logged(
+                key.serial(),
+                &to_hex(&hardware),
+                &req.cmid.to_string(),
+                now,
+                &entry,
+            )
+            .await?
+        {
+            Ok(u) => u,
+            Err(refusal) => return Err(ServiceError::Refused(refusal)),
+        };
         Ok(MakActivation {
             serial: claim.serial,
             day: claim.day,
             signature: to_hex(&signature),
             usage,
+            log: self.receipt(index).await,
         })
     }
 
@@ -424,7 +488,9 @@ impl Service {
                 sku: uuid(&bytes[30..46])?,
                 hardware_id: to_hex(&bytes[46..]),
             };
-            let a = self.activate_mak(&req).await?;
+            let a = self
+                .activate_mak_as(&req, EntryKind::MakClaimOffline)
+                .await?;
             let mut out = Vec::with_capacity(CONFIRMATION_ID_BYTES);
             out.extend_from_slice(&a.day.to_be_bytes());
             out.extend_from_slice(&from_hex(&a.signature).unwrap_or_default());
@@ -435,7 +501,9 @@ impl Service {
             host_public_key: to_hex(&bytes[14..46]),
             hardware_id: to_hex(&bytes[46..]),
         };
-        let activation = self.activate_host(&req).await?;
+        let activation = self
+            .activate_host_as(&req, EntryKind::HostCertificateOffline)
+            .await?;
         let cert = tally_core::trust::parse_certificate(&activation.certificate)
             .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         // The host rebuilds the certificate from what it knows; it needs only the issue day

@@ -63,6 +63,9 @@ enum Command {
     /// Show the product catalog.
     #[command(subcommand)]
     Catalog(cmd::catalog::CatalogCommand),
+    /// Check the authority's transparency log with only its public key (X8).
+    #[command(subcommand)]
+    Log(cmd::log::LogCommand),
     /// Load-test a host (requests/s, latency percentiles).
     Bench(cmd::bench::BenchArgs),
 }
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
             Command::Slmgr(args) => cmd::slmgr::run(args).await,
             Command::Authority(c) => cmd::authority::run(c).await,
             Command::Catalog(c) => cmd::catalog::run(c),
+            Command::Log(c) => cmd::log::run(c).await,
             Command::Bench(args) => cmd::bench::run(args).await,
         }
     });

@@ -68,6 +68,16 @@ pub struct MakGrant {
     pub signature: [u8; 64],
 }
 
+/// A host certified online (R22): the certificate and, from an authority with a transparency
+/// log (X8), the inclusion proof of the certificate's log entry.
+#[derive(Clone, Debug)]
+pub struct HostGrant {
+    /// The certificate, in the `tally-host-certificate-v1` file format.
+    pub certificate: String,
+    /// The inclusion proof file text (`tally-log-inclusion-v1 HEX`), to verify and keep.
+    pub log_proof: Option<String>,
+}
+
 /// An authority at one base URL.
 #[derive(Clone, Debug)]
 pub struct AuthorityClient {
@@ -140,24 +150,41 @@ impl AuthorityClient {
             .ok_or(AuthorityClientError::Incomplete("file"))
     }
 
-    /// `POST /v1/host-activations` (R22, R23): returns the certificate text the authority
-    /// issued for `host_public_key` (hex) under `host_key`.
+    /// `POST /v1/host-activations` (R22, R23): the certificate the authority issued for
+    /// `host_public_key` (hex) under `host_key`, and its log proof (X8).
     pub async fn activate_host(
         &self,
         host_key: &str,
         host_public_key_hex: &str,
         hardware_id_hex: &str,
-    ) -> Result<String, AuthorityClientError> {
+    ) -> Result<HostGrant, AuthorityClientError> {
         let body = serde_json::json!({
             "host_key": host_key,
             "host_public_key": host_public_key_hex,
             "hardware_id": hardware_id_hex,
         });
         let v = self.post("v1/host-activations", &body).await?;
-        v["certificate"]
+        let certificate = v["certificate"]
             .as_str()
             .map(str::to_owned)
-            .ok_or(AuthorityClientError::Incomplete("certificate"))
+            .ok_or(AuthorityClientError::Incomplete("certificate"))?;
+        Ok(HostGrant {
+            certificate,
+            log_proof: v["log"]["proof"].as_str().map(str::to_owned),
+        })
+    }
+
+    /// `GET /PATH` (with its query) on the authority: the JSON answer, or its refusal. Used
+    /// for the public transparency log endpoints (`v1/log/...`, X8), whose answers are signed
+    /// files the caller verifies.
+    pub async fn get(&self, path: &str) -> Result<Value, AuthorityClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/{}", self.base, path.trim_start_matches('/')))
+            .send()
+            .await
+            .map_err(|source| self.unreachable(source))?;
+        answer(resp).await
     }
 
     /// `POST /v1/mak-activations` (R25): the signed claim for this client.

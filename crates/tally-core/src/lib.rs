@@ -14,6 +14,7 @@
 //! - [`lifecycle`]: the client's licensing state machine (R2, R7–R12).
 //! - [`revocation`]: the authority's signed revocation list, verified; no rollback (X7).
 //! - [`trusted`]: the client's trusted time from signed host times (X5).
+//! - [`transparency`]: the authority's transparency log checked under the trusted key (X8).
 //! - [`clones`]: judging an installation's request sequence on the host (X6).
 //! - [`hardware`]: the weighted hardware fingerprint (R12).
 //! - [`hex`]: lower-case hex, shared by key files and signed catalogs.
@@ -36,6 +37,7 @@ pub mod lifecycle;
 pub mod revocation;
 pub mod secret;
 pub mod time;
+pub mod transparency;
 pub mod trust;
 pub mod trusted;
 

@@ -48,6 +48,9 @@ pub struct Activated {
     pub group: KeyGroup,
     /// The certified generation.
     pub generation: u8,
+    /// X8: the certificate's index in the authority's log, when a verified proof was kept
+    /// (`DATA_DIR/certificate.proof`); `None` offline (fetch one with `tally host log-proof`).
+    pub log_index: Option<u64>,
 }
 
 /// How to reach the authority.
@@ -85,7 +88,7 @@ pub async fn activate(
     ensure_host_key(dir)?;
     let public = host_secret(dir)?.verifying_key();
     let trust = trust.or_else(|| std::fs::read_to_string(dir.join(paths::AUTHORITY_PUB)).ok());
-    let (cert, anchor_text) = match method {
+    let (cert, anchor_text, log_proof) = match method {
         Method::Confirmation(confirmation) => {
             let anchor_text = trust.ok_or_else(|| {
                 HostError::Invalid(
@@ -97,7 +100,7 @@ pub async fn activate(
             let cert =
                 service::certificate_from_confirmation(&confirmation, key, &public, anchor.key())
                     .map_err(|e| HostError::Invalid(e.to_string()))?;
-            (cert, anchor_text)
+            (cert, anchor_text, None)
         }
         Method::Online(url) => {
             let authority = AuthorityClient::new(&url, AUTHORITY_TIMEOUT)?;
@@ -112,29 +115,45 @@ pub async fn activate(
                     info.public_key_file
                 }
             };
-            let cert_text = authority
+            let grant = authority
                 .activate_host(
                     &key.to_string(),
                     &to_hex(public.as_bytes()),
                     &to_hex(&hardware_id()),
                 )
                 .await?;
-            let cert = parse_certificate(&cert_text).map_err(|e| {
+            let cert = parse_certificate(&grant.certificate).map_err(|e| {
                 HostError::Invalid(format!("the authority sent a damaged certificate: {e}"))
             })?;
-            (cert, anchor_text)
+            (cert, anchor_text, grant.log_proof)
         }
     };
     let verified = install_verified_certificate(dir, &cert, &anchor_text)?;
+    // X8: the proof of the certificate in the authority's log, checked and kept. The
+    // certificate is valid without it, so a missing or bad proof is a warning, and status says
+    // how to fetch one.
+    crate::log_proof::forget(dir);
+    let proven = match log_proof {
+        Some(text) => match crate::log_proof::install(dir, &text) {
+            Ok(p) => Some(p.index),
+            Err(error) => {
+                warn!(%error, "the authority's log proof for this certificate does not verify; not kept");
+                None
+            }
+        },
+        None => None,
+    };
     let coverage = verified.coverage();
     let data = serde_json::json!({
         "key": key.partial(),
         "group": coverage.group.name(),
         "generation": coverage.generation,
+        "log_index": proven,
     });
     record_offline_event(dir, db, "host activated with the authority", data).await?;
     Ok(Activated {
         group: coverage.group,
         generation: coverage.generation,
+        log_index: proven,
     })
 }

@@ -46,6 +46,7 @@ pub mod events;
 pub mod identity;
 pub mod live;
 pub mod lock;
+pub mod log_proof;
 pub mod paths;
 pub mod priority;
 pub mod query;

@@ -13,6 +13,8 @@ pub const HOST_SECRET: &str = "host.key";
 pub const HOST_PUBLIC: &str = "host.pub";
 /// The host certificate issued by the authority.
 pub const HOST_CERT: &str = "host.cert";
+/// X8: the inclusion proof of the host certificate in the authority's transparency log.
+pub const CERTIFICATE_PROOF: &str = "certificate.proof";
 /// The host key installed on this host (R22).
 pub const HOST_PRODUCT_KEY: &str = "host-product.key";
 /// The last installation ID shown for offline activation.
@@ -55,6 +57,7 @@ const MAX_MODES: &[(&str, u32)] = &[
     ("tally.db-shm", fsmode::PRIVATE_FILE),
     (HOST_PUBLIC, fsmode::PUBLIC_FILE),
     (HOST_CERT, fsmode::PUBLIC_FILE),
+    (CERTIFICATE_PROOF, fsmode::PUBLIC_FILE),
     (AUTHORITY_PUB, fsmode::PUBLIC_FILE),
     (HOST_CATALOG, fsmode::PUBLIC_FILE),
     (REVOCATIONS, fsmode::PUBLIC_FILE),

@@ -37,6 +37,8 @@ pub struct HostStatus {
     pub clock: serde_json::Value,
     /// The revocation list held and whether it revokes this host (X7).
     pub revocation: serde_json::Value,
+    /// X8: the certificate's proof of inclusion in the authority's transparency log.
+    pub transparency_log: serde_json::Value,
 }
 
 /// The catalog a status names.
@@ -140,6 +142,7 @@ pub async fn status(dir: &Path, db: &Database, catalog: &Catalog) -> Result<Host
             &crate::revocations::load(dir)?,
             identity.certificate(),
         ),
+        transparency_log: crate::log_proof::status(dir),
     })
 }
 

@@ -93,10 +93,23 @@ impl Service {
         actor: &str,
     ) -> Result<KeyRecord, ServiceError> {
         let (reason, code) = req.parse()?;
-        self.store
+        let key = self
+            .store
             .revoke(serial, &reason, code, actor, self.clock.now())
             .await?
-            .ok_or(ServiceError::NotFound(serial))
+            .ok_or(ServiceError::NotFound(serial))?;
+        self.log_list().await?;
+        Ok(key)
+    }
+
+    /// X8: the list as it is now goes into the transparency log (after the change that made it
+    /// committed: two changes at once may both log the later list; every published serial's
+    /// successor is logged).
+    async fn log_list(&self) -> Result<(), ServiceError> {
+        let list = self.revocation_list().await?;
+        self.append(tally_log::EntryKind::RevocationList, list.bytes().to_vec())
+            .await?;
+        Ok(())
     }
 
     /// Revokes one host certificate by its fingerprint (64 hex digits, as `tally host status`
@@ -115,10 +128,14 @@ impl Service {
                     "a certificate fingerprint is 64 hex digits (see `tally host status`)".into(),
                 )
             })?;
-        Ok(self
+        let added = self
             .store
             .revoke_certificate(fp, code, &reason, actor, self.clock.now())
-            .await?)
+            .await?;
+        if added {
+            self.log_list().await?;
+        }
+        Ok(added)
     }
 
     /// Records a certificate just issued, superseding the earlier certificates of the same
@@ -140,6 +157,9 @@ impl Service {
                 self.clock.now(),
             )
             .await?;
+        if !superseded.is_empty() {
+            self.log_list().await?;
+        }
         for fp in superseded {
             tracing::info!(
                 serial = cert.body.key_serial,

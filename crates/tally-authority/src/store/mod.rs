@@ -10,6 +10,8 @@
 //! - [`postgres`] (feature `postgres`): a PostgreSQL database shared by any number of
 //!   `tally authority run` processes (the key's row is locked with `SELECT … FOR UPDATE`).
 //! - [`open`]: picks the backend from the `--database` URL.
+//! - [`log`]: the transparency log's rows (X8): appended in the transaction of what they
+//!   record, under one lock row, so indexes are dense across every process.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,9 +19,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tally_core::time::Timestamp;
+use tally_log::{Hash, LogEntry};
 use tally_proto::revocation::{Entry, Reason, Subject};
 use thiserror::Error;
 
+pub use log::StoredEntry;
+
+pub mod log;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
@@ -52,6 +58,16 @@ pub enum StoreError {
         "unsupported database URL {0:?}: give a postgres://USER@HOST[:PORT][,HOST[:PORT]...]/DATABASE URL, or none for the SQLite file in the authority directory"
     )]
     UnsupportedUrl(String),
+    /// X8: a row of the transparency log was deleted or changed in the database.
+    #[error(
+        "authority database: the transparency log's entry {index} {what}; the log cannot be served until the database is restored from a backup"
+    )]
+    LogDamaged {
+        /// The first damaged index.
+        index: u64,
+        /// What is wrong with it.
+        what: &'static str,
+    },
 }
 
 /// A key as stored.
@@ -296,6 +312,28 @@ pub trait AuthorityStore: Send + Sync + 'static {
     async fn revocations(&self) -> Result<Vec<RevocationRecord>, StoreError>;
     /// The audit log, newest first.
     async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError>;
+    /// As [`AuthorityStore::activate`], and appends `entry` (the object signed for this
+    /// activation) to the transparency log in the same transaction (X8): an activation is
+    /// counted if and only if what it delivers is logged. Returns the entry's index.
+    async fn activate_logged(
+        &self,
+        serial: u32,
+        hardware: &str,
+        detail: &str,
+        now: Timestamp,
+        entry: &LogEntry,
+    ) -> Result<Result<(Usage, u64), Refusal>, StoreError>;
+    /// X8: appends `entry` to the transparency log in a transaction of its own (a signed
+    /// catalog, a revocation list, a certificate made without activation); returns its index.
+    async fn append_log(&self, entry: &LogEntry) -> Result<u64, StoreError>;
+    /// X8: the number of entries in the log.
+    async fn log_size(&self) -> Result<u64, StoreError>;
+    /// X8: the leaf hashes of entries `0..size`, checked dense.
+    async fn log_leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, StoreError>;
+    /// X8: up to `limit` entries from index `from`, in index order, each checked.
+    async fn log_entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError>;
+    /// X8: the index of the latest entry whose object has SHA-256 `object_hash`.
+    async fn log_find(&self, object_hash: &Hash) -> Result<Option<u64>, StoreError>;
 }
 
 /// Opens the authority's state: the SQLite file `authority.db` in `dir` when `database` is

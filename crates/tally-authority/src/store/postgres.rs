@@ -14,11 +14,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Pool};
 use tally_core::time::Timestamp;
+use tally_log::{Hash, LogEntry};
 use tally_store::pg;
 use tokio_postgres::Row;
 
 use tally_proto::revocation::{Reason, Subject};
 
+use super::log::{StoredEntry, checked_row, dense_leaves, object_hash};
 use super::{
     ActivationRecord, AuditEntry, AuthorityStore, KeyRecord, NewCertificate, NewKey, Refusal,
     RevocationRecord, StoreError, Usage, key_subject,
@@ -29,7 +31,11 @@ mod revocations;
 pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_revocations.sql"),
+    include_str!("../../migrations/postgres/0003_log.sql"),
 ];
+
+/// The schema version this build writes (the number of migrations).
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 /// The advisory lock (and `tally_schema` row) of the authority's schema: "tallyAUT".
 pub const SCHEMA_LOCK_KEY: i64 = 0x7461_6c6c_7941_5554;
@@ -149,65 +155,31 @@ impl PgAuthorityStore {
         hardware: &str,
         detail: &str,
         now: Timestamp,
-    ) -> Result<Result<Usage, Refusal>, Fail> {
+        entry: Option<&LogEntry>,
+    ) -> Result<Result<(Usage, Option<u64>), Refusal>, Fail> {
         let mut c = self.client().await?;
         let tx = c.transaction().await?;
-        // The key's row lock orders every activation of this key, in every process (R23, X2).
-        // What is checked is read after it, in statements of their own (fresh snapshots).
-        if !lock_key(&tx, serial).await? {
-            return Ok(Err(Refusal::UnknownKey));
-        }
-        let Some(key) = load_key(&tx, serial).await? else {
-            return Ok(Err(Refusal::UnknownKey));
+        let usage = match activate_in(&tx, serial, hardware, detail, now).await? {
+            Ok(u) => u,
+            Err(refusal) => return Ok(Err(refusal)),
         };
-        if key.revoked_at.is_some() {
-            return Ok(Err(Refusal::Revoked {
-                reason: key.revoke_reason.unwrap_or_default(),
-            }));
-        }
-        let existing = tx
-            .query_opt(
-                "SELECT count FROM authority_activations WHERE serial = $1 AND hardware = $2",
-                &[&i64::from(serial), &hardware],
-            )
-            .await?
-            .map(|r| column_u32(&r, 0, "authority_activations.count"))
-            .transpose()?;
-        let (hosts_used, activations) = match existing {
-            Some(n) if n >= key.max_activations => {
-                return Ok(Err(Refusal::TooManyActivations {
-                    max: key.max_activations,
-                }));
-            }
-            Some(n) => {
-                tx.execute(
-                    "UPDATE authority_activations SET count = count + 1, last_at = $3, detail = $4
-                     WHERE serial = $1 AND hardware = $2",
-                    &[&i64::from(serial), &hardware, &now.millis(), &detail],
-                )
-                .await?;
-                (key.hosts_used, n.saturating_add(1))
-            }
-            None if key.hosts_used >= key.max_hosts => {
-                return Ok(Err(Refusal::TooManyHosts { max: key.max_hosts }));
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO authority_activations (serial, hardware, detail, count, first_at, last_at)
-                     VALUES ($1, $2, $3, 1, $4, $4)",
-                    &[&i64::from(serial), &hardware, &detail, &now.millis()],
-                )
-                .await?;
-                (key.hosts_used.saturating_add(1), 1)
-            }
+        // X8: what this activation delivers is logged in its transaction. The log's lock row
+        // is taken last, after the key's, so every transaction locks in the same order and
+        // holds the log only for its last statements.
+        let index = match entry {
+            Some(e) => Some(append_in(&tx, e).await?),
+            None => None,
         };
         tx.commit().await?;
-        Ok(Ok(Usage {
-            hosts_used,
-            max_hosts: key.max_hosts,
-            activations,
-            max_activations: key.max_activations,
-        }))
+        Ok(Ok((usage, index)))
+    }
+
+    async fn append_once(&self, entry: &LogEntry) -> Result<u64, Fail> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let index = append_in(&tx, entry).await?;
+        tx.commit().await?;
+        Ok(index)
     }
 
     async fn exception_once(
@@ -436,6 +408,160 @@ async fn audit(
     Ok(())
 }
 
+/// R23: checks the key's limits and records the activation, inside `tx` (not committed).
+async fn activate_in(
+    tx: &impl GenericClient,
+    serial: u32,
+    hardware: &str,
+    detail: &str,
+    now: Timestamp,
+) -> Result<Result<Usage, Refusal>, Fail> {
+    // The key's row lock orders every activation of this key, in every process (R23, X2).
+    // What is checked is read after it, in statements of their own (fresh snapshots).
+    if !lock_key(tx, serial).await? {
+        return Ok(Err(Refusal::UnknownKey));
+    }
+    let Some(key) = load_key(tx, serial).await? else {
+        return Ok(Err(Refusal::UnknownKey));
+    };
+    if key.revoked_at.is_some() {
+        return Ok(Err(Refusal::Revoked {
+            reason: key.revoke_reason.unwrap_or_default(),
+        }));
+    }
+    let existing = tx
+        .query_opt(
+            "SELECT count FROM authority_activations WHERE serial = $1 AND hardware = $2",
+            &[&i64::from(serial), &hardware],
+        )
+        .await?
+        .map(|r| column_u32(&r, 0, "authority_activations.count"))
+        .transpose()?;
+    let (hosts_used, activations) = match existing {
+        Some(n) if n >= key.max_activations => {
+            return Ok(Err(Refusal::TooManyActivations {
+                max: key.max_activations,
+            }));
+        }
+        Some(n) => {
+            tx.execute(
+                "UPDATE authority_activations SET count = count + 1, last_at = $3, detail = $4
+                     WHERE serial = $1 AND hardware = $2",
+                &[&i64::from(serial), &hardware, &now.millis(), &detail],
+            )
+            .await?;
+            (key.hosts_used, n.saturating_add(1))
+        }
+        None if key.hosts_used >= key.max_hosts => {
+            return Ok(Err(Refusal::TooManyHosts { max: key.max_hosts }));
+        }
+        None => {
+            tx.execute(
+                    "INSERT INTO authority_activations (serial, hardware, detail, count, first_at, last_at)
+                     VALUES ($1, $2, $3, 1, $4, $4)",
+                    &[&i64::from(serial), &hardware, &detail, &now.millis()],
+                )
+                .await?;
+            (key.hosts_used.saturating_add(1), 1)
+        }
+    };
+    Ok(Ok(Usage {
+        hosts_used,
+        max_hosts: key.max_hosts,
+        activations,
+        max_activations: key.max_activations,
+    }))
+}
+
+/// X8: appends `entry` inside `tx` at the next index. The `UPDATE` of the one size row locks it
+/// until `tx` ends, so appends from every process on the database are serialised: indexes are
+/// dense, never duplicated, never reused.
+async fn append_in(tx: &impl GenericClient, entry: &LogEntry) -> Result<u64, Fail> {
+    let row = tx
+        .query_one(
+            "UPDATE authority_log_state SET size = size + 1 WHERE id = 1 RETURNING size - 1",
+            &[],
+        )
+        .await?;
+    let index: i64 = row.try_get(0)?;
+    tx.execute(
+        "INSERT INTO authority_log_entries (idx, kind, at, object, object_hash, leaf_hash)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &index,
+            &i16::from(entry.kind.code()),
+            &entry.timestamp_ms,
+            &entry.object,
+            &object_hash(&entry.object).as_slice(),
+            &entry.leaf_hash().as_slice(),
+        ],
+    )
+    .await?;
+    u64::try_from(index).map_err(|_| bad("authority_log_state.size"))
+}
+
+async fn log_size(c: &impl GenericClient) -> Result<u64, Fail> {
+    let size: i64 = c
+        .query_one("SELECT size FROM authority_log_state WHERE id = 1", &[])
+        .await?
+        .try_get(0)?;
+    u64::try_from(size).map_err(|_| bad("authority_log_state.size"))
+}
+
+async fn log_leaf_hashes(c: &impl GenericClient, size: u64) -> Result<Vec<Hash>, Fail> {
+    let limit = i64::try_from(size).map_err(|_| bad("log size"))?;
+    let rows = c
+        .query(
+            "SELECT idx, leaf_hash FROM authority_log_entries WHERE idx < $1 ORDER BY idx",
+            &[&limit],
+        )
+        .await?;
+    let pairs = rows
+        .iter()
+        .map(|r| Ok((r.try_get::<_, i64>(0)?, r.try_get::<_, Vec<u8>>(1)?)))
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    Ok(dense_leaves(pairs, size)?)
+}
+
+async fn log_entries(
+    c: &impl GenericClient,
+    from: u64,
+    limit: u32,
+) -> Result<Vec<StoredEntry>, Fail> {
+    let from = i64::try_from(from).unwrap_or(i64::MAX);
+    let rows = c
+        .query(
+            "SELECT idx, kind, at, object, leaf_hash FROM authority_log_entries
+             WHERE idx >= $1 ORDER BY idx LIMIT $2",
+            &[&from, &i64::from(limit)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: i16 = r.try_get(1)?;
+            Ok(checked_row(
+                r.try_get(0)?,
+                i64::from(kind),
+                r.try_get(2)?,
+                r.try_get(3)?,
+                &r.try_get::<_, Vec<u8>>(4)?,
+            )?)
+        })
+        .collect()
+}
+
+async fn log_find(c: &impl GenericClient, object_hash: &Hash) -> Result<Option<u64>, Fail> {
+    let idx: Option<i64> = c
+        .query_one(
+            "SELECT max(idx) FROM authority_log_entries WHERE object_hash = $1",
+            &[&object_hash.as_slice()],
+        )
+        .await?
+        .try_get(0)?;
+    idx.map(|i| u64::try_from(i).map_err(|_| bad("log index")))
+        .transpose()
+}
+
 #[async_trait]
 impl AuthorityStore for PgAuthorityStore {
     async fn insert_key(
@@ -470,7 +596,45 @@ impl AuthorityStore for PgAuthorityStore {
         detail: &str,
         now: Timestamp,
     ) -> Result<Result<Usage, Refusal>, StoreError> {
-        Ok(pg::retry(|| self.activate_once(serial, hardware, detail, now)).await?)
+        let out = pg::retry(|| self.activate_once(serial, hardware, detail, now, None)).await?;
+        Ok(out.map(|(usage, _)| usage))
+    }
+
+    async fn activate_logged(
+        &self,
+        serial: u32,
+        hardware: &str,
+        detail: &str,
+        now: Timestamp,
+        entry: &LogEntry,
+    ) -> Result<Result<(Usage, u64), Refusal>, StoreError> {
+        let out =
+            pg::retry(|| self.activate_once(serial, hardware, detail, now, Some(entry))).await?;
+        // `Some(entry)` was appended: the index is there.
+        Ok(out.map(|(usage, index)| (usage, index.unwrap_or_default())))
+    }
+
+    async fn append_log(&self, entry: &LogEntry) -> Result<u64, StoreError> {
+        Ok(pg::retry(|| self.append_once(entry)).await?)
+    }
+
+    async fn log_size(&self) -> Result<u64, StoreError> {
+        Ok(pg::retry(|| async move { log_size(&self.client().await?).await }).await?)
+    }
+
+    async fn log_leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, StoreError> {
+        Ok(pg::retry(|| async move { log_leaf_hashes(&self.client().await?, size).await }).await?)
+    }
+
+    async fn log_entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError> {
+        Ok(
+            pg::retry(|| async move { log_entries(&self.client().await?, from, limit).await })
+                .await?,
+        )
+    }
+
+    async fn log_find(&self, object_hash: &Hash) -> Result<Option<u64>, StoreError> {
+        Ok(pg::retry(|| async move { log_find(&self.client().await?, object_hash).await }).await?)
     }
 
     async fn grant_exception(

@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tally_core::time::Timestamp;
+use tally_log::{Hash, LogEntry};
 
 use tally_proto::revocation::Reason;
 
+use super::log::{StoredEntry, checked_row, dense_leaves, object_hash};
 use super::{
     ActivationRecord, AuditEntry, AuthorityStore, KeyRecord, NewCertificate, NewKey, Refusal,
     RevocationRecord, StoreError, Usage, key_subject,
@@ -22,6 +24,7 @@ mod revocations;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_revocations.sql"),
+    include_str!("../../migrations/sqlite/0003_log.sql"),
 ];
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -120,6 +123,85 @@ fn audit(
     .map(|_| ())
 }
 
+/// R23: checks the key's limits and records the activation, inside `tx` (not committed).
+fn activate_in(
+    tx: &Connection,
+    serial: u32,
+    hardware: &str,
+    detail: &str,
+    now: Timestamp,
+) -> rusqlite::Result<Result<Usage, Refusal>> {
+    let Some(key) = load_key(tx, serial)? else {
+        return Ok(Err(Refusal::UnknownKey));
+    };
+    if key.revoked_at.is_some() {
+        return Ok(Err(Refusal::Revoked {
+            reason: key.revoke_reason.unwrap_or_default(),
+        }));
+    }
+    let existing: Option<u32> = tx
+        .query_row(
+            "SELECT count FROM activations WHERE serial = ?1 AND hardware = ?2",
+            params![serial, hardware],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let (hosts_used, activations) = match existing {
+        Some(n) if n >= key.max_activations => {
+            return Ok(Err(Refusal::TooManyActivations {
+                max: key.max_activations,
+            }));
+        }
+        Some(n) => {
+            tx.execute(
+                "UPDATE activations SET count = count + 1, last_at = ?3, detail = ?4 WHERE serial = ?1 AND hardware = ?2",
+                params![serial, hardware, now.millis(), detail],
+            )?;
+            (key.hosts_used, n + 1)
+        }
+        None if key.hosts_used >= key.max_hosts => {
+            return Ok(Err(Refusal::TooManyHosts { max: key.max_hosts }));
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO activations (serial, hardware, detail, count, first_at, last_at) VALUES (?1, ?2, ?3, 1, ?4, ?4)",
+                params![serial, hardware, detail, now.millis()],
+            )?;
+            (key.hosts_used + 1, 1)
+        }
+    };
+    Ok(Ok(Usage {
+        hosts_used,
+        max_hosts: key.max_hosts,
+        activations,
+        max_activations: key.max_activations,
+    }))
+}
+
+/// X8: appends `entry` inside `tx` at the next index. The size row is updated first: the
+/// transaction (already `IMMEDIATE`, the one writer of the file) takes the next index, which
+/// is never reused, even if a row were deleted.
+fn append_in(tx: &Connection, entry: &LogEntry) -> rusqlite::Result<u64> {
+    let index: i64 = tx.query_row(
+        "UPDATE log_state SET size = size + 1 WHERE id = 1 RETURNING size - 1",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO log_entries (idx, kind, at, object, object_hash, leaf_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            index,
+            entry.kind.code(),
+            entry.timestamp_ms,
+            entry.object,
+            object_hash(&entry.object).to_vec(),
+            entry.leaf_hash().to_vec()
+        ],
+    )?;
+    // The size row holds a non-negative count (updated only here).
+    Ok(index.max(0) as u64)
+}
+
 #[async_trait]
 impl AuthorityStore for SqliteAuthorityStore {
     async fn insert_key(
@@ -192,45 +274,110 @@ impl AuthorityStore for SqliteAuthorityStore {
             // One writer at a time from the check to the insert: the limits hold under
             // concurrency (R23).
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some(key) = load_key(&tx, serial)? else {
-                return Ok(Err(Refusal::UnknownKey));
-            };
-            if key.revoked_at.is_some() {
-                return Ok(Err(Refusal::Revoked { reason: key.revoke_reason.unwrap_or_default() }));
+            let usage = activate_in(&tx, serial, &hardware, &detail, now)?;
+            if usage.is_ok() {
+                tx.commit()?;
             }
-            let existing: Option<u32> = tx
-                .query_row(
-                    "SELECT count FROM activations WHERE serial = ?1 AND hardware = ?2",
-                    params![serial, hardware],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let (hosts_used, activations) = match existing {
-                Some(n) if n >= key.max_activations => {
-                    return Ok(Err(Refusal::TooManyActivations { max: key.max_activations }));
-                }
-                Some(n) => {
-                    tx.execute(
-                        "UPDATE activations SET count = count + 1, last_at = ?3, detail = ?4 WHERE serial = ?1 AND hardware = ?2",
-                        params![serial, hardware, now.millis(), detail],
-                    )?;
-                    (key.hosts_used, n + 1)
-                }
-                None if key.hosts_used >= key.max_hosts => {
-                    return Ok(Err(Refusal::TooManyHosts { max: key.max_hosts }));
-                }
-                None => {
-                    tx.execute(
-                        "INSERT INTO activations (serial, hardware, detail, count, first_at, last_at) VALUES (?1, ?2, ?3, 1, ?4, ?4)",
-                        params![serial, hardware, detail, now.millis()],
-                    )?;
-                    (key.hosts_used + 1, 1)
-                }
-            };
-            tx.commit()?;
-            Ok(Ok(Usage { hosts_used, max_hosts: key.max_hosts, activations, max_activations: key.max_activations }))
+            Ok(usage)
         })
         .await
+    }
+
+    async fn activate_logged(
+        &self,
+        serial: u32,
+        hardware: &str,
+        detail: &str,
+        now: Timestamp,
+        entry: &LogEntry,
+    ) -> Result<Result<(Usage, u64), Refusal>, StoreError> {
+        let (hardware, detail, entry) = (hardware.to_owned(), detail.to_owned(), entry.clone());
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let usage = match activate_in(&tx, serial, &hardware, &detail, now)? {
+                Ok(u) => u,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            // X8: what this activation delivers is logged in its transaction.
+            let index = append_in(&tx, &entry)?;
+            tx.commit()?;
+            Ok(Ok((usage, index)))
+        })
+        .await
+    }
+
+    async fn append_log(&self, entry: &LogEntry) -> Result<u64, StoreError> {
+        let entry = entry.clone();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let index = append_in(&tx, &entry)?;
+            tx.commit()?;
+            Ok(index)
+        })
+        .await
+    }
+
+    async fn log_size(&self) -> Result<u64, StoreError> {
+        let size: i64 = self
+            .with(|c| c.query_row("SELECT size FROM log_state WHERE id = 1", [], |r| r.get(0)))
+            .await?;
+        u64::try_from(size).map_err(|_| StoreError::BadValue("log_state.size"))
+    }
+
+    async fn log_leaf_hashes(&self, size: u64) -> Result<Vec<Hash>, StoreError> {
+        let limit = i64::try_from(size).map_err(|_| StoreError::BadValue("log size"))?;
+        let rows = self
+            .with(move |c| {
+                let mut s = c.prepare(
+                    "SELECT idx, leaf_hash FROM log_entries WHERE idx < ?1 ORDER BY idx",
+                )?;
+                s.query_map(params![limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        dense_leaves(rows, size)
+    }
+
+    async fn log_entries(&self, from: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let rows = self
+            .with(move |c| {
+                let mut s = c.prepare(
+                    "SELECT idx, kind, at, object, leaf_hash FROM log_entries
+                     WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+                )?;
+                s.query_map(params![from, limit], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<(i64, i64, i64, Vec<u8>, Vec<u8>)>>>()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(i, k, at, o, h)| checked_row(i, k, at, o, &h))
+            .collect()
+    }
+
+    async fn log_find(&self, object_hash: &Hash) -> Result<Option<u64>, StoreError> {
+        let hash = object_hash.to_vec();
+        let idx: Option<i64> = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT max(idx) FROM log_entries WHERE object_hash = ?1",
+                    params![hash],
+                    |r| r.get(0),
+                )
+            })
+            .await?;
+        idx.map(|i| u64::try_from(i).map_err(|_| StoreError::BadValue("log index")))
+            .transpose()
     }
 
     async fn grant_exception(

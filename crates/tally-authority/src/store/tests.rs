@@ -107,8 +107,89 @@ fn hw(n: u32) -> String {
     format!("{n:010x}")
 }
 
+fn entry(n: u32) -> tally_log::LogEntry {
+    tally_log::LogEntry {
+        kind: tally_log::EntryKind::Catalog,
+        timestamp_ms: NOW.millis() + i64::from(n),
+        object: format!("object {n}").into_bytes(),
+    }
+}
+
 mod cases {
     use super::*;
+
+    // X8: appends from two handles at once (as two processes) get dense, distinct indexes;
+    // an activation is logged in its transaction, a refused one logs nothing; entries read
+    // back are the ones appended, and an object's entry is found by its hash.
+    pub(super) async fn x8_log_appends_are_dense_across_handles(b: &Backend) {
+        let [s, other] = &b.stores;
+        assert_eq!(s.log_size().await.expect("size"), 0);
+        assert!(s.log_leaf_hashes(0).await.expect("leaves").is_empty());
+        assert!(s.insert_key(host_key(7), "cli", NOW).await.expect("insert"));
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..40u32 {
+            let st = Arc::clone(&b.stores[(n % 2) as usize]);
+            tasks.spawn(async move {
+                if n % 4 == 0 {
+                    // Hosts 0..=5 fit the key's limit of 6; the rest are refused.
+                    let r = st
+                        .activate_logged(7, &hw(n / 4), "pk", NOW, &entry(n))
+                        .await
+                        .expect("db");
+                    (n, r.ok().map(|(_, i)| i))
+                } else {
+                    (n, Some(st.append_log(&entry(n)).await.expect("append")))
+                }
+            });
+        }
+        let mut indexes = Vec::new();
+        let mut refused = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            match r.expect("task") {
+                (n, Some(i)) => indexes.push((i, n)),
+                (n, None) => refused.push(n),
+            }
+        }
+        assert_eq!(
+            refused.len(),
+            4,
+            "10 activations, 6 hosts allowed: {refused:?}"
+        );
+        indexes.sort_unstable();
+        let total = indexes.len() as u64;
+        assert_eq!(total, 36);
+        assert!(
+            indexes
+                .iter()
+                .enumerate()
+                .all(|(pos, (i, _))| *i == pos as u64),
+            "dense: {indexes:?}"
+        );
+        assert_eq!(other.log_size().await.expect("size"), total);
+        let leaves = other.log_leaf_hashes(total).await.expect("leaves");
+        let listed = s.log_entries(0, 1000).await.expect("entries");
+        assert_eq!(listed.len() as u64, total);
+        for ((i, n), stored) in indexes.iter().zip(&listed) {
+            assert_eq!(stored.index, *i);
+            assert_eq!(stored.entry, entry(*n));
+            assert_eq!(leaves[*i as usize], entry(*n).leaf_hash());
+        }
+        assert_eq!(s.log_entries(30, 4).await.expect("page").len(), 4);
+        assert_eq!(s.log_entries(total, 4).await.expect("page"), vec![]);
+        let (i, n) = indexes[5];
+        let found = other
+            .log_find(&crate::store::log::object_hash(&entry(n).object))
+            .await
+            .expect("find");
+        assert_eq!(found, Some(i));
+        assert_eq!(other.log_find(&[0; 32]).await.expect("find"), None);
+        // The first `size` leaves only; more than the log holds is damage, not a short list.
+        assert_eq!(s.log_leaf_hashes(3).await.expect("leaves").len(), 3);
+        assert!(matches!(
+            s.log_leaf_hashes(total + 1).await,
+            Err(StoreError::LogDamaged { .. })
+        ));
+    }
 
     pub(super) async fn keys_round_trip(b: &Backend) {
         let [s, other] = &b.stores;
@@ -460,6 +541,7 @@ macro_rules! suite {
             r23_thirty_hosts_at_once_exactly_six,
             r23_one_host_fifteen_times_at_once_exactly_ten,
             r25_mak_budget_three_of_twenty,
+            x8_log_appends_are_dense_across_handles,
         );
     };
     ($backend:ident: $($case:ident),* $(,)?) => {
@@ -486,7 +568,7 @@ suite!(postgres);
 mod postgres_only {
     use tally_test_support::postgres::PgServer;
 
-    use crate::store::postgres::SCHEMA_LOCK_KEY;
+    use crate::store::postgres::{SCHEMA_LOCK_KEY, SCHEMA_VERSION};
 
     use super::*;
 
@@ -510,10 +592,7 @@ mod postgres_only {
             "authority",
             &format!("SELECT version FROM tally_schema WHERE lock_key = {SCHEMA_LOCK_KEY}"),
         );
-        assert_eq!(
-            version,
-            crate::store::postgres::MIGRATIONS.len().to_string()
-        );
+        assert_eq!(version, SCHEMA_VERSION.to_string());
     }
 
     // A database written by a newer Tally is refused with a clear error, and left alone.
@@ -535,7 +614,7 @@ mod postgres_only {
                 StoreError::Database(tally_store::StoreError::TooNew {
                     found: 7,
                     supported
-                }) if supported == crate::store::postgres::MIGRATIONS.len() as i64
+                }) if supported as usize == SCHEMA_VERSION
             ),
             "{e:?}"
         );

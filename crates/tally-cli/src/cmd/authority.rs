@@ -156,22 +156,32 @@ pub enum AuthorityCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Sign a catalog so hosts can import it (R24).
+    /// Show the transparency log of everything the authority signed (X8): a head signed now
+    /// and the entries, page by page (--from, --limit).
+    Log(crate::cmd::authority_log::LogArgs),
+    /// Sign a catalog so hosts can import it (R24); the signed catalog is logged (X8).
     SignCatalog {
         /// The authority directory.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the authority keeps its state (the log).
+        #[command(flatten)]
+        db: DatabaseArg,
         /// The catalog (TOML).
         file: PathBuf,
         /// Where to write the signed catalog.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Certify a host's public key for the group of a host key it holds (R16).
+    /// Certify a host's public key for the group of a host key it holds (R16), outside the
+    /// activation limits; the certificate is logged (X8).
     Certify {
         /// The authority directory.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the authority keeps its state (the log).
+        #[command(flatten)]
+        db: DatabaseArg,
         /// The host key installed on the host.
         #[arg(long, value_name = "KEY")]
         host_key: ProductKey,
@@ -191,12 +201,12 @@ pub struct DatabaseArg {
     /// URL (several `tally authority run` processes may share it). Default: the SQLite file
     /// authority.db in the authority directory. The keys and the operator token stay in DIR.
     #[arg(long = "database", env = "TALLY_DATABASE_URL", value_name = "URL")]
-    database: Option<String>,
+    pub(crate) database: Option<String>,
 }
 
 /// The one place that opens the authority's service and store (keys from `dir`, state from
 /// `--database` or `dir`).
-async fn service(
+pub(crate) async fn service(
     dir: &std::path::Path,
     db: &DatabaseArg,
 ) -> anyhow::Result<tally_authority::service::Service> {
@@ -218,7 +228,7 @@ fn print_key(key: &tally_authority::store::KeyRecord, json: bool) -> anyhow::Res
     }
 }
 
-fn service_err(e: tally_authority::service::ServiceError) -> anyhow::Error {
+pub(crate) fn service_err(e: tally_authority::service::ServiceError) -> anyhow::Error {
     anyhow::anyhow!("{e} ({})", e.code())
 }
 
@@ -303,16 +313,27 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        AuthorityCommand::SignCatalog { dir: d, file, out } => {
-            let authority = dir::load(&d)?;
+        AuthorityCommand::Log(args) => return crate::cmd::authority_log::run(args).await,
+        AuthorityCommand::SignCatalog {
+            dir: d,
+            db,
+            file,
+            out,
+        } => {
+            let svc = service(&d, &db).await?;
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let signed = tally_core::catalog::signed::sign(&text, authority.secret())
+            let signed = tally_core::catalog::signed::sign(&text, svc.authority().secret())
                 .with_context(|| format!("{}", file.display()))?;
+            // X8: logged before it is written out, so no signed catalog leaves unlogged.
+            let index = svc
+                .append(tally_log::EntryKind::Catalog, signed.clone().into_bytes())
+                .await
+                .map_err(service_err)?;
             std::fs::write(&out, signed)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             println!(
-                "Signed catalog written to {}. On each host: tally host catalog import {}",
+                "Signed catalog written to {} (log entry {index}). On each host: tally host catalog import {}",
                 out.display(),
                 out.display()
             );
@@ -462,19 +483,32 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::Certify {
             dir: d,
+            db,
             host_key,
             host_pub,
             out,
         } => {
-            let authority = dir::load(&d)?;
+            let svc = service(&d, &db).await?;
+            let authority = svc.authority();
             let text = std::fs::read_to_string(&host_pub)
                 .with_context(|| format!("cannot read host public key {}", host_pub.display()))?;
             let public =
                 parse_host_public(&text).with_context(|| format!("{}", host_pub.display()))?;
             let cert = authority.certify(host_key, &public, SystemClock.now())?;
+            // X8: logged before it is written out.
+            let index = svc
+                .append(
+                    tally_log::EntryKind::HostCertificateManual,
+                    cert.to_bytes().to_vec(),
+                )
+                .await
+                .map_err(service_err)?;
             std::fs::write(&out, armor(labels::HOST_CERTIFICATE, &cert.to_bytes()))
                 .with_context(|| format!("cannot write {}", out.display()))?;
-            println!("Certificate written to {}.", out.display());
+            println!(
+                "Certificate written to {} (log entry {index}).",
+                out.display()
+            );
             println!("On the host: tally host install-cert {}", out.display());
         }
     }

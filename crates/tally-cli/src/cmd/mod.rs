@@ -2,10 +2,12 @@
 
 pub mod agent;
 pub mod authority;
+pub mod authority_log;
 pub mod bench;
 pub mod catalog;
 pub mod client;
 pub mod demo;
 pub mod host;
+pub mod log;
 pub mod remote;
 pub mod slmgr;

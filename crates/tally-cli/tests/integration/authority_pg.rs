@@ -243,7 +243,12 @@ fn three_processes_start_at_once_on_an_empty_database() {
         "authority",
         "SELECT count(*) || ':' || max(version) FROM tally_schema",
     );
-    assert_eq!(version, "1:1", "one schema row, version 1");
+    let current = tally_authority::store::postgres::SCHEMA_VERSION;
+    assert_eq!(
+        version,
+        format!("1:{current}"),
+        "one schema row, the current version"
+    );
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     for (_, addr) in &started {
         let status = rt.block_on(async {
@@ -288,10 +293,11 @@ fn a_database_from_a_newer_tally_is_refused() {
         let out = tally(bin(), &args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} must fail");
-        assert!(
-            err.contains("schema version 99 is newer than this Tally supports (1); upgrade Tally"),
-            "{args:?}: {err}"
+        let want = format!(
+            "schema version 99 is newer than this Tally supports ({}); upgrade Tally",
+            tally_authority::store::postgres::SCHEMA_VERSION
         );
+        assert!(err.contains(&want), "{args:?}: {err}");
     }
     assert_eq!(
         server.psql("authority", "SELECT max(version) FROM tally_schema"),

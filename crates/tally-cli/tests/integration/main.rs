@@ -23,6 +23,7 @@ mod one_path;
 mod readme;
 mod revocation;
 mod startup;
+mod transparency;
 mod trust;
 
 use std::path::Path;

@@ -72,6 +72,20 @@ pub enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch the proof that this host's certificate is in the authority's transparency log
+    /// (X8), check it under DATA_DIR/authority.pub and keep it as DATA_DIR/certificate.proof.
+    /// Online activation keeps one already; after an offline activation, run this once the
+    /// host can reach the authority (or on any machine that can, and copy the file).
+    LogProof {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// The authority's URL, e.g. https://activation.vendor.example.
+        #[arg(long, value_name = "URL")]
+        authority: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Catalogs: `tally host catalog import FILE` loads a newer catalog signed by the authority
     /// into this host (a running host picks it up within seconds, R24).
     #[command(subcommand)]
@@ -272,6 +286,11 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
             trust,
             json,
         } => setup::activate(&dir, online, offline, confirmation, trust, json).await,
+        HostCommand::LogProof {
+            dir,
+            authority,
+            json,
+        } => setup::log_proof(&dir, &authority, json).await,
         HostCommand::Catalog(HostCatalogCommand::Import { dir, file }) => {
             setup::import_catalog(&dir, &file)
         }

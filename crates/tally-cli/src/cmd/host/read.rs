@@ -287,6 +287,22 @@ pub fn print_remote_status(s: &serde_json::Value) {
             .map(|f| f.get(..16).unwrap_or(f))
             .unwrap_or("?")
     );
+    // X8: the certificate's proof of inclusion in the authority's log (local status only).
+    let log = &s["transparency_log"];
+    if log["proven"] == true {
+        println!(
+            "Logged:      entry {} of the authority's transparency log (head of size {}, proof in {})",
+            log["index"],
+            log["tree_size"],
+            log["file"].as_str().unwrap_or("?")
+        );
+    } else if !log.is_null() {
+        println!(
+            "Logged:      not yet proven ({}); run: {}",
+            log["reason"].as_str().unwrap_or("?"),
+            log["fix"].as_str().unwrap_or("?")
+        );
+    }
     println!(
         "Catalog:     {} version {}",
         s["catalog"]["name"].as_str().unwrap_or("?"),

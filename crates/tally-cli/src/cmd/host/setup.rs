@@ -126,6 +126,7 @@ pub async fn activate(
             "activated": true,
             "key_group": activated.group.name(),
             "generation": activated.generation,
+            "log_index": activated.log_index,
         }))?;
     } else {
         println!(
@@ -134,6 +135,17 @@ pub async fn activate(
             activated.generation,
             dir.display()
         );
+        match activated.log_index {
+            Some(i) => println!(
+                "The certificate is entry {i} of the authority's transparency log; the proof is in {}.",
+                dir.join(tally_host::paths::CERTIFICATE_PROOF).display()
+            ),
+            None => println!(
+                "No log proof yet (X8). When this host can reach the authority: {} --data-dir {}",
+                tally_host::log_proof::FETCH_HINT,
+                dir.display()
+            ),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -182,6 +194,30 @@ pub fn import_revocations(dir: &DirArgs, file: &Path, as_json: bool) -> anyhow::
     if let Some(why) = &done.revokes_this_host {
         println!(
             "WARNING: this list revokes this host: {why}. It answers no activation from now on; ask the vendor for a new host key."
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tally host log-proof`: fetch, check and keep the proof that this host's certificate is in
+/// the authority's transparency log (X8).
+pub async fn log_proof(dir: &DirArgs, authority: &str, as_json: bool) -> anyhow::Result<ExitCode> {
+    let config = dir.config()?;
+    let proof = tally_host::log_proof::fetch(&config.data_dir, authority).await?;
+    let file = config.data_dir.join(tally_host::paths::CERTIFICATE_PROOF);
+    if as_json {
+        json(&serde_json::json!({
+            "proven": true,
+            "file": file,
+            "index": proof.index,
+            "tree_size": proof.head.size,
+        }))?;
+    } else {
+        println!(
+            "The certificate is entry {} of the authority's log (head of size {}); proof kept in {}.",
+            proof.index,
+            proof.head.size,
+            file.display()
         );
     }
     Ok(ExitCode::SUCCESS)
