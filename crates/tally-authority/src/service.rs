@@ -44,6 +44,9 @@ pub enum ServiceError {
     /// Storage failed (details in the server log only).
     #[error("internal error")]
     Store(#[from] StoreError),
+    /// The root key could not sign (its token is unreachable, say; details in the server log).
+    #[error("the authority cannot sign right now; try again later")]
+    Signer(String),
 }
 
 impl ServiceError {
@@ -57,6 +60,7 @@ impl ServiceError {
             Self::Refused(_) => "limit_reached",
             Self::NotFound(_) => "not_found",
             Self::Store(_) => "internal",
+            Self::Signer(_) => "signer_unavailable",
         }
     }
 }
@@ -69,7 +73,10 @@ impl From<tally_core::keys::KeyError> for ServiceError {
 
 impl From<AuthorityError> for ServiceError {
     fn from(e: AuthorityError) -> Self {
-        Self::KeyNotValid(e.to_string())
+        match e {
+            AuthorityError::Signer(error) => Self::Signer(error.to_string()),
+            other => Self::KeyNotValid(other.to_string()),
+        }
     }
 }
 
@@ -395,8 +402,7 @@ impl Service {
                 .div_euclid(DAY_MS)
                 .clamp(0, i64::from(u16::MAX)) as u16,
         };
-        let signature =
-            ed25519_dalek::Signer::sign(self.authority.secret(), &claim.signed_bytes()).to_bytes();
+        let signature = self.authority.sign(&claim.signed_bytes())?;
         Ok(MakActivation {
             serial: claim.serial,
             day: claim.day,

@@ -57,9 +57,9 @@ fn x8_statement_round_trips_and_fits_a_frame() {
     assert_eq!(parse_file("# comment\n\n"), Ok(vec![]));
 }
 
-// X8: the test vector in PROTOCOL.md (keys from seeds 0x01.. and 0x02.., issued at; checked
-// against an independent implementation, Python `cryptography`,
-// 1 800 000 000 s, old root trusted until 1 802 592 000 s).
+// X8: the test vector in PROTOCOL.md (keys from seeds 0x01.. and 0x02.., issued at
+// 1 800 000 000 s, old root trusted until 1 802 592 000 s); the same bytes come out of an
+// independent implementation (Python `cryptography`).
 #[test]
 fn x8_statement_test_vector() {
     let s = statement(&key(1), &key(2), Some(NOW.plus_days(30)));
