@@ -16,6 +16,7 @@
 //! - [`evidence`]: the hosts' signed answers kept in it (X5).
 //! - [`fsmode`]: file and directory modes set explicitly, never from the umask (X4).
 //! - [`hardware`]: the hardware probe (R12).
+//! - [`rollover`]: root rollover statements the client accepted (X8).
 //! - [`codes`]: client-side result codes (R14).
 
 pub mod agent;
@@ -26,6 +27,7 @@ pub mod evidence;
 pub mod fsmode;
 pub mod hardware;
 pub mod ops;
+pub mod rollover;
 pub mod state;
 
 pub use agent::Licensing;

@@ -220,13 +220,35 @@ impl Client {
     }
 
     /// The trusted authority: the one given, else `DIR/authority.pub` as it is now (a handle
-    /// opened before an activation kept the caller's key there still finds it).
+    /// opened before an activation kept the caller's key there still finds it), extended by the
+    /// root rollovers accepted in `DIR/authority.rollover` (X8).
     fn anchor(&self) -> Option<TrustAnchor> {
-        self.trust.clone().or_else(|| {
-            std::fs::read_to_string(self.dir.join(TRUST_FILE))
-                .ok()
-                .and_then(|t| parse_authority_public(&t).ok())
-        })
+        self.trust
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string(self.dir.join(TRUST_FILE))
+                    .ok()
+                    .and_then(|t| parse_authority_public(&t).ok())
+            })
+            .map(|root| crate::rollover::anchor(&self.dir, &root))
+    }
+
+    /// X8: verifies the root rollover statements in `text` from the trusted root and keeps
+    /// those that verify in `DIR/authority.rollover`.
+    pub fn import_rollover(
+        &self,
+        text: &str,
+    ) -> Result<crate::rollover::Imported, crate::rollover::RolloverImportError> {
+        let root = self
+            .anchor()
+            .ok_or_else(|| crate::rollover::RolloverImportError::Io {
+                path: self.dir.join(TRUST_FILE),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no trusted authority key: `tally client trust FILE` first",
+                ),
+            })?;
+        crate::rollover::import(&self.dir, &root, text)
     }
 
     /// X5: the evidence in the state is verified against the trusted authority key. A key the
@@ -478,7 +500,7 @@ impl Client {
                 "no key installed: run `tally client install-key SETUP_KEY` first (see `tally catalog list`)".into(),
             ));
         };
-        let Some(trust) = self.trust.clone() else {
+        let Some(trust) = self.anchor() else {
             return self.done(
                 now,
                 codes::NO_TRUST,
