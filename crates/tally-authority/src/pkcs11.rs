@@ -87,7 +87,9 @@ fn session(config: &TokenConfig, pin: &str) -> Result<Session, SignerError> {
             found = Some(slot);
             break;
         }
-        present.push(label);
+        if !label.is_empty() {
+            present.push(label);
+        }
     }
     let slot = found.ok_or_else(|| SignerError::NoToken {
         label: config.token_label.clone(),

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod authority;
+pub mod authority_root;
 pub mod bench;
 pub mod catalog;
 pub mod client;

@@ -17,6 +17,7 @@ mod embedding;
 mod faults;
 mod fleet;
 mod hostile;
+mod hsm;
 mod lifecycle;
 mod local_users;
 mod one_path;
