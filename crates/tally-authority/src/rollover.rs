@@ -148,8 +148,9 @@ fn copy_database(old_dir: &Path, new_dir: &Path) -> Result<Option<PathBuf>, Auth
     let target = to
         .to_str()
         .ok_or_else(|| AuthorityError::Rollover(format!("{}: not UTF-8", to.display())))?;
+    // X4: the copy is made private before anything is in it (VACUUM INTO fills an empty file).
+    fsmode::write_new(&to, b"", fsmode::PRIVATE_FILE)?;
     conn.execute("VACUUM INTO ?1", [target]).map_err(db_error)?;
-    fsmode::tighten(&to, fsmode::PRIVATE_FILE)?;
     Ok(Some(to))
 }
 

@@ -66,15 +66,20 @@ impl TokenArgs {
     }
 }
 
-/// `tally authority init [--pkcs11-module ...]`.
-pub fn init(d: &Path, token: &TokenArgs, as_json: bool) -> anyhow::Result<()> {
-    let (authority, public) = match token.config()? {
+/// Makes the authority in `d`: a key file, or the token of `token`.
+fn make(d: &Path, token: &TokenArgs) -> anyhow::Result<(tally_authority::Authority, PathBuf)> {
+    Ok(match token.config()? {
         None => dir::init(d)?,
         Some(config) => {
             let pin = config.pin()?;
             dir::init_token(d, config, &pin, token.use_existing)?
         }
-    };
+    })
+}
+
+/// `tally authority init [--pkcs11-module ...]`.
+pub fn init(d: &Path, token: &TokenArgs, as_json: bool) -> anyhow::Result<()> {
+    let (authority, public) = make(d, token)?;
     if as_json {
         output::json(&json!({
             "public_key_file": public,
@@ -158,7 +163,7 @@ pub fn rollover(args: &RolloverArgs) -> anyhow::Result<()> {
         .map(|t| parse_until(t, now))
         .transpose()?;
     if !dir::exists(&args.new_dir) {
-        init(&args.new_dir, &args.token, false)?;
+        make(&args.new_dir, &args.token)?;
     } else if args.token.pkcs11_module.is_some() {
         anyhow::bail!(
             "{} holds an authority already: drop the token options to use it, or give a new --new-dir",

@@ -22,6 +22,7 @@ mod lifecycle;
 mod local_users;
 mod one_path;
 mod readme;
+mod rollover;
 mod startup;
 mod trust;
 
