@@ -130,3 +130,15 @@ pub fn import_beside(
     };
     import(dir, root, &text).map(Some)
 }
+
+/// [`import_beside`], logging a refusal instead of returning it: a damaged or forged file
+/// beside the trust file must not stop the client from using the root it trusts.
+pub fn keep_beside(dir: &Path, root: &TrustAnchor, trust_file: &Path) {
+    if let Err(error) = import_beside(dir, root, trust_file) {
+        tracing::warn!(
+            %error,
+            file = %beside(trust_file).display(),
+            "rollover file beside the trust file refused"
+        );
+    }
+}

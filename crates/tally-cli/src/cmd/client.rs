@@ -82,9 +82,7 @@ impl ClientOpts {
                 let root =
                     parse_authority_public(&text).with_context(|| format!("{}", path.display()))?;
                 // X8: a rollover file beside the trust file is verified and kept.
-                if let Err(error) = rollover::import_beside(&self.dir(), &root, path) {
-                    tracing::warn!(%error, file = %rollover::beside(path).display(), "rollover file refused");
-                }
+                rollover::keep_beside(&self.dir(), &root, path);
                 Some(root)
             }
             None => None,

@@ -10,7 +10,6 @@ use tally_test_support::{Process, tally_env};
 
 use crate::bin;
 
-const SERVER_DATACENTER: &str = "F7R4D-6HMTK-PVWRM-DXKYV-FFDH6";
 const PIN: &str = "73915028";
 
 fn s(p: &Path) -> &str {
