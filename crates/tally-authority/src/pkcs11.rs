@@ -104,7 +104,8 @@ fn session(config: &TokenConfig, pin: &str) -> Result<Session, SignerError> {
         .open_rw_session(slot)
         .map_err(token_error(config, "C_OpenSession"))?;
     match session.login(UserType::User, Some(&AuthPin::from(pin.to_owned()))) {
-        // Login is per application and token: a second session of this process is in already.
+        // Login is per application and token: a second session of this process is in already
+        // (its PIN was checked by the first; the CLI logs in once per process).
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
         Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLenRange, _)) => {
             Err(SignerError::PinIncorrect {
@@ -292,5 +293,94 @@ impl RootSigner for TokenSigner {
             self.config.key_label,
             self.config.module.display()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_test_support::softhsm::{MODULE, SoftHsm};
+
+    use super::*;
+    use crate::Authority;
+
+    fn config(label: &str, key: &str) -> TokenConfig {
+        TokenConfig {
+            module: MODULE.into(),
+            token_label: label.into(),
+            key_label: key.into(),
+            pin_file: None,
+        }
+    }
+
+    // X8: a key generated in a real SoftHSM2 token signs plain, deterministic Ed25519 that
+    // verifies under its public key; reopening finds the same key; the errors name the cause.
+    // SoftHSM2 reads SOFTHSM2_CONF when the module is initialised, once per process, so the
+    // body runs in a child process of this test binary with the test's own token directory.
+    #[test]
+    fn x8_token_signer_signs_ed25519_and_errors_name_the_cause() {
+        const CHILD: &str = "TALLY_TOKEN_SIGNER_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            token_signer_body();
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let Some(hsm) = SoftHsm::new(tmp.path()) else {
+            return;
+        };
+        hsm.init_token("unit", "1234");
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args([
+                "pkcs11::tests::x8_token_signer_signs_ed25519_and_errors_name_the_cause",
+                "--exact",
+                "--nocapture",
+            ])
+            .envs(hsm.env())
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        let text = String::from_utf8_lossy(&out.stderr);
+        eprintln!("{text}");
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("token signature:"), "the body ran: {text}");
+    }
+
+    fn token_signer_body() {
+        // Before any session of this process is logged in: PKCS#11 login state is per
+        // application and token, so later logins of this process find it logged in already.
+        assert!(matches!(
+            TokenSigner::generate(config("unit", "root"), "9999", false),
+            Err(SignerError::PinIncorrect { .. })
+        ));
+        let signer = TokenSigner::generate(config("unit", "root"), "1234", false).expect("gen");
+        let public = signer.public();
+        let start = std::time::Instant::now();
+        for i in 0..200u32 {
+            let msg = i.to_be_bytes();
+            let sig = signer.sign(&msg).expect("sign");
+            public
+                .verify_strict(&msg, &Signature::from_bytes(&sig))
+                .expect("verifies");
+        }
+        eprintln!("token signature: {:?} each", start.elapsed() / 200);
+        let a = Authority::from_signer(Box::new(signer)).expect("authority");
+        a.check_deterministic().expect("deterministic");
+        let reopened = TokenSigner::open(config("unit", "root"), "1234").expect("open");
+        assert_eq!(reopened.public(), public);
+        let b = Authority::from_signer(Box::new(reopened)).expect("authority");
+        assert_eq!(a.mac_keys(), b.mac_keys(), "the MAC key is stable");
+
+        assert!(matches!(
+            TokenSigner::open(config("unit", "nope"), "1234"),
+            Err(SignerError::NoKey { .. })
+        ));
+        assert!(matches!(
+            TokenSigner::generate(config("unit", "root"), "1234", false),
+            Err(SignerError::KeyExists { .. })
+        ));
+        assert!(matches!(
+            TokenSigner::open(config("absent", "root"), "1234"),
+            Err(SignerError::NoToken { .. })
+        ));
     }
 }
