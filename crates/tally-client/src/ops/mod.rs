@@ -30,6 +30,7 @@ const SEQUENCE_BLOCK: u32 = 64;
 
 mod discover;
 mod mak;
+mod rollover;
 
 /// The authority key file kept in a state directory.
 pub const TRUST_FILE: &str = "authority.pub";
@@ -231,24 +232,6 @@ impl Client {
                     .and_then(|t| parse_authority_public(&t).ok())
             })
             .map(|root| crate::rollover::anchor(&self.dir, &root))
-    }
-
-    /// X8: verifies the root rollover statements in `text` from the trusted root and keeps
-    /// those that verify in `DIR/authority.rollover`.
-    pub fn import_rollover(
-        &self,
-        text: &str,
-    ) -> Result<crate::rollover::Imported, crate::rollover::RolloverImportError> {
-        let root = self
-            .anchor()
-            .ok_or_else(|| crate::rollover::RolloverImportError::Io {
-                path: self.dir.join(TRUST_FILE),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no trusted authority key: `tally client trust FILE` first",
-                ),
-            })?;
-        crate::rollover::import(&self.dir, &root, text)
     }
 
     /// X5: the evidence in the state is verified against the trusted authority key. A key the
