@@ -1,11 +1,15 @@
-//! An authority directory: `authority.key` (secret, mode 0600) and `authority.pub`.
+//! An authority directory: the root key (`authority.key`, mode 0600, or `pkcs11.toml` naming
+//! the token that holds it, X8), `authority.pub`, the operator token, the SQLite database, and
+//! after a root rollover `authority.rollover` (the statements from the first root to this one)
+//! and `previous-roots.mac` (the MAC keys of the roots before, mode 0600).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use tally_core::trust::{armor, labels, parse_secret};
+use tally_core::trust::{armor, dearmor, labels, parse_secret};
 use tally_store::fsmode;
 
+use crate::signer::{SignerError, TokenConfig};
 use crate::{Authority, AuthorityError};
 
 /// File name of the secret root key.
@@ -16,6 +20,16 @@ pub const PUBLIC_FILE: &str = "authority.pub";
 pub const TOKEN_FILE: &str = "operator.token";
 /// File name of the authority database.
 pub const DB_FILE: &str = "authority.db";
+/// File name of the token configuration of a token-backed root (X8): module, token and key
+/// labels, never the PIN or the key.
+pub const TOKEN_CONFIG_FILE: &str = "pkcs11.toml";
+/// File name of the rollover statements from the first root to this authority's (X8).
+pub const ROLLOVER_FILE: &str = "authority.rollover";
+/// File name of the key-authenticator MAC keys of the roots this authority was rolled over
+/// from (X8; mode 0600): keys they issued keep checking here.
+pub const PREVIOUS_MAC_FILE: &str = "previous-roots.mac";
+/// Label of one line of [`PREVIOUS_MAC_FILE`].
+pub const MAC_KEY_LABEL: &str = "tally-authority-mac-key-v1";
 
 /// Writes `contents` to `path` with mode 0600 (whatever the umask), creating it; refuses to
 /// overwrite.
@@ -31,6 +45,7 @@ pub fn tighten(dir: &Path) -> std::io::Result<()> {
     for (name, max) in [
         (SECRET_FILE, fsmode::PRIVATE_FILE),
         (TOKEN_FILE, fsmode::PRIVATE_FILE),
+        (PREVIOUS_MAC_FILE, fsmode::PRIVATE_FILE),
         (PUBLIC_FILE, fsmode::PUBLIC_FILE),
     ] {
         fsmode::tighten(&dir.join(name), max)?;
@@ -43,20 +58,81 @@ pub fn public_file_text(authority: &Authority) -> String {
     armor(labels::AUTHORITY_PUBLIC, authority.public().as_bytes())
 }
 
+/// Whether `dir` holds an authority (a key file or a token configuration).
+pub fn exists(dir: &Path) -> bool {
+    dir.join(SECRET_FILE).exists() || dir.join(TOKEN_CONFIG_FILE).exists()
+}
+
 /// Creates a new authority in `dir` (made if missing). Returns the authority and the path of
 /// its public key file.
 pub fn init(dir: &Path) -> Result<(Authority, PathBuf), AuthorityError> {
     // X4: the directory holds the root key: only its owner may enter it, whatever the umask.
     fsmode::create_dir(dir, fsmode::PRIVATE_DIR)?;
-    let secret = dir.join(SECRET_FILE);
-    if secret.exists() {
+    if exists(dir) {
         return Err(AuthorityError::AlreadyExists(dir.display().to_string()));
     }
-    let authority = Authority::generate();
+    let key = tally_core::trust::generate_key();
     write_private(
-        &secret,
-        &armor(labels::AUTHORITY_SECRET, &authority.secret().to_bytes()),
+        &dir.join(SECRET_FILE),
+        &armor(labels::AUTHORITY_SECRET, &key.to_bytes()),
     )?;
+    finish_init(dir, Authority::from_key(key))
+}
+
+/// Creates a new authority in `dir` whose root key is generated in (or, with `use_existing`,
+/// already in) the PKCS#11 token of `config` (X8). Writes `pkcs11.toml` and public data only:
+/// no key and no PIN ever reaches the directory.
+pub fn init_token(
+    dir: &Path,
+    config: TokenConfig,
+    pin: &str,
+    use_existing: bool,
+) -> Result<(Authority, PathBuf), AuthorityError> {
+    fsmode::create_dir(dir, fsmode::PRIVATE_DIR)?;
+    if exists(dir) {
+        return Err(AuthorityError::AlreadyExists(dir.display().to_string()));
+    }
+    let text = toml::to_string(&config).map_err(|e| AuthorityError::Rollover(e.to_string()))?;
+    let authority = open_token(config, pin, Some(use_existing))?;
+    authority.check_deterministic()?;
+    fsmode::write_new(
+        &dir.join(TOKEN_CONFIG_FILE),
+        format!(
+            "# The root key of this authority is in a PKCS#11 token (X8). The PIN comes from\n\
+             # TALLY_PKCS11_PIN or pin_file; neither the PIN nor the key is ever written here.\n{text}"
+        )
+        .as_bytes(),
+        fsmode::PUBLIC_FILE,
+    )?;
+    finish_init(dir, authority)
+}
+
+/// Opens the root key in a token; `init` is `Some(use_existing)` when a new authority is made
+/// (generate the key pair, or take the existing one).
+#[cfg(feature = "pkcs11")]
+fn open_token(
+    config: TokenConfig,
+    pin: &str,
+    init: Option<bool>,
+) -> Result<Authority, AuthorityError> {
+    let signer = match init {
+        Some(use_existing) => crate::pkcs11::TokenSigner::generate(config, pin, use_existing)?,
+        None => crate::pkcs11::TokenSigner::open(config, pin)?,
+    };
+    Authority::from_signer(Box::new(signer))
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn open_token(
+    _config: TokenConfig,
+    _pin: &str,
+    _init: Option<bool>,
+) -> Result<Authority, AuthorityError> {
+    Err(SignerError::Unsupported.into())
+}
+
+/// Writes the public key file and the operator token of a new authority.
+fn finish_init(dir: &Path, authority: Authority) -> Result<(Authority, PathBuf), AuthorityError> {
     let public = dir.join(PUBLIC_FILE);
     fsmode::write_atomic(
         &public,
@@ -103,23 +179,60 @@ pub async fn open_service_on(
     Ok(crate::service::Service::new(authority, store, clock))
 }
 
-/// Loads the authority in `dir`.
+/// Loads the authority in `dir`: its root key from `authority.key` or from the token named in
+/// `pkcs11.toml` (the PIN from `TALLY_PKCS11_PIN` or the configured PIN file), and the MAC
+/// keys of the roots it was rolled over from.
 pub fn load(dir: &Path) -> Result<Authority, AuthorityError> {
     let secret = dir.join(SECRET_FILE);
-    if secret.exists() {
+    if secret.exists() || dir.join(PREVIOUS_MAC_FILE).exists() {
         tighten(dir)?;
     }
-    let text = match fs::read_to_string(&secret) {
+    let authority = match fs::read_to_string(&secret) {
+        Ok(text) => Authority::from_key(parse_secret(labels::AUTHORITY_SECRET, &text)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let config = token_config(dir)?;
+            let pin = config.pin()?;
+            open_token(config, &pin, None)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(authority.with_previous_mac_keys(previous_mac_keys(dir)?))
+}
+
+/// The token configuration of the authority in `dir`.
+pub fn token_config(dir: &Path) -> Result<TokenConfig, AuthorityError> {
+    let path = dir.join(TOKEN_CONFIG_FILE);
+    let text = match fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(AuthorityError::Missing(dir.display().to_string()));
         }
         Err(e) => return Err(e.into()),
     };
-    Ok(Authority::from_key(parse_secret(
-        labels::AUTHORITY_SECRET,
-        &text,
-    )?))
+    toml::from_str(&text).map_err(|e| {
+        AuthorityError::Signer(SignerError::Token {
+            operation: "reading pkcs11.toml",
+            token: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// The MAC keys in `previous-roots.mac`, if any.
+pub fn previous_mac_keys(dir: &Path) -> Result<Vec<[u8; 32]>, AuthorityError> {
+    let text = match fs::read_to_string(dir.join(PREVIOUS_MAC_FILE)) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            dearmor(MAC_KEY_LABEL, line)?
+                .try_into()
+                .map_err(|_| tally_core::trust::FileFormatError::Damaged(MAC_KEY_LABEL).into())
+        })
+        .collect()
 }
 
 #[cfg(test)]

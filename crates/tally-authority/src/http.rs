@@ -112,6 +112,10 @@ impl From<ServiceError> for ApiError {
                 tracing::error!(%error, "authority storage failed");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            ServiceError::Signer(error) => {
+                tracing::error!(%error, "the root key could not sign");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         let message = match &e {
             ServiceError::Refused(

@@ -7,7 +7,11 @@
 //! (R23) and MAKs (R25) grow here.
 //!
 //! # Layout
-//! - [`Authority`]: key issuance, key checking, certification.
+//! - [`Authority`]: key issuance, key checking, certification; [`Authority::sign`] is the one
+//!   entry point for every signature by the root.
+//! - [`signer`]: [`signer::RootSigner`], the root key as a file or in a PKCS#11 token (X8).
+//! - `pkcs11` (feature `pkcs11`): the token signer over `cryptoki`.
+//! - [`rollover`]: signing a root rollover statement, carrying an authority over to a new root.
 //! - [`dir`]: the on-disk layout of an authority directory.
 //! - [`store`]: the authority's state (SQLite file, or PostgreSQL for several processes).
 //! - [`transparency`]: the log of everything the authority signs (X8): appends, signed tree
@@ -19,9 +23,10 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use hmac::{Hmac, KeyInit, Mac};
 use rand::RngExt;
 use sha2::{Digest, Sha256};
+use signer::{KeyFileSigner, RootSigner, SignerError};
 use tally_core::keys::{HostKeyFields, KeyError, KeyGroup, KeyKind, ProductKey};
 use tally_core::time::Timestamp;
-use tally_core::trust::{authority_id, sign_certificate};
+use tally_core::trust::authority_id;
 use tally_proto::{CertificateBody, HostCertificate};
 use thiserror::Error;
 
@@ -33,7 +38,11 @@ mod log_http;
 pub mod offline {
     pub use tally_core::digits::*;
 }
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
+pub mod rollover;
 pub mod service;
+pub mod signer;
 pub mod store;
 pub mod transparency;
 
@@ -69,74 +78,141 @@ pub enum AuthorityError {
     /// No authority in the directory.
     #[error("no authority in {0}: run `tally authority init --dir {0}` first")]
     Missing(String),
+    /// The root key could not sign (a token error, a wrong PIN...).
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    /// A rollover could not be made.
+    #[error("{0}")]
+    Rollover(String),
 }
 
 /// The vendor's authority.
 pub struct Authority {
-    signing: SigningKey,
+    signer: Box<dyn RootSigner>,
+    public: VerifyingKey,
+    /// The key-authenticator MAC key of this root: new keys carry its authenticator.
     mac_key: [u8; 32],
+    /// The MAC keys of the roots this authority was rolled over from (X8): keys they issued
+    /// keep checking.
+    previous_mac_keys: Vec<[u8; 32]>,
 }
 
 impl fmt::Debug for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authority")
-            .field(
-                "public",
-                &tally_core::trust::to_hex(self.public().as_bytes()),
-            )
+            .field("public", &tally_core::trust::to_hex(self.public.as_bytes()))
+            .field("signer", &self.signer.describe())
             .finish_non_exhaustive()
     }
 }
 
+/// The message a token-backed root signs to derive its MAC key (never published, never signed
+/// for any other purpose; no verifier accepts this context).
+const MAC_SEED_MESSAGE: &[u8] = b"tally/v1/key-authenticator-seed\0";
+
 impl Authority {
-    /// A new authority with a fresh random root key.
+    /// A new authority with a fresh random root key (held in memory, as a key file does).
     pub fn generate() -> Self {
         Self::from_key(tally_core::trust::generate_key())
     }
 
-    /// The authority of this root key.
+    /// The authority of this root key (a key file). Its MAC key is derived from the secret
+    /// key's bytes, as it always was, so the keys it issued keep checking.
     pub fn from_key(signing: SigningKey) -> Self {
         let mac_key = Sha256::new()
             .chain_update(b"tally/v1/key-authenticator\0")
             .chain_update(signing.to_bytes())
             .finalize()
             .into();
-        Self { signing, mac_key }
+        Self {
+            public: signing.verifying_key(),
+            signer: Box::new(KeyFileSigner::new(signing)),
+            mac_key,
+            previous_mac_keys: Vec::new(),
+        }
     }
 
-    /// The root secret key.
-    pub fn secret(&self) -> &SigningKey {
-        &self.signing
+    /// The authority of a root key the process never sees (a PKCS#11 token). The token cannot
+    /// give out the secret bytes, so the MAC key is derived from the root's signature over a
+    /// fixed, domain-separated message: Ed25519 (RFC 8032) is deterministic, so the token gives
+    /// the same 64 bytes, and the same MAC key, every time. Only a holder of the root key can
+    /// compute it.
+    pub fn from_signer(signer: Box<dyn RootSigner>) -> Result<Self, AuthorityError> {
+        let seed = signer.sign(MAC_SEED_MESSAGE)?;
+        let mac_key = Sha256::new()
+            .chain_update(b"tally/v1/key-authenticator-token\0")
+            .chain_update(seed)
+            .finalize()
+            .into();
+        Ok(Self {
+            public: signer.public(),
+            signer,
+            mac_key,
+            previous_mac_keys: Vec::new(),
+        })
+    }
+
+    /// Checks that the signer's signatures are deterministic (the MAC derivation of
+    /// [`Self::from_signer`] relies on it); `init` runs it once on a new token key.
+    pub fn check_deterministic(&self) -> Result<(), AuthorityError> {
+        if self.signer.sign(MAC_SEED_MESSAGE)? != self.signer.sign(MAC_SEED_MESSAGE)? {
+            return Err(AuthorityError::Signer(SignerError::NotEd25519 {
+                key: self.signer.describe(),
+                token: String::new(),
+                reason: "two signatures of one message differ: Tally needs deterministic \
+                         Ed25519 (RFC 8032) to derive its key-authenticator key"
+                    .into(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Adds the MAC keys of the roots this authority was rolled over from (X8).
+    pub fn with_previous_mac_keys(mut self, keys: Vec<[u8; 32]>) -> Self {
+        self.previous_mac_keys = keys;
+        self
+    }
+
+    /// Every MAC key this authority checks with, its own first.
+    pub fn mac_keys(&self) -> Vec<[u8; 32]> {
+        let mut keys = vec![self.mac_key];
+        keys.extend(self.previous_mac_keys.iter().copied());
+        keys
+    }
+
+    /// Signs `msg` with the root key (in the file or in the token): the one entry point for
+    /// every signature the authority makes. Callers put a domain-separation context in `msg`.
+    pub fn sign(&self, msg: &[u8]) -> Result<[u8; 64], AuthorityError> {
+        Ok(self.signer.sign(msg)?)
+    }
+
+    /// Where the root key is.
+    pub fn signer_description(&self) -> String {
+        self.signer.describe()
     }
 
     /// The public key clients trust.
     pub fn public(&self) -> VerifyingKey {
-        self.signing.verifying_key()
-    }
-
-    /// Signs `message` with the root key (Ed25519): MAK claims, revocation lists (X7), tree
-    /// heads (X8); so a root key held elsewhere (an HSM)
-    /// changes this one method.
-    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
-        ed25519_dalek::Signer::sign(&self.signing, message).to_bytes()
+        self.public
     }
 
     /// X8: signs a tree head of the transparency log (context `tally/v1/tree-head\0`).
-    pub fn sign_tree_head(&self, head: tally_log::TreeHead) -> tally_log::SignedTreeHead {
-        head.with_signature(self.sign(&head.signed_bytes()))
+    pub fn sign_tree_head(
+        &self,
+        head: tally_log::TreeHead,
+    ) -> Result<tally_log::SignedTreeHead, AuthorityError> {
+        Ok(head.with_signature(self.sign(&head.signed_bytes())?))
     }
 
     fn authenticator(&self, key: ProductKey) -> u64 {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.mac_key) else {
-            unreachable!("HMAC takes any key length")
-        };
-        mac.update(b"tally/v1/key\0");
-        mac.update(&key.authenticated_bytes());
-        let out = mac.finalize().into_bytes();
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&out[..8]);
-        u64::from_be_bytes(first)
+        authenticator(&self.mac_key, key)
+    }
+
+    /// Whether `key`'s authenticator verifies under this root's MAC key or a previous root's.
+    fn authenticator_verifies(&self, key: ProductKey) -> bool {
+        self.mac_keys()
+            .iter()
+            .any(|mac_key| authenticator(mac_key, key) == key.authenticator())
     }
 
     /// Issues a host key for `group` and `generation` with a random serial.
@@ -190,7 +266,7 @@ impl Authority {
             }
             .into());
         }
-        if self.authenticator(key) != key.authenticator() {
+        if !self.authenticator_verifies(key) {
             return Err(AuthorityError::NotIssuedHere);
         }
         Ok(key.kind())
@@ -206,8 +282,23 @@ impl Authority {
         let fields = host_key.host_fields()?;
         self.check_key(host_key)?;
         let body = certificate_body(fields, host_public, &self.public(), now);
-        Ok(sign_certificate(&self.signing, body))
+        let signature = self.sign(&body.signed_bytes())?;
+        Ok(HostCertificate { body, signature })
     }
+}
+
+/// The authenticator of `key` under `mac_key`: the first 8 bytes of an HMAC-SHA-256.
+fn authenticator(mac_key: &[u8; 32], key: ProductKey) -> u64 {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(mac_key) else {
+        unreachable!("HMAC takes any key length")
+    };
+    mac.update(b"tally/v1/key\0");
+    mac.update(&key.authenticated_bytes());
+    let out = mac.finalize().into_bytes();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&out[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// The certificate body for a host key's fields. Validity is day-aligned (from the day before

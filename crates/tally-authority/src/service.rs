@@ -53,6 +53,9 @@ pub enum ServiceError {
     /// Storage failed (details in the server log only).
     #[error("internal error")]
     Store(#[from] StoreError),
+    /// The root key could not sign (its token is unreachable, say; details in the server log).
+    #[error("the authority cannot sign right now; try again later")]
+    Signer(String),
 }
 
 impl ServiceError {
@@ -67,6 +70,7 @@ impl ServiceError {
             Self::NotFound(_) | Self::NotLogged => "not_found",
             Self::Store(StoreError::LogDamaged { .. }) => "log_damaged",
             Self::Store(_) => "internal",
+            Self::Signer(_) => "signer_unavailable",
         }
     }
 }
@@ -79,7 +83,10 @@ impl From<tally_core::keys::KeyError> for ServiceError {
 
 impl From<AuthorityError> for ServiceError {
     fn from(e: AuthorityError) -> Self {
-        Self::KeyNotValid(e.to_string())
+        match e {
+            AuthorityError::Signer(error) => Self::Signer(error.to_string()),
+            other => Self::KeyNotValid(other.to_string()),
+        }
     }
 }
 
@@ -441,7 +448,7 @@ impl Service {
                 .clamp(0, i64::from(u16::MAX)) as u16,
         };
         let signed = claim.signed_bytes();
-        let signature = self.authority.sign(&signed);
+        let signature = self.authority.sign(&signed)?;
         // The logged object: the signed bytes (with their context) and the signature.
         let mut object = signed;
         object.extend_from_slice(&signature);

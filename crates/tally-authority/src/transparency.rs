@@ -99,19 +99,19 @@ impl Service {
         }
     }
 
-    fn sign_head(&self, leaves: &[Hash]) -> SignedTreeHead {
-        self.authority.sign_tree_head(TreeHead {
+    fn sign_head(&self, leaves: &[Hash]) -> Result<SignedTreeHead, ServiceError> {
+        Ok(self.authority.sign_tree_head(TreeHead {
             size: leaves.len() as u64,
             root: root(leaves),
             timestamp_ms: self.clock.now().millis(),
-        })
+        })?)
     }
 
     /// A signed tree head of `size` entries (default: the whole log), signed now.
     pub async fn log_head(&self, size: Option<u64>) -> Result<SignedTreeHead, ServiceError> {
         let size = self.size_or_current(size).await?;
         let leaves = self.store.log_leaf_hashes(size).await?;
-        Ok(self.sign_head(&leaves))
+        self.sign_head(&leaves)
     }
 
     /// The inclusion proof of entry `index` in the tree of `size` entries (default: the whole
@@ -142,7 +142,7 @@ impl Service {
         let path =
             inclusion_proof(index, &leaves).map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         Ok(InclusionProof {
-            head: self.sign_head(&leaves),
+            head: self.sign_head(&leaves)?,
             index,
             entry: entry.entry,
             path,
@@ -185,7 +185,7 @@ impl Service {
                 new_size: new,
                 path,
             },
-            head: self.sign_head(&leaves),
+            head: self.sign_head(&leaves)?,
         })
     }
 

@@ -17,6 +17,7 @@
 //! - `revoked`: what the authority's revocation list changes for a client (X7).
 //! - [`fsmode`]: file and directory modes set explicitly, never from the umask (X4).
 //! - [`hardware`]: the hardware probe (R12).
+//! - [`rollover`]: root rollover statements the client accepted (X8).
 //! - [`codes`]: client-side result codes (R14).
 
 pub mod agent;
@@ -28,6 +29,7 @@ pub mod fsmode;
 pub mod hardware;
 pub mod ops;
 mod revoked;
+pub mod rollover;
 pub mod state;
 
 pub use agent::Licensing;

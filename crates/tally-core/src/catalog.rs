@@ -340,13 +340,39 @@ pub mod signed {
 
     /// Signs a catalog's text (which must parse) and returns the signed text.
     pub fn sign(text: &str, key: &SigningKey) -> Result<String, CatalogError> {
+        let unsigned = prepare(text)?;
+        let signature = key.sign(&unsigned.message()).to_bytes();
+        Ok(unsigned.with_signature(&signature))
+    }
+
+    /// A catalog checked and ready to be signed by a signer that is not a key in memory (the
+    /// authority's PKCS#11 token, X8): sign [`Unsigned::message`], then
+    /// [`Unsigned::with_signature`].
+    #[derive(Debug)]
+    pub struct Unsigned {
+        body: String,
+    }
+
+    impl Unsigned {
+        /// The bytes the authority signs.
+        pub fn message(&self) -> Vec<u8> {
+            message(&self.body)
+        }
+
+        /// The signed catalog's text.
+        pub fn with_signature(self, signature: &[u8; 64]) -> String {
+            format!("{}{MARKER}{}\n", self.body, to_hex(signature))
+        }
+    }
+
+    /// Checks that `text` is a catalog and prepares it for signing.
+    pub fn prepare(text: &str) -> Result<Unsigned, CatalogError> {
         let mut body = text.to_owned();
         if !body.ends_with('\n') {
             body.push('\n');
         }
         Catalog::parse(&body)?;
-        let signature = key.sign(&message(&body));
-        Ok(format!("{body}{MARKER}{}\n", to_hex(&signature.to_bytes())))
+        Ok(Unsigned { body })
     }
 
     /// Verifies a signed catalog against the authority key and parses it.

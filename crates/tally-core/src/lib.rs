@@ -9,6 +9,7 @@
 //! - [`keys`]: 25-character product keys, key groups (R21), checksums.
 //! - [`catalog`]: pools and editions, thresholds (R1), the demo catalog.
 //! - [`trust`]: authority → host certificate → signed response verification (R16).
+//! - [`rollover`]: root rollover statements and the chain of roots a verifier trusts (X8).
 //! - [`counting`]: per-pool CMID tables (R2–R5).
 //! - [`host`]: the host session: frame in, response and changes to persist out.
 //! - [`lifecycle`]: the client's licensing state machine (R2, R7–R12).
@@ -35,6 +36,7 @@ pub mod host;
 pub mod keys;
 pub mod lifecycle;
 pub mod revocation;
+pub mod rollover;
 pub mod secret;
 pub mod time;
 pub mod transparency;

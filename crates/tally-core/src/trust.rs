@@ -26,6 +26,14 @@ pub enum TrustError {
     /// The certificate was issued by another authority.
     #[error("host certificate was issued by another authority (not the one this client trusts)")]
     UnknownAuthority,
+    /// The certificate was issued by a root that a rollover statement retired (X8).
+    #[error(
+        "host certificate was issued by a root this client retired at {until} (root rollover): the host must be certified again by the new root"
+    )]
+    RootRetired {
+        /// When the root was retired.
+        until: Timestamp,
+    },
     /// The certificate's signature does not verify.
     #[error("host certificate signature is invalid")]
     BadCertificateSignature,
@@ -186,38 +194,106 @@ impl Coverage {
     }
 }
 
-/// The authority public key a client trusts.
+/// The authority public keys a client trusts: the root it was given (`authority.pub`) and the
+/// roots handed trust since by verified rollover statements (X8, [`crate::rollover::Chain`]).
 #[derive(Clone, Debug)]
 pub struct TrustAnchor {
+    /// The root first, then each successor in order.
+    keys: Vec<AnchorKey>,
+}
+
+#[derive(Clone, Debug)]
+struct AnchorKey {
     key: VerifyingKey,
     id: [u8; 8],
+    /// After this instant the key is retired (its rollover statement's `old_root_until`).
+    until: Option<Timestamp>,
 }
 
 impl TrustAnchor {
     /// Trusts this key.
     pub fn new(key: VerifyingKey) -> Self {
         Self {
-            id: authority_id(&key),
-            key,
+            keys: vec![AnchorKey {
+                id: authority_id(&key),
+                key,
+                until: None,
+            }],
         }
     }
 
-    /// The key.
+    /// The root key this anchor was made from (what `authority.pub` holds).
     pub fn key(&self) -> &VerifyingKey {
-        &self.key
+        &self.keys[0].key
     }
 
-    /// Verifies a host certificate at time `now`.
+    /// The newest root: the one a rollover statement must be signed by.
+    pub fn current(&self) -> &VerifyingKey {
+        // `keys` is never empty: `new` puts the root in and nothing removes it.
+        &self.keys[self.keys.len() - 1].key
+    }
+
+    /// Every key trusted at `now`, newest first (a retired root is left out).
+    pub fn keys_at(&self, now: Timestamp) -> Vec<VerifyingKey> {
+        self.keys
+            .iter()
+            .rev()
+            .filter(|k| k.until.is_none_or(|until| now <= until))
+            .map(|k| k.key)
+            .collect()
+    }
+
+    /// Whether `key` is one of the anchor's keys (retired or not).
+    pub fn trusts_key(&self, key: &VerifyingKey) -> bool {
+        self.keys.iter().any(|k| k.key == *key)
+    }
+
+    /// Verifies `signature` over `message` under a key trusted at `now`.
+    pub fn verify_at(
+        &self,
+        message: &[u8],
+        signature: &[u8; 64],
+        now: Timestamp,
+    ) -> Result<(), TrustError> {
+        let sig = Signature::from_bytes(signature);
+        self.keys_at(now)
+            .iter()
+            .any(|k| k.verify_strict(message, &sig).is_ok())
+            .then_some(())
+            .ok_or(TrustError::BadResponseSignature)
+    }
+
+    /// Adds a root handed trust by a verified rollover statement; the current newest root is
+    /// retired after `old_until` if set. Only [`crate::rollover::Chain`] calls it.
+    pub(crate) fn push_successor(&mut self, key: VerifyingKey, old_until: Option<Timestamp>) {
+        let last = self.keys.len() - 1;
+        self.keys[last].until = old_until;
+        self.keys.push(AnchorKey {
+            id: authority_id(&key),
+            key,
+            until: None,
+        });
+    }
+
+    /// Verifies a host certificate at time `now`, under whichever trusted root issued it.
     pub fn verify_certificate(
         &self,
         cert: &HostCertificate,
         now: Timestamp,
     ) -> Result<VerifiedHost, TrustError> {
-        if cert.body.authority_id != self.id {
-            return Err(TrustError::UnknownAuthority);
+        let issuer = self
+            .keys
+            .iter()
+            .find(|k| k.id == cert.body.authority_id)
+            .ok_or(TrustError::UnknownAuthority)?;
+        if let Some(until) = issuer.until
+            && now > until
+        {
+            return Err(TrustError::RootRetired { until });
         }
         let sig = Signature::from_bytes(&cert.signature);
-        self.key
+        issuer
+            .key
             .verify_strict(&cert.body.signed_bytes(), &sig)
             .map_err(|_| TrustError::BadCertificateSignature)?;
         let from = Timestamp(cert.body.not_before.saturating_mul(1000));
@@ -422,12 +498,11 @@ impl MakClaim {
         m
     }
 
-    /// Verifies the authority's signature on this claim.
+    /// Verifies the authority's signature on this claim under any root trusted on the claim's
+    /// day (X8: a claim by a root retired before that day is refused).
     pub fn verify(&self, anchor: &TrustAnchor, signature: &[u8; 64]) -> Result<(), TrustError> {
-        anchor
-            .key()
-            .verify_strict(&self.signed_bytes(), &Signature::from_bytes(signature))
-            .map_err(|_| TrustError::BadResponseSignature)
+        let day = Timestamp(i64::from(self.day) * crate::time::DAY_MS);
+        anchor.verify_at(&self.signed_bytes(), signature, day)
     }
 }
 

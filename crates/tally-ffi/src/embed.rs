@@ -183,7 +183,12 @@ impl Handle {
             (host, trust) => {
                 let anchor = match trust {
                     None => None,
-                    Some(path) => Some(read_trust(path)?),
+                    Some(path) => {
+                        let root = read_trust(path)?;
+                        // X8: the rollover file beside the trust file is verified and kept.
+                        tally_client::rollover::keep_beside(&self.dir, &root, path);
+                        Some(root)
+                    }
                 };
                 let client = match anchor {
                     Some(a) => Client::new(&self.dir, Arc::clone(&self.catalog), Some(a)),

@@ -10,7 +10,7 @@ use tally_authority::service::{self, HARDWARE_ID_BYTES};
 use tally_client::authority::AuthorityClient;
 use tally_core::KeyGroup;
 use tally_core::hex::to_hex;
-use tally_core::trust::{parse_authority_public, parse_certificate};
+use tally_core::trust::parse_certificate;
 use tracing::warn;
 
 use crate::identity::{
@@ -95,11 +95,26 @@ pub async fn activate(
                     "offline activation needs the authority's public key: pass --trust FILE".into(),
                 )
             })?;
-            let anchor = parse_authority_public(&anchor_text)
-                .map_err(|e| HostError::Invalid(format!("the authority key is damaged: {e}")))?;
-            let cert =
-                service::certificate_from_confirmation(&confirmation, key, &public, anchor.key())
-                    .map_err(|e| HostError::Invalid(e.to_string()))?;
+            // X8: the confirmation carries no authority id; the certificate is rebuilt for
+            // each trusted root, newest first, and the one that verifies is kept.
+            let anchor = crate::rollover::anchor(dir, &anchor_text)?;
+            let now = tally_core::time::Clock::now(&tally_core::time::SystemClock);
+            let mut rebuilt = None;
+            for root in anchor.keys_at(now) {
+                let cert =
+                    service::certificate_from_confirmation(&confirmation, key, &public, &root)
+                        .map_err(|e| HostError::Invalid(e.to_string()))?;
+                let verifies = anchor.verify_certificate(&cert, now).is_ok();
+                if verifies || rebuilt.is_none() {
+                    rebuilt = Some(cert);
+                }
+                if verifies {
+                    break;
+                }
+            }
+            let cert = rebuilt.ok_or_else(|| {
+                HostError::Invalid("this host trusts no authority root at this time".into())
+            })?;
             (cert, anchor_text, None)
         }
         Method::Online(url) => {

@@ -53,13 +53,35 @@ pub fn imported(dir: &Path) -> Result<Option<Catalog>, HostError> {
             paths::AUTHORITY_PUB
         ))
     })?;
-    let anchor = parse_authority_public(&anchor_text).map_err(HostError::format(anchor_path))?;
-    tally_core::catalog::signed::verify(&text, anchor.key())
+    parse_authority_public(&anchor_text).map_err(HostError::format(anchor_path))?;
+    verify_signed(dir, &anchor_text, &text)
         .map(Some)
         .map_err(|source| HostError::Catalog {
             what: path.display().to_string(),
             source,
         })
+}
+
+/// Verifies a signed catalog under the host's root or a root it handed trust to (X8), newest
+/// first.
+fn verify_signed(
+    dir: &Path,
+    anchor_text: &str,
+    text: &str,
+) -> Result<Catalog, tally_core::catalog::CatalogError> {
+    let keys = crate::rollover::anchor(dir, anchor_text)
+        .map(|a| a.keys_at(tally_core::time::Clock::now(&tally_core::time::SystemClock)))
+        .unwrap_or_default();
+    let mut last = None;
+    for key in &keys {
+        match tally_core::catalog::signed::verify(text, key) {
+            Ok(catalog) => return Ok(catalog),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        tally_core::catalog::CatalogError::Invalid("no trusted authority key".into())
+    }))
 }
 
 /// The catalog in force for the host in `dir` configured with `configured` (see the module
@@ -81,13 +103,11 @@ pub fn import(dir: &Path, configured: Option<&Path>, text: &str) -> Result<Catal
             "this host has no authority key (DATA_DIR/authority.pub): activate it first".into(),
         )
     })?;
-    let anchor = parse_authority_public(&anchor_text)
+    parse_authority_public(&anchor_text)
         .map_err(HostError::format(dir.join(paths::AUTHORITY_PUB)))?;
-    let catalog = tally_core::catalog::signed::verify(text, anchor.key()).map_err(|source| {
-        HostError::Catalog {
-            what: "the catalog is refused".into(),
-            source,
-        }
+    let catalog = verify_signed(dir, &anchor_text, text).map_err(|source| HostError::Catalog {
+        what: "the catalog is refused".into(),
+        source,
     })?;
     let current = resolve(dir, configured)?;
     if catalog.version() <= current.version() {

@@ -128,8 +128,10 @@ pub fn install_certificate_text(
     HostIdentity::new(secret, cert.clone())
         .map_err(|_| HostError::Certificate("this certificate is not for this host".into()))?;
     if let Some(anchor_text) = trust {
-        let anchor = parse_authority_public(anchor_text)
+        parse_authority_public(anchor_text)
             .map_err(|e| HostError::Invalid(format!("that is not an authority key: {e}")))?;
+        // X8: under the root or a root it handed trust to.
+        let anchor = crate::rollover::anchor(dir, anchor_text)?;
         anchor
             .verify_certificate(&cert, SystemClock.now())
             .map_err(|e| {
@@ -149,8 +151,8 @@ pub fn install_verified_certificate(
     cert: &HostCertificate,
     anchor_text: &str,
 ) -> Result<VerifiedHost, HostError> {
-    let anchor = parse_authority_public(anchor_text)
-        .map_err(|e| HostError::Invalid(format!("the authority key is damaged: {e}")))?;
+    // X8: under the root or a root it handed trust to (DATA_DIR/authority.rollover).
+    let anchor = crate::rollover::anchor(dir, anchor_text)?;
     let verified = anchor
         .verify_certificate(cert, SystemClock.now())
         .map_err(|e| {

@@ -25,6 +25,7 @@
 //! - [`admin`]: the admin API listener, its token, the metrics recorder.
 //! - [`dns`]: the DNS publish loop (R17, R18).
 //! - [`catalog`]: which catalog is in force ([`catalog::resolve`]), import and watch (R24).
+//! - [`rollover`]: root rollover statements the host accepted; its anchor (X8).
 //! - [`retention`]: event and registry pruning (R27), only on a trusted clock (X5).
 //! - [`clock`]: the host's clock check (X5): event 1007, the trusted mark, future stamps.
 //! - [`identity`]: key pair, certificate, host key (R22), dev bootstrap.
@@ -52,6 +53,7 @@ pub mod priority;
 pub mod query;
 pub mod retention;
 pub mod revocations;
+pub mod rollover;
 pub mod runtime;
 pub mod store;
 

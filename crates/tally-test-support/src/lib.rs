@@ -5,6 +5,7 @@
 pub mod bind;
 pub mod faketime;
 pub mod postgres;
+pub mod softhsm;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -6,7 +6,6 @@
 //! same bytes for the same serial (Ed25519 signatures are deterministic), and a list is
 //! signed once per serial (cached).
 
-use std::convert::Infallible;
 use std::sync::PoisonError;
 
 use serde::{Deserialize, Serialize};
@@ -186,10 +185,9 @@ impl Service {
         let issued_at = Timestamp(rows.iter().map(|r| r.entry.revoked_at).max().unwrap_or(0));
         let entries = rows.into_iter().map(|r| r.entry).collect();
         let authority = &self.authority;
-        let list = build::<Infallible>(&authority.public(), serial, issued_at, entries, |m| {
-            Ok(authority.sign(m))
-        })
-        .unwrap_or_else(|e| match e {})
+        let list = build(&authority.public(), serial, issued_at, entries, |m| {
+            authority.sign(m)
+        })?
         .map_err(|e| ServiceError::BadRequest(e.to_string()))?;
         *self
             .list_cache

@@ -9,7 +9,7 @@ use serde_json::json;
 use tally_authority::dir;
 use tally_core::keys::{KeyGroup, ProductKey};
 use tally_core::time::{Clock, SystemClock};
-use tally_core::trust::{armor, labels, parse_host_public, to_hex};
+use tally_core::trust::{armor, labels, parse_host_public};
 
 use crate::output;
 
@@ -19,15 +19,23 @@ use crate::util::text_or_file;
 /// `tally authority ...`
 #[derive(Subcommand)]
 pub enum AuthorityCommand {
-    /// Create the vendor's root key in DIR (authority.key, mode 0600) and authority.pub.
+    /// Create the vendor's root key in DIR (authority.key, mode 0600) and authority.pub; with
+    /// --pkcs11-module, in a PKCS#11 token instead (X8: no key file is ever written).
     Init {
         /// Directory to hold the authority's keys.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// Where the root key is made.
+        #[command(flatten)]
+        token: crate::cmd::authority_root::TokenArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Hand trust from this authority's root to a new root (X8): both roots sign a rollover
+    /// statement; the new authority directory takes over the keys issued so far. Clients and
+    /// hosts that trust the old root accept the new one once they have the --out file.
+    Rollover(crate::cmd::authority_root::RolloverArgs),
     /// Issue a host key for a key group and product generation (R21).
     IssueHostKey {
         /// The authority directory.
@@ -235,21 +243,12 @@ pub(crate) fn service_err(e: tally_authority::service::ServiceError) -> anyhow::
 /// Runs an authority command.
 pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuthorityCommand::Init { dir: d, json } => {
-            let (authority, public) = dir::init(&d)?;
-            if json {
-                output::json(&json!({
-                    "public_key_file": public,
-                    "public_key": to_hex(authority.public().as_bytes()),
-                }))?;
-            } else {
-                println!("Authority created in {}.", d.display());
-                println!(
-                    "Give clients {} to trust; keep authority.key secret.",
-                    public.display()
-                );
-            }
-        }
+        AuthorityCommand::Init {
+            dir: d,
+            token,
+            json,
+        } => crate::cmd::authority_root::init(&d, &token, json)?,
+        AuthorityCommand::Rollover(args) => crate::cmd::authority_root::rollover(&args)?,
         AuthorityCommand::IssueHostKey {
             dir: d,
             db,
@@ -323,8 +322,10 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
             let svc = service(&d, &db).await?;
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let signed = tally_core::catalog::signed::sign(&text, svc.authority().secret())
+            let unsigned = tally_core::catalog::signed::prepare(&text)
                 .with_context(|| format!("{}", file.display()))?;
+            let signature = svc.authority().sign(&unsigned.message())?;
+            let signed = unsigned.with_signature(&signature);
             // X8: logged before it is written out, so no signed catalog leaves unlogged.
             let index = svc
                 .append(tally_log::EntryKind::Catalog, signed.clone().into_bytes())

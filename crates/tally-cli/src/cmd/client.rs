@@ -12,6 +12,7 @@ use tally_client::agent::{self, AgentError, AgentRequest};
 use tally_client::codes;
 use tally_client::fsmode;
 use tally_client::ops::{Client, OpResult, StatusReport, TRUST_FILE};
+use tally_client::rollover;
 use tally_core::time::{Clock, SystemClock};
 use tally_core::trust::parse_authority_public;
 use tally_dns::discover::Discovery;
@@ -78,7 +79,11 @@ impl ClientOpts {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
-                Some(parse_authority_public(&text).with_context(|| format!("{}", path.display()))?)
+                let root =
+                    parse_authority_public(&text).with_context(|| format!("{}", path.display()))?;
+                // X8: a rollover file beside the trust file is verified and kept.
+                rollover::keep_beside(&self.dir(), &root, path);
+                Some(root)
             }
             None => None,
         };
@@ -178,7 +183,8 @@ pub enum ClientCommand {
     /// Look for hosts in DNS (R19): what was queried, what was found, the order a client would
     /// try them in, and why any would be skipped.
     Discover,
-    /// Copy an authority public key into the state directory as the key to trust.
+    /// Copy an authority public key into the state directory as the key to trust (and the
+    /// rollover file beside it, `authority.rollover`, if the vendor shipped one, X8).
     Trust {
         /// The authority public key file.
         file: PathBuf,
@@ -189,6 +195,13 @@ pub enum ClientCommand {
     /// held is refused.
     ImportRevocations {
         /// The list file (`tally-revocation-list-v1 ...`).
+        file: PathBuf,
+    },
+    /// Accept a root rollover (X8): the vendor's rollover file, whose statements hand trust from
+    /// the root this client trusts to a new one. Each must be signed by the trusted root (or
+    /// one already accepted); what verifies is kept in STATE_DIR/authority.rollover.
+    ImportRollover {
+        /// The rollover file.
         file: PathBuf,
     },
 }
@@ -212,7 +225,10 @@ impl ClientCommand {
             Self::Generalize => AgentRequest::Generalize,
             Self::SetHost { host } => AgentRequest::SetHost { host: host.clone() },
             Self::ClearHost => AgentRequest::ClearHost,
-            Self::Trust { .. } | Self::Discover | Self::ImportRevocations { .. } => return None,
+            Self::Trust { .. }
+            | Self::ImportRollover { .. }
+            | Self::Discover
+            | Self::ImportRevocations { .. } => return None,
         })
     }
 }
@@ -369,6 +385,41 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         fsmode::write_atomic(&target, text.as_bytes(), fsmode::PUBLIC_FILE)
             .with_context(|| format!("cannot write {}", target.display()))?;
         println!("This client now trusts {}.", file.display());
+        let root = parse_authority_public(&text).with_context(|| format!("{}", file.display()))?;
+        if let Some(done) = rollover::import_beside(&dir, &root, file)
+            .with_context(|| format!("{}", rollover::beside(file).display()))?
+        {
+            println!(
+                "Root rollover accepted from {}: trusted root now {}.",
+                rollover::beside(file).display(),
+                done.current_root_id
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let ClientCommand::ImportRollover { file } = &args.command {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let done = args
+            .opts
+            .client()?
+            .import_rollover(&text)
+            .with_context(|| format!("{}", file.display()))?;
+        if args.opts.json {
+            output::json(&done)?;
+        } else {
+            println!(
+                "Root rollover {}: this client trusts root {} ({} rollover statements, kept in {}).",
+                if done.added > 0 {
+                    "accepted"
+                } else {
+                    "already known"
+                },
+                done.current_root_id,
+                done.chain_length,
+                done.file.display()
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if let ClientCommand::ImportRevocations { file } = &args.command {

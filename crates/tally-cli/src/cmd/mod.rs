@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod authority;
 pub mod authority_log;
+pub mod authority_root;
 pub mod bench;
 pub mod catalog;
 pub mod client;

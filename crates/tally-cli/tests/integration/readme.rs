@@ -14,9 +14,9 @@ use std::time::Duration;
 use crate::bin;
 
 /// One runnable line of a document.
-struct Line {
-    block: usize,
-    text: String,
+pub(crate) struct Line {
+    pub(crate) block: usize,
+    pub(crate) text: String,
 }
 
 /// The lines of the ```sh blocks of `doc`, skipping those marked not-run.
@@ -54,8 +54,9 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Runs the lines of a document; returns the background processes (killed on drop).
-struct Runner {
+/// Runs the lines of a document; returns the background processes (killed on drop). The X8
+/// runbook test (`rollover`) uses it too.
+pub(crate) struct Runner {
     dir: tempfile::TempDir,
     path: String,
     ports: HashMap<&'static str, String>,
@@ -63,7 +64,7 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(ports: &[&'static str]) -> Self {
+    pub(crate) fn new(ports: &[&'static str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let bin_dir = dir.path().join(".bin");
         std::fs::create_dir_all(&bin_dir).expect("bin dir");
@@ -85,7 +86,7 @@ impl Runner {
         }
     }
 
-    fn command(&self, line: &str) -> Command {
+    pub(crate) fn command(&self, line: &str) -> Command {
         let mut text = line.replace("cargo run --release --", "tally");
         for (from, to) in &self.ports {
             text = text.replace(from, to);
@@ -105,7 +106,7 @@ impl Runner {
 
     /// Runs one line: in the foreground it must exit 0 (an `activate` may exit 2, "below the
     /// threshold", as documented); in the background it must say it is ready.
-    fn run(&mut self, line: &Line, doc: &str) {
+    pub(crate) fn run(&mut self, line: &Line, doc: &str) {
         // A trailing `# comment` is the reader's; `&` before it sends the command to the background.
         let command = line.text.split(" #").next().unwrap_or_default().trim_end();
         if let Some(bg) = command.strip_suffix('&') {
@@ -176,7 +177,7 @@ impl Runner {
         eprintln!("{doc}: ok: {}", line.text);
     }
 
-    fn path(&self, rel: &str) -> std::path::PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> std::path::PathBuf {
         self.dir.path().join(rel)
     }
 }
@@ -190,7 +191,7 @@ impl Drop for Runner {
     }
 }
 
-fn doc(name: &str) -> String {
+pub(crate) fn doc(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(name);

@@ -34,7 +34,7 @@ impl Client {
                 "a MAK client needs the authority: pass --authority URL".into(),
             );
         };
-        let Some(trust) = self.trust.clone() else {
+        let Some(trust) = self.anchor() else {
             return self.done(
                 now,
                 codes::NO_TRUST,
@@ -176,7 +176,7 @@ impl Client {
         else {
             return OpResult::from_error(&StateError::Key("no MAK installed".into()));
         };
-        let Some(trust) = self.trust.clone() else {
+        let Some(trust) = self.anchor() else {
             return self.done(
                 now,
                 codes::NO_TRUST,

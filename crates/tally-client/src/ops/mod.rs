@@ -33,6 +33,7 @@ mod mak;
 mod revocations;
 
 pub use revocations::{ImportError, Imported};
+mod rollover;
 
 /// The authority key file kept in a state directory.
 pub const TRUST_FILE: &str = "authority.pub";
@@ -234,13 +235,17 @@ impl Client {
     }
 
     /// The trusted authority: the one given, else `DIR/authority.pub` as it is now (a handle
-    /// opened before an activation kept the caller's key there still finds it).
+    /// opened before an activation kept the caller's key there still finds it), extended by the
+    /// root rollovers accepted in `DIR/authority.rollover` (X8).
     fn anchor(&self) -> Option<TrustAnchor> {
-        self.trust.clone().or_else(|| {
-            std::fs::read_to_string(self.dir.join(TRUST_FILE))
-                .ok()
-                .and_then(|t| parse_authority_public(&t).ok())
-        })
+        self.trust
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string(self.dir.join(TRUST_FILE))
+                    .ok()
+                    .and_then(|t| parse_authority_public(&t).ok())
+            })
+            .map(|root| crate::rollover::anchor(&self.dir, &root))
     }
 
     /// X5: the evidence in the state is verified against the trusted authority key. A key the
@@ -494,7 +499,7 @@ impl Client {
                 "no key installed: run `tally client install-key SETUP_KEY` first (see `tally catalog list`)".into(),
             ));
         };
-        let Some(trust) = self.trust.clone() else {
+        let Some(trust) = self.anchor() else {
             return self.done(
                 now,
                 codes::NO_TRUST,

@@ -65,7 +65,8 @@ pub enum HostCommand {
         #[arg(long, value_name = "ID")]
         confirmation: Option<String>,
         /// The authority public key to check the certificate against (kept as
-        /// DATA_DIR/authority.pub) [default: DATA_DIR/authority.pub].
+        /// DATA_DIR/authority.pub) [default: DATA_DIR/authority.pub]. A rollover file beside it
+        /// (`authority.rollover`) is imported too (X8).
         #[arg(long, value_name = "FILE")]
         trust: Option<PathBuf>,
         /// Print JSON.
@@ -82,6 +83,20 @@ pub enum HostCommand {
         /// The authority's URL, e.g. https://activation.vendor.example.
         #[arg(long, value_name = "URL")]
         authority: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept a root rollover (X8): the vendor's `authority.rollover` file, whose statements
+    /// hand trust from the root in DATA_DIR/authority.pub to a new root. Each statement must be
+    /// signed by the root this host trusts (or one it already accepted); what verifies is kept
+    /// in DATA_DIR/authority.rollover, and the host then accepts certificates and catalogs
+    /// signed by the new root.
+    ImportRollover {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// The rollover file from the vendor (`tally authority rollover --out`).
+        file: PathBuf,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -296,6 +311,9 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
         }
         HostCommand::ImportRevocations { dir, file, json } => {
             setup::import_revocations(&dir, &file, json)
+        }
+        HostCommand::ImportRollover { dir, file, json } => {
+            setup::import_rollover(&dir, &file, json)
         }
         HostCommand::Status { dir, remote, json } => read::status(&dir, &remote, json).await,
         HostCommand::Report {

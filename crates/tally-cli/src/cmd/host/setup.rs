@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use tally_client::authority::AuthorityClientError;
 use tally_host::activation::{self, Method};
-use tally_host::{HostError, catalog, identity, paths};
+use tally_host::{HostError, catalog, identity, paths, rollover};
 
 use super::DirArgs;
 use crate::output::json;
@@ -35,6 +35,9 @@ pub fn install_cert(dir: &DirArgs, file: &Path, trust: Option<&Path>) -> anyhow:
     let dir = dir.resolve()?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if let Some(t) = trust {
+        import_beside(&dir, t)?;
+    }
     let trust = trust
         .map(|t| std::fs::read_to_string(t).with_context(|| format!("cannot read {}", t.display())))
         .transpose()?;
@@ -102,6 +105,9 @@ pub async fn activate(
         (Some(url), None) => Method::Online(url),
         (None, None) => bail!("say how: --online URL, --offline, or --confirmation ID"),
     };
+    if let Some(t) = &trust {
+        import_beside(&dir, t)?;
+    }
     let trust = trust
         .map(|p| {
             std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
@@ -218,6 +224,46 @@ pub async fn log_proof(dir: &DirArgs, authority: &str, as_json: bool) -> anyhow:
             proof.index,
             proof.head.size,
             file.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// X8: imports the rollover file beside a `--trust` file, if there is one.
+fn import_beside(dir: &Path, trust: &Path) -> anyhow::Result<()> {
+    let beside = trust.with_extension("rollover");
+    if let Some(done) = rollover::import_beside(dir, trust)
+        .with_context(|| format!("{} refused", beside.display()))?
+        && done.added > 0
+    {
+        println!(
+            "Root rollover accepted from {}: this host now also trusts root {}.",
+            beside.display(),
+            done.current_root_id
+        );
+    }
+    Ok(())
+}
+
+/// `tally host import-rollover FILE` (X8).
+pub fn import_rollover(dir: &DirArgs, file: &Path, as_json: bool) -> anyhow::Result<ExitCode> {
+    let dir = dir.resolve()?;
+    let done = rollover::import_file(&dir, file).with_context(|| format!("{}", file.display()))?;
+    if as_json {
+        json(&done)?;
+    } else if done.added == 0 {
+        println!(
+            "{}: already accepted; this host trusts root {} ({} rollover statements).",
+            file.display(),
+            done.current_root_id,
+            done.chain_length
+        );
+    } else {
+        println!(
+            "Root rollover accepted: this host now trusts root {} ({} rollover statements, kept in {}).",
+            done.current_root_id,
+            done.chain_length,
+            dir.join(rollover::ROLLOVER_FILE).display()
         );
     }
     Ok(ExitCode::SUCCESS)
