@@ -243,8 +243,10 @@ pub(super) const LOCK_POOL: &str = "SELECT capacity FROM pools WHERE pool = $1 F
 pub(super) const READ_ENTRIES: &str =
     "SELECT pool, cmid, last_seen FROM pool_entries WHERE pool = ANY($1::uuid[])";
 
-pub(super) const CREATE_POOL: &str =
-    "INSERT INTO pools (pool, capacity) VALUES ($1, 0) ON CONFLICT DO NOTHING";
+/// Every pool of a batch that has no row yet, in a statement of its own (outside the batch's
+/// transaction), so that a batch only ever locks existing rows, in pool order.
+pub(super) const CREATE_POOL: &str = "INSERT INTO pools (pool, capacity)
+     SELECT p, 0 FROM unnest($1::uuid[]) AS t (p) ORDER BY p ON CONFLICT DO NOTHING";
 
 pub(super) const UPDATE_CAPACITY: &str =
     "UPDATE pools SET capacity = GREATEST(capacity, $2) WHERE pool = $1";
