@@ -99,10 +99,10 @@ impl FaultProxy {
                         hr,
                         dw,
                         rx.clone(),
-                        Arc::clone(&cut),
-                        Some((modes, counter, stop.clone())),
+                        (Arc::clone(&cut), stop.clone()),
+                        Some((modes, counter)),
                     );
-                    let down = pump(dr, hw, rx, cut, None);
+                    let down = pump(dr, hw, rx, (cut, stop), None);
                     let mut stopped = stopped;
                     tokio::select! {
                         _ = async { tokio::join!(up, down) } => {}
@@ -164,7 +164,7 @@ impl Drop for FaultProxy {
     }
 }
 
-type Cutter = (watch::Sender<Mode>, Arc<AtomicU64>, watch::Sender<bool>);
+type Cutter = (watch::Sender<Mode>, Arc<AtomicU64>);
 
 /// Copies `from` to `to` as the mode says. `cutter` is set on the host-to-database direction,
 /// which looks for `COMMIT`.
@@ -172,7 +172,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
-    cut_done: Arc<std::sync::atomic::AtomicBool>,
+    (cut_done, stop): (Arc<std::sync::atomic::AtomicBool>, watch::Sender<bool>),
     cutter: Option<Cutter>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
@@ -194,23 +194,29 @@ async fn pump(
         if mode.wait_for(|m| !m.blackhole).await.is_err() {
             return;
         }
-        if let (Some((modes, counter, stop)), Some(cut)) = (&cutter, now.cut)
+        if let (Some((modes, counter)), Some(cut)) = (&cutter, now.cut)
             && let Some(at) = find(chunk, COMMIT)
         {
             modes.send_modify(|m| m.cut = None);
             // Nothing more reaches the host from here (the COMMIT's reply included).
             cut_done.store(true, Ordering::SeqCst);
-            if cut == Cut::AfterCommit {
-                let _ = to.write_all(&chunk[..at + COMMIT.len()]).await;
-                let _ = to.flush().await;
-            }
             counter.fetch_add(1, Ordering::SeqCst);
-            // Closing both halves: the server reads the COMMIT (if sent) and then EOF.
-            let _ = to.shutdown().await;
+            if cut == Cut::AfterCommit {
+                // The server gets the COMMIT, then EOF; the connection closes once its reply
+                // came back (and was dropped).
+                let _ = to.write_all(&chunk[..at + COMMIT.len()]).await;
+                let _ = to.shutdown().await;
+            } else {
+                let _ = stop.send(true);
+            }
+            return;
+        }
+        if cut_done.load(Ordering::SeqCst) {
+            // The reply to a cut COMMIT: dropped, and the connection closed.
             let _ = stop.send(true);
             return;
         }
-        if cut_done.load(Ordering::SeqCst) || to.write_all(chunk).await.is_err() {
+        if to.write_all(chunk).await.is_err() {
             return;
         }
     }
