@@ -127,7 +127,7 @@ impl Lab {
         for n in 1..=3u8 {
             let dir = tmp.path().join(format!("host{n}"));
             let out = tally(
-                bin(),
+                &host_bin(),
                 &[
                     "host",
                     "install-key",
@@ -142,7 +142,7 @@ impl Lab {
             let hw = tmp.path().join(format!("hw{n}.json"));
             std::fs::write(&hw, format!("{{\"disk\": \"d{n}\", \"board\": \"b{n}\"}}"))
                 .expect("hw");
-            let out = std::process::Command::new(bin())
+            let out = std::process::Command::new(host_bin())
                 .args([
                     "host",
                     "activate",
