@@ -90,7 +90,9 @@ impl NetLab {
             );
             return None;
         }
-        let _making = MAKING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _making = MAKING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let used = must(&["-4", "addr"]) + &must(&["-4", "route"]);
         let seed = std::process::id() % 200;
         let subnet = (0..250u32)
@@ -222,10 +224,7 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let ok = a
             .command("bash")
-            .args([
-                "-c",
-                &format!("exec 3<>/dev/tcp/{}/{port}", lab.gateway()),
-            ])
+            .args(["-c", &format!("exec 3<>/dev/tcp/{}/{port}", lab.gateway())])
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "a machine reaches the test through the bridge");

@@ -237,7 +237,9 @@ impl Lab {
             .expect("run client");
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         match v["result"].as_str() {
-            Some("success" | "below_threshold") => Answer::Counted(v["count"].as_u64().unwrap_or(0)),
+            Some("success" | "below_threshold") => {
+                Answer::Counted(v["count"].as_u64().unwrap_or(0))
+            }
             Some("storage_failure") => Answer::StorageFailure,
             other => Answer::Other(format!(
                 "{other:?}: {}{}",
@@ -351,7 +353,10 @@ fn silent_death(death: Death) -> Option<Duration> {
                 Answer::Other(o) => eprintln!("{name} via host{}: {o}", i + 1),
             }
             if t0.elapsed() > GIVE_UP {
-                eprintln!("RECOVERY {death:?}: host{} did not answer within {GIVE_UP:?}", i + 1);
+                eprintln!(
+                    "RECOVERY {death:?}: host{} did not answer within {GIVE_UP:?}",
+                    i + 1
+                );
                 break;
             }
         }
@@ -398,7 +403,11 @@ fn silent_death(death: Death) -> Option<Duration> {
     counts.sort_unstable();
     let before = counts.len();
     counts.dedup();
-    assert_eq!(counts.len(), before, "a count handed out twice: {counted:?}");
+    assert_eq!(
+        counts.len(),
+        before,
+        "a count handed out twice: {counted:?}"
+    );
     let registered = lab.sql(
         "SELECT string_agg(r.machine_name, ',') FROM pool_entries e JOIN registry r USING (cmid)",
     );
@@ -476,7 +485,11 @@ fn one_outcome_when_the_connection_is_lost_around_commit() {
     lab.proxy.cut_at_next_commit(Cut::BeforeCommit);
     let before = lab.activate("before-commit", h1);
     assert_eq!(lab.proxy.cuts(), 2);
-    assert_eq!(before, Answer::StorageFailure, "told what was not committed");
+    assert_eq!(
+        before,
+        Answer::StorageFailure,
+        "told what was not committed"
+    );
     assert_eq!(in_registry("before-commit"), "0");
     assert_eq!(events("before-commit"), "0");
     // And the host goes on.
