@@ -28,6 +28,26 @@ struct Outage {
     since: Instant,
     last_failure: Instant,
     failures: u64,
+    /// A commit succeeded after the last failure (the outage ends once that has settled, even
+    /// if no further commit comes: an idle host is not "down" forever).
+    committed_since: bool,
+}
+
+impl Outage {
+    fn over(&self) -> bool {
+        self.committed_since && self.last_failure.elapsed() >= SETTLE
+    }
+}
+
+fn end(down: &mut Option<Outage>) {
+    if let Some(outage) = down.take() {
+        tracing::info!(
+            error = %outage.error,
+            seconds = outage.since.elapsed().as_secs(),
+            failures = outage.failures,
+            "storage works again; commits resume"
+        );
+    }
 }
 
 /// Up, or down with the error that keeps it down.
@@ -40,19 +60,12 @@ impl Health {
     /// A commit succeeded.
     pub(crate) fn ok(&self) {
         let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(outage) = down.as_ref() else {
-            return;
-        };
-        if outage.last_failure.elapsed() < SETTLE {
-            return;
+        if let Some(outage) = down.as_mut() {
+            outage.committed_since = true;
+            if outage.over() {
+                end(&mut down);
+            }
         }
-        tracing::info!(
-            error = %outage.error,
-            seconds = outage.since.elapsed().as_secs(),
-            failures = outage.failures,
-            "storage works again; commits resume"
-        );
-        *down = None;
     }
 
     /// A commit failed, or a request gave up on its commit, with `error`.
@@ -71,6 +84,7 @@ impl Health {
                     since: now,
                     last_failure: now,
                     failures: 1,
+                    committed_since: false,
                 });
             }
             Some(outage) => {
@@ -78,17 +92,18 @@ impl Health {
                 outage.error = error.to_string();
                 outage.last_failure = now;
                 outage.failures += 1;
+                outage.committed_since = false;
             }
         }
     }
 
     /// The error of the outage in progress, if any.
     pub(crate) fn error(&self) -> Option<String> {
-        self.down
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|o| o.error.clone())
+        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        if down.as_ref().is_some_and(Outage::over) {
+            end(&mut down);
+        }
+        down.as_ref().map(|o| o.error.clone())
     }
 }
 

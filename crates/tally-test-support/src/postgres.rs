@@ -454,7 +454,8 @@ impl PgServer {
             dir,
             port,
             stopped: AtomicBool::new(true),
-            ns: None,
+            // In a namespace the standby runs beside its primary (same address, its own port).
+            ns: self.ns.clone(),
         };
         standby.pg_ctl_start();
         standby

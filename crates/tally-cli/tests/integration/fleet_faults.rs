@@ -48,6 +48,8 @@ struct Host {
     process: Process,
     addr: SocketAddr,
     machine: Machine,
+    dir: PathBuf,
+    url: String,
 }
 
 /// Fields drop in order: hosts and authority first, then the proxy, PostgreSQL, and last the
@@ -187,6 +189,8 @@ impl Lab {
                 process,
                 addr: addrs[0],
                 machine,
+                dir,
+                url: url.clone(),
             });
         }
         Some(Self {
@@ -398,6 +402,25 @@ fn silent_death(death: Death) -> Option<Duration> {
         "{death:?}: the other hosts answered again only after {recovery:?}"
     );
     assert!(back.is_some(), "host 1 serves again once it is back");
+    // Health told the truth on the hosts that waited: one line when the outage began, one when
+    // it ended (issue 21: before, they kept tally_storage_up at 1 and logged nothing).
+    for (i, host) in lab.hosts.iter().enumerate().skip(1) {
+        let mut k = 0;
+        let ended = wait_until(Duration::from_secs(15), || {
+            k += 1;
+            let name = format!("settle{i}-{k}");
+            if let Answer::Counted(c) = lab.activate(&name, host.addr) {
+                counted.push((name, c));
+            }
+            host.process
+                .stderr()
+                .contains("storage works again")
+                .then_some(())
+        });
+        assert!(ended.is_some(), "{}", host.process.stderr());
+        let log = host.process.stderr();
+        assert_eq!(log.matches("storage failing").count(), 1, "{log}");
+    }
     // Nothing acknowledged is lost; no count handed out twice; what failed was not stored.
     let mut counts: Vec<u64> = counted.iter().map(|(_, c)| *c).collect();
     counts.sort_unstable();
@@ -496,4 +519,79 @@ fn one_outcome_when_the_connection_is_lost_around_commit() {
     assert_eq!(lab.activate("next", h1), Answer::Counted(3));
     let log = lab.hosts[0].process.stderr();
     assert!(log.contains("token shows it committed"), "{log}");
+}
+
+// Issue 21, health and replication: `tally host check` reports a synchronous standby; when it
+// vanishes, commits cannot complete: clients are told storage_failure (or nothing, for a commit
+// already sent), never success; the hosts log the outage and why; and once the standby is back,
+// no machine told storage_failure turns out counted.
+#[test]
+fn a_vanished_synchronous_standby_is_reported_and_no_answer_is_contradicted() {
+    let _heavy = crate::heavy();
+    let Some(lab) = Lab::start() else { return };
+    let standby = lab.pg.start_standby();
+    lab.pg.make_synchronous();
+    let h2 = &lab.hosts[1];
+    let check = || {
+        let (code, v) = tally_json(
+            &host_bin(),
+            &[
+                "host",
+                "check",
+                "--data-dir",
+                s(&h2.dir),
+                "--database",
+                &h2.url,
+                "--json",
+            ],
+        );
+        assert_eq!(code, Some(0), "{v}");
+        v
+    };
+    let v = check();
+    assert_eq!(v["replication"]["mode"], "synchronous", "{v}");
+    assert!(v["replication_warning"].is_null(), "{v}");
+    assert!(matches!(lab.activate("m0", h2.addr), Answer::Counted(1)));
+    standby.stop_immediate();
+    let mut failed = Vec::new();
+    for n in 1..=3 {
+        let name = format!("m{n}");
+        let started = Instant::now();
+        match lab.activate(&name, lab.hosts[1 + n % 2].addr) {
+            Answer::Counted(c) => panic!("{name} told count {c} without its standby"),
+            Answer::StorageFailure => failed.push(name),
+            Answer::Other(_) => {} // a commit sent and not confirmed: no answer
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        !failed.is_empty(),
+        "some requests were told storage_failure"
+    );
+    assert!(
+        h2.process
+            .wait_for_log("none is in sync", Duration::from_secs(20)),
+        "the replication check says why: {}",
+        h2.process.stderr()
+    );
+    assert_eq!(h2.process.stderr().matches("storage failing").count(), 1);
+    standby.restart();
+    lab.pg.make_synchronous();
+    let back = wait_until(Duration::from_secs(30), || {
+        matches!(lab.activate("m9", h2.addr), Answer::Counted(_)).then_some(())
+    });
+    assert!(back.is_some(), "{}", h2.process.stderr());
+    for name in &failed {
+        assert_eq!(
+            lab.sql(&format!(
+                "SELECT count(*) FROM registry WHERE machine_name = '{name}'"
+            )),
+            "0",
+            "{name} was told storage_failure"
+        );
+    }
 }

@@ -409,7 +409,11 @@ pub async fn check(dir: &DirArgs, as_json: bool) -> anyhow::Result<ExitCode> {
             for s in &r.standbys {
                 println!(
                     "  standby {}: {} {}",
-                    if s.name.is_empty() { "(unnamed)" } else { &s.name },
+                    if s.name.is_empty() {
+                        "(unnamed)"
+                    } else {
+                        &s.name
+                    },
                     s.state.as_deref().unwrap_or("?"),
                     s.sync_state.as_deref().unwrap_or("?")
                 );
