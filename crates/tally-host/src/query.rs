@@ -187,9 +187,7 @@ pub async fn backup(dir: &Path, db: &Database, out: &Path) -> Result<(), HostErr
 
 /// `tally host check`: a fleet database's replication (`None` for the embedded database): whether
 /// acknowledged activations survive a failover (issue 21).
-pub async fn replication(
-    db: &Database,
-) -> Result<Option<tally_store::Replication>, HostError> {
+pub async fn replication(db: &Database) -> Result<Option<tally_store::Replication>, HostError> {
     match db {
         Database::Embedded => Ok(None),
         Database::Postgres(url) => {

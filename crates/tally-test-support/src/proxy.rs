@@ -43,6 +43,8 @@ struct Mode {
 
 /// The `Query` message of `COMMIT`: 'Q', length 11, "COMMIT\0".
 const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+/// The server's `CommandComplete` for it: 'C', length 11, "COMMIT\0".
+const COMMIT_REPLY: &[u8] = b"C\0\0\0\x0bCOMMIT\0";
 
 /// A running proxy; see the module docs.
 pub struct FaultProxy {
@@ -94,15 +96,16 @@ impl FaultProxy {
                     let (hr, hw) = host.into_split();
                     let (dr, dw) = db.into_split();
                     let (stop, stopped) = watch::channel(false);
-                    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let cut: Flag = Arc::default();
+                    let awaiting: Flag = Arc::default();
                     let up = pump(
                         hr,
                         dw,
                         rx.clone(),
-                        (Arc::clone(&cut), stop.clone()),
+                        (Arc::clone(&cut), Arc::clone(&awaiting), stop.clone()),
                         Some((modes, counter)),
                     );
-                    let down = pump(dr, hw, rx, (cut, stop), None);
+                    let down = pump(dr, hw, rx, (cut, awaiting, stop), None);
                     let mut stopped = stopped;
                     tokio::select! {
                         _ = async { tokio::join!(up, down) } => {}
@@ -165,6 +168,7 @@ impl Drop for FaultProxy {
 }
 
 type Cutter = (watch::Sender<Mode>, Arc<AtomicU64>);
+type Flag = Arc<std::sync::atomic::AtomicBool>;
 
 /// Copies `from` to `to` as the mode says. `cutter` is set on the host-to-database direction,
 /// which looks for `COMMIT`.
@@ -172,7 +176,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
-    (cut_done, stop): (Arc<std::sync::atomic::AtomicBool>, watch::Sender<bool>),
+    (cut_done, awaiting, stop): (Flag, Flag, watch::Sender<bool>),
     cutter: Option<Cutter>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
@@ -195,24 +199,37 @@ async fn pump(
             return;
         }
         if let (Some((modes, counter)), Some(cut)) = (&cutter, now.cut)
-            && let Some(at) = find(chunk, COMMIT)
+            && find(chunk, COMMIT).is_some()
         {
             modes.send_modify(|m| m.cut = None);
-            // Nothing more reaches the host from here (the COMMIT's reply included).
-            cut_done.store(true, Ordering::SeqCst);
-            counter.fetch_add(1, Ordering::SeqCst);
-            if cut == Cut::AfterCommit {
-                // The server gets the COMMIT, then EOF; the connection closes once its reply
-                // came back (and was dropped).
-                let _ = to.write_all(&chunk[..at + COMMIT.len()]).await;
-                let _ = to.shutdown().await;
-            } else {
+            if cut == Cut::BeforeCommit {
+                // Nothing more reaches either side; the server sees EOF before any COMMIT.
+                counter.fetch_add(1, Ordering::SeqCst);
+                cut_done.store(true, Ordering::SeqCst);
                 let _ = stop.send(true);
+                return;
             }
-            return;
+            // The COMMIT goes on; the other direction cuts at its reply.
+            if to.write_all(chunk).await.is_err() {
+                return;
+            }
+            awaiting.store(true, Ordering::SeqCst);
+            if let Some((_, counter)) = &cutter {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            continue;
         }
         if cut_done.load(Ordering::SeqCst) {
-            // The reply to a cut COMMIT: dropped, and the connection closed.
+            return;
+        }
+        if awaiting.load(Ordering::SeqCst)
+            && cutter.is_none()
+            && let Some(at) = find(chunk, COMMIT_REPLY)
+        {
+            // What came before the COMMIT's reply goes on; the reply and everything after are
+            // dropped, and the connection closed both ways.
+            let _ = to.write_all(&chunk[..at]).await;
+            cut_done.store(true, Ordering::SeqCst);
             let _ = stop.send(true);
             return;
         }

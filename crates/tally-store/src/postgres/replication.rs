@@ -62,20 +62,26 @@ pub(super) async fn watch(
     jobs: mpsc::WeakSender<Job>,
 ) {
     let mut last: Option<ReplicationMode> = None;
+    let mut due = tokio::time::Instant::now();
     loop {
-        if let Ok(Ok(r)) = tokio::time::timeout(CHECK_EVERY, check(&pool)).await {
-            if r.mode == ReplicationMode::Waiting
-                && let Some(w) = r.warning()
-            {
-                health.failed(&StoreError::Replication { detail: w });
+        // An outage that has settled ends (and says so) even on a host that commits nothing.
+        let _ = health.error();
+        if tokio::time::Instant::now() >= due {
+            due += CHECK_EVERY;
+            if let Ok(Ok(r)) = tokio::time::timeout(CHECK_EVERY, check(&pool)).await {
+                if r.mode == ReplicationMode::Waiting
+                    && let Some(w) = r.warning()
+                {
+                    health.failed(&StoreError::Replication { detail: w });
+                }
+                if last != Some(r.mode) {
+                    note_change(&r, &jobs).await;
+                    last = Some(r.mode);
+                }
+                *shared.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
             }
-            if last != Some(r.mode) {
-                note_change(&r, &jobs).await;
-                last = Some(r.mode);
-            }
-            *shared.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
         }
-        tokio::time::sleep(CHECK_EVERY).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         if jobs.upgrade().is_none() {
             return;
         }
