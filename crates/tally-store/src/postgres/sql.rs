@@ -100,7 +100,14 @@ impl RegistryRows {
             requests: Vec::new(),
             served_by: Vec::new(),
         };
-        for job in batch {
+        // In CMID order (a machine's requests keep their batch order): every batch takes the
+        // registry's row locks in one order, so two batches never wait on each other in a cycle.
+        let mut order: Vec<&Job> = batch.iter().collect();
+        order.sort_by_key(|j| match &j.work {
+            Work::Changes(c) => Some(c.registry.cmid),
+            Work::Events(_) => None,
+        });
+        for job in order {
             let Work::Changes(c) = &job.work else {
                 continue;
             };
