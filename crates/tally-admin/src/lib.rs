@@ -217,6 +217,13 @@ async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
             "up": store.storage_error().is_none(),
             "error": store.storage_error(),
             "registry_full": store.registry_full(),
+            // Issue 21: a fleet's replication, and what is wrong with it.
+            "replication": store.replication().map(|r| json!({
+                "mode": r.mode,
+                "summary": r.summary(),
+                "survives_failover": r.survives_failover(),
+                "warning": r.warning(),
+            })),
         },
         "clock": clock_json(&state.service.clock_watch().status()),
         "revocation": revocation_json(session.revocations(), session.identity().certificate()),
@@ -568,6 +575,15 @@ async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
         0.0
     });
     metrics::gauge!("tally_registry_full").set(if store.registry_full() { 1.0 } else { 0.0 });
+    // Issue 21: 1 when an acknowledged activation survives a failover (synchronous replication
+    // in sync); absent on an embedded database.
+    if let Some(r) = store.replication() {
+        metrics::gauge!("tally_replication_synchronous").set(if r.survives_failover() {
+            1.0
+        } else {
+            0.0
+        });
+    }
     // X5: the clock check's findings; 0 for every reference that does not contradict the clock.
     let clock = state.service.clock_watch().status();
     metrics::gauge!("tally_clock_suspect").set(if clock.suspect() { 1.0 } else { 0.0 });
@@ -627,7 +643,11 @@ fn describe_gauges() {
     );
     describe_gauge!(
         "tally_storage_up",
-        "1 while the store commits, 0 while commits fail (clients get storage_failure)."
+        "1 while the store commits, 0 while commits fail or requests outlive their commit deadline, wait on a pool lock or find no connection (clients get storage_failure)."
+    );
+    describe_gauge!(
+        "tally_replication_synchronous",
+        "Fleet: 1 when commits are replicated synchronously to a standby in sync (an acknowledged activation survives a failover), else 0."
     );
     describe_gauge!(
         "tally_registry_full",

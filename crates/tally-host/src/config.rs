@@ -216,6 +216,13 @@ pub struct FileConfig {
     /// `--dev`].
     #[serde(default)]
     pub accept_bench: Option<bool>,
+    /// A fleet host refuses to start unless the database replicates commits synchronously to a
+    /// standby in sync (`synchronous_standby_names`, `synchronous_commit`, `pg_stat_replication`):
+    /// with it, no acknowledged activation can be lost in a failover (issue 21). Ignored on the
+    /// embedded database [default: false: the host starts, and warns (event 1010) when
+    /// acknowledged commits would not survive a failover].
+    #[serde(default)]
+    pub require_sync_replication: bool,
     /// X6, what a host does when two installations present one CMID (a disk image deployed
     /// without `generalize`, a cloned VM): `"apart"` tells the copy to take a new CMID, so
     /// each copy is counted (the count is a compliance signal); `"once"` counts them as one
@@ -308,6 +315,8 @@ pub struct Overrides {
     pub host_name: Option<String>,
     /// `--accept-bench`.
     pub accept_bench: bool,
+    /// `--require-sync-replication`.
+    pub require_sync_replication: bool,
 }
 
 /// The admin API's TLS certificate and key (PEM files).
@@ -363,6 +372,8 @@ pub struct HostConfig {
     pub registry_cap: u64,
     /// Whether the host answers the bench edition (see [`FileConfig::accept_bench`]).
     pub accept_bench: bool,
+    /// See [`FileConfig::require_sync_replication`].
+    pub require_sync_replication: bool,
     /// What to do with detected clones (see [`FileConfig::clones`]).
     pub clones: tally_core::clones::ClonePolicy,
 }
@@ -444,6 +455,8 @@ impl HostConfig {
             registry_retention_days: file.registry_retention_days.max(1),
             registry_cap: file.registry_cap.max(1),
             accept_bench: overrides.accept_bench || file.accept_bench.unwrap_or(overrides.dev),
+            require_sync_replication: overrides.require_sync_replication
+                || file.require_sync_replication,
             clones: file.clones,
         })
     }
@@ -456,6 +469,7 @@ impl HostConfig {
             host_name: self.host_name.clone(),
             options: tally_store::StoreOptions {
                 registry_cap: self.registry_cap,
+                require_sync_replication: self.require_sync_replication,
                 // X5: a fleet counts on the database's clock.
                 ..tally_store::StoreOptions::default()
             },

@@ -194,6 +194,18 @@ pub async fn backup(dir: &Path, db: &Database, out: &Path) -> Result<(), HostErr
     store::backup(dir, db, out).await
 }
 
+/// `tally host check`: a fleet database's replication (`None` for the embedded database): whether
+/// acknowledged activations survive a failover (issue 21).
+pub async fn replication(db: &Database) -> Result<Option<tally_store::Replication>, HostError> {
+    match db {
+        Database::Embedded => Ok(None),
+        Database::Postgres(url) => {
+            let pool = tally_store::pg::connect(url).await?;
+            Ok(Some(tally_store::postgres::check_replication(&pool).await?))
+        }
+    }
+}
+
 /// `tally host check`: the full integrity check of an embedded database (what SQLite reports
 /// as damaged; empty when sound). A fleet's PostgreSQL checks itself (`amcheck`, its own
 /// monitoring): for it this only checks that the schema is readable.

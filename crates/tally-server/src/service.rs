@@ -65,10 +65,10 @@ pub struct HostService {
     clock_watch: ClockWatch,
 }
 
-/// How long a request waits for its commit before the client is told `storage_failure`: well
-/// inside a client's 5–10 s exchange timeout, so a database that hangs never makes clients hang
-/// (X3). A commit that completes after this is durable but unacknowledged; the client's retry
-/// renews the same entry (R4), so nothing is counted twice.
+/// How long a request waits for its commit to start before the client is told
+/// `storage_failure`: well inside a client's 5–10 s exchange timeout, so a database that hangs
+/// never makes clients hang (X3). A request still queued at its deadline is never committed
+/// (`Store::commit_within`): what the client is told, the registry and the event log agree.
 pub const DEFAULT_COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for HostService {
@@ -194,19 +194,36 @@ impl HostService {
                 let (cmid, sku, machine) = (reg.cmid, reg.sku, reg.machine_name.clone());
                 let threshold = pending.threshold;
                 let commit_started = std::time::Instant::now();
+                // One outcome per request: the store answers by the deadline unless it took
+                // the request into a transaction first, and then with that transaction's
+                // outcome (`Store::commit_within`). The backstop only guards against a store
+                // that breaks that promise; its answer is no answer.
                 let committed = match tokio::time::timeout(
-                    self.commit_timeout,
-                    self.store.commit(pending.changes.clone()),
+                    self.commit_timeout + tally_store::SETTLE + Duration::from_secs(1),
+                    self.store
+                        .commit_within(pending.changes.clone(), self.commit_timeout),
                 )
                 .await
                 {
                     Ok(r) => r,
-                    Err(_) => Err(StoreError::Timeout {
-                        seconds: self.commit_timeout.as_secs_f64(),
+                    Err(_) => Err(StoreError::OutcomeUnknown {
+                        detail: "the store did not answer".into(),
                     }),
                 };
                 metrics::histogram!("tally_store_commit_seconds")
                     .record(commit_started.elapsed().as_secs_f64());
+                if let Err(error @ StoreError::OutcomeUnknown { .. }) = &committed {
+                    // Neither "counted" nor "not counted" would be sure: the client hears
+                    // nothing, retries, and its retry renews the same entry (R4).
+                    debug!(%peer, %cmid, %error, "outcome unknown; closing the connection without an answer");
+                    metrics::counter!("tally_requests_total", "result" => "outcome_unknown")
+                        .increment(1);
+                    self.tally.storage_failure.fetch_add(1, Ordering::Relaxed);
+                    return Handled {
+                        reply: Vec::new(),
+                        close: true,
+                    };
+                }
                 // Results, logs and metrics come from the commit's outcome, never from what was
                 // hoped before it.
                 let (reply, result, count) = match committed {

@@ -31,8 +31,14 @@ pub mod migrate;
 pub mod pg;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod replication;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+mod ticket;
+
+pub use health::SETTLE as HEALTH_SETTLE;
+pub use replication::Replication;
+pub use ticket::SETTLE;
 
 /// A storage failure. Backend errors are carried as opaque sources.
 #[derive(Clone, Debug, Error)]
@@ -72,6 +78,35 @@ pub enum StoreError {
     Timeout {
         /// The deadline.
         seconds: f64,
+    },
+    /// The connection was lost (or its reply did not come) after `COMMIT` was sent, and the
+    /// batch's token could not be checked on a new connection: the transaction may or may not
+    /// have committed. The client gets no answer (never a wrong one); its retry renews the same
+    /// entry (R4), so nothing is counted twice.
+    #[error(
+        "the outcome of a commit is unknown ({detail}); the client is not answered and its retry counts nothing twice"
+    )]
+    OutcomeUnknown {
+        /// What was lost.
+        detail: String,
+    },
+    /// A pool's lock was held by another session for longer than the limit: a host of the fleet
+    /// stalled or died while holding it.
+    #[error(
+        "waited more than {seconds} s for a pool's lock held by another session (a host of the fleet stalled or died holding it; PostgreSQL ends such a session after {idle} s)"
+    )]
+    LockWait {
+        /// The limit (`lock_timeout`).
+        seconds: f64,
+        /// `idle_in_transaction_session_timeout`, in seconds.
+        idle: f64,
+    },
+    /// The database's replication keeps commits from completing, or is not what the host was
+    /// told to require (`require_sync_replication`).
+    #[error("database replication: {detail}")]
+    Replication {
+        /// What is wrong and what to do.
+        detail: String,
     },
     /// The database file cannot be written by this process.
     #[error(
@@ -301,6 +336,9 @@ pub struct StoreOptions {
     /// Whose clock a commit counts on (X5). Only a store with a clock of its own (PostgreSQL)
     /// can use [`TimeSource::Database`]; SQLite always counts on the caller's time.
     pub time: TimeSource,
+    /// Refuse to open a fleet store unless its database replicates commits synchronously to a
+    /// standby that is in sync (`require_sync_replication`; ignored by the embedded store).
+    pub require_sync_replication: bool,
 }
 
 /// Whose clock a commit counts, expires (R4) and stamps on (X5).
@@ -341,6 +379,7 @@ impl Default for StoreOptions {
         Self {
             registry_cap: DEFAULT_REGISTRY_CAP,
             time: TimeSource::default(),
+            require_sync_replication: false,
         }
     }
 }
@@ -432,6 +471,24 @@ pub trait Store: Send + Sync + 'static {
     /// count committed; on `Err` nothing of the request was stored or counted.
     async fn commit(&self, changes: Changes) -> Result<Counted, StoreError>;
 
+    /// As [`Store::commit`], for a request that waits at most `budget` for its commit to
+    /// *start*: if the writer has not taken the request into a transaction by then, it never
+    /// will, and the answer is [`StoreError::Timeout`] (nothing stored, nothing counted). Once
+    /// taken, the answer is the transaction's outcome, within [`SETTLE`] after the budget, or
+    /// [`StoreError::OutcomeUnknown`]. So what the client is told, the registry and the event
+    /// log agree. Both backends implement it; the default (for test doubles) only times out.
+    async fn commit_within(
+        &self,
+        changes: Changes,
+        budget: std::time::Duration,
+    ) -> Result<Counted, StoreError> {
+        tokio::time::timeout(budget, self.commit(changes))
+            .await
+            .unwrap_or(Err(StoreError::Timeout {
+                seconds: budget.as_secs_f64(),
+            }))
+    }
+
     /// A page of the registry.
     async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError>;
 
@@ -494,6 +551,12 @@ pub trait Store: Send + Sync + 'static {
     /// Why the last commit failed, while the store is failing (`None` once a commit succeeds
     /// again): for `/metrics`, the dashboard and status.
     fn storage_error(&self) -> Option<String> {
+        None
+    }
+
+    /// The database's replication as last checked (a fleet's PostgreSQL; `None` for an embedded
+    /// store or before the first check): whether an acknowledged commit survives a failover.
+    fn replication(&self) -> Option<Replication> {
         None
     }
 }

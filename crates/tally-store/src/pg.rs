@@ -36,6 +36,43 @@ pub const POOL_SIZE: usize = 16;
 /// Attempts of a transaction that PostgreSQL aborted as a serialization failure or deadlock.
 pub const RETRY_ATTEMPTS: u32 = 8;
 
+/// `idle_in_transaction_session_timeout` of every Tally session: PostgreSQL ends a session that
+/// sits inside a transaction this long without sending anything. A host that loses power, is
+/// cut off, or is frozen (SIGSTOP, a paused VM) while it holds a pool's row lock would otherwise
+/// keep the lock until the server's TCP keepalive gives up (about two hours on Linux defaults;
+/// never, for a frozen process whose kernel still answers), and every other host of the fleet
+/// would wait on it. Tally's own transactions never idle: between their two round trips a host
+/// only counts (microseconds), so 5 s is far beyond any healthy pause.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// `statement_timeout` of every Tally session: bounds any statement (a read over a huge registry
+/// included). Far above a batch's own bounds (the host stops waiting for a `COMMIT`'s reply
+/// after 2 s and checks the batch's token instead), and deliberately so: a `COMMIT` cancelled
+/// while it waits for a synchronous standby returns *success* with only a warning, committed
+/// locally but not replicated; a short limit would make a host acknowledge exactly that.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// TCP keepalive (idle, interval, count) and `tcp_user_timeout` of every session, set on both
+/// ends: the server notices a dead host, and the host a dead server, within seconds.
+pub const TCP_KEEPALIVE: (Duration, Duration, u32) =
+    (Duration::from_secs(5), Duration::from_secs(1), 3);
+/// See [`TCP_KEEPALIVE`].
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server-side limits every Tally session sets at connect (libpq's `options`).
+fn session_options() -> String {
+    let ms = |d: Duration| d.as_millis();
+    let (idle, interval, count) = TCP_KEEPALIVE;
+    format!(
+        "-c idle_in_transaction_session_timeout={} -c statement_timeout={} \
+         -c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={count} \
+         -c tcp_user_timeout={}",
+        ms(IDLE_IN_TRANSACTION_TIMEOUT),
+        ms(STATEMENT_TIMEOUT),
+        idle.as_secs(),
+        interval.as_secs(),
+        ms(TCP_USER_TIMEOUT),
+    )
+}
+
 /// What went wrong talking to PostgreSQL; carried as the source of a [`StoreError`].
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -83,9 +120,18 @@ pub async fn connect(url: &str) -> Result<Pool, StoreError> {
         config.application_name("tally");
     }
     // A server that vanishes without closing the connection (power loss, partition) is noticed
-    // by the kernel within seconds instead of TCP's default of many minutes.
-    config.tcp_user_timeout(Duration::from_secs(5));
-    config.keepalives_idle(Duration::from_secs(10));
+    // by the kernel within seconds instead of TCP's default of many minutes; and the server
+    // notices a vanished host the same way, and ends its transactions (issue 21).
+    let (idle, interval, count) = TCP_KEEPALIVE;
+    config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    config.keepalives_idle(idle);
+    config.keepalives_interval(interval);
+    config.keepalives_retries(count);
+    let options = match config.get_options() {
+        Some(given) => format!("{} {given}", session_options()),
+        None => session_options(),
+    };
+    config.options(&options);
     let manager = Manager::from_config(
         config,
         NoTls,

@@ -4,7 +4,9 @@
 
 pub mod bind;
 pub mod faketime;
+pub mod netns;
 pub mod postgres;
+pub mod proxy;
 pub mod softhsm;
 
 use std::io::{BufRead, BufReader};
@@ -90,9 +92,16 @@ impl Process {
         envs: &[(&str, &str)],
         prefixes: &[&str],
     ) -> (Self, Vec<SocketAddr>) {
-        let mut child = Command::new(bin)
-            .args(args)
-            .envs(envs.iter().copied())
+        let mut cmd = Command::new(bin);
+        cmd.args(args).envs(envs.iter().copied());
+        Self::spawn_command(cmd, prefixes)
+    }
+
+    /// As [`Process::spawn_reading`], for a command built by the caller (run inside a network
+    /// namespace, say: [`netns::Machine::command`]).
+    pub fn spawn_command(mut cmd: Command, prefixes: &[&str]) -> (Self, Vec<SocketAddr>) {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
             .env_remove("RUST_LOG")
             .stdout(if prefixes.is_empty() {
                 Stdio::null()
@@ -101,7 +110,7 @@ impl Process {
             })
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let stderr = collect_stderr(&mut child);
         let (tx, rx) = mpsc::channel();
         if let Some(out) = child.stdout.take() {
@@ -124,7 +133,7 @@ impl Process {
                     found[i] = Some(a.parse().unwrap_or_else(|e| panic!("bad address {a}: {e}")))
                 }
                 Err(_) => panic!(
-                    "{args:?} did not start listening within 20 s; stderr:\n{}",
+                    "{what} did not start listening within 20 s; stderr:\n{}",
                     process.stderr()
                 ),
             }

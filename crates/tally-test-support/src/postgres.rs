@@ -16,7 +16,7 @@
 //! # drop(url);
 //! ```
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -67,15 +67,28 @@ impl Tools {
         }
     }
 
-    /// `tool` as the `postgres` user when we are root (PostgreSQL refuses to run as root).
-    fn as_postgres(&self, tool: &str) -> Command {
+    /// `tool` as the `postgres` user when we are root (PostgreSQL refuses to run as root),
+    /// inside network namespace `ns` when given.
+    fn as_postgres(&self, tool: &str, ns: Option<&str>) -> Command {
         if running_as_root() {
-            let mut c = Command::new("runuser");
+            let mut c = in_netns(ns, "runuser");
             c.args(["-u", "postgres", "--"]).arg(self.path(tool));
             c
         } else {
-            Command::new(self.path(tool))
+            in_netns(ns, self.path(tool))
         }
+    }
+}
+
+/// `program`, inside network namespace `ns` when given.
+fn in_netns(ns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
     }
 }
 
@@ -137,6 +150,8 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     port: u16,
     stopped: AtomicBool,
+    /// The network namespace it runs in and its address there ([`PgServer::start_on`]).
+    ns: Option<(String, Ipv4Addr)>,
 }
 
 impl std::fmt::Debug for PgServer {
@@ -153,6 +168,17 @@ impl PgServer {
     /// when PostgreSQL is not installed and we are not in CI. In CI a missing PostgreSQL fails
     /// the test (`.ci/run` installs it).
     pub fn start() -> Option<Self> {
+        Self::start_in(None)
+    }
+
+    /// As [`PgServer::start`], inside `machine`'s network namespace
+    /// ([`crate::netns::NetLab::machine`]), listening on its address (and its own 127.0.0.1)
+    /// and trusting the lab's /24. [`PgServer::addr`] and [`PgServer::url`] name that address.
+    pub fn start_on(machine: &crate::netns::Machine) -> Option<Self> {
+        Self::start_in(Some((machine.netns.clone(), machine.addr)))
+    }
+
+    fn start_in(ns: Option<(String, Ipv4Addr)>) -> Option<Self> {
         let Some(tools) = Tools::find() else {
             crate::skip(
                 &test_name(),
@@ -169,7 +195,7 @@ impl PgServer {
         }
         let dir = owned_temp_dir();
         let data = dir.path().join("data");
-        let mut initdb = tools.as_postgres("initdb");
+        let mut initdb = tools.as_postgres("initdb", None);
         initdb
             .args([
                 "-U",
@@ -183,18 +209,30 @@ impl PgServer {
             .arg(&data);
         run(initdb, "initdb");
         let port = free_port();
+        let listen = match &ns {
+            Some((_, addr)) => format!("127.0.0.1,{addr}"),
+            None => "127.0.0.1".to_owned(),
+        };
         let conf = format!(
-            "\n# tally-test-support\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
+            "\n# tally-test-support\nlisten_addresses = '{listen}'\nport = {port}\n\
              unix_socket_directories = '{}'\nfsync = off\nfull_page_writes = off\n\
              max_connections = 200\nwal_level = replica\nmax_wal_senders = 5\n",
             dir.path().display()
         );
         append(&data.join("postgresql.conf"), &conf);
+        if let Some((_, addr)) = &ns {
+            let o = addr.octets();
+            append(
+                &data.join("pg_hba.conf"),
+                &format!("host all all {}.{}.{}.0/24 trust\n", o[0], o[1], o[2]),
+            );
+        }
         let server = Self {
             tools,
             dir,
             port,
             stopped: AtomicBool::new(true),
+            ns,
         };
         server.pg_ctl_start();
         Some(server)
@@ -204,8 +242,17 @@ impl PgServer {
         self.dir.path().join("data")
     }
 
+    fn netns(&self) -> Option<&str> {
+        self.ns.as_ref().map(|(n, _)| n.as_str())
+    }
+
+    /// The address it listens on for others: 127.0.0.1, or its namespace's address.
+    fn ip(&self) -> Ipv4Addr {
+        self.ns.as_ref().map_or(Ipv4Addr::LOCALHOST, |(_, a)| *a)
+    }
+
     fn pg_ctl_start(&self) {
-        let mut c = self.tools.as_postgres("pg_ctl");
+        let mut c = self.tools.as_postgres("pg_ctl", self.netns());
         c.args(["-w", "-t", "60", "-D"])
             .arg(self.data())
             .arg("-l")
@@ -228,11 +275,11 @@ impl PgServer {
     /// Polls until the server accepts TCP connections and `pg_isready` says so.
     fn wait_accepting(&self) {
         let deadline = Instant::now() + DEADLINE;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let addr = SocketAddr::from((self.ip(), self.port));
         loop {
             let tcp = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
             if tcp
-                && Command::new(self.tools.path("pg_isready"))
+                && in_netns(self.netns(), self.tools.path("pg_isready"))
                     .args([
                         "-q",
                         "-h",
@@ -262,14 +309,14 @@ impl PgServer {
         self.port
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `127.0.0.1:PORT` (in a namespace: its address there).
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip(), self.port)
     }
 
-    /// `postgres://postgres@127.0.0.1:PORT/DB`.
+    /// `postgres://postgres@127.0.0.1:PORT/DB` (in a namespace: its address there).
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        format!("postgres://postgres@{}:{}/{db}", self.ip(), self.port)
     }
 
     /// A URL over several servers that connects to whichever is read-write:
@@ -298,7 +345,7 @@ impl PgServer {
     }
 
     fn psql_command(&self, db: &str, sql: &str) -> Command {
-        let mut c = Command::new(self.tools.path("psql"));
+        let mut c = in_netns(self.netns(), self.tools.path("psql"));
         c.args([
             "-X",
             "-q",
@@ -335,7 +382,7 @@ impl PgServer {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return;
         }
-        let mut c = self.tools.as_postgres("pg_ctl");
+        let mut c = self.tools.as_postgres("pg_ctl", self.netns());
         c.args(["-w", "-t", "60", "-m", "immediate", "-D"])
             .arg(self.data())
             .arg("stop")
@@ -357,7 +404,7 @@ impl PgServer {
         }
         // Orphaned backends exit when they notice; make sure the port is free before returning.
         let deadline = Instant::now() + DEADLINE;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let addr = SocketAddr::from((self.ip(), self.port));
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
             && Instant::now() < deadline
         {
@@ -376,7 +423,7 @@ impl PgServer {
     pub fn start_standby(&self) -> PgServer {
         let dir = owned_temp_dir();
         let data = dir.path().join("data");
-        let mut c = self.tools.as_postgres("pg_basebackup");
+        let mut c = self.tools.as_postgres("pg_basebackup", self.netns());
         c.args([
             "-h",
             "127.0.0.1",
@@ -407,6 +454,8 @@ impl PgServer {
             dir,
             port,
             stopped: AtomicBool::new(true),
+            // In a namespace the standby runs beside its primary (same address, its own port).
+            ns: self.ns.clone(),
         };
         standby.pg_ctl_start();
         standby
@@ -440,7 +489,7 @@ impl PgServer {
 
     /// Promotes a standby to primary and waits until it accepts writes.
     pub fn promote(&self) {
-        let mut c = self.tools.as_postgres("pg_ctl");
+        let mut c = self.tools.as_postgres("pg_ctl", self.netns());
         c.args(["-w", "-t", "60", "-D"])
             .arg(self.data())
             .arg("promote")

@@ -16,6 +16,7 @@ mod dns;
 mod embedding;
 mod faults;
 mod fleet;
+mod fleet_faults;
 mod hostile;
 mod hsm;
 mod lifecycle;

@@ -32,6 +32,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::installations::{self, Judge};
+use super::outcome::{self, COMMIT_REPLY_TIMEOUT, Resolved, Session};
 use super::sql::{
     BENCH_REGISTRY_WRITES, CREATE_POOL, DATABASE_NOW, DELETE_ENTRIES, EventRows, INSERT_EVENTS,
     LOCK_POOL, PoolDiff, READ_ENTRIES, REGISTRY_WRITES, RefusalRows, RegistryRows, UPDATE_CAPACITY,
@@ -39,6 +40,7 @@ use super::sql::{
 };
 use super::{MAX_BATCH, backend, pool_error};
 use crate::health::Health;
+use crate::ticket::Ticket;
 use crate::{Event, StoreError, TimeSource};
 
 /// Attempts for a batch that hits a serialization failure or a deadlock before giving up.
@@ -58,7 +60,34 @@ pub(super) enum Work {
 pub(super) struct Job {
     pub(super) work: Work,
     pub(super) done: oneshot::Sender<Result<Counted, StoreError>>,
+    /// Claimed just before the job is counted into a transaction about to commit; abandoned by
+    /// the request at its deadline (`crate::ticket`).
+    pub(super) ticket: Arc<Ticket>,
 }
+
+/// The batcher's connection and the server session behind it.
+pub(super) struct Conn {
+    client: Object,
+    session: Session,
+}
+
+/// How long the first round trip (locks and reads) may take before the batch gives up on the
+/// connection: `lock_timeout` plus a round trip. Nothing is committed then (no `COMMIT` sent).
+const FIRST_TRIP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long may pass between claiming a batch's jobs and sending its `COMMIT` (only counting
+/// happens between): more means the process was frozen (SIGSTOP, a VM paused), and its work is
+/// stale: rolled back, never committed.
+const CLAIM_TO_COMMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `SET LOCAL lock_timeout` of a batch: a pool lock held longer belongs to a stalled or dead
+/// host (a batch holds it for milliseconds); PostgreSQL ends that host's session after
+/// [`crate::pg::IDLE_IN_TRANSACTION_TIMEOUT`].
+pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A batch's opening: READ COMMITTED pinned (a server default of REPEATABLE READ or
+/// SERIALIZABLE would turn the pool lock's waits into serialization errors), its lock limit.
+const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '2s'";
 
 /// The batcher's view of the registry's size. On PostgreSQL the cap is checked against the
 /// planner's row estimate (`pg_class.reltuples`), refreshed every [`SIZE_REFRESH`], plus this
@@ -78,7 +107,15 @@ pub(super) struct RegistrySize {
 impl RegistrySize {
     /// The planner's estimate once the table is large (cheap at any size), an exact count while
     /// it is small or has never been analysed (`reltuples` is -1 then).
-    async fn refresh(&mut self, client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    async fn refresh(
+        &mut self,
+        client: &tokio_postgres::Client,
+        served_by: &str,
+    ) -> Result<(), StoreError> {
+        client
+            .execute(outcome::PRUNE_TOKENS, &[&served_by])
+            .await
+            .map_err(backend("prune batch tokens"))?;
         let estimate: f32 = client
             .query_one(
                 "SELECT greatest(reltuples, 0) + (SELECT greatest(reltuples, 0) FROM pg_class
@@ -115,7 +152,7 @@ pub(super) async fn batcher(
     health: Arc<Health>,
     mut size: RegistrySize,
 ) {
-    let mut conn: Option<Object> = None;
+    let mut conn: Option<Conn> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -124,18 +161,34 @@ pub(super) async fn batcher(
                 Err(_) => break,
             }
         }
+        // Requests that gave up while queued: never touched (their clients were answered).
+        batch.retain(|j| !j.ticket.abandoned());
+        if batch.is_empty() {
+            continue;
+        }
         let mut result = Err(StoreError::Closed);
         for attempt in 1..=ATTEMPTS {
-            result = commit_batch(&pool, &mut conn, &mut batch, &served_by, &mut size).await;
+            let mut claimed = false;
+            result = commit_batch(
+                &pool,
+                &mut conn,
+                &mut batch,
+                &served_by,
+                &mut size,
+                &mut claimed,
+            )
+            .await;
             match &result {
+                // Before any job was claimed a retry is safe; after, the jobs' deadlines rule.
                 Err(StoreError::Backend { source, .. })
-                    if attempt < ATTEMPTS && retryable(source) =>
+                    if attempt < ATTEMPTS && !claimed && retryable(source) =>
                 {
                     tracing::debug!(attempt, "batch hit a serialization failure; retrying");
+                    drop_conn(&mut conn);
                 }
                 Err(_) => {
                     // The connection may be what failed; the next batch takes a new one.
-                    conn = None;
+                    drop_conn(&mut conn);
                     break;
                 }
                 Ok(_) => break,
@@ -143,7 +196,9 @@ pub(super) async fn batcher(
         }
         match result {
             Ok(answers) => {
-                health.ok();
+                if !answers.is_empty() {
+                    health.ok();
+                }
                 for (job, answer) in batch.into_iter().zip(answers) {
                     let _ = job.done.send(Ok(answer));
                 }
@@ -155,6 +210,14 @@ pub(super) async fn batcher(
                 }
             }
         }
+    }
+}
+
+/// Closes the batcher's connection for good (never back into the pool: it may be inside a
+/// transaction, or broken).
+fn drop_conn(conn: &mut Option<Conn>) {
+    if let Some(c) = conn.take() {
+        drop(deadpool_postgres::Object::take(c.client));
     }
 }
 
@@ -183,6 +246,7 @@ pub(super) struct Statements {
     pub(super) now: tokio_postgres::Statement,
     pub(super) note_sequences: tokio_postgres::Statement,
     pub(super) note_clones: tokio_postgres::Statement,
+    pub(super) token: tokio_postgres::Statement,
 }
 
 async fn prepare(client: &Object, may_insert: bool) -> Result<Statements, StoreError> {
@@ -213,25 +277,33 @@ async fn prepare(client: &Object, may_insert: bool) -> Result<Statements, StoreE
         now: p(DATABASE_NOW).await?,
         note_sequences: p(installations::NOTE_SEQUENCES).await?,
         note_clones: p(installations::NOTE_CLONES).await?,
+        token: p(outcome::INSERT_TOKEN).await?,
     })
 }
 
-/// One transaction for the whole batch; returns each job's answer in order.
+/// One transaction for the whole batch; returns the answers of the jobs left in `batch` (the
+/// claimed ones), in order. Sets `claimed` once any job was claimed.
 async fn commit_batch(
     pool: &Pool,
-    conn: &mut Option<Object>,
-    batch: &mut [Job],
+    conn: &mut Option<Conn>,
+    batch: &mut Vec<Job>,
     served_by: &str,
     size: &mut RegistrySize,
+    claimed: &mut bool,
 ) -> Result<Vec<Counted>, StoreError> {
-    let client = match conn {
-        Some(c) if !c.is_closed() => c,
-        _ => conn.insert(pool.get().await.map_err(pool_error("connect"))?),
+    let c = match conn {
+        Some(c) if !c.client.is_closed() => c,
+        _ => {
+            let client = pool.get().await.map_err(pool_error("connect"))?;
+            let session = Session::of(&client).await?;
+            conn.insert(Conn { client, session })
+        }
     };
+    let (client, session) = (&c.client, c.session);
     if size.checked.is_none_or(|t| t.elapsed() >= SIZE_REFRESH)
         || size.stale.swap(false, Ordering::Relaxed)
     {
-        size.refresh(client).await?;
+        size.refresh(client, served_by).await?;
     }
     let may_insert = size.estimate < size.cap;
     let st = prepare(client, may_insert).await?;
@@ -239,34 +311,60 @@ async fn commit_batch(
 
     // Round trip 1: BEGIN, every pool's lock, their tables, then the database's clock (in this
     // order on the wire: the clock is read once the locks are held, so batches of one pool are
-    // stamped in commit order).
-    let lock_params: Vec<[&(dyn ToSql + Sync); 1]> = pools.iter().map(|p| [p as _]).collect();
-    let (((begun, locks), entries), now) = join(
-        join(
-            join(
-                client.batch_execute("BEGIN"),
-                join_all(lock_params.iter().map(|p| client.query(&st.lock, p))),
-            ),
-            client.query(&st.entries, &[&pools]),
-        ),
-        client.query_one(&st.now, &[]),
-    )
-    .await;
-    let locked = match begun.map_err(backend("begin")) {
-        Ok(()) => read_tables(client, &st, &pools, locks, entries).await,
-        Err(e) => Err(e),
+    // stamped in commit order). Bounded: nothing is committed if it does not come back.
+    let (before, now) =
+        match tokio::time::timeout(FIRST_TRIP_TIMEOUT, lock_and_read(client, &st, &pools)).await {
+            Ok(Ok(Some(locked))) => locked,
+            Ok(Ok(None)) => {
+                // A pool seen for the first time: its row is created on its own (committed before
+                // any lock is taken, so every batch locks existing rows in pool order: the lock
+                // order is total and hosts cannot deadlock), then the batch starts again.
+                let _ = client.batch_execute("ROLLBACK").await;
+                client
+                    .execute(&st.create_pool, &[&pools])
+                    .await
+                    .map_err(backend("create pool"))?;
+                match tokio::time::timeout(FIRST_TRIP_TIMEOUT, lock_and_read(client, &st, &pools))
+                    .await
+                {
+                    Ok(Ok(Some(locked))) => locked,
+                    Ok(Ok(None)) => {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(StoreError::Backend {
+                            operation: "create pool",
+                            source: Arc::new(std::io::Error::other(
+                                "pool row missing after insert",
+                            )),
+                        });
+                    }
+                    Ok(Err(e)) => return Err(rollback(client, e).await),
+                    Err(_) => return Err(first_trip_timeout()),
+                }
+            }
+            Ok(Err(e)) => return Err(rollback(client, e).await),
+            Err(_) => return Err(first_trip_timeout()),
+        };
+
+    // X6: the installations' registry rows, read under the pool locks (no round trip when the
+    // batch has no version-2 request).
+    let changes = batch.iter().filter_map(|j| match &j.work {
+        Work::Changes(c) => Some(&**c),
+        Work::Events(_) => None,
+    });
+    let mut judge = match Judge::read(client, changes).await {
+        Ok(j) => j,
+        Err(e) => return Err(rollback(client, e).await),
     };
-    let locked = match (locked, now.map_err(backend("read the database clock"))) {
-        (Ok(tables), Ok(now)) => Ok((tables, Timestamp(now.get(0)))),
-        (Err(e), _) | (_, Err(e)) => Err(e),
-    };
-    let (before, now) = match locked {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e);
-        }
-    };
+
+    // One outcome per request: from here the jobs are this transaction's, unless their requests
+    // gave up first. A job whose deadline passed is never counted or committed.
+    batch.retain(|j| j.ticket.claim());
+    *claimed = true;
+    let claimed_at = std::time::Instant::now();
+    if batch.is_empty() {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Ok(Vec::new());
+    }
     // X5: the fleet counts, expires and stamps on one clock, the database's; no host's clock
     // can expire or immortalise another's entries.
     if size.time == TimeSource::Database {
@@ -277,20 +375,6 @@ async fn commit_batch(
             }
         }
     }
-
-    // X6: the installations' registry rows, read under the pool locks (no round trip when the
-    // batch has no version-2 request).
-    let changes = batch.iter().filter_map(|j| match &j.work {
-        Work::Changes(c) => Some(&**c),
-        Work::Events(_) => None,
-    });
-    let mut judge = match Judge::read(client, changes).await {
-        Ok(j) => j,
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e);
-        }
-    };
 
     // Counting, in request order, on the tables as stored.
     let mut tables = CountTables::from_snapshots(before.values().cloned());
@@ -344,7 +428,7 @@ async fn commit_batch(
         }
     }
 
-    // Round trip 2: every write, then COMMIT.
+    // Round trip 2: every write, the batch's token, then COMMIT.
     let diffs: Vec<PoolDiff> = pools
         .iter()
         .filter_map(|p| Some(PoolDiff::new(before.get(p)?, tables.pool(*p)?)))
@@ -353,6 +437,8 @@ async fn commit_batch(
     let bench = RegistryRows::new(batch, served_by, true);
     let event_rows = EventRows::new(&events, served_by);
     let refusal_rows = RefusalRows::new(&refusals);
+    let token = Uuid::new_v4();
+    let at = now.millis();
     let mut writes: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
     for d in &diffs {
         d.push_writes(&st, &mut writes);
@@ -380,22 +466,83 @@ async fn commit_batch(
     if !refusal_rows.day.is_empty() {
         writes.push((&st.refusals, refusal_rows.params()));
     }
-    let (written, committed) = join(
-        join_all(writes.iter().map(|(s, p)| client.query(*s, p))),
-        client.batch_execute("COMMIT"),
+    writes.push((&st.token, vec![&token, &served_by, &at]));
+    // Counting takes microseconds; much more means this process was frozen with the locks held
+    // (SIGSTOP, a paused VM). By now the database may have ended the session and others have
+    // counted on: this work is stale and is never committed.
+    if claimed_at.elapsed() > CLAIM_TO_COMMIT {
+        let _ = client.batch_execute("ROLLBACK").await;
+        tracing::warn!(
+            frozen_ms = claimed_at.elapsed().as_millis() as u64,
+            "this host was frozen between counting and committing; the batch is rolled back"
+        );
+        return Err(StoreError::Timeout {
+            seconds: claimed_at.elapsed().as_secs_f64(),
+        });
+    }
+    let sent = tokio::time::timeout(
+        COMMIT_REPLY_TIMEOUT,
+        join(
+            join_all(writes.iter().map(|(s, p)| client.query(*s, p))),
+            client.batch_execute("COMMIT"),
+        ),
     )
     .await;
-    // Any failed write aborted the transaction, so the COMMIT rolled it back.
-    // The registry statements' rows: one per machine written, `true` if it was new.
+    let lost = |detail: String| async move {
+        match outcome::resolve(pool, session, token).await {
+            Resolved::Committed => {
+                tracing::warn!(%detail, "a commit's reply was lost; the batch's token shows it committed");
+                Ok(())
+            }
+            Resolved::NotCommitted => Err(StoreError::Backend {
+                operation: "commit",
+                source: Arc::new(std::io::Error::other(format!(
+                    "{detail}; the batch's token shows it did not commit"
+                ))),
+            }),
+            Resolved::Unknown(why) => {
+                metrics::counter!("tally_store_outcome_unknown_total").increment(1);
+                Err(StoreError::OutcomeUnknown {
+                    detail: format!("{detail}; {why}"),
+                })
+            }
+        }
+    };
+    let (written, committed) = match sent {
+        Ok(r) => r,
+        Err(_) => {
+            lost(format!(
+                "no reply to COMMIT within {COMMIT_REPLY_TIMEOUT:?}"
+            ))
+            .await?;
+            return Ok(answers);
+        }
+    };
+    // A write that failed with a server error aborted the transaction, so the COMMIT rolled it
+    // back: definitely not committed. A connection lost on the way: the token decides.
     let mut registry_out: Vec<Row> = Vec::new();
+    let mut dropped: Option<tokio_postgres::Error> = None;
     for (i, w) in written.into_iter().enumerate() {
-        let rows = w.map_err(backend("write"))?;
-        if std::ptr::eq(writes[i].0, &st.registry) || std::ptr::eq(writes[i].0, &st.bench_registry)
-        {
-            registry_out.extend(rows);
+        match w {
+            Ok(rows) => {
+                if std::ptr::eq(writes[i].0, &st.registry)
+                    || std::ptr::eq(writes[i].0, &st.bench_registry)
+                {
+                    registry_out.extend(rows);
+                }
+            }
+            Err(e) if e.code().is_some() => return Err(backend("write")(e)),
+            Err(e) => dropped = Some(e),
         }
     }
-    committed.map_err(backend("commit"))?;
+    match (committed, dropped) {
+        (Err(e), _) if e.code().is_some() => return Err(backend("commit")(e)),
+        (Err(e), _) | (Ok(()), Some(e)) => {
+            lost(format!("connection lost after COMMIT was sent ({e})")).await?;
+            return Ok(answers);
+        }
+        (Ok(()), None) => {}
+    }
 
     let inserted = registry_out.iter().filter(|r| r.get::<_, bool>(0)).count() as u64;
     // The cap bounds storage: the bench pool's machines count towards it too.
@@ -421,6 +568,18 @@ async fn commit_batch(
     Ok(answers)
 }
 
+fn first_trip_timeout() -> StoreError {
+    StoreError::Timeout {
+        seconds: FIRST_TRIP_TIMEOUT.as_secs_f64(),
+    }
+}
+
+/// Rolls the open transaction back (best effort) and gives `e` back.
+async fn rollback(client: &Object, e: StoreError) -> StoreError {
+    let _ = client.batch_execute("ROLLBACK").await;
+    e
+}
+
 /// The pools a batch counts in, in id order: the lock order, the same on every host.
 fn counted_pools(batch: &[Job]) -> Vec<Uuid> {
     let mut pools: Vec<Uuid> = batch
@@ -435,32 +594,36 @@ fn counted_pools(batch: &[Job]) -> Vec<Uuid> {
     pools
 }
 
-/// Turns the locked rows and the entries into snapshots. A pool seen for the first time gets its
-/// row created and locked first; its table is then empty (no host could have written entries
-/// for a pool without its row).
-async fn read_tables(
+type Locked = (HashMap<Uuid, PoolSnapshot>, Timestamp);
+
+/// Round trip 1: opens the transaction, locks every pool in id order, reads their tables and
+/// the database's clock. `None`: a pool's row does not exist yet (the transaction is open;
+/// the caller rolls it back).
+async fn lock_and_read(
     client: &Object,
     st: &Statements,
     pools: &[Uuid],
-    locks: Vec<Result<Vec<Row>, tokio_postgres::Error>>,
-    entries: Result<Vec<Row>, tokio_postgres::Error>,
-) -> Result<HashMap<Uuid, PoolSnapshot>, StoreError> {
+) -> Result<Option<Locked>, StoreError> {
+    let lock_params: Vec<[&(dyn ToSql + Sync); 1]> = pools.iter().map(|p| [p as _]).collect();
+    let (((begun, locks), entries), now) = join(
+        join(
+            join(
+                client.batch_execute(BEGIN),
+                join_all(lock_params.iter().map(|p| client.query(&st.lock, p))),
+            ),
+            client.query(&st.entries, &[&pools]),
+        ),
+        client.query_one(&st.now, &[]),
+    )
+    .await;
+    begun.map_err(backend("begin"))?;
     let mut out = HashMap::with_capacity(pools.len());
-    let mut created = false;
     for (pool, rows) in pools.iter().zip(locks) {
-        let mut rows = rows.map_err(backend("lock pool"))?;
-        if rows.is_empty() {
-            client
-                .execute(&st.create_pool, &[pool])
-                .await
-                .map_err(backend("create pool"))?;
-            rows = client
-                .query(&st.lock, &[pool])
-                .await
-                .map_err(backend("lock pool"))?;
-            created = true;
-        }
-        let capacity = rows.first().map_or(0, |r| r.get::<_, i32>(0)).max(0) as u32;
+        let rows = rows.map_err(lock_error)?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let capacity = row.get::<_, i32>(0).max(0) as u32;
         out.insert(
             *pool,
             PoolSnapshot {
@@ -470,16 +633,24 @@ async fn read_tables(
             },
         );
     }
-    // After a pool row was created (and waited for), read the tables again under the locks.
-    let entries = if created {
-        client.query(&st.entries, &[&pools]).await
-    } else {
-        entries
-    };
     for r in entries.map_err(backend("read pool"))? {
         if let Some(snap) = out.get_mut(&r.get::<_, Uuid>(0)) {
             snap.entries.push((r.get(1), Timestamp(r.get(2))));
         }
     }
-    Ok(out)
+    let now = now.map_err(backend("read the database clock"))?;
+    Ok(Some((out, Timestamp(now.get(0)))))
+}
+
+/// A lock wait over `lock_timeout` is its own error: a host stalled or died holding the lock.
+fn lock_error(e: tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+        metrics::counter!("tally_store_lock_timeouts_total").increment(1);
+        StoreError::LockWait {
+            seconds: LOCK_TIMEOUT.as_secs_f64(),
+            idle: crate::pg::IDLE_IN_TRANSACTION_TIMEOUT.as_secs_f64(),
+        }
+    } else {
+        backend("lock pool")(e)
+    }
 }

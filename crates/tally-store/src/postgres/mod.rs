@@ -30,6 +30,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::health::Health;
+use crate::ticket::{Deadline, Ticket};
 use crate::{
     CensusCutoffs, CensusRow, ClockEvidence, Event, EventQuery, PoolCount, RefusalCount,
     RegistryEntry, RegistryPage, RegistrySort, Store, StoreError, StoreOptions, TimeSource,
@@ -44,6 +45,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_registry_scale.sql"),
     include_str!("../../migrations/postgres/0003_clock.sql"),
     include_str!("../../migrations/postgres/0004_installations.sql"),
+    include_str!("../../migrations/postgres/0005_batch_tokens.sql"),
 ];
 
 /// The advisory lock key that serialises the host schema's migrations across processes.
@@ -52,6 +54,8 @@ pub const MIGRATION_LOCK: i64 = 0x7461_6c6c_7901; // "tally" + 1
 mod batch;
 mod clock;
 mod installations;
+mod outcome;
+mod replication;
 mod sql;
 
 use batch::{Job, RegistrySize, Work};
@@ -69,7 +73,10 @@ pub struct PgStore {
     full: Arc<AtomicBool>,
     stale: Arc<AtomicBool>,
     time: TimeSource,
+    replication: replication::Shared,
 }
+
+pub use replication::check as check_replication;
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +118,21 @@ impl PgStore {
             let mut client = pool.get().await.map_err(pool_error("connect"))?;
             crate::migrate::postgres(&mut client, MIGRATIONS, MIGRATION_LOCK).await?;
         }
+        let first = replication::check(&pool).await;
+        if options.require_sync_replication {
+            let assessed = first.as_ref().map_err(Clone::clone)?;
+            if !assessed.survives_failover() {
+                return Err(StoreError::Replication {
+                    detail: format!(
+                        "require_sync_replication is set, and the database's replication is {}: {}",
+                        assessed.summary(),
+                        assessed.warning().unwrap_or_else(|| {
+                            "there is no standby; set up a synchronous standby (synchronous_standby_names) or turn the option off".into()
+                        })
+                    ),
+                });
+            }
+        }
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
         let health = Arc::new(Health::default());
         let full: Arc<AtomicBool> = Arc::default();
@@ -131,7 +153,15 @@ impl PgStore {
             Arc::clone(&health),
             size,
         ));
+        let shared: replication::Shared = Arc::new(std::sync::Mutex::new(None));
+        tokio::spawn(replication::watch(
+            pool.clone(),
+            Arc::clone(&shared),
+            Arc::clone(&health),
+            jobs.downgrade(),
+        ));
         Ok(Self {
+            replication: shared,
             jobs: Some(jobs),
             pool,
             served_by,
@@ -196,6 +226,7 @@ impl PgStore {
             full: Arc::default(),
             stale: Arc::default(),
             time: TimeSource::Database,
+            replication: Arc::default(),
         })
     }
 
@@ -204,15 +235,37 @@ impl PgStore {
         &self.served_by
     }
 
-    async fn submit(&self, work: Work) -> Result<Counted, StoreError> {
+    async fn submit(
+        &self,
+        work: Work,
+        budget: Option<std::time::Duration>,
+    ) -> Result<Counted, StoreError> {
         let jobs = self.jobs.as_ref().ok_or_else(|| StoreError::ReadOnly {
             path: self.served_by.to_string(),
         })?;
+        let deadline = budget.map(Deadline::after);
         let (done, wait) = oneshot::channel();
-        jobs.send(Job { work, done })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        let ticket = Arc::new(Ticket::default());
+        let job = Job {
+            work,
+            done,
+            ticket: Arc::clone(&ticket),
+        };
+        // A full queue counts against the deadline too.
+        match deadline {
+            Some(d) => match tokio::time::timeout_at(d.at, jobs.send(job)).await {
+                Ok(sent) => sent.map_err(|_| StoreError::Closed)?,
+                Err(_) => {
+                    let error = StoreError::Timeout {
+                        seconds: d.budget.as_secs_f64(),
+                    };
+                    self.health.failed(&error);
+                    return Err(error);
+                }
+            },
+            None => jobs.send(job).await.map_err(|_| StoreError::Closed)?,
+        }
+        crate::ticket::answer(wait, &ticket, deadline, &self.health).await
     }
 
     fn writable(&self) -> Result<(), StoreError> {
@@ -348,7 +401,16 @@ impl Store for PgStore {
     }
 
     async fn commit(&self, changes: Changes) -> Result<Counted, StoreError> {
-        self.submit(Work::Changes(Box::new(changes))).await
+        self.submit(Work::Changes(Box::new(changes)), None).await
+    }
+
+    async fn commit_within(
+        &self,
+        changes: Changes,
+        budget: std::time::Duration,
+    ) -> Result<Counted, StoreError> {
+        self.submit(Work::Changes(Box::new(changes)), Some(budget))
+            .await
     }
 
     async fn registry(&self, page: RegistryPage) -> Result<Vec<RegistryEntry>, StoreError> {
@@ -459,7 +521,7 @@ impl Store for PgStore {
     }
 
     async fn record_events(&self, events: Vec<Event>) -> Result<(), StoreError> {
-        self.submit(Work::Events(events)).await.map(|_| ())
+        self.submit(Work::Events(events), None).await.map(|_| ())
     }
 
     async fn events(&self, query: EventQuery) -> Result<Vec<Event>, StoreError> {
@@ -509,6 +571,13 @@ impl Store for PgStore {
 
     fn storage_error(&self) -> Option<String> {
         self.health.error()
+    }
+
+    fn replication(&self) -> Option<crate::Replication> {
+        self.replication
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     async fn clock_evidence(&self) -> Result<ClockEvidence, StoreError> {

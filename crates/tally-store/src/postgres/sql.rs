@@ -100,7 +100,14 @@ impl RegistryRows {
             requests: Vec::new(),
             served_by: Vec::new(),
         };
-        for job in batch {
+        // In CMID order (a machine's requests keep their batch order): every batch takes the
+        // registry's row locks in one order, so two batches never wait on each other in a cycle.
+        let mut order: Vec<&Job> = batch.iter().collect();
+        order.sort_by_key(|j| match &j.work {
+            Work::Changes(c) => Some(c.registry.cmid),
+            Work::Events(_) => None,
+        });
+        for job in order {
             let Work::Changes(c) = &job.work else {
                 continue;
             };
@@ -243,8 +250,10 @@ pub(super) const LOCK_POOL: &str = "SELECT capacity FROM pools WHERE pool = $1 F
 pub(super) const READ_ENTRIES: &str =
     "SELECT pool, cmid, last_seen FROM pool_entries WHERE pool = ANY($1::uuid[])";
 
-pub(super) const CREATE_POOL: &str =
-    "INSERT INTO pools (pool, capacity) VALUES ($1, 0) ON CONFLICT DO NOTHING";
+/// Every pool of a batch that has no row yet, in a statement of its own (outside the batch's
+/// transaction), so that a batch only ever locks existing rows, in pool order.
+pub(super) const CREATE_POOL: &str = "INSERT INTO pools (pool, capacity)
+     SELECT p, 0 FROM unnest($1::uuid[]) AS t (p) ORDER BY p ON CONFLICT DO NOTHING";
 
 pub(super) const UPDATE_CAPACITY: &str =
     "UPDATE pools SET capacity = GREATEST(capacity, $2) WHERE pool = $1";

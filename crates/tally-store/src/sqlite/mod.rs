@@ -156,13 +156,27 @@ fn check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 
 impl SqliteStore {
     async fn submit(&self, work: Work) -> Result<Answer, StoreError> {
+        self.submit_within(work, None).await
+    }
+
+    async fn submit_within(
+        &self,
+        work: Work,
+        budget: Option<std::time::Duration>,
+    ) -> Result<Answer, StoreError> {
         let jobs = self.jobs.as_ref().ok_or_else(|| StoreError::ReadOnly {
             path: self.path.display().to_string(),
         })?;
+        let deadline = budget.map(crate::ticket::Deadline::after);
         let (done, wait) = oneshot::channel();
-        jobs.send(Job { work, done })
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        let ticket = Arc::new(crate::ticket::Ticket::default());
+        jobs.send(Job {
+            work,
+            done,
+            ticket: Arc::clone(&ticket),
+        })
+        .map_err(|_| StoreError::Closed)?;
+        crate::ticket::answer(wait, &ticket, deadline, &self.health).await
     }
 
     /// Opens an existing database for reading only: no writer thread, no migrations. For
@@ -452,6 +466,20 @@ impl Store for SqliteStore {
 
     async fn commit(&self, changes: Changes) -> Result<Counted, StoreError> {
         match self.submit(Work::Changes(Box::new(changes))).await? {
+            Answer::Counted(c) => Ok(c),
+            _ => Ok(Counted::default()),
+        }
+    }
+
+    async fn commit_within(
+        &self,
+        changes: Changes,
+        budget: std::time::Duration,
+    ) -> Result<Counted, StoreError> {
+        match self
+            .submit_within(Work::Changes(Box::new(changes)), Some(budget))
+            .await?
+        {
             Answer::Counted(c) => Ok(c),
             _ => Ok(Counted::default()),
         }

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 
 use super::{Durability, backend, installations, open_connection, read_tables};
 use crate::health::Health;
+use crate::ticket::Ticket;
 use crate::{Event, StoreError, StoreOptions};
 
 /// Most requests committed in one transaction.
@@ -62,6 +63,9 @@ pub(super) enum Answer {
 pub(super) struct Job {
     pub(super) work: Work,
     pub(super) done: oneshot::Sender<Result<Answer, StoreError>>,
+    /// Claimed just before the batch is applied; abandoned by the request at its deadline
+    /// (`crate::ticket`, shared with the PostgreSQL batcher).
+    pub(super) ticket: Arc<Ticket>,
 }
 
 /// The writer's state, owned by its thread.
@@ -117,6 +121,15 @@ impl Writer {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
                 }
+            }
+            // One outcome per request: a job whose request gave up at its deadline is never
+            // applied; the others are this transaction's from here.
+            batch.retain(|j| j.ticket.claim());
+            if batch.is_empty() {
+                if let Some(job) = deferred {
+                    self.run_alone(job);
+                }
+                continue;
             }
             match self.apply_batch(&mut batch) {
                 Ok(answers) => {

@@ -258,7 +258,15 @@ async fn x3_outage_fails_fast_and_recovers_without_restart() {
         counted.count, 3,
         "clients 1, 2 and 4; client 3 was never stored"
     );
-    assert!(b.store.storage_error().is_none());
+    // The outage ends with a commit at least HEALTH_SETTLE after its last failure.
+    let mut n = 5;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.store.storage_error().is_some() {
+        assert!(Instant::now() < deadline, "the store stays down");
+        poll_pause().await;
+        b.store.commit(request(4, n, 5)).await.expect("commit");
+        n += 1;
+    }
 }
 
 // X3: the primary dies and a streaming standby is promoted; a store on the multi-host URL
@@ -391,4 +399,104 @@ async fn read_only_opens_never_create_or_write() {
         matches!(err, tally_store::StoreError::ReadOnly { .. }),
         "{err}"
     );
+}
+
+// Issue 21, one outcome per request: a request whose deadline passes while its batch waits for
+// a pool lock (held here by another session, as by a stalled host) is answered Timeout and is
+// never committed, not even once the lock is free; the store says it is down meanwhile, and
+// the lock wait is bounded (lock_timeout), so the writer moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue21_a_request_past_its_deadline_is_never_committed() {
+    let Some(b) = backend("issue21_a_request_past_its_deadline_is_never_committed").await else {
+        return;
+    };
+    b.store.commit(request(1, 1, 5)).await.expect("commit");
+    let pool = tally_store::pg::connect(&b.url).await.expect("connect");
+    let mut holder = pool.get().await.expect("client");
+    let tx = holder.transaction().await.expect("begin");
+    tx.execute("SELECT 1 FROM pools WHERE pool = $1 FOR UPDATE", &[&POOL])
+        .await
+        .expect("lock");
+    let started = Instant::now();
+    let r = b
+        .store
+        .commit_within(request(2, 2, 5), Duration::from_millis(500))
+        .await;
+    assert!(
+        matches!(r, Err(tally_store::StoreError::Timeout { .. })),
+        "{r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        b.store.storage_error().is_some(),
+        "a deadline that fires is an outage"
+    );
+    // The writer's wait ends at lock_timeout with its own error, not hours later.
+    tx.rollback().await.expect("release");
+    let counted = b
+        .store
+        .commit_within(request(3, 3, 5), Duration::from_secs(3))
+        .await
+        .expect("commits again");
+    assert_eq!(counted.count, 2, "client 2 was never counted");
+    let stored: i64 = holder
+        .query_one(
+            "SELECT count(*) FROM registry WHERE cmid = $1",
+            &[&uuid::Uuid::from_u128(102)],
+        )
+        .await
+        .expect("registry")
+        .get(0);
+    assert_eq!(stored, 0, "nor registered");
+    let events: i64 = holder
+        .query_one(
+            "SELECT count(*) FROM events WHERE data->>'cmid' = $1",
+            &[&uuid::Uuid::from_u128(102).to_string()],
+        )
+        .await
+        .expect("events")
+        .get(0);
+    assert_eq!(events, 0, "nor in the event log");
+}
+
+// Issue 21: the store reads the database's replication; a host told to require synchronous
+// replication refuses a database without a synchronous standby, and opens once it has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue21_replication_is_reported_and_can_be_required() {
+    use tally_store::replication::ReplicationMode;
+    let Some(b) = backend("issue21_replication_is_reported_and_can_be_required").await else {
+        return;
+    };
+    let pool = tally_store::pg::connect(&b.url).await.expect("connect");
+    let r = tally_store::postgres::check_replication(&pool)
+        .await
+        .expect("check");
+    assert_eq!(r.mode, ReplicationMode::Standalone, "{r:?}");
+    let strict = tally_store::StoreOptions {
+        require_sync_replication: true,
+        ..Default::default()
+    };
+    let e = PgStore::open_with(pool.clone(), "strict", strict)
+        .await
+        .expect_err("no standby: refused");
+    assert!(e.to_string().contains("require_sync_replication"), "{e}");
+    let standby = tokio::task::block_in_place(|| b.server.start_standby());
+    let r = tally_store::postgres::check_replication(&pool)
+        .await
+        .expect("check");
+    assert_eq!(r.mode, ReplicationMode::Asynchronous, "{r:?}");
+    assert!(r.warning().is_some_and(|w| w.contains("lost")));
+    tokio::task::block_in_place(|| b.server.make_synchronous());
+    let r = tally_store::postgres::check_replication(&pool)
+        .await
+        .expect("check");
+    assert_eq!(r.mode, ReplicationMode::Synchronous, "{r:?}");
+    PgStore::open_with(pool.clone(), "strict", strict)
+        .await
+        .expect("synchronous: opens");
+    drop(standby);
 }

@@ -416,10 +416,49 @@ fn utc(v: &serde_json::Value) -> String {
 pub async fn check(dir: &DirArgs, as_json: bool) -> anyhow::Result<ExitCode> {
     let config = dir.config()?;
     let problems = query::check(&config.data_dir, &config.database).await?;
+    let replication = query::replication(&config.database).await?;
+    let warning = replication.as_ref().and_then(|r| r.warning());
+    // With require_sync_replication, a replication that would refuse the host fails the check.
+    let refused = config.require_sync_replication
+        && replication.as_ref().is_some_and(|r| !r.survives_failover());
     if as_json {
-        json(&serde_json::json!({ "ok": problems.is_empty(), "problems": problems }))?;
+        json(&serde_json::json!({
+            "ok": problems.is_empty() && !refused,
+            "problems": problems,
+            "replication": replication,
+            "replication_warning": warning,
+            "require_sync_replication": config.require_sync_replication,
+        }))?;
     } else if problems.is_empty() {
         println!("{}: the database is sound.", config.database.describe());
+        if let Some(r) = &replication {
+            println!(
+                "replication: {} (synchronous_commit = {}, synchronous_standby_names = '{}')",
+                r.summary(),
+                r.synchronous_commit,
+                r.synchronous_standby_names
+            );
+            for s in &r.standbys {
+                println!(
+                    "  standby {}: {} {}",
+                    if s.name.is_empty() {
+                        "(unnamed)"
+                    } else {
+                        &s.name
+                    },
+                    s.state.as_deref().unwrap_or("?"),
+                    s.sync_state.as_deref().unwrap_or("?")
+                );
+            }
+        }
+        if let Some(w) = &warning {
+            eprintln!("warning: {w}");
+        }
+        if refused {
+            eprintln!(
+                "require_sync_replication is set: the host refuses to start on this database"
+            );
+        }
     } else {
         eprintln!("The database in {} is damaged:", config.data_dir.display());
         for p in &problems {
@@ -430,7 +469,7 @@ pub async fn check(dir: &DirArgs, as_json: bool) -> anyhow::Result<ExitCode> {
              backup to DATA_DIR/tally.db and start the host (docs/OPERATIONS.md, \"Backup, restore, upgrade\")."
         );
     }
-    Ok(if problems.is_empty() {
+    Ok(if problems.is_empty() && !refused {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// --dev].
     #[arg(long)]
     accept_bench: bool,
+    /// Fleet mode: refuse to start unless the database replicates commits synchronously to a
+    /// standby in sync, so that no acknowledged activation is lost in a failover (`tally host
+    /// check` shows the replication) [default: the config file's `require_sync_replication`].
+    #[arg(long)]
+    require_sync_replication: bool,
 }
 
 /// `--durability`.
@@ -86,6 +91,7 @@ impl RunArgs {
             dev: self.dev,
             host_name: self.host_name.clone(),
             accept_bench: self.accept_bench,
+            require_sync_replication: self.require_sync_replication,
             ..self.dir.overrides()
         }
     }
