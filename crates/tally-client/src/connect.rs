@@ -10,6 +10,7 @@ use rand::RngExt;
 use tally_core::catalog::Edition;
 use tally_core::host::Intervals;
 use tally_core::revocation::{Held, Offer, VerifiedList, describe};
+use tally_core::rollover::Chain;
 use tally_core::time::Timestamp;
 use tally_core::trust::{TrustAnchor, TrustError, VerifiedHost, sha256};
 use tally_proto::DocumentKind;
@@ -177,7 +178,10 @@ pub struct Answer {
 /// Activates against hosts, trusting one authority; remembers host certificates it verified.
 #[derive(Debug)]
 pub struct Connector {
-    anchor: TrustAnchor,
+    anchor: std::sync::RwLock<TrustAnchor>,
+    /// The rollover chain from the root this client trusts (X8), when the caller gave it: a
+    /// host certified by a newer root hands over the statements that lead to it.
+    chain: Mutex<Option<Chain>>,
     timeout: Duration,
     hosts: Mutex<HashMap<[u8; 32], (HostCertificate, VerifiedHost)>>,
     revocations: Mutex<Held>,
@@ -187,10 +191,104 @@ impl Connector {
     /// A connector trusting `anchor`, giving each exchange `timeout`.
     pub fn new(anchor: TrustAnchor, timeout: Duration) -> Self {
         Self {
-            anchor,
+            anchor: std::sync::RwLock::new(anchor),
+            chain: Mutex::new(None),
             timeout,
             hosts: Mutex::new(HashMap::new()),
             revocations: Mutex::new(Held::default()),
+        }
+    }
+
+    /// The same connector extending trust through `chain` (X8): when a host's certificate
+    /// names a root this client does not trust yet, it asks that host for the rollover
+    /// statements that lead to it and accepts those signed by a root it trusts.
+    pub fn with_chain(self, chain: Chain) -> Self {
+        *self.anchor.write().unwrap_or_else(PoisonError::into_inner) = chain.anchor().clone();
+        *self.chain.lock().unwrap_or_else(PoisonError::into_inner) = Some(chain);
+        self
+    }
+
+    /// The rollover chain, when it grew from a host's statements (to persist).
+    pub fn grown_chain(&self) -> Option<Chain> {
+        self.chain
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// X8: fetches the host's rollover statements and accepts those that extend the chain;
+    /// whether any did.
+    async fn fetch_rollover(&self, stream: &mut TcpStream, host: &str) -> bool {
+        if self
+            .chain
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+        {
+            return false;
+        }
+        let Some((_, bytes)) = self
+            .fetch_document(stream, host, DocumentKind::RootRollover)
+            .await
+        else {
+            return false;
+        };
+        let statements: Vec<_> = bytes
+            .chunks(tally_core::rollover::STATEMENT_LEN)
+            .filter_map(|c| tally_core::rollover::RootRollover::from_bytes(c).ok())
+            .collect();
+        let mut guard = self.chain.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(chain) = guard.as_mut() else {
+            return false;
+        };
+        let (added, refused) = chain.accept_all(&statements);
+        for (_, error) in refused {
+            tracing::warn!(%host, %error, "host relayed a rollover statement that is refused");
+        }
+        if added > 0 {
+            tracing::info!(%host, added, "root rollover accepted from the host (X8)");
+            *self.anchor.write().unwrap_or_else(PoisonError::into_inner) = chain.anchor().clone();
+        }
+        added > 0
+    }
+
+    /// Fetches document `doc` from the host on this connection; `None` (logged) when it fails.
+    async fn fetch_document(
+        &self,
+        stream: &mut TcpStream,
+        host: &str,
+        doc: DocumentKind,
+    ) -> Option<(u32, Vec<u8>)> {
+        let fetch = async {
+            let mut assembler = Assembler::new(doc);
+            loop {
+                let frame = Message::DocumentRequest(assembler.next_request()).encode();
+                let chunk = match self.exchange(stream, host, &frame).await? {
+                    (Message::DocumentChunk(c), _) => c,
+                    (Message::Error(e), _) => return Err(ClientError::Rejected(e.result)),
+                    _ => return Err(ClientError::Unexpected("non-document")),
+                };
+                match assembler.push(chunk) {
+                    Ok(Some(done)) => return Ok(done),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(%host, error = %e, doc = doc.name(), "document transfer refused");
+                        return Err(ClientError::Unexpected("document"));
+                    }
+                }
+            }
+        };
+        match timeout(FETCH_DEADLINE, fetch).await {
+            Ok(Ok((serial, bytes))) if serial > 0 => Some((serial, bytes)),
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => {
+                tracing::warn!(%host, %error, doc = doc.name(), "could not fetch the host's document");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%host, doc = doc.name(), "the host's document did not arrive in time");
+                None
+            }
         }
     }
 
@@ -223,40 +321,13 @@ impl Connector {
     /// and is newer. A failure is logged, never fatal: the list is signed by the authority, so
     /// the next host can give it.
     async fn fetch_revocations(&self, stream: &mut TcpStream, host: &str) {
-        let fetch = async {
-            let mut assembler = Assembler::new(DocumentKind::RevocationList);
-            loop {
-                let frame = Message::DocumentRequest(assembler.next_request()).encode();
-                let chunk = match self.exchange(stream, host, &frame).await? {
-                    (Message::DocumentChunk(c), _) => c,
-                    (Message::Error(e), _) => return Err(ClientError::Rejected(e.result)),
-                    _ => return Err(ClientError::Unexpected("non-document")),
-                };
-                match assembler.push(chunk) {
-                    Ok(Some(done)) => return Ok(done),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(%host, error = %e, "revocation list transfer refused");
-                        return Err(ClientError::Unexpected("document"));
-                    }
-                }
-            }
-        };
-        let (serial, bytes) = match timeout(FETCH_DEADLINE, fetch).await {
-            Ok(Ok(done)) => done,
-            Ok(Err(error)) => {
-                tracing::warn!(%host, %error, "could not fetch the host's revocation list");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(%host, "the host's revocation list did not arrive in time");
-                return;
-            }
-        };
-        if serial == 0 {
+        let Some((serial, bytes)) = self
+            .fetch_document(stream, host, DocumentKind::RevocationList)
+            .await
+        else {
             return;
-        }
-        match VerifiedList::verify(&bytes, &self.anchor) {
+        };
+        match VerifiedList::verify(&bytes, &self.anchor()) {
             Ok(list) => {
                 let mut held = self
                     .revocations
@@ -297,13 +368,16 @@ impl Connector {
     }
 
     /// The authority this connector trusts.
-    pub fn anchor(&self) -> &TrustAnchor {
-        &self.anchor
+    pub fn anchor(&self) -> TrustAnchor {
+        self.anchor
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Adds a certificate seen before (e.g. from the state file), if it still verifies.
     pub fn remember(&self, cert: HostCertificate, now: Timestamp) -> Result<(), TrustError> {
-        let verified = self.anchor.verify_certificate(&cert, now)?;
+        let verified = self.anchor().verify_certificate(&cert, now)?;
         self.lock().insert(verified.fingerprint(), (cert, verified));
         Ok(())
     }
@@ -370,7 +444,16 @@ impl Connector {
                     (Message::Error(e), _) => return Err(ClientError::Rejected(e.result)),
                     _ => return Err(ClientError::Unexpected("non-certificate")),
                 };
-                let v = self.anchor.verify_certificate(&cert, now)?;
+                let v = match self.anchor().verify_certificate(&cert, now) {
+                    // X8: a host certified by a newer root: ask it for the rollover that
+                    // leads there, then check again.
+                    Err(TrustError::UnknownAuthority)
+                        if self.fetch_rollover(&mut stream, host).await =>
+                    {
+                        self.anchor().verify_certificate(&cert, now)?
+                    }
+                    other => other?,
+                };
                 self.lock().insert(v.fingerprint(), (cert, v.clone()));
                 v
             }

@@ -345,9 +345,11 @@ impl HostSession {
                         Some(l) => (l.serial(), l.bytes()),
                         None => (0, &[]),
                     },
-                    DocumentKind::RootRollover => {
-                        (u32::from(!self.rollover.is_empty()), &self.rollover)
-                    }
+                    // The chain's serial is its length in statements.
+                    DocumentKind::RootRollover => (
+                        (self.rollover.len() / crate::rollover::STATEMENT_LEN) as u32,
+                        &self.rollover,
+                    ),
                 };
                 Outcome::Reply(
                     Message::DocumentChunk(DocumentChunk::of(req.doc, serial, bytes, req.offset))

@@ -57,7 +57,11 @@ impl VerifiedList {
     pub fn verify(bytes: &[u8], anchor: &TrustAnchor) -> Result<Self, RevocationError> {
         let list = RevocationList::from_bytes(bytes)
             .map_err(|e| RevocationError::Damaged(e.to_string()))?;
-        Self::verify_with(list, anchor.key())
+        // Signed by the root trusted, or by a root a verified rollover handed trust to (X8).
+        let key = anchor
+            .key_by_id(&list.authority_id)
+            .ok_or(RevocationError::UnknownAuthority)?;
+        Self::verify_with(list, &key)
     }
 
     /// Verifies a decoded list under `key`.

@@ -243,6 +243,12 @@ impl TrustAnchor {
             .collect()
     }
 
+    /// The trusted key whose authority id is `id` (retired or not), if any: what verifies an
+    /// object that names its signer, such as a revocation list (X7).
+    pub fn key_by_id(&self, id: &[u8; 8]) -> Option<VerifyingKey> {
+        self.keys.iter().find(|k| k.id == *id).map(|k| k.key)
+    }
+
     /// Whether `key` is one of the anchor's keys (retired or not).
     pub fn trusts_key(&self, key: &VerifyingKey) -> bool {
         self.keys.iter().any(|k| k.key == *key)

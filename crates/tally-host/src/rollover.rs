@@ -58,6 +58,18 @@ pub fn anchor(dir: &Path, anchor_text: &str) -> Result<TrustAnchor, HostError> {
     Ok(chain(dir, anchor_text)?.into_anchor())
 }
 
+/// The chain kept in `dir` as the host relays it to clients (X8, PROTOCOL.md "DocumentChunk",
+/// document 2): the 185-byte statements, oldest first; empty when there is none.
+pub fn relayed(dir: &Path) -> Vec<u8> {
+    let Ok(text) = std::fs::read_to_string(dir.join(paths::AUTHORITY_PUB)) else {
+        return Vec::new();
+    };
+    match chain(dir, &text) {
+        Ok(c) => c.statements().iter().flat_map(|s| s.to_bytes()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// The host's own anchor: `DATA_DIR/authority.pub` and its rollovers.
 pub fn host_anchor(dir: &Path) -> Result<TrustAnchor, HostError> {
     let path = dir.join(paths::AUTHORITY_PUB);

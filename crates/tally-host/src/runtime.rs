@@ -85,6 +85,16 @@ impl Host {
             config.accept_bench,
         )
         .await?;
+        // X8: the rollover statements this host's certificate chains through, for clients
+        // that trust an older root.
+        let chain = crate::rollover::relayed(&dir);
+        if !chain.is_empty() {
+            info!(
+                statements = chain.len() / tally_core::rollover::STATEMENT_LEN,
+                "relaying the root rollover to clients"
+            );
+            service.set_rollover(Arc::new(chain));
+        }
         // X7: the list held is in force before the first request is answered.
         match crate::revocations::load(&dir) {
             Ok(held) if held.list().is_some() => {

@@ -127,6 +127,12 @@ impl HostService {
         *session = Arc::new(session.with_revocations(revocations));
     }
 
+    /// Relays `chain` (the encoded root rollover statements, X8) to clients from now on.
+    pub fn set_rollover(&self, chain: Arc<Vec<u8>>) {
+        let mut session = self.session.write().unwrap_or_else(PoisonError::into_inner);
+        *session = Arc::new(session.with_rollover(chain));
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

@@ -220,12 +220,24 @@ fn x8_clients_trusting_root_a_follow_a_rollover_to_root_b_in_a_token() {
     assert!(host2.join("authority.rollover").exists());
     let (_h2, addr2) = env.host(&host2);
 
-    // The client that trusts only A refuses host 2 (certified by B).
-    let (code, v) = env.activate(&c1, &[], &addr2);
-    assert_eq!(
-        (code, v["result"].as_str()),
-        (Some(1), Some("untrusted_response")),
-        "{v}"
+    // Over the wire (PROTOCOL.md, document 2): a client that trusts only A meets host 2
+    // (certified by B); host 2 hands over the rollover its certificate chains through, the
+    // client verifies it from A, keeps it, and takes host 2's answer.
+    let c0 = t.join("client0");
+    env.ok(&["client", "--state-dir", s(&c0), "trust", s(&trust_a)]);
+    env.ok(&[
+        "client",
+        "--state-dir",
+        s(&c0),
+        "install-key",
+        SERVER_DATACENTER,
+    ]);
+    assert!(!c0.join("authority.rollover").exists());
+    let (code, v) = env.activate(&c0, &[], &addr2);
+    assert_eq!((code, v["count"].as_u64()), (Some(2), Some(1)), "{v}");
+    assert!(
+        c0.join("authority.rollover").exists(),
+        "the statement the host handed over is kept"
     );
 
     // A forged rollover (root M handing trust to X) is refused by the client and by host 1.
@@ -273,7 +285,7 @@ fn x8_clients_trusting_root_a_follow_a_rollover_to_root_b_in_a_token() {
     ]);
     assert_eq!((code, v["added"].as_u64()), (Some(0), Some(1)), "{v}");
     let (code, v) = env.activate(&c1, &[], &addr2);
-    assert_eq!((code, v["count"].as_u64()), (Some(2), Some(1)), "{v}");
+    assert_eq!((code, v["count"].as_u64()), (Some(2), Some(2)), "{v}");
     // A client given the vendor's trust file with the rollover beside it verifies at once.
     let c2 = t.join("client2");
     let trust_args = ["--trust", s(&vendor_trust)];
@@ -285,7 +297,7 @@ fn x8_clients_trusting_root_a_follow_a_rollover_to_root_b_in_a_token() {
         SERVER_DATACENTER,
     ]);
     let (code, v) = env.activate(&c2, &trust_args, &addr2);
-    assert_eq!((code, v["count"].as_u64()), (Some(2), Some(2)), "{v}");
+    assert_eq!((code, v["count"].as_u64()), (Some(2), Some(3)), "{v}");
 
     // The old root still verifies (no --old-root-until): host 1, certified by A, serves both.
     let (_h1, addr1) = env.host(&host1);

@@ -238,14 +238,31 @@ impl Client {
     /// opened before an activation kept the caller's key there still finds it), extended by the
     /// root rollovers accepted in `DIR/authority.rollover` (X8).
     fn anchor(&self) -> Option<TrustAnchor> {
-        self.trust
-            .clone()
-            .or_else(|| {
-                std::fs::read_to_string(self.dir.join(TRUST_FILE))
-                    .ok()
-                    .and_then(|t| parse_authority_public(&t).ok())
-            })
+        self.root()
             .map(|root| crate::rollover::anchor(&self.dir, &root))
+    }
+
+    /// The root trusted (the one given, else `DIR/authority.pub`), without rollovers.
+    fn root(&self) -> Option<TrustAnchor> {
+        self.trust.clone().or_else(|| {
+            std::fs::read_to_string(self.dir.join(TRUST_FILE))
+                .ok()
+                .and_then(|t| parse_authority_public(&t).ok())
+        })
+    }
+
+    /// X8: keeps the rollover statements a host handed over (verified by the connector from
+    /// the root trusted) in `DIR/authority.rollover`.
+    fn keep_rollover(&self, connector: &Connector) {
+        let (Some(root), Some(chain)) = (self.root(), connector.grown_chain()) else {
+            return;
+        };
+        if chain.statements().len() == crate::rollover::chain(&self.dir, &root).statements().len() {
+            return;
+        }
+        if let Err(error) = crate::rollover::import(&self.dir, &root, &chain.to_text()) {
+            tracing::warn!(%error, "cannot keep the root rollover a host handed over");
+        }
     }
 
     /// X5: the evidence in the state is verified against the trusted authority key. A key the
@@ -509,8 +526,11 @@ impl Client {
                 ),
             );
         };
-        let connector = Connector::new(trust.clone(), self.timeout)
+        let mut connector = Connector::new(trust.clone(), self.timeout)
             .with_revocations(state.held_revocations(Some(&trust)));
+        if let Some(root) = self.root() {
+            connector = connector.with_chain(crate::rollover::chain(&self.dir, &root));
+        }
         // X5: certificates are checked at trusted time (a clock set back does not make a
         // host's certificate "not yet valid"; one set forward does not keep an expired one).
         let trusted = self.trusted_now(&state, now);
@@ -602,6 +622,7 @@ impl Client {
             }
             if outcome.is_ok() {
                 self.keep_trust(&connector);
+                self.keep_rollover(&connector);
             }
             if clone && rounds < 2 {
                 tracing::warn!(host = %host, previous = %cmid,
