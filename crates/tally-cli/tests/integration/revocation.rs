@@ -602,3 +602,47 @@ fn x7_a_revoked_mak_ends_its_activations_for_clients_with_the_list() {
     // Client 2 has not seen the list (it learns it from an update or a host).
     assert_eq!(status(&two, &[])["revocation_serial"], 0);
 }
+
+// X7: OPERATIONS.md's runbook for a leaked host key runs as written, and leaves what it
+// promises: the key on the list (key_compromise), the list file written, the air-gapped host
+// holding it and saying it is revoked.
+#[test]
+fn x7_operations_runbook_runs_as_written() {
+    let ops = crate::readme::doc("docs/OPERATIONS.md");
+    let lines = crate::rollover::runbook_lines(&ops, "X7 runbook");
+    assert!(
+        lines.len() >= 9,
+        "the runbook has its blocks: {}",
+        lines.len()
+    );
+    let mut runner = crate::readme::Runner::new(&[]);
+    for line in &lines {
+        runner.run(line, "docs/OPERATIONS.md");
+    }
+    let list = std::fs::read_to_string(runner.path("revocations.tally")).expect("list file");
+    assert!(list.starts_with("tally-revocation-list-v1 "), "{list}");
+    let (code, v) = tally_json(
+        bin(),
+        &[
+            "host",
+            "import-revocations",
+            "--data-dir",
+            s(&runner.path("host-x")),
+            s(&runner.path("revocations.tally")),
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(
+        (v["serial"].clone(), v["replaced"].clone()),
+        (1.into(), false.into()),
+        "{v}"
+    );
+    assert!(
+        v["revokes_this_host"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("key compromise"),
+        "{v}"
+    );
+}

@@ -345,8 +345,10 @@ fn x8_clients_trusting_root_a_follow_a_rollover_to_root_b_in_a_token() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
-/// The lines of the ```sh blocks of `doc` marked `<!-- not-run: X8 runbook...`, in order.
-fn runbook_lines(doc: &str) -> Vec<crate::readme::Line> {
+/// The lines of the ```sh blocks of `doc` marked `<!-- not-run: MARKER...` (e.g. `X8 runbook`),
+/// in order.
+pub(crate) fn runbook_lines(doc: &str, marker: &str) -> Vec<crate::readme::Line> {
+    let marker = format!("<!-- not-run: {marker}");
     let mut out = Vec::new();
     let (mut in_block, mut wanted, mut block) = (false, false, 0);
     let mut previous = "";
@@ -355,7 +357,7 @@ fn runbook_lines(doc: &str) -> Vec<crate::readme::Line> {
         if !in_block && trimmed.starts_with("```sh") {
             in_block = true;
             block += 1;
-            wanted = previous.starts_with("<!-- not-run: X8 runbook");
+            wanted = previous.starts_with(&marker);
         } else if in_block && trimmed.starts_with("```") {
             in_block = false;
         } else if in_block && wanted && !trimmed.is_empty() && !trimmed.starts_with('#') {
@@ -381,7 +383,7 @@ fn x8_operations_runbook_runs_as_written() {
         return;
     }
     let ops = crate::readme::doc("docs/OPERATIONS.md");
-    let lines = runbook_lines(&ops);
+    let lines = runbook_lines(&ops, "X8 runbook");
     assert!(
         lines.len() >= 15,
         "the runbook has its blocks: {}",

@@ -11,7 +11,7 @@ use crate::output;
 
 /// What `tally authority revoke` takes.
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["serial", "certificate"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["serial", "key", "certificate"])))]
 pub struct RevokeArgs {
     /// The authority directory.
     #[arg(long, value_name = "DIR")]
@@ -22,6 +22,9 @@ pub struct RevokeArgs {
     /// Revoke a key by serial: a host key's every certificate, or a MAK's activations.
     #[arg(long)]
     pub serial: Option<u32>,
+    /// Revoke a key given as its text (the 25 characters that leaked), same as --serial.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
     /// Revoke one host certificate by its fingerprint (64 hex digits, from `tally host
     /// status` or the audit log): the key's other hosts keep serving.
     #[arg(long, value_name = "FINGERPRINT")]
@@ -48,7 +51,16 @@ pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
         reason: args.reason.clone(),
         code: Some(args.code.clone()),
     };
-    let what = match (args.serial, &args.certificate) {
+    let serial = match (&args.key, args.serial) {
+        (Some(text), _) => Some(
+            text.trim()
+                .parse::<tally_core::keys::ProductKey>()
+                .map_err(|e| anyhow::anyhow!("--key: {e}"))?
+                .serial(),
+        ),
+        (None, s) => s,
+    };
+    let what = match (serial, &args.certificate) {
         (Some(serial), _) => {
             svc.revoke(serial, &req, "cli").await.map_err(service_err)?;
             format!("Key {serial} revoked")
@@ -64,7 +76,7 @@ pub async fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
                 format!("Certificate {} was already revoked", fp.trim())
             }
         }
-        (None, None) => anyhow::bail!("give --serial or --certificate"),
+        (None, None) => anyhow::bail!("give --serial, --key or --certificate"),
     };
     let list = svc.revocations().await.map_err(service_err)?;
     if let Some(out) = &args.out {
