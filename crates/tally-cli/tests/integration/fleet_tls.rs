@@ -52,7 +52,10 @@ fn host_run_fails(dir: &Path, url: &str) -> String {
     );
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(!text.contains(PASSWORD), "the password is never printed: {text}");
+    assert!(
+        !text.contains(PASSWORD),
+        "the password is never printed: {text}"
+    );
     text
 }
 
@@ -72,7 +75,13 @@ fn x1_a_host_on_verify_full_activates_a_client_over_tls() {
     let state = tmp.path().join("client");
     let out = tally(
         bin(),
-        &["client", "--state-dir", s(&state), "install-key", SERVER_WEB],
+        &[
+            "client",
+            "--state-dir",
+            s(&state),
+            "install-key",
+            SERVER_WEB,
+        ],
     );
     assert!(out.status.success(), "{out:?}");
     let (_, v) = tally_json(
@@ -151,7 +160,8 @@ fn x3_a_wrong_ca_a_wrong_name_or_no_tls_is_one_clear_error() {
     );
     let text = host_run_fails(&tmp.path().join("h1"), &url);
     assert_eq!(
-        text.matches("is not issued by the CA in sslrootcert").count(),
+        text.matches("is not issued by the CA in sslrootcert")
+            .count(),
         1,
         "printed once: {text}"
     );
@@ -179,7 +189,8 @@ fn x3_a_wrong_ca_a_wrong_name_or_no_tls_is_one_clear_error() {
     assert!(text.contains("sslmode=verify-full&sslrootcert="), "{text}");
 
     // verify-full without a CA file: refused before connecting, naming the parameter.
-    let url = format!("postgres://postgres:{PASSWORD}@{CERT_HOST}:{port}/fleet?sslmode=verify-full");
+    let url =
+        format!("postgres://postgres:{PASSWORD}@{CERT_HOST}:{port}/fleet?sslmode=verify-full");
     let text = host_run_fails(&tmp.path().join("h4"), &url);
     assert_eq!(text.matches("needs sslrootcert=FILE").count(), 1, "{text}");
 

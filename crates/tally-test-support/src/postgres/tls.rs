@@ -21,8 +21,8 @@ struct Ca {
 
 fn make_ca(name: &str) -> Ca {
     let key = KeyPair::generate().unwrap_or_else(|e| panic!("CA key: {e}"));
-    let mut params = CertificateParams::new(Vec::<String>::new())
-        .unwrap_or_else(|e| panic!("CA params: {e}"));
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("CA params: {e}"));
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let cert = params
@@ -73,8 +73,7 @@ impl PgServer {
         let data = server.data();
         write_for_postgres(&data.join("server.crt"), &cert.pem());
         write_for_postgres(&data.join("server.key"), &key.serialize_pem());
-        std::fs::write(server.ca_file(), &ca.pem)
-            .unwrap_or_else(|e| panic!("write CA: {e}"));
+        std::fs::write(server.ca_file(), &ca.pem).unwrap_or_else(|e| panic!("write CA: {e}"));
         super::append(
             &data.join("postgresql.conf"),
             "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
