@@ -192,10 +192,8 @@ pub async fn connect(url: &str) -> Result<Pool, StoreError> {
 /// The servers and database a URL names, for messages: `127.0.0.1:5432, 10.0.0.2:5432/tally`.
 /// Never contains the user's password. A URL that does not parse gives `(bad database URL)`.
 pub fn describe(url: &str) -> String {
-    pg_tls::split(url)
-        .ok()
-        .and_then(|(rest, _)| Config::from_str(&rest).ok())
-        .map_or_else(|| "(bad database URL)".to_owned(), |c| servers(&c))
+    Config::from_str(&pg_tls::without_tls_params(url))
+        .map_or_else(|_| "(bad database URL)".to_owned(), |c| servers(&c))
 }
 
 fn servers(config: &Config) -> String {
@@ -359,6 +357,14 @@ mod tests {
         assert!(!d.contains("s3cret"));
         assert_eq!(describe("postgres://u@db/x"), "db:5432/x");
         assert_eq!(describe("not a url ::"), "(bad database URL)");
+        assert_eq!(
+            describe("postgres://u:pw@db/x?sslmode=verify-full&sslrootcert=%2Fca.pem"),
+            "db:5432/x"
+        );
+        assert_eq!(
+            describe("postgres://u@db/x?sslmode=verify-full"),
+            "db:5432/x"
+        );
     }
 
     #[tokio::test]

@@ -140,46 +140,9 @@ pub enum TlsConfigError {
 /// Takes `sslmode` and `sslrootcert` out of `url` (URL or `key=value` form) and returns the rest,
 /// which tokio-postgres parses, with `sslmode` set to what tokio-postgres understands.
 pub fn split(url: &str) -> Result<(String, TlsParams), TlsConfigError> {
-    let mut mode = None;
-    let mut root_cert = None;
-    let mut take = |key: &str, value: String| -> Result<bool, TlsConfigError> {
-        match key {
-            "sslmode" => mode = Some(TlsMode::parse(&value)?),
-            "sslrootcert" => root_cert = Some(PathBuf::from(value)),
-            _ => return Ok(false),
-        }
-        Ok(true)
-    };
-    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        match url.split_once('?') {
-            None => url.to_owned(),
-            Some((base, query)) => {
-                let mut kept = Vec::new();
-                for pair in query.split('&') {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    if !take(k, percent_decode(v))? {
-                        kept.push(pair);
-                    }
-                }
-                if kept.is_empty() {
-                    base.to_owned()
-                } else {
-                    format!("{base}?{}", kept.join("&"))
-                }
-            }
-        }
-    } else {
-        // key=value form; values with spaces must be quoted in libpq, which this simple split
-        // does not support for these two keys (paths with spaces: use the URL form, %20).
-        let mut kept = Vec::new();
-        for word in url.split_whitespace() {
-            let (k, v) = word.split_once('=').unwrap_or((word, ""));
-            if !take(k.trim(), v.trim_matches('\'').to_owned())? {
-                kept.push(word);
-            }
-        }
-        kept.join(" ")
-    };
+    let (rest, mode, root_cert) = strip(url);
+    let mode = mode.as_deref().map(TlsMode::parse).transpose()?;
+    let root_cert = root_cert.map(PathBuf::from);
     let mut params = TlsParams {
         mode: mode.unwrap_or(TlsMode::Prefer),
         root_cert,
@@ -211,6 +174,57 @@ fn ssl_mode_str(m: SslMode) -> &'static str {
         SslMode::Require => "require",
         _ => "prefer",
     }
+}
+
+/// `url` without `sslmode` and `sslrootcert` (which tokio-postgres cannot parse), for
+/// describing it; the values are not checked.
+pub fn without_tls_params(url: &str) -> String {
+    strip(url).0
+}
+
+/// `url` without `sslmode` and `sslrootcert`, and their values (the last of each).
+fn strip(url: &str) -> (String, Option<String>, Option<String>) {
+    let mut mode = None;
+    let mut root_cert = None;
+    let mut take = |key: &str, value: String| -> bool {
+        match key {
+            "sslmode" => mode = Some(value),
+            "sslrootcert" => root_cert = Some(value),
+            _ => return false,
+        }
+        true
+    };
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => url.to_owned(),
+            Some((base, query)) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|pair| {
+                        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                        !take(k, percent_decode(v))
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        // key=value form; values with spaces must be quoted in libpq, which this simple split
+        // does not support for these two keys (paths with spaces: use the URL form, %20).
+        let kept: Vec<&str> = url
+            .split_whitespace()
+            .filter(|word| {
+                let (k, v) = word.split_once('=').unwrap_or((word, ""));
+                !take(k.trim(), v.trim_matches('\'').to_owned())
+            })
+            .collect();
+        kept.join(" ")
+    };
+    (rest, mode, root_cert)
 }
 
 fn percent_decode(s: &str) -> String {
