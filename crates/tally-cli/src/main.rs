@@ -158,7 +158,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // ripgrep style: the whole chain, once; then what to do about it.
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", util::error_text(&err));
             if let Some(hint) = util::io_hint(&err) {
                 eprintln!("hint: {hint}");
             }

@@ -63,6 +63,25 @@ pub fn parse_host(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// The error and its causes on one line (`a: b: c`, as anyhow's `{:#}`), each said once: a
+/// cause whose text an outer error already includes (library errors that print their source,
+/// such as the store's "cannot open database X: {source}") is not repeated (issue 21: a TLS or
+/// authentication error to PostgreSQL was printed two or three times).
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// A hint for an I/O error of the kinds admins meet, to append after the error chain.
 pub fn io_hint(err: &anyhow::Error) -> Option<&'static str> {
     let io = err
@@ -84,6 +103,36 @@ pub fn io_hint(err: &anyhow::Error) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As the store's errors: prints its source and returns it.
+    #[derive(Debug)]
+    struct Outer {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot open database db:5432/x: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let inner = std::io::Error::other("TLS failed: wrong CA");
+        let err = anyhow::Error::new(Outer { source: inner }).context("starting the host");
+        assert_eq!(
+            error_text(&err),
+            "starting the host: cannot open database db:5432/x: TLS failed: wrong CA"
+        );
+        let plain = anyhow::Error::new(std::io::Error::other("disk full")).context("writing");
+        assert_eq!(error_text(&plain), "writing: disk full");
+    }
 
     #[test]
     fn urls_are_refused_where_a_host_is_expected() {

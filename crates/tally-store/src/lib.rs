@@ -30,6 +30,8 @@ pub mod migrate;
 #[cfg(feature = "postgres")]
 pub mod pg;
 #[cfg(feature = "postgres")]
+pub mod pg_tls;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod replication;
 #[cfg(feature = "sqlite")]

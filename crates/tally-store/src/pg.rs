@@ -8,9 +8,10 @@
 //! With several hosts, each connection tries them in order; `target_session_attrs=read-write`
 //! skips a standby, so after a failover the promoted standby is found by the next connection.
 //!
-//! TLS is not supported in this version: the connection is plain TCP (`sslmode=disable`, or
-//! the default `prefer` against a server without TLS). `sslmode=require` is refused with an
-//! error; run the database on a trusted network or through a local TLS tunnel.
+//! TLS (rustls) is configured as in libpq: `sslmode=disable|prefer|require|verify-ca|verify-full`
+//! and `sslrootcert=CA.pem`, e.g.
+//! `postgres://tally@db.example:5432/fleet?sslmode=verify-full&sslrootcert=/etc/tally/ca.pem`;
+//! see [`crate::pg_tls`] for what each mode checks.
 
 use std::future::Future;
 use std::str::FromStr;
@@ -21,11 +22,12 @@ use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
 };
 use thiserror::Error;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::Config;
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Config, NoTls};
 
 use crate::StoreError;
+use crate::pg_tls::{self, RustlsConnect, TlsConfigError, TlsFailure};
 
 /// How long one attempt to reach one server may take (unless the URL sets `connect_timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -85,11 +87,28 @@ pub enum PgError {
         /// Why (tokio-postgres's message; it never contains the password).
         reason: String,
     },
-    /// The URL asks for TLS, which this build does not speak.
+    /// The URL's TLS settings cannot work (`sslmode`, `sslrootcert`).
+    #[error("{0}")]
+    TlsConfig(TlsConfigError),
+    /// The TLS handshake with a server failed: a wrong CA, a wrong host name, an expired
+    /// certificate, a server without TLS. Says what to check.
+    #[error("TLS to PostgreSQL at {servers} failed: {cause}")]
+    Tls {
+        /// The servers tried, never the password.
+        servers: String,
+        /// What is wrong and what to check.
+        cause: String,
+    },
+    /// The server refused the session because it is not encrypted (`hostssl` in pg_hba.conf).
     #[error(
-        "sslmode=require is not supported by this Tally (no TLS to PostgreSQL); use sslmode=disable on a trusted network"
+        "PostgreSQL at {servers} refused an unencrypted connection ({cause}); the server requires TLS: connect with sslmode=verify-full&sslrootcert=CA.pem in the URL"
     )]
-    TlsUnsupported,
+    TlsRequired {
+        /// The servers tried, never the password.
+        servers: String,
+        /// The server's message.
+        cause: String,
+    },
     /// No server answered as read-write in time.
     #[error(
         "no read-write PostgreSQL server answered at {servers} ({cause}); check that the server runs and accepts connections from this machine, and the URL given with --database or TALLY_DATABASE_URL"
@@ -108,11 +127,12 @@ pub enum PgError {
 /// Connections found broken are dropped when they go back to the pool (`Verified` recycling),
 /// so after a failover new connections go to the server that is now read-write.
 pub async fn connect(url: &str) -> Result<Pool, StoreError> {
-    let mut config = Config::from_str(url).map_err(|e| open_error(url, url_error(&e)))?;
+    let (rest, tls) =
+        pg_tls::split(url).map_err(|e| open_error(&describe(url), PgError::TlsConfig(e)))?;
+    let mut config =
+        Config::from_str(&rest).map_err(|e| open_error(&describe(url), url_error(&e)))?;
     let servers = servers(&config);
-    if config.get_ssl_mode() == SslMode::Require {
-        return Err(open_error(&servers, PgError::TlsUnsupported));
-    }
+    let tls = RustlsConnect::new(tls).map_err(|e| open_error(&servers, PgError::TlsConfig(e)))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -134,7 +154,7 @@ pub async fn connect(url: &str) -> Result<Pool, StoreError> {
     config.options(&options);
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         },
@@ -172,7 +192,8 @@ pub async fn connect(url: &str) -> Result<Pool, StoreError> {
 /// The servers and database a URL names, for messages: `127.0.0.1:5432, 10.0.0.2:5432/tally`.
 /// Never contains the user's password. A URL that does not parse gives `(bad database URL)`.
 pub fn describe(url: &str) -> String {
-    Config::from_str(url).map_or_else(|_| "(bad database URL)".to_owned(), |c| servers(&c))
+    Config::from_str(&pg_tls::without_tls_params(url))
+        .map_or_else(|_| "(bad database URL)".to_owned(), |c| servers(&c))
 }
 
 fn servers(config: &Config) -> String {
@@ -215,19 +236,60 @@ fn open_error(servers: &str, e: PgError) -> StoreError {
 /// [`POOL_TIMEOUT`]. The error says which servers were tried and what to check.
 pub async fn client(pool: &Pool, servers: &str) -> Result<Object, StoreError> {
     pool.get().await.map_err(|e| {
-        let cause = match &e {
-            PoolError::Timeout(_) => format!("no connection within {POOL_TIMEOUT:?}"),
-            PoolError::Backend(b) => b.to_string(),
-            other => other.to_string(),
+        let servers = servers.to_owned();
+        let source = match &e {
+            PoolError::Timeout(_) => PgError::Unreachable {
+                servers,
+                cause: format!("no connection within {POOL_TIMEOUT:?}"),
+            },
+            PoolError::Backend(b) => backend_error(servers, b),
+            other => PgError::Unreachable {
+                servers,
+                cause: other.to_string(),
+            },
         };
         StoreError::Backend {
             operation: "connect",
-            source: Arc::new(PgError::Unreachable {
-                servers: servers.to_owned(),
-                cause,
-            }),
+            source: Arc::new(source),
         }
     })
+}
+
+/// A connection attempt's error, as the operator needs it: a TLS failure says what is wrong with
+/// the certificate; a server that wants TLS says so; anything else is "unreachable".
+fn backend_error(servers: String, e: &tokio_postgres::Error) -> PgError {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(inner) = next {
+        if let Some(failure) = inner.downcast_ref::<TlsFailure>() {
+            return PgError::Tls {
+                servers,
+                cause: failure.to_string(),
+            };
+        }
+        if inner.to_string() == "server does not support TLS" {
+            return PgError::Tls {
+                servers,
+                cause: "the server does not accept TLS connections; turn on ssl in its \
+                        postgresql.conf (ssl = on, ssl_cert_file, ssl_key_file), or, on a \
+                        trusted network only, use sslmode=disable"
+                    .to_owned(),
+            };
+        }
+        next = inner.source();
+    }
+    if let Some(db) = e.as_db_error()
+        && *db.code() == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        && db.message().contains("no encryption")
+    {
+        return PgError::TlsRequired {
+            servers,
+            cause: db.message().to_owned(),
+        };
+    }
+    PgError::Unreachable {
+        servers,
+        cause: e.to_string(),
+    }
 }
 
 /// Whether PostgreSQL aborted the transaction only because of concurrent ones, so running it
@@ -295,19 +357,27 @@ mod tests {
         assert!(!d.contains("s3cret"));
         assert_eq!(describe("postgres://u@db/x"), "db:5432/x");
         assert_eq!(describe("not a url ::"), "(bad database URL)");
+        assert_eq!(
+            describe("postgres://u:pw@db/x?sslmode=verify-full&sslrootcert=%2Fca.pem"),
+            "db:5432/x"
+        );
+        assert_eq!(
+            describe("postgres://u@db/x?sslmode=verify-full"),
+            "db:5432/x"
+        );
     }
 
     #[tokio::test]
-    async fn a_bad_url_and_a_tls_url_are_refused_with_advice() {
+    async fn a_bad_url_and_a_verify_url_without_a_ca_are_refused_with_advice() {
         let e = connect("postgres://u@h:notaport/db")
             .await
             .expect_err("bad");
         assert!(e.to_string().contains("bad database URL"), "{e}");
-        let e = connect("postgres://u:pw@127.0.0.1:1/db?sslmode=require")
+        let e = connect("postgres://u:pw@127.0.0.1:1/db?sslmode=verify-full")
             .await
             .expect_err("tls");
-        assert!(e.to_string().contains("sslmode=disable"), "{e}");
-        assert!(!e.to_string().contains("pw"), "{e}");
+        assert!(e.to_string().contains("needs sslrootcert=FILE"), "{e}");
+        assert!(!e.to_string().contains("pw@"), "{e}");
     }
 
     // X3: a database that is not there gives an error quickly, naming the server.

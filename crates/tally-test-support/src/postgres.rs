@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use crate::test_name;
 
+pub mod tls;
+
 /// How long starting, stopping or promoting a server may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
 

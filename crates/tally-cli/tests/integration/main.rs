@@ -17,6 +17,7 @@ mod embedding;
 mod faults;
 mod fleet;
 mod fleet_faults;
+mod fleet_tls;
 mod hostile;
 mod hsm;
 mod lifecycle;
