@@ -18,6 +18,7 @@ mod faults;
 mod fleet;
 mod fleet_faults;
 mod hostile;
+mod hostile_v6;
 mod hsm;
 mod lifecycle;
 mod local_users;
