@@ -216,7 +216,7 @@ pub struct FileConfig {
     pub registry_cap: u64,
     /// Most rows in the event log, besides `event_retention_days`: over it the oldest events
     /// are deleted, with event 1011 once (issue 21) [default: `default_event_cap()`, 5 000 000,
-    /// about 2.5 GB].
+    /// about 2 GB].
     #[serde(default = "default_event_cap")]
     pub event_cap: u64,
     /// Answer `tally bench`'s synthetic edition (`tally_core::bench`), counted in a pool of its
