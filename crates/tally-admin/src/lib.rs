@@ -217,6 +217,7 @@ async fn status(State(state): State<AdminState>) -> Result<Json<serde_json::Valu
             "up": store.storage_error().is_none(),
             "error": store.storage_error(),
             "registry_full": store.registry_full(),
+            "events_at_cap": store.event_cap().at_cap,
             // Issue 21: a fleet's replication, and what is wrong with it.
             "replication": store.replication().map(|r| json!({
                 "mode": r.mode,
@@ -575,6 +576,10 @@ async fn metrics_endpoint(State(state): State<AdminState>) -> Response {
         0.0
     });
     metrics::gauge!("tally_registry_full").set(if store.registry_full() { 1.0 } else { 0.0 });
+    // Issue 21: the event log's cap (event 1011), and the rows this host deleted for it.
+    let cap = store.event_cap();
+    metrics::gauge!("tally_events_at_cap").set(if cap.at_cap { 1.0 } else { 0.0 });
+    metrics::counter!("tally_events_pruned_total").absolute(cap.pruned_total);
     // Issue 21: 1 when an acknowledged activation survives a failover (synchronous replication
     // in sync); absent on an embedded database.
     if let Some(r) = store.replication() {
@@ -652,6 +657,14 @@ fn describe_gauges() {
     describe_gauge!(
         "tally_registry_full",
         "1 when the registry reached its cap: new machines are counted but not registered."
+    );
+    describe_gauge!(
+        "tally_events_at_cap",
+        "1 while the event log is at its cap (event_cap): its oldest events are deleted to make room (event 1011)."
+    );
+    metrics::describe_counter!(
+        "tally_events_pruned_total",
+        "Event rows this host deleted because the event log was over its cap (event_cap), since it started."
     );
     describe_gauge!(
         "tally_clock_suspect",

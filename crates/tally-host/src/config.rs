@@ -119,6 +119,9 @@ fn default_max_connections_per_source() -> usize {
 fn default_registry_cap() -> u64 {
     tally_store::DEFAULT_REGISTRY_CAP
 }
+fn default_event_cap() -> u64 {
+    tally_store::DEFAULT_EVENT_CAP
+}
 fn default_true() -> bool {
     true
 }
@@ -211,6 +214,11 @@ pub struct FileConfig {
     /// with event 1005 [default: `default_registry_cap()`, 10 000 000].
     #[serde(default = "default_registry_cap")]
     pub registry_cap: u64,
+    /// Most rows in the event log, besides `event_retention_days`: over it the oldest events
+    /// are deleted, with event 1011 once (issue 21) [default: `default_event_cap()`, 5 000 000,
+    /// about 2 GB].
+    #[serde(default = "default_event_cap")]
+    pub event_cap: u64,
     /// Answer `tally bench`'s synthetic edition (`tally_core::bench`), counted in a pool of its
     /// own that no listing, count or compliance report shows [default: false; true with
     /// `--dev`].
@@ -370,6 +378,8 @@ pub struct HostConfig {
     pub registry_retention_days: u32,
     /// Most machines in the registry.
     pub registry_cap: u64,
+    /// Most rows in the event log, at least 1 (see [`FileConfig::event_cap`]).
+    pub event_cap: u64,
     /// Whether the host answers the bench edition (see [`FileConfig::accept_bench`]).
     pub accept_bench: bool,
     /// See [`FileConfig::require_sync_replication`].
@@ -454,6 +464,7 @@ impl HostConfig {
             host_name: overrides.host_name.or(file.host_name),
             registry_retention_days: file.registry_retention_days.max(1),
             registry_cap: file.registry_cap.max(1),
+            event_cap: file.event_cap.max(1),
             accept_bench: overrides.accept_bench || file.accept_bench.unwrap_or(overrides.dev),
             require_sync_replication: overrides.require_sync_replication
                 || file.require_sync_replication,
@@ -469,6 +480,7 @@ impl HostConfig {
             host_name: self.host_name.clone(),
             options: tally_store::StoreOptions {
                 registry_cap: self.registry_cap,
+                event_cap: self.event_cap,
                 require_sync_replication: self.require_sync_replication,
                 // X5: a fleet counts on the database's clock.
                 ..tally_store::StoreOptions::default()

@@ -17,11 +17,20 @@
 //! for eviction, and is served as long as it sends its request before the attackers have
 //! opened `max_connections` newer connections.
 //!
+//! **Sources are groups, and progress protects (issue 21).** A "source" is an IPv4 address or an
+//! IPv6 /64 ([`SourceKey`]): one machine or one customer usually holds a whole /64, so an attacker
+//! with many IPv6 addresses of one prefix counts as one source for the per-source cap and for
+//! eviction. And eviction does not pick the group that merely holds the most connections (a NAT
+//! or VDI gateway carrying many real clients would be the preferred victim): it prefers a
+//! connection that has never completed a request over one that has, then the group holding the
+//! most such *stalled* connections, then the group holding the most evictable ones, then the
+//! oldest progress. Clients that complete requests through one address are evicted last.
+//!
 //! Hostile input must not flood the log either: evictions and refusals are logged once, then as
 //! a count at most every [`LOG_EVERY`].
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,8 +46,9 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 pub struct AdmissionLimits {
     /// Connections open at once on the listener; at the cap, the idlest one is evicted.
     pub max_connections: usize,
-    /// Connections open at once from one source IP address (loopback included); over it, the
-    /// source's own idlest connection is evicted, or the new one closed if all are busy.
+    /// Connections open at once from one source (an IPv4 address or an IPv6 /64, loopback
+    /// included: [`SourceKey`]); over it, the source's own idlest connection is evicted, or the
+    /// new one closed if all are busy.
     pub max_per_source: usize,
 }
 
@@ -85,41 +95,114 @@ impl std::fmt::Debug for Admission {
     }
 }
 
+/// The source a connection counts against: an IPv4 address, or the /64 prefix of an IPv6
+/// address (an IPv4-mapped IPv6 address counts as its IPv4 address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SourceKey {
+    /// One IPv4 address.
+    V4(Ipv4Addr),
+    /// The upper 64 bits of an IPv6 address.
+    V6Prefix(u64),
+}
+
+impl SourceKey {
+    /// The group `ip` belongs to.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(a) => Self::V4(a),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => Self::V4(v4),
+                None => Self::V6Prefix((u128::from(a) >> 64) as u64),
+            },
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     next_id: u64,
     conns: HashMap<u64, Entry>,
-    per_source: HashMap<IpAddr, usize>,
+    per_source: HashMap<SourceKey, Group>,
     evicted_total: u64,
+}
+
+/// What one source holds.
+#[derive(Clone, Copy, Debug, Default)]
+struct Group {
+    /// Connections registered.
+    held: usize,
+    /// Of those, not busy (idle or receiving).
+    evictable: usize,
+    /// Of those, evictable and never having completed a request.
+    stalled: usize,
 }
 
 struct Entry {
     source: IpAddr,
+    key: SourceKey,
     phase: Phase,
     since: Instant,
+    /// Requests this connection completed (a `Busy` phase it left).
+    served: u64,
     cancel: CancellationToken,
 }
 
+impl Entry {
+    fn evictable(&self) -> bool {
+        self.phase != Phase::Busy
+    }
+
+    fn stalled(&self) -> bool {
+        self.evictable() && self.served == 0
+    }
+}
+
 impl Inner {
-    fn release(&mut self, source: IpAddr) {
-        if let Some(n) = self.per_source.get_mut(&source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_source.remove(&source);
+    fn group(&mut self, key: SourceKey) -> &mut Group {
+        self.per_source.entry(key).or_default()
+    }
+
+    /// Adds (`add`) or removes what a connection (its source, evictable, stalled) contributes
+    /// to its group's counts.
+    fn account(&mut self, e: (SourceKey, bool, bool), add: bool) {
+        let (key, evictable, stalled) = e;
+        let g = self.group(key);
+        let step = |n: &mut usize, on: bool| {
+            if on {
+                *n = if add { *n + 1 } else { n.saturating_sub(1) };
+            }
+        };
+        step(&mut g.evictable, evictable);
+        step(&mut g.stalled, stalled);
+    }
+
+    fn release(&mut self, entry: &Entry) {
+        self.account((entry.key, entry.evictable(), entry.stalled()), false);
+        if let Some(g) = self.per_source.get_mut(&entry.key) {
+            g.held = g.held.saturating_sub(1);
+            if g.held == 0 {
+                self.per_source.remove(&entry.key);
             }
         }
     }
 
-    /// The connection to evict: evictable, from the source holding the most connections (a
-    /// flooding address pays before a machine with one connection), and among those the one
-    /// with the oldest progress. With `source`, only that source's connections are candidates.
-    fn victim(&self, source: Option<IpAddr>) -> Option<u64> {
+    /// The connection to evict, among the evictable ones (with `source`, only that source's):
+    /// first one that never completed a request, from the source holding the most such stalled
+    /// connections, then the most evictable ones (a flood pays before a gateway whose clients
+    /// make progress), and among those the one with the oldest progress.
+    fn victim(&self, source: Option<SourceKey>) -> Option<u64> {
         self.conns
             .iter()
-            .filter(|(_, e)| e.phase != Phase::Busy && source.is_none_or(|s| e.source == s))
+            .filter(|(_, e)| e.evictable() && source.is_none_or(|s| e.key == s))
             .max_by_key(|(id, e)| {
-                let held = self.per_source.get(&e.source).copied().unwrap_or(0);
-                (held, std::cmp::Reverse(e.since), std::cmp::Reverse(**id))
+                let g = self.per_source.get(&e.key).copied().unwrap_or_default();
+                (
+                    e.stalled(),
+                    g.stalled,
+                    g.evictable,
+                    std::cmp::Reverse(e.since),
+                    std::cmp::Reverse(**id),
+                )
             })
             .map(|(id, _)| *id)
     }
@@ -148,13 +231,14 @@ impl Admission {
     /// Admits a new connection from `source`, evicting the idlest connection when the listener
     /// is full. The connection is registered until the returned [`Ticket`] is dropped.
     pub fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Ticket, Refused> {
+        let key = SourceKey::of(source);
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let from_source = inner.per_source.get(&source).copied().unwrap_or(0);
+        let from_source = inner.per_source.get(&key).map_or(0, |g| g.held);
         if from_source >= self.limits.max_per_source {
             // The source makes room among its own connections (a client that opens a new
             // connection before the host saw the last one close, many machines behind one NAT
             // address); only when all of them are busy is the new one refused.
-            let Some(victim) = inner.victim(Some(source)) else {
+            let Some(victim) = inner.victim(Some(key)) else {
                 drop(inner);
                 self.refused(Refused::SourceLimit, source);
                 return Err(Refused::SourceLimit);
@@ -175,12 +259,15 @@ impl Admission {
             id,
             Entry {
                 source,
+                key,
                 phase: Phase::Idle,
                 since: Instant::now(),
+                served: 0,
                 cancel: cancel.clone(),
             },
         );
-        *inner.per_source.entry(source).or_insert(0) += 1;
+        inner.group(key).held += 1;
+        inner.account((key, true, true), true);
         Ok(Ticket {
             admission: Arc::clone(self),
             id,
@@ -199,7 +286,7 @@ impl Admission {
             return inner;
         };
         entry.cancel.cancel();
-        inner.release(entry.source);
+        inner.release(&entry);
         inner.evicted_total += 1;
         drop(inner);
         metrics::counter!("tally_connections_evicted_total", "listener" => self.name, "reason" => reason)
@@ -291,10 +378,19 @@ impl Ticket {
             .inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = inner.conns.get_mut(&self.id) {
-            entry.phase = phase;
-            entry.since = Instant::now();
+        let Some(entry) = inner.conns.get_mut(&self.id) else {
+            return;
+        };
+        let before = (entry.key, entry.evictable(), entry.stalled());
+        if entry.phase == Phase::Busy && phase != Phase::Busy {
+            // The request was answered: this connection makes progress.
+            entry.served += 1;
         }
+        entry.phase = phase;
+        entry.since = Instant::now();
+        let after = (entry.key, entry.evictable(), entry.stalled());
+        inner.account(before, false);
+        inner.account(after, true);
     }
 
     /// Completes when the connection was evicted: the caller closes it without a reply.
@@ -316,7 +412,7 @@ impl Drop for Ticket {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = inner.conns.remove(&self.id) {
-            inner.release(entry.source);
+            inner.release(&entry);
         }
     }
 }
@@ -359,103 +455,5 @@ impl RateLimitedWarn {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
-    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
-
-    fn registry(max_connections: usize, max_per_source: usize) -> Arc<Admission> {
-        Admission::new(
-            "test",
-            AdmissionLimits {
-                max_connections,
-                max_per_source,
-            },
-        )
-    }
-
-    #[test]
-    fn per_source_cap_evicts_within_the_source_then_refuses_when_all_busy() {
-        let reg = registry(10, 2);
-        let other = reg.admit(B).expect("other source, oldest of all");
-        let first = reg.admit(A).expect("first");
-        let second = reg.admit(A).expect("second");
-        let third = reg.admit(A).expect("third evicts the source's idlest");
-        assert!(first.is_evicted() && !other.is_evicted() && !second.is_evicted());
-        second.set_phase(Phase::Busy);
-        third.set_phase(Phase::Busy);
-        assert_eq!(reg.admit(A).err(), Some(Refused::SourceLimit));
-        assert!(reg.admit(B).is_ok(), "another source is not affected");
-        drop(third);
-        assert!(reg.admit(A).is_ok(), "a freed place can be taken again");
-    }
-
-    #[test]
-    fn when_full_the_oldest_idle_connection_is_evicted() {
-        let reg = registry(3, 10);
-        let oldest = reg.admit(A).expect("1");
-        let busy = reg.admit(A).expect("2");
-        let newer = reg.admit(B).expect("3");
-        busy.set_phase(Phase::Busy);
-        newer.set_phase(Phase::Receiving);
-        let _new = reg.admit(B).expect("admitted by evicting");
-        assert!(oldest.is_evicted(), "the oldest idle connection goes first");
-        assert!(!busy.is_evicted() && !newer.is_evicted());
-        assert_eq!(reg.len(), 3);
-        assert_eq!(reg.evicted(), 1);
-        let _newest = reg.admit(A).expect("admitted by evicting");
-        assert!(newer.is_evicted(), "then the slow one; the busy one never");
-        assert!(!busy.is_evicted());
-    }
-
-    #[test]
-    fn the_source_holding_most_connections_is_evicted_first() {
-        let reg = registry(3, 10);
-        let lone = reg.admit(A).expect("oldest, but its source holds one");
-        let flood1 = reg.admit(B).expect("2");
-        let flood2 = reg.admit(B).expect("3");
-        let _new = reg.admit(A).expect("admitted by evicting");
-        assert!(!lone.is_evicted(), "a source with one connection is spared");
-        assert!(
-            flood1.is_evicted() && !flood2.is_evicted(),
-            "the flood's oldest goes"
-        );
-    }
-
-    #[test]
-    fn full_of_busy_connections_refuses() {
-        let reg = registry(1, 10);
-        let busy = reg.admit(A).expect("1");
-        busy.set_phase(Phase::Busy);
-        assert_eq!(reg.admit(B).err(), Some(Refused::Full));
-        busy.set_phase(Phase::Idle);
-        assert!(reg.admit(B).is_ok());
-        assert!(busy.is_evicted());
-    }
-
-    #[test]
-    fn an_evicted_ticket_dropped_later_does_not_free_a_second_place() {
-        let reg = registry(1, 2);
-        let old = reg.admit(A).expect("1");
-        let new = reg.admit(A).expect("evicts the first");
-        assert!(old.is_evicted());
-        drop(old);
-        assert_eq!(reg.len(), 1);
-        assert!(!new.is_evicted());
-        let _third = reg
-            .admit(A)
-            .expect("evicts the second: A holds one place, not zero");
-        assert!(new.is_evicted());
-        drop(new);
-        assert_eq!(reg.len(), 1);
-    }
-
-    #[test]
-    fn rate_limited_warning_logs_once_then_counts() {
-        let warn = RateLimitedWarn::new();
-        assert_eq!(warn.tick(), Some(1));
-        assert_eq!(warn.tick(), None);
-        assert_eq!(warn.tick(), None);
-    }
-}
+#[path = "admission_tests.rs"]
+mod tests;

@@ -24,6 +24,7 @@ use tally_core::time::Timestamp;
 use thiserror::Error;
 use uuid::Uuid;
 
+pub mod event_cap;
 pub mod fsmode;
 mod health;
 pub mod migrate;
@@ -38,6 +39,7 @@ pub mod replication;
 pub mod sqlite;
 mod ticket;
 
+pub use event_cap::{DEFAULT_EVENT_CAP, EVENT_EVENTS_AT_CAP, EventCapStatus};
 pub use health::SETTLE as HEALTH_SETTLE;
 pub use replication::Replication;
 pub use ticket::SETTLE;
@@ -335,6 +337,10 @@ pub struct StoreOptions {
     /// answered but not added to the registry; event 1005 is logged once and
     /// [`Store::registry_full`] says so. Retention ([`Store::prune_registry`]) makes room.
     pub registry_cap: u64,
+    /// Most rows in the event log (R27, issue 21), besides retention: over it the oldest events
+    /// are deleted in bounded steps by the writer, event 1011 is logged once and
+    /// [`Store::event_cap`] says so ([`event_cap`] has the details).
+    pub event_cap: u64,
     /// Whose clock a commit counts on (X5). Only a store with a clock of its own (PostgreSQL)
     /// can use [`TimeSource::Database`]; SQLite always counts on the caller's time.
     pub time: TimeSource,
@@ -380,6 +386,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             registry_cap: DEFAULT_REGISTRY_CAP,
+            event_cap: DEFAULT_EVENT_CAP,
             time: TimeSource::default(),
             require_sync_replication: false,
         }
@@ -548,6 +555,11 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the registry reached its cap (see [`StoreOptions::registry_cap`]).
     fn registry_full(&self) -> bool {
         false
+    }
+
+    /// The event log's cap and whether it is reached (see [`StoreOptions::event_cap`]).
+    fn event_cap(&self) -> EventCapStatus {
+        EventCapStatus::default()
     }
 
     /// Why the last commit failed, while the store is failing (`None` once a commit succeeds

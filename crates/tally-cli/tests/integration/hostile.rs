@@ -83,7 +83,7 @@ async fn idle(src: Ipv4Addr, addr: SocketAddr, stop: CancellationToken, closed: 
 }
 
 /// A metric's value summed over its label sets, from the host's `/metrics`.
-async fn metric(admin: SocketAddr, token: &str, name: &str, label: &str) -> f64 {
+pub(crate) async fn metric(admin: SocketAddr, token: &str, name: &str, label: &str) -> f64 {
     let Ok(r) = http()
         .get(format!("http://{admin}/metrics"))
         .bearer_auth(token)
@@ -99,7 +99,7 @@ async fn metric(admin: SocketAddr, token: &str, name: &str, label: &str) -> f64 
         .sum()
 }
 
-fn prepare_client(root: &Path, name: &str, host: &HostProcess) -> std::path::PathBuf {
+pub(crate) fn prepare_client(root: &Path, name: &str, host: &HostProcess) -> std::path::PathBuf {
     let dir = root.join(name);
     let trust = host.data_dir.join("authority.pub");
     assert!(

@@ -19,6 +19,7 @@ mod fleet;
 mod fleet_faults;
 mod fleet_tls;
 mod hostile;
+mod hostile_v6;
 mod hsm;
 mod lifecycle;
 mod local_users;

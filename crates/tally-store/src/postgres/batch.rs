@@ -151,6 +151,7 @@ pub(super) async fn batcher(
     served_by: Arc<str>,
     health: Arc<Health>,
     mut size: RegistrySize,
+    mut event_cap: crate::event_cap::Tracker,
 ) {
     let mut conn: Option<Conn> = None;
     while let Some(first) = rx.recv().await {
@@ -199,8 +200,15 @@ pub(super) async fn batcher(
                 if !answers.is_empty() {
                     health.ok();
                 }
+                let (written, now) = written_of(&batch);
                 for (job, answer) in batch.into_iter().zip(answers) {
                     let _ = job.done.send(Ok(answer));
+                }
+                event_cap.wrote(written);
+                if event_cap.due()
+                    && let Some(c) = conn.as_mut()
+                {
+                    super::event_cap::enforce(&mut c.client, &mut event_cap, now, &served_by).await;
                 }
             }
             Err(error) => {
@@ -566,6 +574,25 @@ async fn commit_batch(
         let _ = client.query(&st.events, &rows.params()).await;
     }
     Ok(answers)
+}
+
+/// Rows a committed batch added to the event log (at most) and its latest time.
+fn written_of(batch: &[Job]) -> (u64, Timestamp) {
+    let mut rows = 0u64;
+    let mut now = Timestamp(0);
+    for job in batch {
+        match &job.work {
+            Work::Changes(c) => {
+                rows += 1;
+                now = now.max(c.registry.seen_at);
+            }
+            Work::Events(list) => {
+                rows += list.len() as u64;
+                now = list.iter().map(|e| e.at).fold(now, Timestamp::max);
+            }
+        }
+    }
+    (rows, now)
 }
 
 fn first_trip_timeout() -> StoreError {

@@ -53,6 +53,7 @@ pub const MIGRATION_LOCK: i64 = 0x7461_6c6c_7901; // "tally" + 1
 
 mod batch;
 mod clock;
+mod event_cap;
 mod installations;
 mod outcome;
 mod replication;
@@ -74,6 +75,8 @@ pub struct PgStore {
     stale: Arc<AtomicBool>,
     time: TimeSource,
     replication: replication::Shared,
+    /// The event cap and what this host did for it (issue 21).
+    event_cap: (u64, Arc<crate::event_cap::Shared>),
 }
 
 pub use replication::check as check_replication;
@@ -146,12 +149,14 @@ impl PgStore {
             stale: Arc::clone(&stale),
             time: options.time,
         };
+        let event_cap: Arc<crate::event_cap::Shared> = Arc::default();
         tokio::spawn(batch::batcher(
             pool.clone(),
             rx,
             Arc::clone(&served_by),
             Arc::clone(&health),
             size,
+            crate::event_cap::Tracker::new(options.event_cap, Arc::clone(&event_cap)),
         ));
         let shared: replication::Shared = Arc::new(std::sync::Mutex::new(None));
         tokio::spawn(replication::watch(
@@ -169,6 +174,7 @@ impl PgStore {
             full,
             stale,
             time: options.time,
+            event_cap: (options.event_cap, event_cap),
         })
     }
 
@@ -227,6 +233,7 @@ impl PgStore {
             stale: Arc::default(),
             time: TimeSource::Database,
             replication: Arc::default(),
+            event_cap: (0, Arc::default()),
         })
     }
 
@@ -562,11 +569,19 @@ impl Store for PgStore {
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
         self.writable()?;
         // Any host may prune: deleting old rows commutes with every other host's writes.
-        self.client()
+        let n = self
+            .client()
             .await?
             .execute("DELETE FROM events WHERE at < $1", &[&before.millis()])
             .await
-            .map_err(backend("prune events"))
+            .map_err(backend("prune events"))?;
+        // The next batch checks the cap (retention may have ended an episode).
+        self.event_cap.1.check_soon();
+        Ok(n)
+    }
+
+    fn event_cap(&self) -> crate::EventCapStatus {
+        self.event_cap.1.status(self.event_cap.0)
     }
 
     fn storage_error(&self) -> Option<String> {

@@ -74,6 +74,8 @@ pub struct SqliteStore {
     jobs: Option<mpsc::Sender<Job>>,
     health: Arc<Health>,
     full: Arc<AtomicBool>,
+    /// The event cap and what it did (issue 21).
+    event_cap: (u64, Arc<crate::event_cap::Shared>),
     reader: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
 }
@@ -216,6 +218,7 @@ impl SqliteStore {
             jobs: None,
             health: Arc::default(),
             full: Arc::default(),
+            event_cap: (0, Arc::default()),
             reader: Arc::new(Mutex::new(conn)),
             path: Arc::new(path.to_owned()),
         })
@@ -251,6 +254,7 @@ impl SqliteStore {
         let (jobs, rx) = mpsc::channel::<Job>();
         let health: Arc<Health> = Arc::default();
         let full: Arc<AtomicBool> = Arc::default();
+        let event_cap: Arc<crate::event_cap::Shared> = Arc::default();
         let writer = Writer::new(
             conn,
             path.to_owned(),
@@ -258,6 +262,7 @@ impl SqliteStore {
             options,
             Arc::clone(&health),
             Arc::clone(&full),
+            Arc::clone(&event_cap),
         );
         thread::Builder::new()
             .name("tally-sqlite-writer".into())
@@ -270,6 +275,7 @@ impl SqliteStore {
             jobs: Some(jobs),
             health,
             full,
+            event_cap: (options.event_cap, event_cap),
             reader: Arc::new(Mutex::new(reader)),
             path: Arc::new(path.to_owned()),
         })
@@ -522,6 +528,10 @@ impl Store for SqliteStore {
 
     fn registry_full(&self) -> bool {
         self.full.load(Ordering::Relaxed)
+    }
+
+    fn event_cap(&self) -> crate::EventCapStatus {
+        self.event_cap.1.status(self.event_cap.0)
     }
 
     async fn prune_registry(&self, before: Timestamp) -> Result<u64, StoreError> {

@@ -80,6 +80,8 @@ pub(super) struct Writer {
     tables: Option<CountTables>,
     /// Machines in the registry (kept by the writer, which is the only one adding them).
     registry_len: Option<u64>,
+    /// The event log's cap (issue 21; `crate::event_cap`).
+    event_cap: crate::event_cap::Tracker,
 }
 
 impl Writer {
@@ -90,8 +92,10 @@ impl Writer {
         options: StoreOptions,
         health: Arc<Health>,
         full: Arc<AtomicBool>,
+        event_cap: Arc<crate::event_cap::Shared>,
     ) -> Self {
         Self {
+            event_cap: crate::event_cap::Tracker::new(options.event_cap, event_cap),
             conn,
             path,
             durability,
@@ -134,9 +138,14 @@ impl Writer {
             match self.apply_batch(&mut batch) {
                 Ok(answers) => {
                     self.health.ok();
+                    let (written, now) = written_of(&batch);
                     for (job, answer) in batch.into_iter().zip(answers) {
                         // The requester may have gone (connection closed); nothing to tell it.
                         let _ = job.done.send(Ok(answer));
+                    }
+                    self.event_cap.wrote(written);
+                    if self.event_cap.due() {
+                        self.enforce_event_cap(now);
                     }
                 }
                 Err(error) => {
@@ -166,11 +175,18 @@ impl Writer {
 
     fn run_alone(&mut self, job: Job) {
         let result = match job.work {
-            Work::PruneEvents(before) => self
-                .conn
-                .execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
-                .map(|n| Answer::Deleted(n as u64))
-                .map_err(backend("prune events")),
+            Work::PruneEvents(before) => {
+                let deleted = self
+                    .conn
+                    .execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
+                    .map(|n| Answer::Deleted(n as u64))
+                    .map_err(backend("prune events"));
+                // Retention may have ended an episode at the cap.
+                self.enforce_event_cap(tally_core::time::Clock::now(
+                    &tally_core::time::SystemClock,
+                ));
+                deleted
+            }
             Work::PruneRegistry(before) => {
                 // Both tables in one transaction, so the writer's count stays right.
                 let deleted = self
@@ -331,6 +347,63 @@ fn record_request(
         insert_event(conn, e).map_err(backend("write event"))?;
     }
     Ok(())
+}
+
+impl Writer {
+    /// One step of the event cap (`crate::event_cap`): reads the id span and deletes the oldest
+    /// rows over the cap, with event 1011 when an episode starts, in one transaction. A failure
+    /// is logged and tried again after the next batch; it never fails a request.
+    fn enforce_event_cap(&mut self, now: Timestamp) {
+        let step = (|| -> rusqlite::Result<Option<(u64, bool)>> {
+            let tx = self.conn.transaction()?;
+            let span: (Option<i64>, Option<i64>) = tx.query_row(
+                "SELECT (SELECT min(id) FROM events), (SELECT max(id) FROM events)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let span = span.0.zip(span.1);
+            let Some(prune) = self.event_cap.plan(span, now) else {
+                return Ok(None);
+            };
+            let deleted = tx.execute("DELETE FROM events WHERE id < ?1", params![prune.below])?;
+            if let Some(e) = &prune.event {
+                insert_event(&tx, e)?;
+            }
+            tx.commit()?;
+            Ok(Some((deleted as u64, prune.event.is_some())))
+        })();
+        match step {
+            Ok(Some((deleted, started))) => self.event_cap.pruned(deleted, started),
+            Ok(None) => {}
+            Err(error) => {
+                self.event_cap.failed();
+                tracing::warn!(%error, "cannot delete the oldest events for the event cap");
+            }
+        }
+    }
+}
+
+/// Rows a committed batch added to the event log (at most: a refusal adds none) and its latest
+/// time.
+fn written_of(batch: &[Job]) -> (u64, Timestamp) {
+    let mut rows = 0u64;
+    let mut now = Timestamp(0);
+    for job in batch {
+        match &job.work {
+            Work::Changes(c) => {
+                rows += 1;
+                now = now.max(c.registry.seen_at);
+            }
+            Work::Events(list) => {
+                rows += list.len() as u64;
+                if let Some(at) = list.iter().map(|e| e.at).max() {
+                    now = now.max(at);
+                }
+            }
+            _ => {}
+        }
+    }
+    (rows, now)
 }
 
 /// The latest request time in a batch (for the events the writer adds itself).

@@ -5,6 +5,7 @@
 // Test code: a failed expectation is a test failure, which is what `expect` reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod event_cap;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
@@ -45,6 +46,7 @@ macro_rules! all_conformance_tests {
             durable_across_reopen,
             x5_trusting_the_clock_pulls_future_stamps_back,
             x6_a_repeated_sequence_is_a_clone,
+            the_event_log_is_capped_besides_retention,
         );
     };
 }

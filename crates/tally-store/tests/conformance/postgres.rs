@@ -500,3 +500,101 @@ async fn issue21_replication_is_reported_and_can_be_required() {
         .expect("synchronous: opens");
     drop(standby);
 }
+
+// Issue 21: three hosts share one event table and one cap. Writing at once, they keep it at the
+// cap (plus at most one check's worth per host while they write), one host prunes at a time
+// (no error, no deadlock), and each host logs event 1011 at most once for the episode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue21_a_fleet_keeps_one_event_cap() {
+    use tally_core::time::Timestamp;
+    use tally_store::{EVENT_EVENTS_AT_CAP, Event, EventQuery};
+    const CAP: u64 = 30;
+    let Some(b) = backend("issue21_a_fleet_keeps_one_event_cap").await else {
+        return;
+    };
+    let capped = |name: &'static str| {
+        let url = b.url.clone();
+        async move {
+            let pool = tally_store::pg::connect(&url).await.expect("connect");
+            let options = tally_store::StoreOptions {
+                event_cap: CAP,
+                time: tally_store::TimeSource::Caller,
+                ..Default::default()
+            };
+            Arc::new(PgStore::open_with(pool, name, options).await.expect("open"))
+        }
+    };
+    let hosts = [
+        capped("host-a").await,
+        capped("host-b").await,
+        capped("host-c").await,
+    ];
+    let event = |n: i64| Event {
+        at: Timestamp(1_800_000_000_000 + n),
+        event_id: 1000,
+        level: "info".into(),
+        message: format!("event {n}"),
+        data: serde_json::json!({}),
+    };
+    let writers: Vec<_> = hosts
+        .iter()
+        .enumerate()
+        .map(|(h, s)| {
+            let s = Arc::clone(s);
+            tokio::spawn(async move {
+                for k in 0..40 {
+                    s.record_events(vec![event((k * 3 + h) as i64)])
+                        .await
+                        .expect("every write succeeds while hosts prune");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("join");
+    }
+    let count = |s: Arc<PgStore>| async move {
+        s.events(EventQuery {
+            limit: 10_000,
+            ..EventQuery::default()
+        })
+        .await
+        .expect("events")
+    };
+    let after = count(Arc::clone(&hosts[0])).await;
+    assert!(
+        after.len() as u64 <= CAP + 3,
+        "at most one check's worth over the cap per host: {}",
+        after.len()
+    );
+    // The next batch's check brings the shared table to the cap.
+    hosts[0]
+        .record_events(vec![event(1_000)])
+        .await
+        .expect("record");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let settled = loop {
+        let all = count(Arc::clone(&hosts[0])).await;
+        if all.len() as u64 <= CAP {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "{} rows", all.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(settled.len() as u64 >= CAP - 3, "{} rows", settled.len());
+    let pruned: u64 = hosts.iter().map(|h| h.event_cap().pruned_total).sum();
+    assert!(
+        pruned >= 121 - CAP,
+        "the hosts pruned {pruned} rows together"
+    );
+    let logged = hosts[0]
+        .events(EventQuery {
+            event_id: Some(EVENT_EVENTS_AT_CAP),
+            limit: 100,
+            ..EventQuery::default()
+        })
+        .await
+        .expect("events");
+    assert!(logged.len() <= 3, "at most once per host: {}", logged.len());
+    assert!(hosts.iter().any(|h| h.event_cap().at_cap));
+}

@@ -11,6 +11,8 @@ use tally_store::{
 };
 use uuid::Uuid;
 
+pub use crate::event_cap::the_event_log_is_capped_besides_retention;
+
 /// A backend under test: a fresh, empty database per test.
 pub trait Backend {
     /// The store under test.

@@ -182,7 +182,7 @@ pub enum HostCommand {
     Set(set::SetArgs),
     /// Query the event log (R27): 12290 activation requests, 12293/12294 DNS publishing,
     /// 1000 start, 1001 stop, 1002 setting changed, 1004 catalog loaded, 1007 host clock suspect,
-    /// 1008 retention held back (X5).
+    /// 1008 retention held back (X5), 1011 event log at its cap (the oldest events deleted).
     Events {
         #[command(flatten)]
         dir: DirArgs,

@@ -341,6 +341,11 @@ pub fn print_remote_status(s: &serde_json::Value) {
         if storage["registry_full"] == true {
             println!("Registry:    FULL (new machines are counted but not registered)");
         }
+        if storage["events_at_cap"] == true {
+            println!(
+                "Events:      AT CAP (the oldest events are deleted to make room; event 1011)"
+            );
+        }
     }
     if let Some(clock) = s.get("clock").filter(|v| v.is_object()) {
         print_clock(clock);
