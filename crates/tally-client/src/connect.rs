@@ -321,14 +321,24 @@ impl Connector {
     /// and is newer. A failure is logged, never fatal: the list is signed by the authority, so
     /// the next host can give it.
     async fn fetch_revocations(&self, stream: &mut TcpStream, host: &str) {
-        let Some((serial, bytes)) = self
+        let Some((_, bytes)) = self
             .fetch_document(stream, host, DocumentKind::RevocationList)
             .await
         else {
             return;
         };
-        match VerifiedList::verify(&bytes, &self.anchor()) {
+        let mut verified = VerifiedList::verify(&bytes, &self.anchor());
+        if matches!(
+            verified,
+            Err(tally_core::revocation::RevocationError::UnknownAuthority)
+        ) && self.fetch_rollover(stream, host).await
+        {
+            // Signed by a newer root: the host handed over the rollover that leads to it.
+            verified = VerifiedList::verify(&bytes, &self.anchor());
+        }
+        match verified {
             Ok(list) => {
+                let serial = list.serial();
                 let mut held = self
                     .revocations
                     .lock()

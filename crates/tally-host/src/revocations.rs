@@ -45,7 +45,9 @@ fn anchor(dir: &Path) -> Result<TrustAnchor, HostError> {
             path.display()
         ))
     })?;
-    parse_authority_public(&text).map_err(HostError::format(path))
+    parse_authority_public(&text).map_err(HostError::format(path))?;
+    // A list signed by a root a rollover handed trust to verifies too (X8).
+    crate::rollover::anchor(dir, &text)
 }
 
 /// The list held in `dir` (empty when there is none), verified.

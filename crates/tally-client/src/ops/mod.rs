@@ -622,8 +622,9 @@ impl Client {
             }
             if outcome.is_ok() {
                 self.keep_trust(&connector);
-                self.keep_rollover(&connector);
             }
+            // Whatever the outcome: a list kept above may need these statements to verify.
+            self.keep_rollover(&connector);
             if clone && rounds < 2 {
                 tracing::warn!(host = %host, previous = %cmid,
                     "the host saw another installation present this CMID: took a new CMID, asking again");
