@@ -222,7 +222,20 @@ async fn host_activation(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<HostActivationRequest>,
 ) -> Result<Response, ApiError> {
-    let activation = state.service.activate_host(&req).await?;
+    // X7: run to the end even if the caller hangs up: the activation's commit and the
+    // supersession of the machine's older certificates (two transactions) are never split by a
+    // dropped request.
+    let service = Arc::clone(&state.service);
+    let activation = tokio::spawn(async move { service.activate_host(&req).await })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "host activation task failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error (see the authority log)",
+            )
+        })??;
     tracing::info!(
         serial = activation.serial,
         hosts_used = activation.usage.hosts_used,
