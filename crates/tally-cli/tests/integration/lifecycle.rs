@@ -135,7 +135,12 @@ fn agent_renews_on_host_interval_and_survives_host_down() {
         failed["status"], "licensed",
         "a failed renewal keeps the license (R7)"
     );
-    assert!(agent.stderr().contains("will retry"), "{}", agent.stderr());
+    // The state is written before the attempt is logged: wait for the line, not a race.
+    assert!(
+        agent.wait_for_log("will retry", Duration::from_secs(10)),
+        "{}",
+        agent.stderr()
+    );
 
     // The host is back on the same address: the agent picks up.
     let before = status(&dir)["validity_end"].as_i64().unwrap_or_default();
