@@ -146,6 +146,8 @@ pub async fn revocations(args: RevocationsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// X4: the list is public (0644 whatever the umask), replaced atomically.
 fn write_list(out: &Path, text: &str) -> anyhow::Result<()> {
-    std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))
+    tally_store::fsmode::write_atomic(out, text.as_bytes(), tally_store::fsmode::PUBLIC_FILE)
+        .with_context(|| format!("cannot write {}", out.display()))
 }
