@@ -26,6 +26,7 @@ mod local_users;
 mod one_path;
 mod readme;
 mod revocation;
+mod rules;
 mod rollover;
 mod startup;
 mod transparency;
