@@ -21,6 +21,7 @@ use tally_client::codes;
 use tally_client::fsmode;
 use tally_client::ops::{Client, OpResult, TRUST_FILE};
 use tally_client::state::{ClientState, LOCK_FILE, STATE_FILE, StateError};
+use tally_core::lifecycle::{License, LicenseStatus};
 use tally_core::time::{Clock, Timestamp};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -51,6 +52,20 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A user whose connections are refused is logged at most once per this period.
 const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(60);
+
+/// Whether the agent attempts an activation now: when one is due (R8), and at the agent's
+/// start for an installation with a key that is not licensed (in grace, in notification, or out
+/// of tolerance), even before its next attempt. A machine that asked while the count was below
+/// the threshold (R2) learns at boot whether the threshold has been reached since, instead of
+/// waiting up to one activation interval; a licensed one renews on its interval as before.
+fn attempt_now(license: &License, now: Timestamp, first: bool) -> bool {
+    license.is_due(now)
+        || (first
+            && !matches!(
+                license.status_at(now),
+                LicenseStatus::Licensed | LicenseStatus::Unlicensed
+            ))
+}
 
 /// Shortest sleep between two looks (an overdue attempt waits this long, no busy loop).
 const MIN_SLEEP: Duration = Duration::from_millis(50);
@@ -154,8 +169,10 @@ impl Agent {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { agent.serve(listener, owner, shutdown).await })
         };
+        let mut first = true;
         loop {
-            let sleep = self.tick().await;
+            let sleep = self.tick(first).await;
+            first = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(sleep) => {}
@@ -255,8 +272,9 @@ impl Agent {
         Ok(listener)
     }
 
-    /// Does whatever is due now; returns how long to sleep.
-    async fn tick(&self) -> Duration {
+    /// Does whatever is due now (at the agent's start, also an attempt for an installation
+    /// that is not licensed: [`attempt_now`]); returns how long to sleep.
+    async fn tick(&self, first: bool) -> Duration {
         let now = self.clock.now();
         match self.client.check_hardware(now) {
             Ok(true) => warn!("hardware changed past tolerance (R12): reactivation needed"),
@@ -274,7 +292,7 @@ impl Agent {
             // X5: due on trusted time (a clock set back past the tolerance: due now).
             let view = self.client.view(&state, now);
             // R11: a generalized image makes no attempt until the deployed copy's first start.
-            let due = view.license.is_due(view.now) && !state.generalized;
+            let due = attempt_now(&view.license, view.now, first) && !state.generalized;
             if due {
                 let result = self.client.activate(None, &self.machine, now).await;
                 log_attempt(&result);
@@ -548,6 +566,23 @@ mod tests {
     use super::*;
 
     const NOW: Timestamp = Timestamp(1_800_000_000_000);
+
+    // R2, R8: at its start the agent asks for an installation that is not licensed, even
+    // before the next attempt is due; a licensed or keyless one waits as before.
+    #[test]
+    fn r8_an_unlicensed_installation_attempts_at_agent_start() {
+        let mut license = License::default();
+        assert!(!attempt_now(&license, NOW, true), "no key: nothing to ask");
+        license.install(NOW);
+        license.next_attempt = Some(Timestamp(NOW.0 + 7_200_000));
+        assert!(attempt_now(&license, NOW, true));
+        assert!(!attempt_now(&license, NOW, false));
+        license.status = LicenseStatus::Licensed;
+        license.validity_end = Some(Timestamp(NOW.0 + 86_400_000));
+        assert!(!attempt_now(&license, NOW, true));
+        license.next_attempt = Some(NOW);
+        assert!(attempt_now(&license, NOW, false));
+    }
 
     // R8: an attempt already due (the agent woke late, or the attempt outlasted the interval)
     // is looked at again almost at once, never after the next period end.

@@ -68,18 +68,7 @@ pub fn parse_host(s: &str) -> Result<String, String> {
 /// such as the store's "cannot open database X: {source}") is not repeated (issue 21: a TLS or
 /// authentication error to PostgreSQL was printed two or three times).
 pub fn error_text(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
+    tally_core::error_text::chain(err.as_ref())
 }
 
 /// A hint for an I/O error of the kinds admins meet, to append after the error chain.

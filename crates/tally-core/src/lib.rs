@@ -29,6 +29,7 @@ pub mod clock;
 pub mod clones;
 pub mod counting;
 pub mod digits;
+pub mod error_text;
 pub mod fuzzing;
 pub mod hardware;
 pub mod hex;

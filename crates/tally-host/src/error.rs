@@ -105,15 +105,9 @@ pub enum HostError {
     Task(#[source] tokio::task::JoinError),
 }
 
-/// An error and its sources on one line (for log fields and messages built from errors).
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    text
+/// An error and its sources on one line, each cause once (for log fields and messages).
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    tally_core::error_text::chain(error)
 }
 
 impl HostError {

@@ -76,6 +76,46 @@ impl Persisted {
         Ok(persisted)
     }
 
+    /// The settings this file changes away from what the config file and flags asked for
+    /// (R26), as (setting, configured, in use), so the start can say so.
+    pub fn overrides(
+        &self,
+        configured_listen: SocketAddr,
+        listen: SocketAddr,
+        configured: Intervals,
+        intervals: Intervals,
+    ) -> Vec<Override> {
+        let mut out = Vec::new();
+        if configured_listen != listen {
+            out.push(Override {
+                setting: "listen",
+                configured: configured_listen.to_string(),
+                in_use: listen.to_string(),
+            });
+        }
+        for (setting, before, now) in [
+            (
+                "activation_interval_secs",
+                configured.activation_secs,
+                intervals.activation_secs,
+            ),
+            (
+                "renewal_interval_secs",
+                configured.renewal_secs,
+                intervals.renewal_secs,
+            ),
+        ] {
+            if before != now {
+                out.push(Override {
+                    setting,
+                    configured: before.to_string(),
+                    in_use: now.to_string(),
+                });
+            }
+        }
+        out
+    }
+
     fn save(&self, dir: &Path) -> std::io::Result<()> {
         tally_store::fsmode::write_atomic(
             &dir.join(paths::SETTINGS_FILE),
@@ -83,6 +123,17 @@ impl Persisted {
             tally_store::fsmode::PRIVATE_FILE,
         )
     }
+}
+
+/// One setting `settings.json` changes away from the config file and flags.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Override {
+    /// The setting's name in `settings.json`.
+    pub setting: &'static str,
+    /// What the config file and flags asked for.
+    pub configured: String,
+    /// What the host uses.
+    pub in_use: String,
 }
 
 /// The running host as the admin API sees it.
@@ -236,6 +287,32 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         std::fs::write(dir.path().join(paths::SETTINGS_FILE), json).map_err(|e| e.to_string())?;
         Persisted::load(dir.path()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn r26_overrides_name_what_the_file_changes() {
+        let persisted = load(r#"{"port": 1700, "activation_interval_secs": 60}"#).unwrap();
+        let configured: SocketAddr = "127.0.0.1:1688".parse().unwrap();
+        let in_use: SocketAddr = "127.0.0.1:1700".parse().unwrap();
+        let asked = Intervals {
+            activation_secs: 7200,
+            renewal_secs: 604_800,
+        };
+        let used = Intervals {
+            activation_secs: 60,
+            renewal_secs: 604_800,
+        };
+        let o = persisted.overrides(configured, in_use, asked, used);
+        assert_eq!(o.len(), 2);
+        assert_eq!(o[0].setting, "listen");
+        assert_eq!(o[0].in_use, "127.0.0.1:1700");
+        assert_eq!(o[1].setting, "activation_interval_secs");
+        assert_eq!(o[1].configured, "7200");
+        assert!(
+            persisted
+                .overrides(configured, configured, asked, asked)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -63,6 +63,17 @@ impl Host {
                 .renewal_interval_secs
                 .unwrap_or(config.intervals.renewal_secs),
         };
+        // R26: a value changed live replaces the config file's or flag's; say so at start, so
+        // an admin who passed `--listen` learns why it is not the one in use.
+        for o in persisted.overrides(config.listen, listen, config.intervals, intervals) {
+            warn!(
+                setting = o.setting,
+                configured = %o.configured,
+                in_use = %o.in_use,
+                file = %dir.join(crate::paths::SETTINGS_FILE).display(),
+                "a setting changed live overrides the config file and flags; change it live again (tally host set ...) or delete the file to go back to them"
+            );
+        }
         let priority = persisted
             .priority
             .clone()

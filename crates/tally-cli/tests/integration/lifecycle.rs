@@ -80,6 +80,33 @@ fn fast_host_and_fifth_client(root: &Path) -> (HostProcess, String, std::path::P
     (host, addr, dir)
 }
 
+// Issue 22.8, R2, R8: a machine that asked while the count was below the threshold is not
+// activated until it asks again, one activation interval later (2 h here); an agent that starts
+// on it asks at once, so it activates at boot once the threshold has been reached meanwhile.
+#[test]
+fn an_agent_starting_on_an_unlicensed_machine_asks_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
+    let addr = host.addr.to_string();
+    let early = client_dir(tmp.path(), "early", &host);
+    assert_eq!(activate(&early, &addr).0, Some(2), "count 1 of 5");
+    for i in 0..4 {
+        let dir = client_dir(tmp.path(), &format!("later{i}"), &host);
+        activate(&dir, &addr);
+    }
+    let st = status(&early);
+    assert_ne!(st["status"], "licensed", "{st}");
+    let agent = Process::spawn(
+        bin(),
+        &["agent", "run", "--state-dir", s(&early), "--host", &addr],
+        &[],
+    );
+    wait_until(Duration::from_secs(20), || {
+        (status(&early)["status"] == "licensed").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the agent did not ask at start; log:\n{}", agent.stderr()));
+}
+
 // R7, R8, R9 for real: the agent renews on the interval the host sets (seconds), survives the
 // host being down (retries on the activation interval, logs it) and picks up when it is back.
 #[test]

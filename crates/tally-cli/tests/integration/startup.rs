@@ -294,3 +294,50 @@ fn chown_tree(path: &Path, uid: u32) {
         .expect("chown");
     assert!(status.success());
 }
+
+// Issue 22.8, R26: a setting changed live wins over the flags at the next start, and the host
+// says so at start (the setting, both values, the file), so `--listen` is not silently ignored.
+#[test]
+fn a_live_setting_that_overrides_a_flag_is_named_at_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("host");
+    let mut first = HostProcess::start_dev(bin(), &dir, &[]);
+    let out = tally(
+        bin(),
+        &[
+            "host",
+            "set",
+            "--data-dir",
+            s(&dir),
+            "--activation-interval",
+            "90s",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    first.terminate(Duration::from_secs(10));
+    let again = HostProcess::start_dev(bin(), &dir, &["--activation-interval", "2h"]);
+    assert!(
+        again.wait_for_log(
+            "a setting changed live overrides the config file and flags",
+            Duration::from_secs(10)
+        ),
+        "no warning at start:\n{}",
+        again.stderr()
+    );
+    let log = again.stderr();
+    assert!(log.contains("activation_interval_secs"), "{log}");
+    assert!(log.contains("settings.json"), "{log}");
+    // The same start without a flag the file overrides says nothing of it.
+    drop(again);
+    std::fs::remove_file(dir.join("settings.json")).expect("remove settings.json");
+    let plain = HostProcess::start_dev(bin(), &dir, &[]);
+    assert!(
+        !plain.stderr().contains("overrides the config file"),
+        "{}",
+        plain.stderr()
+    );
+}

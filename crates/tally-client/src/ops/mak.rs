@@ -206,13 +206,7 @@ impl Client {
     }
 }
 
-/// An error and its sources on one line, as the CLI prints them.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(&format!(": {e}"));
-        source = e.source();
-    }
-    text
+/// An error and its sources on one line, as the CLI prints them (each cause once).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    tally_core::error_text::chain(error)
 }
