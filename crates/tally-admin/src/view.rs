@@ -642,7 +642,14 @@ mod tests {
         assert!(line.contains("Z,"), "UTC times: {line}");
         // A single host's rows name no host; a fleet's name the one that served the machine,
         // defused like any text a client could choose.
-        assert!(text.starts_with("machine_name,") && text.lines().next().is_some_and(|h| h.ends_with(",clones,served_by")), "{text}");
+        assert!(
+            text.starts_with("machine_name,")
+                && text
+                    .lines()
+                    .next()
+                    .is_some_and(|h| h.ends_with(",clones,served_by")),
+            "{text}"
+        );
         assert!(line.ends_with(','), "{line}");
         let mut rows = rows;
         rows[0].entry.served_by = Some("=host-2".into());

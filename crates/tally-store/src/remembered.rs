@@ -343,8 +343,12 @@ mod tests {
 
     #[test]
     fn split_takes_the_password_out_and_join_puts_it_back() {
-        let (bare, pw) = split("postgres://tally:s%40cr%3At@db1:5432,db2:5432/fleet?sslmode=require");
-        assert_eq!(bare, "postgres://tally@db1:5432,db2:5432/fleet?sslmode=require");
+        let (bare, pw) =
+            split("postgres://tally:s%40cr%3At@db1:5432,db2:5432/fleet?sslmode=require");
+        assert_eq!(
+            bare,
+            "postgres://tally@db1:5432,db2:5432/fleet?sslmode=require"
+        );
         assert_eq!(pw.as_deref(), Some("s@cr:t"));
         assert_eq!(
             join(&bare, "s@cr:t"),
@@ -356,7 +360,10 @@ mod tests {
         let (bare, pw) = split("postgres://tally@db/fleet?password=pw");
         assert_eq!(bare, "postgres://tally@db/fleet");
         assert_eq!(pw.as_deref(), Some("pw"));
-        assert_eq!(split("postgres://db/fleet"), ("postgres://db/fleet".into(), None));
+        assert_eq!(
+            split("postgres://db/fleet"),
+            ("postgres://db/fleet".into(), None)
+        );
     }
 
     // The URL file has no password; the password file is 0600; a URL given without a password

@@ -288,7 +288,14 @@ pub async fn sqlite_to_postgres(
                  ORDER BY id LIMIT ?2",
             )?;
             let rows = st.query_map(rusqlite::params![after, PAGE as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?;
             rows.collect()
         })
@@ -353,7 +360,9 @@ async fn read<T: Send + 'static>(
 ) -> Result<T, MoveError> {
     let src = src.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let conn = src.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conn = src
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&conn)
     })
     .await

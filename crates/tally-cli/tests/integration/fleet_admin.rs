@@ -31,15 +31,17 @@ fn activate(host: &HostProcess, root: &Path, name: &str) -> serde_json::Value {
 
 /// Activates machine `name` at `host`: the exit code (0 activated, 2 below the threshold) and
 /// the JSON answer.
-fn activate_code(
-    host: &HostProcess,
-    root: &Path,
-    name: &str,
-) -> (Option<i32>, serde_json::Value) {
+fn activate_code(host: &HostProcess, root: &Path, name: &str) -> (Option<i32>, serde_json::Value) {
     let state = root.join(name);
     let out = tally(
         bin(),
-        &["client", "--state-dir", s(&state), "install-key", SERVER_WEB],
+        &[
+            "client",
+            "--state-dir",
+            s(&state),
+            "install-key",
+            SERVER_WEB,
+        ],
     );
     assert!(out.status.success(), "{out:?}");
     tally_json(
@@ -62,10 +64,7 @@ fn activate_code(
 
 /// `tally host status --data-dir DIR --json` with no database flag or variable.
 fn status(dir: &Path) -> (Option<i32>, serde_json::Value) {
-    tally_json(
-        bin(),
-        &["host", "status", "--data-dir", s(dir), "--json"],
-    )
+    tally_json(bin(), &["host", "status", "--data-dir", s(dir), "--json"])
 }
 
 fn stderr_of(args: &[&str]) -> String {
@@ -106,14 +105,13 @@ fn a_data_directory_remembers_its_database_and_keeps_the_password_apart() {
     let (code, v) = status(&dir);
     assert_eq!(code, Some(0), "{v}");
     assert!(
-        v["database"].as_str().is_some_and(|d| d.contains("PostgreSQL")),
+        v["database"]
+            .as_str()
+            .is_some_and(|d| d.contains("PostgreSQL")),
         "{v}"
     );
     assert!(!v.to_string().contains(PASSWORD), "{v}");
-    let (code, v) = tally_json(
-        bin(),
-        &["host", "clients", "--data-dir", s(&dir), "--json"],
-    );
+    let (code, v) = tally_json(bin(), &["host", "clients", "--data-dir", s(&dir), "--json"]);
     assert_eq!(code, Some(0), "{v}");
     assert!(v.to_string().contains("pc1"), "{v}");
 
@@ -132,16 +130,32 @@ fn a_data_directory_remembers_its_database_and_keeps_the_password_apart() {
     let (code, v) = tally_json(
         bin(),
         &[
-            "host", "status", "--data-dir", s(&dir), "--database", &bare, "--json",
+            "host",
+            "status",
+            "--data-dir",
+            s(&dir),
+            "--database",
+            &bare,
+            "--json",
         ],
     );
     assert_eq!(code, Some(0), "{v}");
     // `sqlite` names the embedded file explicitly, whatever is remembered.
     let out = tally(
         bin(),
-        &["host", "status", "--data-dir", s(&dir), "--database", "sqlite"],
+        &[
+            "host",
+            "status",
+            "--data-dir",
+            s(&dir),
+            "--database",
+            "sqlite",
+        ],
     );
-    assert!(!out.status.success(), "no embedded database in a fleet host's dir");
+    assert!(
+        !out.status.success(),
+        "no embedded database in a fleet host's dir"
+    );
     drop(host);
 
     // A wrong password in the file: one line, says "password", names the file, printed once.
@@ -150,8 +164,16 @@ fn a_data_directory_remembers_its_database_and_keeps_the_password_apart() {
     assert_eq!(text.lines().count(), 1, "one line: {text}");
     assert!(text.contains("wrong password"), "{text}");
     assert!(text.contains(s(&dir.join("database.password"))), "{text}");
-    assert_eq!(text.matches("password authentication failed").count(), 0, "{text}");
-    assert_eq!(text.matches("refused the password").count(), 1, "once: {text}");
+    assert_eq!(
+        text.matches("password authentication failed").count(),
+        0,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("refused the password").count(),
+        1,
+        "once: {text}"
+    );
 
     // A wrong password in the URL itself.
     let bad = bare.replacen("tally@", "tally:Nope@", 1);
@@ -183,7 +205,10 @@ fn a_data_directory_remembers_its_database_and_keeps_the_password_apart() {
         "{text}"
     );
     assert!(errors[0].contains("TALLY_DATABASE_URL"), "{text}");
-    assert!(!fresh.join("database.url").exists(), "a failed start records nothing");
+    assert!(
+        !fresh.join("database.url").exists(),
+        "a failed start records nothing"
+    );
 }
 
 // An authority run on PostgreSQL remembers its database: later commands on its directory
@@ -240,6 +265,42 @@ fn an_authority_directory_remembers_its_database() {
         "the key went to PostgreSQL"
     );
     assert!(!dir.join("authority.db").exists(), "no SQLite file made");
+
+    // A root rollover shares the remembered database with the new directory (nothing copied),
+    // which remembers it too.
+    let new_dir = tmp.path().join("vendor2");
+    let out = tally(
+        bin(),
+        &[
+            "authority",
+            "rollover",
+            "--dir",
+            s(&dir),
+            "--new-dir",
+            s(&new_dir),
+            "--out",
+            s(&tmp.path().join("rollover.tally")),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(!new_dir.join("authority.db").exists(), "nothing copied");
+    let out = tally(
+        bin(),
+        &[
+            "authority",
+            "issue-host-key",
+            "--dir",
+            s(&new_dir),
+            "--group",
+            "client-vl",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        pg.psql("authority", "SELECT count(*) FROM authority_keys"),
+        "2",
+        "the new root's authority issues into the shared database"
+    );
 
     std::fs::write(dir.join("database.password"), "wrong\n").expect("write");
     let text = stderr_of(&[
@@ -305,7 +366,10 @@ fn migrate_moves_a_single_host_into_a_fleet_and_the_count_goes_on() {
     assert!(v["moved"]["events"].as_u64().is_some_and(|n| n >= 3), "{v}");
     assert!(!v.to_string().contains(PASSWORD), "{v}");
     assert_eq!(
-        pg.psql("fleet", "SELECT count(*) FROM registry WHERE served_by = 'single'"),
+        pg.psql(
+            "fleet",
+            "SELECT count(*) FROM registry WHERE served_by = 'single'"
+        ),
         "3"
     );
 
@@ -371,7 +435,69 @@ fn a_host_that_requires_sync_replication_refuses_a_primary_without_a_standby() {
     assert_eq!(error.len(), 1, "{text}");
     assert!(error[0].contains("require_sync_replication"), "{text}");
     assert!(error[0].contains("synchronous standby"), "{text}");
-    assert!(!dir.join("database.url").exists(), "a refused start records nothing");
+    assert!(
+        !dir.join("database.url").exists(),
+        "a refused start records nothing"
+    );
     let host = HostProcess::start_dev(bin(), &dir, &["--database", &url]);
     assert!(host.addr.port() > 0);
+}
+
+// Issue 21 part 2, what follows an unknown outcome: a commit sent while the synchronous standby
+// is gone waits for it, so its batch's outcome is unknown and its client gets no answer. Once the
+// standby is back the commit completes; the host checks the batch's token again by itself and
+// logs, once, that the batch committed after all, and the machine is in the registry.
+#[test]
+fn an_unknown_outcome_is_checked_again_and_its_final_outcome_logged() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    pg.create_database("fleet");
+    let standby = pg.start_standby();
+    pg.make_synchronous();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let host = HostProcess::start_dev(
+        bin(),
+        &tmp.path().join("host"),
+        &["--database", &pg.url("fleet")],
+    );
+    let v = activate(&host, tmp.path(), "pc1");
+    assert_eq!(v["count"].as_u64(), Some(1), "{v}");
+    standby.stop_immediate();
+    let (_, v) = activate_code(&host, tmp.path(), "pc2");
+    assert!(
+        v["count"].as_u64().is_none(),
+        "no count without the standby: {v}"
+    );
+    assert_eq!(
+        pg.psql(
+            "fleet",
+            "SELECT count(*) FROM registry WHERE machine_name = 'pc2'"
+        ),
+        "0",
+        "not committed while the standby is gone"
+    );
+    standby.restart();
+    pg.make_synchronous();
+    assert!(
+        host.wait_for_log(
+            "a batch whose outcome was unknown committed after all",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        host.stderr()
+    );
+    assert_eq!(
+        host.stderr()
+            .matches("a batch whose outcome was unknown committed after all")
+            .count(),
+        1
+    );
+    assert_eq!(
+        pg.psql(
+            "fleet",
+            "SELECT count(*) FROM registry WHERE machine_name = 'pc2'"
+        ),
+        "1"
+    );
 }

@@ -96,7 +96,12 @@ fn fleet_section_one_runs_as_written_on_debian() {
 
     let fleet = doc("docs/FLEET.md");
     let block = section_one_block(&fleet);
-    for needed in ["pg_ctlcluster 15 main", "su postgres -c", "PASSWORD '", "export TALLY_DATABASE_URL"] {
+    for needed in [
+        "pg_ctlcluster 15 main",
+        "su postgres -c",
+        "PASSWORD '",
+        "export TALLY_DATABASE_URL",
+    ] {
         assert!(block.contains(needed), "§1 uses {needed:?}:\n{block}");
     }
     assert!(!block.contains("sudo"), "no sudo on stock Debian:\n{block}");
@@ -108,7 +113,10 @@ fn fleet_section_one_runs_as_written_on_debian() {
         .args(["-s", "postgresql"])
         .output()
         .is_ok_and(|o| o.status.success());
-    assert!(installed, "the postgresql package is installed (.ci/run installs it)");
+    assert!(
+        installed,
+        "the postgresql package is installed (.ci/run installs it)"
+    );
     let script = block
         .trim_start_matches("apt-get install -y postgresql\n")
         .replace("15 main", &format!("{version} {name}"))
@@ -178,7 +186,10 @@ fn fleet_section_one_runs_as_written_on_debian() {
         ],
     );
     assert_eq!(code, Some(0), "{v}");
-    assert!(v.to_string().contains(&format!("127.0.0.1:{port}/fleet")), "{v}");
+    assert!(
+        v.to_string().contains(&format!("127.0.0.1:{port}/fleet")),
+        "{v}"
+    );
     // Debian's cluster asks for the password: without it, one line that says so. (Another URL
     // than the remembered one, so the directory's password is not filled in.)
     let bare = url.replacen(":change-me@", "@", 1) + "?sslmode=disable";

@@ -21,10 +21,13 @@ impl PgServer {
             "postgres",
             &format!("CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}'"),
         );
-        self.psql("postgres", &format!("CREATE DATABASE \"{db}\" OWNER \"{user}\""));
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE \"{db}\" OWNER \"{user}\""),
+        );
         let hba = self.data().join("pg_hba.conf");
-        let old = std::fs::read_to_string(&hba)
-            .unwrap_or_else(|e| panic!("read {}: {e}", hba.display()));
+        let old =
+            std::fs::read_to_string(&hba).unwrap_or_else(|e| panic!("read {}: {e}", hba.display()));
         let new = format!("host all {user} 0.0.0.0/0 scram-sha-256\n{old}");
         std::fs::write(&hba, new).unwrap_or_else(|e| panic!("write {}: {e}", hba.display()));
         self.psql("postgres", "SELECT pg_reload_conf()");
