@@ -18,11 +18,9 @@
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::StoreError;
 use crate::fsmode;
 
 /// The remembered URL, without its password.
@@ -300,7 +298,10 @@ fn remove(path: &Path) -> Result<(), RememberError> {
 /// Adds to an authentication error ([`crate::pg::PgError::Auth`]) what to fix, given where the
 /// password came from; any other error is returned as it is.
 #[cfg(feature = "postgres")]
-pub fn explain(err: StoreError, origin: &Origin) -> StoreError {
+pub fn explain(err: crate::StoreError, origin: &Origin) -> crate::StoreError {
+    use std::sync::Arc;
+
+    use crate::StoreError;
     use crate::pg::PgError;
     let (path, source) = match &err {
         StoreError::Open { path, source } => (path.clone(), source.clone()),
