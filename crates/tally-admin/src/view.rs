@@ -227,10 +227,11 @@ pub fn classify(
         .collect()
 }
 
-/// The registry as CSV (UTC times), one row per client, with a header.
+/// The registry as CSV (UTC times), one row per client, with a header; the last column,
+/// `served_by`, names the fleet host that answered the machine's latest request.
 pub fn csv(rows: &[ClientRow]) -> String {
     let mut out = String::from(
-        "machine_name,cmid,edition,state,first_seen_utc,last_seen_utc,last_count,activated,requests,clones\n",
+        "machine_name,cmid,edition,state,first_seen_utc,last_seen_utc,last_count,activated,requests,clones,served_by\n",
     );
     for r in rows {
         let e = &r.entry;
@@ -246,6 +247,8 @@ pub fn csv(rows: &[ClientRow]) -> String {
             e.requests.to_string(),
             // X6: how often another installation presented this CMID.
             e.clones.to_string(),
+            // Fleet mode: the host that answered the latest request (empty on a single host).
+            csv_field(e.served_by.as_deref().unwrap_or_default()),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');
@@ -637,6 +640,22 @@ mod tests {
         assert!(line.starts_with("\"'=cmd,1\","), "{line}");
         assert!(line.contains(",in_grace,"), "{line}");
         assert!(line.contains("Z,"), "UTC times: {line}");
+        // A single host's rows name no host; a fleet's name the one that served the machine,
+        // defused like any text a client could choose.
+        assert!(
+            text.starts_with("machine_name,")
+                && text
+                    .lines()
+                    .next()
+                    .is_some_and(|h| h.ends_with(",clones,served_by")),
+            "{text}"
+        );
+        assert!(line.ends_with(','), "{line}");
+        let mut rows = rows;
+        rows[0].entry.served_by = Some("=host-2".into());
+        let text = csv(&rows);
+        let line = text.lines().nth(1).unwrap_or_default();
+        assert!(line.ends_with(",'=host-2"), "{line}");
     }
 
     #[test]

@@ -179,6 +179,24 @@ pub async fn open_service_on(
     Ok(crate::service::Service::new(authority, store, clock))
 }
 
+/// Makes `dir` remember the database an authority runs on (`tally authority run --database
+/// URL`), so later commands on `dir` find it without the flag: the URL without its password in
+/// `dir/database.url`, the password in `dir/database.password` (0600); `None` or `sqlite` (the
+/// SQLite file in `dir`) forgets any. See [`tally_store::remembered`].
+pub fn remember_database(
+    dir: &Path,
+    database: Option<&str>,
+) -> Result<(), tally_store::remembered::RememberError> {
+    match database {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            tally_store::remembered::record(dir, url)
+        }
+        Some(_) => tally_store::remembered::forget(dir),
+        // Nothing given: the remembered database (if any) was used; keep it.
+        None => Ok(()),
+    }
+}
+
 /// Loads the authority in `dir`: its root key from `authority.key` or from the token named in
 /// `pkcs11.toml` (the PIN from `TALLY_PKCS11_PIN` or the configured PIN file), and the MAC
 /// keys of the roots it was rolled over from.

@@ -11,7 +11,8 @@
 //!   new root's authenticator. For a token-backed old root this is the derived MAC key, never
 //!   the root key.
 //! - the old SQLite database, copied (`VACUUM INTO`) when the new directory has none and no
-//!   shared `--database` is used: the issued keys, their limits and activations carry over.
+//!   shared `--database` is used (nor one the old directory remembers, which the new one then
+//!   remembers too): the issued keys, their limits and activations carry over.
 
 use std::path::{Path, PathBuf};
 
@@ -101,7 +102,15 @@ pub fn carry_over(
     chain.push(s);
     let chain_text: String = chain.iter().map(RootRollover::to_text).collect();
 
-    let database_copied = if shared_database {
+    // An old directory that remembers its PostgreSQL database shares it with the new one, which
+    // remembers it too (issue 21): nothing to copy.
+    let remembered = tally_store::remembered::read(old_dir)
+        .map_err(|e| crate::store::StoreError::Remembered(std::sync::Arc::new(e)))?;
+    if let (false, Some(r)) = (shared_database, &remembered) {
+        tally_store::remembered::record(new_dir, &r.url)
+            .map_err(|e| crate::store::StoreError::Remembered(std::sync::Arc::new(e)))?;
+    }
+    let database_copied = if shared_database || remembered.is_some() {
         None
     } else {
         copy_database(old_dir, new_dir)?

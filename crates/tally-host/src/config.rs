@@ -372,6 +372,9 @@ pub struct HostConfig {
     pub dns_publish: bool,
     /// Where counts, registry and events live.
     pub database: Database,
+    /// Whether [`HostConfig::database`] is the one the data directory remembers
+    /// (`DATA_DIR/database.url`, see [`crate::remember`]) rather than a flag or the config file.
+    pub database_remembered: bool,
     /// This host's name in a fleet (see [`FileConfig::host_name`]).
     pub host_name: Option<String>,
     /// Days a machine stays in the registry after its last request, at least 1.
@@ -396,7 +399,14 @@ impl HostConfig {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        Self::new(file, config_dir, overrides)
+        let explicit = overrides.database.clone().or_else(|| file.database.clone());
+        let mut config = Self::new(file, config_dir, overrides)?;
+        // Flag › config file › what the data directory remembers › embedded (issue 21).
+        let (database, remembered) =
+            crate::remember::resolve(&config.data_dir, explicit.as_deref())?;
+        config.database = database;
+        config.database_remembered = remembered;
+        Ok(config)
     }
 
     /// Merges `overrides` (flags win) into `file`, whose relative paths are under `config_dir`.
@@ -461,6 +471,7 @@ impl HostConfig {
             dns: file.dns,
             dns_publish,
             database: Database::parse(overrides.database.as_deref().or(file.database.as_deref()))?,
+            database_remembered: false,
             host_name: overrides.host_name.or(file.host_name),
             registry_retention_days: file.registry_retention_days.max(1),
             registry_cap: file.registry_cap.max(1),

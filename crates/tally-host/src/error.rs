@@ -77,6 +77,12 @@ pub enum HostError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] tally_store::StoreError),
+    /// Moving a host's data into a fleet database was refused or failed (nothing was moved).
+    #[error(transparent)]
+    Move(#[from] tally_store::to_fleet::MoveError),
+    /// The database the data directory remembers cannot be read or recorded.
+    #[error(transparent)]
+    Remember(#[from] tally_store::remembered::RememberError),
     /// The activation server failed.
     #[error(transparent)]
     Server(#[from] tally_server::ServerError),

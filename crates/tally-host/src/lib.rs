@@ -31,6 +31,8 @@
 //! - [`identity`]: key pair, certificate, host key (R22), dev bootstrap.
 //! - [`activation`]: activating the host key with the authority, online or offline (R22).
 //! - [`store`]: the two ways to open the database (read-only; the single writer).
+//! - [`migrate`]: moving a single host's embedded data into a fleet database.
+//! - [`remember`]: the database a data directory remembers (flag › config › remembered).
 //! - [`query`]: what offline commands read (status, report, events, clients, backup).
 //! - [`events`]: the host's own event ids and recording.
 //! - [`priority`]: the process priority (R26).
@@ -48,9 +50,11 @@ pub mod identity;
 pub mod live;
 pub mod lock;
 pub mod log_proof;
+pub mod migrate;
 pub mod paths;
 pub mod priority;
 pub mod query;
+pub mod remember;
 pub mod retention;
 pub mod revocations;
 pub mod rollover;

@@ -325,14 +325,10 @@ pub async fn build_service(
     accept_bench: bool,
 ) -> Result<Arc<HostService>, HostError> {
     let identity = identity::load_identity(dir)?;
-    let served_by = storage.host_name.clone().unwrap_or_else(|| {
-        let fingerprint = tally_core::hex::to_hex(&identity.fingerprint());
-        format!(
-            "{}-{}",
-            store::machine_name(),
-            fingerprint.get(..8).unwrap_or(&fingerprint)
-        )
-    });
+    let served_by = storage
+        .host_name
+        .clone()
+        .unwrap_or_else(|| name_of(&identity));
     let session = Arc::new(
         HostSession::new(Arc::new(catalog), identity, intervals)
             .accepting_bench(accept_bench)
@@ -346,8 +342,26 @@ pub async fn build_service(
         storage.options,
     )
     .await?;
+    // Later commands on this data directory find the database without the flag (issue 21).
+    crate::remember::record(dir, &storage.database)?;
     info!(database = ?storage.database, host_name = %served_by, "store opened");
     Ok(Arc::new(HostService::open(session, store, clock).await?))
+}
+
+/// A host's default name in a fleet: the machine name and the first 8 hex digits of its
+/// certificate's fingerprint.
+fn name_of(identity: &tally_core::trust::HostIdentity) -> String {
+    let fingerprint = tally_core::hex::to_hex(&identity.fingerprint());
+    format!(
+        "{}-{}",
+        store::machine_name(),
+        fingerprint.get(..8).unwrap_or(&fingerprint)
+    )
+}
+
+/// The default name of the host in `dir` (see `host_name` in the config).
+pub fn default_host_name(dir: &Path) -> Result<String, HostError> {
+    Ok(name_of(&identity::load_identity(dir)?))
 }
 
 #[cfg(test)]

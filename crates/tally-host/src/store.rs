@@ -104,7 +104,9 @@ pub async fn open_for_reading(dir: &Path, db: &Database) -> Result<Arc<dyn Store
             Arc::new(SqliteStore::open_read_only(&dir.join(paths::HOST_DB)).map_err(missing)?)
         }
         Database::Postgres(url) => {
-            let pool = tally_store::pg::connect(url).await?;
+            let pool = tally_store::pg::connect(url)
+                .await
+                .map_err(explain_auth(dir, url))?;
             Arc::new(
                 PgStore::open_read_only(pool, &db.describe())
                     .await
@@ -132,10 +134,19 @@ pub async fn open_writer(
             options,
         )?),
         Database::Postgres(url) => {
-            let pool = tally_store::pg::connect(url).await?;
+            let pool = tally_store::pg::connect(url)
+                .await
+                .map_err(explain_auth(dir, url))?;
             Arc::new(PgStore::open_with(pool, served_by, options).await?)
         }
     })
+}
+
+/// For `tally_store::pg::connect`'s error: an authentication error says which password to fix
+/// (the data directory's password file or the URL).
+pub(crate) fn explain_auth(dir: &Path, url: &str) -> impl FnOnce(StoreError) -> HostError {
+    let origin = crate::remember::origin(dir, url);
+    move |e| HostError::Store(tally_store::remembered::explain(e, &origin))
 }
 
 /// Copies an embedded database to `out` while the host runs (`VACUUM INTO`); a fleet's

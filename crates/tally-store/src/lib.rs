@@ -7,6 +7,8 @@
 //! - [`Store`]: what the host needs from storage.
 //! - [`sqlite`]: the embedded backend: WAL, one writer thread doing group commit.
 //! - [`fsmode`]: file and directory modes set explicitly, never from the umask (X4).
+//! - `to_fleet`: moving a single host's SQLite data into a fleet database (`tally host migrate`).
+//! - [`remembered`]: the database a host or authority directory remembers (URL and 0600 password).
 //!
 //! **Durability contract:** when [`Store::commit`] returns `Ok`, the changes survive a crash of
 //! the process (and, with the default `synchronous = FULL`, of the machine). Implementations
@@ -34,10 +36,13 @@ pub mod pg;
 pub mod pg_tls;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod remembered;
 pub mod replication;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod ticket;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+pub mod to_fleet;
 
 pub use event_cap::{DEFAULT_EVENT_CAP, EVENT_EVENTS_AT_CAP, EventCapStatus};
 pub use health::SETTLE as HEALTH_SETTLE;

@@ -109,6 +109,20 @@ pub enum PgError {
         /// The server's message.
         cause: String,
     },
+    /// The server refused to authenticate the user: a wrong or missing password, or no
+    /// `pg_hba.conf` line for this machine and user. Says what to fix (see
+    /// [`crate::remembered::explain`], which names the file the password came from).
+    #[error("PostgreSQL at {servers} {problem} user \"{user}\"; {advice}")]
+    Auth {
+        /// The servers tried, never the password.
+        servers: String,
+        /// The user name of the URL.
+        user: String,
+        /// What the server said no to.
+        problem: AuthProblem,
+        /// What to do about it.
+        advice: String,
+    },
     /// No server answered as read-write in time.
     #[error(
         "no read-write PostgreSQL server answered at {servers} ({cause}); check that the server runs and accepts connections from this machine, and the URL given with --database or TALLY_DATABASE_URL"
@@ -119,6 +133,37 @@ pub enum PgError {
         /// What the last attempt saw.
         cause: String,
     },
+}
+
+/// Why a server refused to authenticate a user (issue 21 part 6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthProblem {
+    /// The server asked for a password and the URL has none.
+    Missing,
+    /// The password is wrong (SQLSTATE 28P01).
+    Wrong,
+    /// The server refused the user from this machine (28000, e.g. no `pg_hba.conf` line);
+    /// the server's own message.
+    Refused(String),
+}
+
+impl std::fmt::Display for AuthProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing => f.write_str("asks for a password and none was given for"),
+            Self::Wrong => f.write_str("refused the password (wrong password) of"),
+            Self::Refused(why) => write!(f, "refused ({why})"),
+        }
+    }
+}
+
+/// The advice of an [`PgError::Auth`] when nothing more is known about the password's origin.
+fn auth_advice(problem: &AuthProblem) -> String {
+    match problem {
+        AuthProblem::Refused(_) => "allow this machine and user in the server's pg_hba.conf (a host line with scram-sha-256), then reload it".to_owned(),
+        _ => "give the right password in the URL, postgres://USER:PASSWORD@HOST/DB, with --database or TALLY_DATABASE_URL".to_owned(),
+    }
 }
 
 /// Opens a pool on the database at `url` and checks that a read-write server answers.
@@ -132,6 +177,7 @@ pub async fn connect(url: &str) -> Result<Pool, StoreError> {
     let mut config =
         Config::from_str(&rest).map_err(|e| open_error(&describe(url), url_error(&e)))?;
     let servers = servers(&config);
+    let user = config.get_user().unwrap_or("postgres").to_owned();
     let tls = RustlsConnect::new(tls).map_err(|e| open_error(&servers, PgError::TlsConfig(e)))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
@@ -181,12 +227,33 @@ pub async fn connect(url: &str) -> Result<Pool, StoreError> {
     let first = client(&pool, &servers).await.map_err(|e| match e {
         StoreError::Backend { source, .. } => StoreError::Open {
             path: servers.clone(),
-            source,
+            source: with_user(source, &user),
         },
         other => other,
     })?;
     drop(first);
     Ok(pool)
+}
+
+/// An authentication error names the URL's user (the pool does not know it).
+fn with_user(
+    source: Arc<dyn std::error::Error + Send + Sync>,
+    user: &str,
+) -> Arc<dyn std::error::Error + Send + Sync> {
+    match source.downcast_ref::<PgError>() {
+        Some(PgError::Auth {
+            servers,
+            problem,
+            advice,
+            ..
+        }) => Arc::new(PgError::Auth {
+            servers: servers.clone(),
+            user: user.to_owned(),
+            problem: problem.clone(),
+            advice: advice.clone(),
+        }),
+        _ => source,
+    }
 }
 
 /// The servers and database a URL names, for messages: `127.0.0.1:5432, 10.0.0.2:5432/tally`.
@@ -286,10 +353,42 @@ fn backend_error(servers: String, e: &tokio_postgres::Error) -> PgError {
             cause: db.message().to_owned(),
         };
     }
+    if let Some(problem) = auth_problem(e) {
+        let advice = auth_advice(&problem);
+        return PgError::Auth {
+            servers,
+            // Filled in by `connect`, which knows the URL.
+            user: String::new(),
+            problem,
+            advice,
+        };
+    }
     PgError::Unreachable {
         servers,
         cause: e.to_string(),
     }
+}
+
+/// Whether a connection attempt failed on authentication, and how.
+fn auth_problem(e: &tokio_postgres::Error) -> Option<AuthProblem> {
+    if let Some(db) = e.as_db_error() {
+        if *db.code() == SqlState::INVALID_PASSWORD {
+            return Some(AuthProblem::Wrong);
+        }
+        if *db.code() == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+            return Some(AuthProblem::Refused(db.message().to_owned()));
+        }
+        return None;
+    }
+    // tokio-postgres's own error when the server asks for a password the config lacks.
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(inner) = next {
+        if inner.to_string() == "password missing" {
+            return Some(AuthProblem::Missing);
+        }
+        next = inner.source();
+    }
+    None
 }
 
 /// Whether PostgreSQL aborted the transaction only because of concurrent ones, so running it

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::test_name;
 
+pub mod password;
 pub mod tls;
 
 /// How long starting, stopping or promoting a server may take before the test fails.

@@ -53,6 +53,9 @@ pub enum StoreError {
     /// A value read from the database is out of range (a damaged database).
     #[error("authority database: column {0} holds a value out of range")]
     BadValue(&'static str),
+    /// The database the authority directory remembers cannot be read.
+    #[error("{0}")]
+    Remembered(Arc<tally_store::remembered::RememberError>),
     /// The `--database` URL names a backend this build does not have.
     #[error(
         "unsupported database URL {0:?}: give a postgres://USER@HOST[:PORT][,HOST[:PORT]...]/DATABASE URL, or none for the SQLite file in the authority directory"
@@ -336,14 +339,22 @@ pub trait AuthorityStore: Send + Sync + 'static {
     async fn log_find(&self, object_hash: &Hash) -> Result<Option<u64>, StoreError>;
 }
 
-/// Opens the authority's state: the SQLite file `authority.db` in `dir` when `database` is
-/// `None`, else the PostgreSQL database at the `postgres://` (or `postgresql://`) URL
-/// `database` (creating and migrating the schema in either case).
+/// Opens the authority's state: the SQLite file `authority.db` in `dir` when no database is
+/// given or remembered, else the PostgreSQL database at the `postgres://` (or `postgresql://`)
+/// URL `database`, or the one `dir` remembers (`dir/database.url` and its 0600 password file,
+/// see [`tally_store::remembered`] and [`crate::dir::remember_database`]), creating and
+/// migrating the schema in either case. A given URL wins over the remembered one; an
+/// authentication error says which password to fix.
 pub async fn open(
     dir: &Path,
     database: Option<&str>,
 ) -> Result<Arc<dyn AuthorityStore>, StoreError> {
-    match database {
+    let resolved = match database {
+        Some("sqlite" | "") => None,
+        given => tally_store::remembered::resolve(dir, given)
+            .map_err(|e| StoreError::Remembered(Arc::new(e)))?,
+    };
+    match resolved {
         None => {
             let path = dir.join(crate::dir::DB_FILE);
             let store = tokio::task::spawn_blocking(move || SqliteAuthorityStore::open(&path))
@@ -352,12 +363,18 @@ pub async fn open(
             Ok(Arc::new(store))
         }
         #[cfg(feature = "postgres")]
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Arc::new(PgAuthorityStore::connect(url).await?))
+        Some(r) if r.url.starts_with("postgres://") || r.url.starts_with("postgresql://") => {
+            match PgAuthorityStore::connect(&r.url).await {
+                Ok(store) => Ok(Arc::new(store)),
+                Err(StoreError::Database(e)) => Err(StoreError::Database(
+                    tally_store::remembered::explain(e, &r.password),
+                )),
+                Err(e) => Err(e),
+            }
         }
         Some(other) => Err(StoreError::UnsupportedUrl(
             // Never echo a password: keep only the scheme.
-            other.split(':').next().unwrap_or_default().to_owned(),
+            other.url.split(':').next().unwrap_or_default().to_owned(),
         )),
     }
 }

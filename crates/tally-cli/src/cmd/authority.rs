@@ -206,8 +206,10 @@ pub enum AuthorityCommand {
 #[derive(clap::Args)]
 pub struct DatabaseArg {
     /// The authority's database: a postgres://USER[:PASSWORD]@HOST[:PORT][,HOST[:PORT]...]/DB
-    /// URL (several `tally authority run` processes may share it). Default: the SQLite file
-    /// authority.db in the authority directory. The keys and the operator token stay in DIR.
+    /// URL (several `tally authority run` processes may share it). `tally authority run`
+    /// records it in DIR (database.url; the password in database.password, mode 0600), so later
+    /// commands on DIR need no flag. Default: the database DIR remembers, else the SQLite file
+    /// authority.db in DIR. The keys and the operator token stay in DIR.
     #[arg(long = "database", env = "TALLY_DATABASE_URL", value_name = "URL")]
     pub(crate) database: Option<String>,
 }
@@ -341,6 +343,8 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
         }
         AuthorityCommand::Run { dir: d, db, listen } => {
             let svc = std::sync::Arc::new(service(&d, &db).await?);
+            // Later commands on DIR find the database without --database (issue 21).
+            dir::remember_database(&d, db.database.as_deref())?;
             let token = dir::operator_token(&d).context("cannot read the operator token")?;
             let router = tally_authority::http::app(tally_authority::http::AppState {
                 service: svc,

@@ -129,8 +129,9 @@ pub struct RolloverArgs {
     /// root that leaked. Without it the old root stays trusted and its certificates stay valid.
     #[arg(long, value_name = "DATE")]
     pub old_root_until: Option<String>,
-    /// The two authorities share this PostgreSQL database (nothing is copied). Without it the
-    /// old authority.db is copied into NEW_DIR.
+    /// The two authorities share this PostgreSQL database (nothing is copied; NEW_DIR remembers
+    /// it). Without it, the database DIR remembers is shared the same way; else the old
+    /// authority.db is copied into NEW_DIR.
     #[arg(long = "database", env = "TALLY_DATABASE_URL", value_name = "URL")]
     pub database: Option<String>,
     /// Print JSON.
@@ -177,6 +178,8 @@ pub fn rollover(args: &RolloverArgs) -> anyhow::Result<()> {
         until,
         args.database.is_some(),
     )?;
+    // The new directory finds the shared database without --database (issue 21).
+    dir::remember_database(&args.new_dir, args.database.as_deref())?;
     std::fs::write(&args.out, &done.chain_text)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     let new_root = tally_core::rollover::RootRollover::new_key(&done.statement)?;

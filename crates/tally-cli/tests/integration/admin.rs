@@ -369,6 +369,24 @@ async fn dashboard_in_headless_chromium_matches_the_api() {
         dom.contains("activation request from"),
         "recent events shown"
     );
+    // Issue 21: each activation event shows its outcome, and each machine who served it (a
+    // single host: itself; a fleet: the host's name, `fleet::` tests).
+    assert!(
+        dom.contains(
+            "<td class=\"state-activated\">activated at count 5: success (0x00000000)</td>"
+        ),
+        "an event's result: {dom}"
+    );
+    assert!(
+        dom.contains(
+            "<td class=\"state-in_grace\">not activated at count 1: success (0x00000000)</td>"
+        ),
+        "a below-threshold event's result: {dom}"
+    );
+    assert!(
+        dom.contains("<th>Served by</th>") && dom.contains("<td>this host</td>"),
+        "{dom}"
+    );
     // Machines per edition, and the edition column of the registry.
     assert!(
         dom.contains("data-edition=\"Acme Server Web 2026\" data-machines=\"7\""),
@@ -425,6 +443,12 @@ async fn dashboard_in_headless_chromium_matches_the_api() {
         .expect("text");
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(csv.starts_with("machine_name,cmid,edition,state,"), "{csv}");
+    assert!(
+        csv.lines()
+            .next()
+            .is_some_and(|h| h.ends_with(",served_by")),
+        "{csv}"
+    );
 
     // A wrong token says so, instead of an empty page.
     let dom = chromium_dom(

@@ -16,6 +16,8 @@ mod dns;
 mod embedding;
 mod faults;
 mod fleet;
+mod fleet_admin;
+mod fleet_doc;
 mod fleet_faults;
 mod fleet_tls;
 mod hostile;

@@ -496,6 +496,7 @@ async fn commit_batch(
         ),
     )
     .await;
+    let batch_len = batch.len();
     let lost = |detail: String| async move {
         match outcome::resolve(pool, session, token).await {
             Resolved::Committed => {
@@ -510,6 +511,7 @@ async fn commit_batch(
             }),
             Resolved::Unknown(why) => {
                 metrics::counter!("tally_store_outcome_unknown_total").increment(1);
+                outcome::recheck_later(pool.clone(), session, token, batch_len);
                 Err(StoreError::OutcomeUnknown {
                     detail: format!("{detail}; {why}"),
                 })

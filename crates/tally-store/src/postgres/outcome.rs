@@ -14,6 +14,10 @@
 //!    server answered: the outcome is unknown, and the clients get no answer at all
 //!    ([`StoreError::OutcomeUnknown`]), never a wrong one.
 //!
+//! An outcome left unknown is checked again in the background ([`recheck_later`]) every
+//! [`RECHECK_EVERY`] for up to [`RECHECK_FOR`], and its final outcome is logged once (with the
+//! batch's token), so the on-call admin learns whether the unanswered requests were counted.
+//!
 //! The session is identified by its process id *and* start time, so a process id reused by
 //! another session, or the same number on a promoted standby, is never mistaken for it.
 
@@ -29,6 +33,11 @@ use crate::StoreError;
 pub(super) const COMMIT_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long checking the token may take (a new connection included).
 pub(super) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a batch whose outcome stayed unknown is checked again.
+pub(super) const RECHECK_EVERY: Duration = Duration::from_secs(5);
+/// How long it is checked again before the host gives up and says so.
+pub(super) const RECHECK_FOR: Duration = Duration::from_secs(600);
 
 /// A server session: `pg_backend_pid()` and its start in microseconds.
 #[derive(Clone, Copy, Debug)]
@@ -108,4 +117,51 @@ async fn check(pool: &Pool, old: Session, token: Uuid) -> Result<Resolved, Store
             "the session that sent COMMIT still runs (waiting for a synchronous standby?)".into(),
         ),
     })
+}
+
+/// Checks a batch whose outcome stayed unknown again, in the background, until it is known or
+/// [`RECHECK_FOR`] has passed, and logs the outcome once. Its `requests` clients got no answer;
+/// their retries are renewals (R4), so whatever the outcome, nothing is counted twice.
+pub(super) fn recheck_later(pool: Pool, old: Session, token: Uuid, requests: usize) {
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(RECHECK_EVERY).await;
+            let seconds = started.elapsed().as_secs();
+            match resolve(&pool, old, token).await {
+                Resolved::Committed => {
+                    metrics::counter!("tally_store_outcome_resolved_total", "outcome" => "committed")
+                        .increment(1);
+                    tracing::warn!(
+                        %token,
+                        requests,
+                        seconds,
+                        "a batch whose outcome was unknown committed after all: its requests are counted (their clients got no answer; their retries are renewals)"
+                    );
+                    return;
+                }
+                Resolved::NotCommitted => {
+                    metrics::counter!("tally_store_outcome_resolved_total", "outcome" => "not_committed")
+                        .increment(1);
+                    tracing::warn!(
+                        %token,
+                        requests,
+                        seconds,
+                        "a batch whose outcome was unknown did not commit: none of its requests is counted"
+                    );
+                    return;
+                }
+                Resolved::Unknown(why) if started.elapsed() >= RECHECK_FOR => {
+                    tracing::error!(
+                        %token,
+                        requests,
+                        %why,
+                        "a batch's outcome is still unknown; look for its token in the table batch_tokens once the database is back"
+                    );
+                    return;
+                }
+                Resolved::Unknown(_) => {}
+            }
+        }
+    });
 }

@@ -16,6 +16,7 @@ use tally_host::config::{Interval, Overrides};
 
 use crate::cmd::catalog::CatalogArg;
 
+mod migrate;
 mod read;
 mod run;
 mod set;
@@ -160,6 +161,26 @@ pub enum HostCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Move this single host's data (pools' tables, registry, events) into a fleet's
+    /// PostgreSQL database, so the fleet counts on where the host stopped. Stop the host first
+    /// (the move holds the data directory's lock). A database that already counts one of its
+    /// pools, or holds one of its machines, is refused and nothing is moved. Afterwards the data
+    /// directory remembers the fleet database: start the host again with no --database.
+    Migrate {
+        #[command(flatten)]
+        dir: DirArgs,
+        /// The fleet's database: postgres://USER[:PASSWORD]@HOST[:PORT]/DB (the password is kept
+        /// in DATA_DIR/database.password, mode 0600, never printed).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// This host's name in the moved registry rows and events [default: as `tally host run`
+        /// names it: machine name and certificate fingerprint].
+        #[arg(long)]
+        host_name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the host's database in full (SQLite `integrity_check`; read-only, safe while the
     /// host runs). Exit 0 when sound; 1 with what is damaged and how to restore a backup.
     Check {
@@ -251,8 +272,11 @@ pub struct DirArgs {
     pub catalog: CatalogArg,
     /// Where counts, registry and events live: a fleet's PostgreSQL,
     /// postgres://USER[:PASSWORD]@HOST[:PORT][,HOST2[:PORT]]/DB?target_session_attrs=read-write
-    /// (hosts on one database count as one) [default: the config file's `database`, else the
-    /// embedded SQLite file DATA_DIR/tally.db].
+    /// (hosts on one database count as one). `tally host run` records it in DATA_DIR
+    /// (database.url; the password in database.password, mode 0600), so later commands on
+    /// DATA_DIR need no flag; `sqlite` names the embedded file [default: the config file's
+    /// `database`, else the database DATA_DIR remembers, else the embedded SQLite file
+    /// DATA_DIR/tally.db].
     #[arg(
         long,
         env = "TALLY_DATABASE_URL",
@@ -327,6 +351,12 @@ pub async fn run(cmd: HostCommand) -> anyhow::Result<ExitCode> {
         HostCommand::Backup { dir, out } => read::backup(&dir, &out).await,
         HostCommand::Config { file, .. } => read::config_check(&file),
         HostCommand::Check { dir, json } => read::check(&dir, json).await,
+        HostCommand::Migrate {
+            dir,
+            to,
+            host_name,
+            json,
+        } => migrate::migrate(&dir, &to, host_name.as_deref(), json).await,
         HostCommand::Set(args) => set::set(args).await,
         HostCommand::Events {
             dir,
