@@ -128,7 +128,7 @@ proptest! {
 
 #[test]
 fn refusals_are_aggregated_per_day_edition_and_result() {
-    let mut refused = |ms: i64| {
+    let refused = |ms: i64| {
         let mut c = request(1, 1, 1, T0 + ms);
         c.counting = None;
         c.registry.result = ResultCode::EDITION_NOT_COVERED;
