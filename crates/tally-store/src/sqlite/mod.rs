@@ -259,8 +259,7 @@ impl SqliteStore {
             path: path.display().to_string(),
             source: Arc::new(e),
         };
-        // The engine is async (shared with the PostgreSQL batcher); on this thread it drives
-        // blocking SQLite calls, alone on a runtime of its own.
+        // The (async) engine drives blocking SQLite calls on a thread and runtime of its own.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .map_err(open_failed)?;
