@@ -18,8 +18,8 @@ pub const SECRET_FILE: &str = "authority.key";
 pub const PUBLIC_FILE: &str = "authority.pub";
 /// File name of the operator token (mode 0600).
 pub const TOKEN_FILE: &str = "operator.token";
-/// File name of the authority database.
-pub const DB_FILE: &str = "authority.db";
+/// File name of the authority database (defined by the store, which opens it).
+pub use crate::store::DB_FILE;
 /// File name of the token configuration of a token-backed root (X8): module, token and key
 /// labels, never the PIN or the key.
 pub const TOKEN_CONFIG_FILE: &str = "pkcs11.toml";

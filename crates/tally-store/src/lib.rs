@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 pub mod event_cap;
 pub mod fsmode;
+mod group_commit;
 mod health;
 pub mod migrate;
 #[cfg(feature = "postgres")]

@@ -339,6 +339,9 @@ pub trait AuthorityStore: Send + Sync + 'static {
     async fn log_find(&self, object_hash: &Hash) -> Result<Option<u64>, StoreError>;
 }
 
+/// File name of the authority's SQLite database in its directory.
+pub const DB_FILE: &str = "authority.db";
+
 /// Opens the authority's state: the SQLite file `authority.db` in `dir` when no database is
 /// given or remembered, else the PostgreSQL database at the `postgres://` (or `postgresql://`)
 /// URL `database`, or the one `dir` remembers (`dir/database.url` and its 0600 password file,
@@ -356,7 +359,7 @@ pub async fn open(
     };
     match resolved {
         None => {
-            let path = dir.join(crate::dir::DB_FILE);
+            let path = dir.join(DB_FILE);
             let store = tokio::task::spawn_blocking(move || SqliteAuthorityStore::open(&path))
                 .await
                 .map_err(|e| StoreError::Backend(Arc::new(e)))??;

@@ -15,55 +15,42 @@
 //! back; the batch fails as a whole and nothing of it is counted. The batcher keeps one
 //! connection while it works and takes a new one from the pool after an error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use deadpool_postgres::{Object, Pool};
 use futures_util::future::{join, join_all};
-use tally_core::clones::{ClonePolicy, Verdict};
 use tally_core::counting::{CountTables, PoolSnapshot};
-use tally_core::host::{Changes, Counted};
 use tally_core::time::Timestamp;
-use tally_proto::ResultCode;
-use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::installations::{self, Judge};
+use super::installations;
 use super::outcome::{self, COMMIT_REPLY_TIMEOUT, Resolved, Session};
 use super::sql::{
     BENCH_REGISTRY_WRITES, CREATE_POOL, DATABASE_NOW, DELETE_ENTRIES, EventRows, INSERT_EVENTS,
-    LOCK_POOL, PoolDiff, READ_ENTRIES, REGISTRY_WRITES, RefusalRows, RegistryRows, UPDATE_CAPACITY,
+    LOCK_POOL, PoolRows, READ_ENTRIES, REGISTRY_WRITES, RefusalRows, RegistryRows, UPDATE_CAPACITY,
     UPSERT_ENTRIES, UPSERT_REFUSALS,
 };
-use super::{MAX_BATCH, backend, pool_error};
-use crate::health::Health;
-use crate::ticket::Ticket;
-use crate::{Event, StoreError, TimeSource};
+use super::{backend, pool_error};
+use crate::event_cap::Tracker;
+use crate::group_commit::diff::{self, Judge};
+use crate::group_commit::{self, Answer, Backend, Claim};
+use crate::{StoreError, TimeSource};
 
-/// Attempts for a batch that hits a serialization failure or a deadlock before giving up.
-const ATTEMPTS: usize = 5;
+/// The batcher's work: requests and events (nothing runs alone on PostgreSQL: retention and the
+/// clock's mark are statements any host may run beside the batches).
+pub(super) type Work = group_commit::Work<Infallible>;
+pub(super) type Job = group_commit::Job<Infallible>;
 
 /// Below this estimate the registry is counted exactly.
 const EXACT_BELOW: f32 = 100_000.0;
 
 /// How often the registry's size estimate is refreshed.
 const SIZE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
-
-pub(super) enum Work {
-    Changes(Box<Changes>),
-    Events(Vec<Event>),
-}
-
-pub(super) struct Job {
-    pub(super) work: Work,
-    pub(super) done: oneshot::Sender<Result<Counted, StoreError>>,
-    /// Claimed just before the job is counted into a transaction about to commit; abandoned by
-    /// the request at its deadline (`crate::ticket`).
-    pub(super) ticket: Arc<Ticket>,
-}
 
 /// The batcher's connection and the server session behind it.
 pub(super) struct Conn {
@@ -144,79 +131,51 @@ impl RegistrySize {
     }
 }
 
-/// Runs until every sender is gone.
-pub(super) async fn batcher(
-    pool: Pool,
-    mut rx: mpsc::Receiver<Job>,
-    served_by: Arc<str>,
-    health: Arc<Health>,
-    mut size: RegistrySize,
-    mut event_cap: crate::event_cap::Tracker,
-) {
-    let mut conn: Option<Conn> = None;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        // Requests that gave up while queued: never touched (their clients were answered).
-        batch.retain(|j| !j.ticket.abandoned());
-        if batch.is_empty() {
-            continue;
-        }
-        let mut result = Err(StoreError::Closed);
-        for attempt in 1..=ATTEMPTS {
-            let mut claimed = false;
-            result = commit_batch(
-                &pool,
-                &mut conn,
-                &mut batch,
-                &served_by,
-                &mut size,
-                &mut claimed,
-            )
-            .await;
-            match &result {
-                // Before any job was claimed a retry is safe; after, the jobs' deadlines rule.
-                Err(StoreError::Backend { source, .. })
-                    if attempt < ATTEMPTS && !claimed && retryable(source) =>
-                {
-                    tracing::debug!(attempt, "batch hit a serialization failure; retrying");
-                    drop_conn(&mut conn);
-                }
-                Err(_) => {
-                    // The connection may be what failed; the next batch takes a new one.
-                    drop_conn(&mut conn);
-                    break;
-                }
-                Ok(_) => break,
-            }
-        }
-        match result {
-            Ok(answers) => {
-                if !answers.is_empty() {
-                    health.ok();
-                }
-                let (written, now) = written_of(&batch);
-                for (job, answer) in batch.into_iter().zip(answers) {
-                    let _ = job.done.send(Ok(answer));
-                }
-                event_cap.wrote(written);
-                if event_cap.due()
-                    && let Some(c) = conn.as_mut()
-                {
-                    super::event_cap::enforce(&mut c.client, &mut event_cap, now, &served_by).await;
-                }
-            }
-            Err(error) => {
-                health.failed(&error);
-                for job in batch {
-                    let _ = job.done.send(Err(error.clone()));
-                }
-            }
+/// A host's batcher: the engine's backend on PostgreSQL (`crate::group_commit::run`).
+pub(super) struct Batcher {
+    pub(super) pool: Pool,
+    pub(super) conn: Option<Conn>,
+    pub(super) served_by: Arc<str>,
+    pub(super) size: RegistrySize,
+}
+
+impl Backend for Batcher {
+    type Alone = Infallible;
+
+    async fn commit(
+        &mut self,
+        batch: &mut Vec<Job>,
+        claim: &mut Claim,
+    ) -> Result<Vec<Answer>, StoreError> {
+        commit_batch(
+            &self.pool,
+            &mut self.conn,
+            batch,
+            &self.served_by,
+            &mut self.size,
+            claim,
+        )
+        .await
+    }
+
+    /// A serialization failure or a deadlock PostgreSQL reports (the lock order is total, so
+    /// rare): nothing committed, and the batch may run again.
+    fn retryable(&self, error: &StoreError) -> bool {
+        matches!(error, StoreError::Backend { source, .. } if retryable(source))
+    }
+
+    /// The connection may be what failed; the next attempt takes a new one.
+    fn recover(&mut self) {
+        drop_conn(&mut self.conn);
+    }
+
+    async fn run_alone(&mut self, work: Infallible, _: &mut Tracker) -> Result<Answer, StoreError> {
+        match work {}
+    }
+
+    async fn enforce_event_cap(&mut self, cap: &mut Tracker, now: Timestamp) {
+        if let Some(c) = self.conn.as_mut() {
+            super::event_cap::enforce(&mut c.client, cap, now, &self.served_by).await;
         }
     }
 }
@@ -290,15 +249,15 @@ async fn prepare(client: &Object, may_insert: bool) -> Result<Statements, StoreE
 }
 
 /// One transaction for the whole batch; returns the answers of the jobs left in `batch` (the
-/// claimed ones), in order. Sets `claimed` once any job was claimed.
+/// claimed ones), in order. Claims the jobs once the pools are locked and read.
 async fn commit_batch(
     pool: &Pool,
     conn: &mut Option<Conn>,
     batch: &mut Vec<Job>,
     served_by: &str,
     size: &mut RegistrySize,
-    claimed: &mut bool,
-) -> Result<Vec<Counted>, StoreError> {
+    claim: &mut Claim,
+) -> Result<Vec<Answer>, StoreError> {
     let c = match conn {
         Some(c) if !c.client.is_closed() => c,
         _ => {
@@ -355,19 +314,14 @@ async fn commit_batch(
 
     // X6: the installations' registry rows, read under the pool locks (no round trip when the
     // batch has no version-2 request).
-    let changes = batch.iter().filter_map(|j| match &j.work {
-        Work::Changes(c) => Some(&**c),
-        Work::Events(_) => None,
-    });
-    let mut judge = match Judge::read(client, changes).await {
+    let judge = match read_judge(client, batch).await {
         Ok(j) => j,
         Err(e) => return Err(rollback(client, e).await),
     };
 
     // One outcome per request: from here the jobs are this transaction's, unless their requests
     // gave up first. A job whose deadline passed is never counted or committed.
-    batch.retain(|j| j.ticket.claim());
-    *claimed = true;
+    claim.take(batch);
     let claimed_at = std::time::Instant::now();
     if batch.is_empty() {
         let _ = client.batch_execute("ROLLBACK").await;
@@ -380,75 +334,26 @@ async fn commit_batch(
             match &mut job.work {
                 Work::Changes(changes) => changes.restamp(now),
                 Work::Events(list) => list.iter_mut().for_each(|e| e.at = now),
+                Work::Alone(never) => match *never {},
             }
         }
     }
 
-    // Counting, in request order, on the tables as stored.
-    let mut tables = CountTables::from_snapshots(before.values().cloned());
-    let mut answers = Vec::with_capacity(batch.len());
-    let mut events: Vec<Event> = Vec::new();
-    let mut refusals: BTreeMap<(i64, Uuid, u32), (i64, i64)> = BTreeMap::new();
-    for job in batch.iter_mut() {
-        match &mut job.work {
-            Work::Changes(changes) => {
-                let judged = judge.judge(changes);
-                let clone = judged.is_some_and(|(v, _)| v.is_clone());
-                if let Some((Verdict::Clone { stored }, before)) = judged {
-                    events.push(crate::clone_event(
-                        changes,
-                        stored,
-                        before.and_then(|b| b.hardware_digest),
-                    ));
-                }
-                if clone && changes.clone_policy == ClonePolicy::Apart {
-                    // Counted apart: this copy counts nothing under this CMID; it takes a new
-                    // one and asks again. Event 12290 says so; the registry row counts it.
-                    changes.counting = None;
-                    changes.registry.result = ResultCode::CLONE_DETECTED;
-                    let mut counted = changes.settle(0);
-                    counted.clone = true;
-                    answers.push(counted);
-                    events.push(crate::activation_event(changes));
-                    continue;
-                }
-                let Some(req) = changes.counting else {
-                    // A refusal adds to its day's aggregate: bounded storage whatever is sent.
-                    let at = changes.registry.seen_at.millis();
-                    let e = refusals
-                        .entry(crate::refusal_key(changes))
-                        .or_insert((0, at));
-                    e.0 += 1;
-                    e.1 = e.1.max(at);
-                    answers.push(changes.settle(0));
-                    continue;
-                };
-                let count = tables.apply(&req).0;
-                let mut counted = changes.settle(count);
-                counted.clone = clone;
-                answers.push(counted);
-                events.push(crate::activation_event(changes));
-            }
-            Work::Events(list) => {
-                events.extend(list.iter().cloned());
-                answers.push(Counted::default());
-            }
-        }
-    }
+    // Counting, in request order, on the tables as stored (the same pure diff as SQLite's).
+    let mut tables = CountTables::from_snapshots(before.into_values());
+    let diff = diff::count(batch.iter_mut().map(|j| &mut j.work), &mut tables, judge);
+    let answers = diff.answers;
 
     // Round trip 2: every write, the batch's token, then COMMIT.
-    let diffs: Vec<PoolDiff> = pools
-        .iter()
-        .filter_map(|p| Some(PoolDiff::new(before.get(p)?, tables.pool(*p)?)))
-        .collect();
+    let pool_rows: Vec<PoolRows> = diff.pools.iter().map(PoolRows::new).collect();
     let registry = RegistryRows::new(batch, served_by, false);
     let bench = RegistryRows::new(batch, served_by, true);
-    let event_rows = EventRows::new(&events, served_by);
-    let refusal_rows = RefusalRows::new(&refusals);
+    let event_rows = EventRows::new(&diff.events, served_by);
+    let refusal_rows = RefusalRows::new(&diff.refusals);
     let token = Uuid::new_v4();
     let at = now.millis();
     let mut writes: Vec<(&tokio_postgres::Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
-    for d in &diffs {
+    for d in &pool_rows {
         d.push_writes(&st, &mut writes);
     }
     if !registry.cmid.is_empty() {
@@ -458,7 +363,7 @@ async fn commit_batch(
         writes.push((&st.bench_registry, bench.params()));
     }
     // After the registry rows (new machines' rows exist by then).
-    let (seq_cmids, seq_numbers, seq_digests, clone_cmids) = judge.rows();
+    let (seq_cmids, seq_numbers, seq_digests, clone_cmids) = installations::rows(&diff.notes);
     if !seq_cmids.is_empty() {
         writes.push((
             &st.note_sequences,
@@ -578,25 +483,6 @@ async fn commit_batch(
     Ok(answers)
 }
 
-/// Rows a committed batch added to the event log (at most) and its latest time.
-fn written_of(batch: &[Job]) -> (u64, Timestamp) {
-    let mut rows = 0u64;
-    let mut now = Timestamp(0);
-    for job in batch {
-        match &job.work {
-            Work::Changes(c) => {
-                rows += 1;
-                now = now.max(c.registry.seen_at);
-            }
-            Work::Events(list) => {
-                rows += list.len() as u64;
-                now = list.iter().map(|e| e.at).fold(now, Timestamp::max);
-            }
-        }
-    }
-    (rows, now)
-}
-
 fn first_trip_timeout() -> StoreError {
     StoreError::Timeout {
         seconds: FIRST_TRIP_TIMEOUT.as_secs_f64(),
@@ -615,7 +501,7 @@ fn counted_pools(batch: &[Job]) -> Vec<Uuid> {
         .iter()
         .filter_map(|j| match &j.work {
             Work::Changes(c) => c.counting.map(|r| r.pool),
-            Work::Events(_) => None,
+            _ => None,
         })
         .collect();
     pools.sort_unstable();
@@ -682,4 +568,17 @@ fn lock_error(e: tokio_postgres::Error) -> StoreError {
     } else {
         backend("lock pool")(e)
     }
+}
+
+/// X6: the registry rows of the installations the batch judges, read under the pool locks (no
+/// round trip when the batch has no version-2 request).
+async fn read_judge(client: &Object, batch: &[Job]) -> Result<Judge, StoreError> {
+    let cmids = Judge::wanted(batch.iter().filter_map(|j| match &j.work {
+        Work::Changes(c) => Some(&**c),
+        _ => None,
+    }));
+    if cmids.is_empty() {
+        return Ok(Judge::default());
+    }
+    Ok(Judge::new(installations::read(client, &cmids).await?))
 }

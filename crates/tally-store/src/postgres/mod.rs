@@ -25,19 +25,16 @@ use deadpool_postgres::{GenericClient, Pool};
 use tally_core::counting::PoolSnapshot;
 use tally_core::host::{Changes, Counted};
 use tally_core::time::Timestamp;
-use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::health::Health;
-use crate::ticket::{Deadline, Ticket};
 use crate::{
     CensusCutoffs, CensusRow, ClockEvidence, Event, EventQuery, PoolCount, RefusalCount,
     RegistryEntry, RegistryPage, RegistrySort, Store, StoreError, StoreOptions, TimeSource,
 };
 
-/// Most requests committed in one transaction.
-pub const MAX_BATCH: usize = 512;
+pub use crate::group_commit::MAX_BATCH;
 
 /// The host schema's migrations, in order.
 pub const MIGRATIONS: &[&str] = &[
@@ -59,7 +56,9 @@ mod outcome;
 mod replication;
 mod sql;
 
-use batch::{Job, RegistrySize, Work};
+use batch::{Batcher, RegistrySize, Work};
+
+use crate::group_commit::Queue;
 
 /// A host's store on a fleet's PostgreSQL database. Cloning shares the batcher and the pool.
 ///
@@ -67,7 +66,7 @@ use batch::{Job, RegistrySize, Work};
 /// [`StoreError::ReadOnly`] and the schema is only checked, never migrated.
 #[derive(Clone)]
 pub struct PgStore {
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: Option<Queue<std::convert::Infallible>>,
     pool: Pool,
     served_by: Arc<str>,
     health: Arc<Health>,
@@ -136,8 +135,8 @@ impl PgStore {
                 });
             }
         }
-        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
         let health = Arc::new(Health::default());
+        let (jobs, rx) = Queue::new(4 * MAX_BATCH, Arc::clone(&health));
         let full: Arc<AtomicBool> = Arc::default();
         let served_by: Arc<str> = Arc::from(served_by);
         let stale: Arc<AtomicBool> = Arc::default();
@@ -150,12 +149,16 @@ impl PgStore {
             time: options.time,
         };
         let event_cap: Arc<crate::event_cap::Shared> = Arc::default();
-        tokio::spawn(batch::batcher(
-            pool.clone(),
-            rx,
-            Arc::clone(&served_by),
-            Arc::clone(&health),
+        let batcher = Batcher {
+            pool: pool.clone(),
+            conn: None,
+            served_by: Arc::clone(&served_by),
             size,
+        };
+        tokio::spawn(crate::group_commit::run(
+            batcher,
+            rx,
+            Arc::clone(&health),
             crate::event_cap::Tracker::new(options.event_cap, Arc::clone(&event_cap)),
         ));
         let shared: replication::Shared = Arc::new(std::sync::Mutex::new(None));
@@ -250,29 +253,9 @@ impl PgStore {
         let jobs = self.jobs.as_ref().ok_or_else(|| StoreError::ReadOnly {
             path: self.served_by.to_string(),
         })?;
-        let deadline = budget.map(Deadline::after);
-        let (done, wait) = oneshot::channel();
-        let ticket = Arc::new(Ticket::default());
-        let job = Job {
-            work,
-            done,
-            ticket: Arc::clone(&ticket),
-        };
-        // A full queue counts against the deadline too.
-        match deadline {
-            Some(d) => match tokio::time::timeout_at(d.at, jobs.send(job)).await {
-                Ok(sent) => sent.map_err(|_| StoreError::Closed)?,
-                Err(_) => {
-                    let error = StoreError::Timeout {
-                        seconds: d.budget.as_secs_f64(),
-                    };
-                    self.health.failed(&error);
-                    return Err(error);
-                }
-            },
-            None => jobs.send(job).await.map_err(|_| StoreError::Closed)?,
-        }
-        crate::ticket::answer(wait, &ticket, deadline, &self.health).await
+        jobs.submit(work, budget)
+            .await
+            .map(crate::group_commit::Answer::counted)
     }
 
     fn writable(&self) -> Result<(), StoreError> {

@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tally_core::time::Timestamp;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::batch::{Job, Work};
 use super::{backend, pool_error};
 use crate::health::Health;
 use crate::replication::{EVENT_REPLICATION, Replication, ReplicationMode, Standby};
-use crate::ticket::Ticket;
 use crate::{Event, StoreError};
 
 /// How often a running host reads the replication state.
@@ -112,12 +111,6 @@ async fn note_change(r: &Replication, jobs: &mpsc::WeakSender<Job>) {
         message: warning,
         data: serde_json::to_value(r).unwrap_or_default(),
     };
-    let (done, _wait) = oneshot::channel();
-    let _ = jobs
-        .send(Job {
-            work: Work::Events(vec![event]),
-            done,
-            ticket: Arc::new(Ticket::default()),
-        })
-        .await;
+    let (job, _wait) = Job::new(Work::Events(vec![event]));
+    let _ = jobs.send(job).await;
 }

@@ -1,17 +1,17 @@
 //! What a batch writes, as arrays for `unnest` statements, and the statements themselves.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
-use tally_core::counting::{PoolSnapshot, PoolTable};
-use tally_core::time::Timestamp;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::batch::{Job, Statements, Work};
 use crate::Event;
+use crate::group_commit::diff::PoolDiff;
 
-/// What a batch changed in one pool's table.
-pub(super) struct PoolDiff {
+/// What a batch changed in one pool's table (`crate::group_commit::diff::PoolDiff`), as
+/// statement parameters.
+pub(super) struct PoolRows {
     pool: Uuid,
     capacity: Option<i32>,
     removed: Vec<Uuid>,
@@ -19,29 +19,14 @@ pub(super) struct PoolDiff {
     seen: Vec<i64>,
 }
 
-impl PoolDiff {
-    pub(super) fn new(old: &PoolSnapshot, new: &PoolTable) -> Self {
-        let old_entries: HashMap<Uuid, Timestamp> = old.entries.iter().copied().collect();
-        let (mut cmids, mut seen) = (Vec::new(), Vec::new());
-        let mut kept: HashSet<Uuid> = HashSet::new();
-        for (cmid, at) in new.entries() {
-            kept.insert(cmid);
-            if old_entries.get(&cmid) != Some(&at) {
-                cmids.push(cmid);
-                seen.push(at.millis());
-            }
-        }
+impl PoolRows {
+    pub(super) fn new(d: &PoolDiff) -> Self {
         Self {
-            pool: old.pool,
-            capacity: (new.capacity() != old.capacity)
-                .then(|| i32::try_from(new.capacity()).unwrap_or(i32::MAX)),
-            removed: old_entries
-                .keys()
-                .filter(|c| !kept.contains(c))
-                .copied()
-                .collect(),
-            cmids,
-            seen,
+            pool: d.pool,
+            capacity: d.capacity.map(|c| i32::try_from(c).unwrap_or(i32::MAX)),
+            removed: d.removed.clone(),
+            cmids: d.upserts.iter().map(|(c, _)| *c).collect(),
+            seen: d.upserts.iter().map(|(_, at)| at.millis()).collect(),
         }
     }
 
@@ -105,7 +90,7 @@ impl RegistryRows {
         let mut order: Vec<&Job> = batch.iter().collect();
         order.sort_by_key(|j| match &j.work {
             Work::Changes(c) => Some(c.registry.cmid),
-            Work::Events(_) => None,
+            _ => None,
         });
         for job in order {
             let Work::Changes(c) = &job.work else {

@@ -2,10 +2,11 @@
 //! transaction (the writer is the only one, so the read is what is stored).
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tally_core::clones::{Seen, Verdict};
-use tally_core::host::Changes;
+use tally_core::clones::Seen;
 use tally_core::time::Timestamp;
 use uuid::Uuid;
+
+use crate::group_commit::diff::Notes;
 
 /// What the registry holds for `cmid`.
 pub(super) fn seen(conn: &Connection, cmid: Uuid) -> rusqlite::Result<Option<Seen>> {
@@ -25,26 +26,24 @@ pub(super) fn seen(conn: &Connection, cmid: Uuid) -> rusqlite::Result<Option<See
     .optional()
 }
 
-/// Notes the verdict on the registry row (written before): a number the installation sent is
-/// stored (never lowered); a clone adds to `clones`.
-pub(super) fn note(conn: &Connection, changes: &Changes, verdict: Verdict) -> rusqlite::Result<()> {
-    let r = &changes.registry;
-    let Some(ext) = r.installation else {
-        return Ok(());
-    };
-    if verdict.stores() {
-        conn.prepare_cached(
-            "UPDATE registry SET sequence = ?2, hardware_digest = ?3
-             WHERE cmid = ?1 AND (sequence IS NULL OR sequence < ?2)",
-        )?
-        .execute(params![
-            r.cmid.as_bytes(),
-            i64::from(ext.sequence),
-            ext.hardware_digest.as_slice()
+/// Writes a batch's notes on the registry rows (written before): a number the installation sent
+/// is stored (never lowered); a clone adds to `clones`.
+pub(super) fn note(conn: &Connection, notes: &Notes) -> rusqlite::Result<()> {
+    let mut store = conn.prepare_cached(
+        "UPDATE registry SET sequence = ?2, hardware_digest = ?3
+         WHERE cmid = ?1 AND (sequence IS NULL OR sequence < ?2)",
+    )?;
+    for (cmid, (sequence, digest)) in &notes.sequences {
+        store.execute(params![
+            cmid.as_bytes(),
+            i64::from(*sequence),
+            digest.as_slice()
         ])?;
-    } else if verdict.is_clone() {
-        conn.prepare_cached("UPDATE registry SET clones = clones + 1 WHERE cmid = ?1")?
-            .execute(params![r.cmid.as_bytes()])?;
+    }
+    let mut clone =
+        conn.prepare_cached("UPDATE registry SET clones = clones + 1 WHERE cmid = ?1")?;
+    for cmid in &notes.clones {
+        clone.execute(params![cmid.as_bytes()])?;
     }
     Ok(())
 }

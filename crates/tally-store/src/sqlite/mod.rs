@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
@@ -22,7 +21,6 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use tally_core::counting::{CountTables, PoolSnapshot};
 use tally_core::host::{Changes, Counted};
 use tally_core::time::Timestamp;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::health::Health;
@@ -39,7 +37,9 @@ mod writer;
 pub use seed::{SeedProgress, seed_registry};
 
 pub use writer::MAX_BATCH;
-use writer::{Answer, Job, Work, Writer};
+use writer::{Alone, Work, Writer};
+
+use crate::group_commit::{Answer, Queue};
 
 /// Files up to this size get a full `PRAGMA quick_check` at start (well under a second).
 pub const FULL_CHECK_BYTES: u64 = 256 * 1024 * 1024;
@@ -71,7 +71,7 @@ pub enum Durability {
 /// become a second writer or migrate the schema under it.
 #[derive(Clone)]
 pub struct SqliteStore {
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: Option<Queue<Alone>>,
     health: Arc<Health>,
     full: Arc<AtomicBool>,
     /// The event cap and what it did (issue 21).
@@ -169,16 +169,7 @@ impl SqliteStore {
         let jobs = self.jobs.as_ref().ok_or_else(|| StoreError::ReadOnly {
             path: self.path.display().to_string(),
         })?;
-        let deadline = budget.map(crate::ticket::Deadline::after);
-        let (done, wait) = oneshot::channel();
-        let ticket = Arc::new(crate::ticket::Ticket::default());
-        jobs.send(Job {
-            work,
-            done,
-            ticket: Arc::clone(&ticket),
-        })
-        .map_err(|_| StoreError::Closed)?;
-        crate::ticket::answer(wait, &ticket, deadline, &self.health).await
+        jobs.submit(work, budget).await
     }
 
     /// Opens an existing database for reading only: no writer thread, no migrations. For
@@ -251,8 +242,9 @@ impl SqliteStore {
         check(&conn, path)?;
         crate::migrate::sqlite(&mut conn, MIGRATIONS, path)?;
         let reader = open_connection(path, durability)?;
-        let (jobs, rx) = mpsc::channel::<Job>();
         let health: Arc<Health> = Arc::default();
+        // As good as unbounded: a request waits on its deadline, never on the queue.
+        let (jobs, rx) = Queue::new(tokio::sync::Semaphore::MAX_PERMITS, Arc::clone(&health));
         let full: Arc<AtomicBool> = Arc::default();
         let event_cap: Arc<crate::event_cap::Shared> = Arc::default();
         let writer = Writer::new(
@@ -260,17 +252,24 @@ impl SqliteStore {
             path.to_owned(),
             durability,
             options,
-            Arc::clone(&health),
             Arc::clone(&full),
-            Arc::clone(&event_cap),
         );
+        let cap = crate::event_cap::Tracker::new(options.event_cap, Arc::clone(&event_cap));
+        let open_failed = |e: std::io::Error| StoreError::Open {
+            path: path.display().to_string(),
+            source: Arc::new(e),
+        };
+        // The (async) engine drives blocking SQLite calls on a thread and runtime of its own.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(open_failed)?;
+        let engine_health = Arc::clone(&health);
         thread::Builder::new()
             .name("tally-sqlite-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                source: Arc::new(e),
-            })?;
+            .spawn(move || {
+                runtime.block_on(crate::group_commit::run(writer, rx, engine_health, cap));
+            })
+            .map_err(open_failed)?;
         Ok(Self {
             jobs: Some(jobs),
             health,
@@ -535,7 +534,10 @@ impl Store for SqliteStore {
     }
 
     async fn prune_registry(&self, before: Timestamp) -> Result<u64, StoreError> {
-        match self.submit(Work::PruneRegistry(before)).await? {
+        match self
+            .submit(Work::Alone(Alone::PruneRegistry(before)))
+            .await?
+        {
             Answer::Deleted(n) => Ok(n),
             _ => Ok(0),
         }
@@ -571,7 +573,7 @@ impl Store for SqliteStore {
     }
 
     async fn trust_clock(&self, at: Timestamp) -> Result<u64, StoreError> {
-        match self.submit(Work::TrustClock(at)).await? {
+        match self.submit(Work::Alone(Alone::TrustClock(at))).await? {
             Answer::Deleted(n) => Ok(n),
             _ => Ok(0),
         }
@@ -579,7 +581,7 @@ impl Store for SqliteStore {
 
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
         // Through the writer: only the writer thread writes the database.
-        match self.submit(Work::PruneEvents(before)).await? {
+        match self.submit(Work::Alone(Alone::PruneEvents(before))).await? {
             Answer::Deleted(n) => Ok(n),
             _ => Ok(0),
         }

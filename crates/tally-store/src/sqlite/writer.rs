@@ -1,9 +1,9 @@
-//! The writer thread: the one connection that writes the database, doing group commit.
+//! The writer thread's backend: the one connection that writes the database.
 //!
-//! [`Store::commit`](crate::Store::commit) hands it a job and waits; the thread takes every job
-//! already queued (up to [`MAX_BATCH`]), applies them in one transaction and commits once. While
-//! one fsync runs, the next batch queues up, so throughput grows with concurrency instead of
-//! paying one fsync per request.
+//! The thread runs the group-commit engine (`crate::group_commit`): every job already queued
+//! (up to [`MAX_BATCH`]) is applied in one transaction and committed once. While one fsync runs,
+//! the next batch queues up, so throughput grows with concurrency instead of paying one fsync
+//! per request.
 //!
 //! As the one writer, its counting tables are exactly what is stored, so it counts on them inside
 //! each transaction. After a failed transaction they are dropped and reloaded from the database,
@@ -11,62 +11,36 @@
 //! again, so a cause that went away (a full disk, a read-only file made writable) stops mattering
 //! without a restart.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, params};
-use tally_core::clones::{self, ClonePolicy, Verdict};
-use tally_core::counting::{CountTables, TableChange};
-use tally_core::host::{Changes, Counted};
+use tally_core::counting::CountTables;
+use tally_core::host::Changes;
 use tally_core::time::Timestamp;
-use tally_proto::ResultCode;
-use tokio::sync::oneshot;
 
 use super::{Durability, backend, installations, open_connection, read_tables};
-use crate::health::Health;
-use crate::ticket::Ticket;
+use crate::event_cap::Tracker;
+use crate::group_commit::diff::{self, Judge, PoolDiff};
+use crate::group_commit::{self, Answer, Backend, Claim};
 use crate::{Event, StoreError, StoreOptions};
 
-/// Most requests committed in one transaction.
-pub const MAX_BATCH: usize = 512;
+pub use crate::group_commit::MAX_BATCH;
 
-pub(super) enum Work {
-    Changes(Box<Changes>),
-    Events(Vec<Event>),
-    /// Retention: delete events older than this (run alone, not in a batch).
+/// Maintenance the writer runs alone, outside any batch.
+pub(super) enum Alone {
+    /// Retention: delete events older than this.
     PruneEvents(Timestamp),
-    /// Retention: delete registry rows not seen since this (run alone).
+    /// Retention: delete registry rows not seen since this.
     PruneRegistry(Timestamp),
-    /// X5: the clock was trusted at this time: move the mark, pull future stamps back (alone).
+    /// X5: the clock was trusted at this time: move the mark, pull future stamps back.
     TrustClock(Timestamp),
 }
 
-impl Work {
-    fn runs_alone(&self) -> bool {
-        matches!(
-            self,
-            Self::PruneEvents(_) | Self::PruneRegistry(_) | Self::TrustClock(_)
-        )
-    }
-}
-
-/// What the writer answers: the count committed (changes), rows deleted (prune), or nothing.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) enum Answer {
-    #[default]
-    Done,
-    Counted(Counted),
-    Deleted(u64),
-}
-
-pub(super) struct Job {
-    pub(super) work: Work,
-    pub(super) done: oneshot::Sender<Result<Answer, StoreError>>,
-    /// Claimed just before the batch is applied; abandoned by the request at its deadline
-    /// (`crate::ticket`, shared with the PostgreSQL batcher).
-    pub(super) ticket: Arc<Ticket>,
-}
+pub(super) type Work = group_commit::Work<Alone>;
+pub(super) type Job = group_commit::Job<Alone>;
 
 /// The writer's state, owned by its thread.
 pub(super) struct Writer {
@@ -74,14 +48,11 @@ pub(super) struct Writer {
     pub(super) path: PathBuf,
     pub(super) durability: Durability,
     pub(super) options: StoreOptions,
-    pub(super) health: Arc<Health>,
     pub(super) full: Arc<AtomicBool>,
     /// The counting tables as stored; `None` after a failure, reloaded in the next batch.
     tables: Option<CountTables>,
     /// Machines in the registry (kept by the writer, which is the only one adding them).
     registry_len: Option<u64>,
-    /// The event log's cap (issue 21; `crate::event_cap`).
-    event_cap: crate::event_cap::Tracker,
 }
 
 impl Writer {
@@ -90,76 +61,40 @@ impl Writer {
         path: PathBuf,
         durability: Durability,
         options: StoreOptions,
-        health: Arc<Health>,
         full: Arc<AtomicBool>,
-        event_cap: Arc<crate::event_cap::Shared>,
     ) -> Self {
         Self {
-            event_cap: crate::event_cap::Tracker::new(options.event_cap, event_cap),
             conn,
             path,
             durability,
             options,
-            health,
             full,
             tables: None,
             registry_len: None,
         }
     }
+}
 
-    /// Runs until every sender is gone.
-    pub(super) fn run(mut self, rx: mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
-            if first.work.runs_alone() {
-                self.run_alone(first);
-                continue;
-            }
-            let mut batch = vec![first];
-            let mut deferred = None;
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) if job.work.runs_alone() => {
-                        deferred = Some(job);
-                        break;
-                    }
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            // One outcome per request: a job whose request gave up at its deadline is never
-            // applied; the others are this transaction's from here.
-            batch.retain(|j| j.ticket.claim());
-            if batch.is_empty() {
-                if let Some(job) = deferred {
-                    self.run_alone(job);
-                }
-                continue;
-            }
-            match self.apply_batch(&mut batch) {
-                Ok(answers) => {
-                    self.health.ok();
-                    let (written, now) = written_of(&batch);
-                    for (job, answer) in batch.into_iter().zip(answers) {
-                        // The requester may have gone (connection closed); nothing to tell it.
-                        let _ = job.done.send(Ok(answer));
-                    }
-                    self.event_cap.wrote(written);
-                    if self.event_cap.due() {
-                        self.enforce_event_cap(now);
-                    }
-                }
-                Err(error) => {
-                    self.health.failed(&error);
-                    self.recover();
-                    for job in batch {
-                        let _ = job.done.send(Err(error.clone()));
-                    }
-                }
-            }
-            if let Some(job) = deferred {
-                self.run_alone(job);
-            }
+impl Backend for Writer {
+    type Alone = Alone;
+
+    async fn commit(
+        &mut self,
+        batch: &mut Vec<Job>,
+        claim: &mut Claim,
+    ) -> Result<Vec<Answer>, StoreError> {
+        // One outcome per request: nothing happens before the claim (no I/O to wait for), so
+        // the jobs are claimed first and are this transaction's from here.
+        claim.take(batch);
+        if batch.is_empty() {
+            return Ok(Vec::new());
         }
+        self.apply_batch(batch)
+    }
+
+    /// SQLite reports no failure that another try of the same batch would fix.
+    fn retryable(&self, _error: &StoreError) -> bool {
+        false
     }
 
     /// Forgets what a failed transaction may have left in memory and opens the connection
@@ -173,21 +108,22 @@ impl Writer {
         }
     }
 
-    fn run_alone(&mut self, job: Job) {
-        let result = match job.work {
-            Work::PruneEvents(before) => {
+    async fn run_alone(&mut self, work: Alone, cap: &mut Tracker) -> Result<Answer, StoreError> {
+        match work {
+            Alone::PruneEvents(before) => {
                 let deleted = self
                     .conn
                     .execute("DELETE FROM events WHERE at < ?1", params![before.millis()])
                     .map(|n| Answer::Deleted(n as u64))
                     .map_err(backend("prune events"));
                 // Retention may have ended an episode at the cap.
-                self.enforce_event_cap(tally_core::time::Clock::now(
-                    &tally_core::time::SystemClock,
-                ));
+                self.cap_step(
+                    cap,
+                    tally_core::time::Clock::now(&tally_core::time::SystemClock),
+                );
                 deleted
             }
-            Work::PruneRegistry(before) => {
+            Alone::PruneRegistry(before) => {
                 // Both tables in one transaction, so the writer's count stays right.
                 let deleted = self
                     .conn
@@ -211,7 +147,7 @@ impl Writer {
                 }
                 deleted.map(Answer::Deleted)
             }
-            Work::TrustClock(at) => {
+            Alone::TrustClock(at) => {
                 let pulled =
                     super::clock::trust(&mut self.conn, at).map_err(backend("trust clock"));
                 if !matches!(pulled, Ok(0)) {
@@ -220,11 +156,15 @@ impl Writer {
                 }
                 pulled.map(Answer::Deleted)
             }
-            Work::Changes(_) | Work::Events(_) => Ok(Answer::Done),
-        };
-        let _ = job.done.send(result);
+        }
     }
 
+    async fn enforce_event_cap(&mut self, cap: &mut Tracker, now: Timestamp) {
+        self.cap_step(cap, now);
+    }
+}
+
+impl Writer {
     fn apply_batch(&mut self, batch: &mut [Job]) -> Result<Vec<Answer>, StoreError> {
         let tx = self.conn.transaction().map_err(backend("begin"))?;
         let tables = match &mut self.tables {
@@ -245,74 +185,38 @@ impl Writer {
                 .map(|n| n.max(0) as u64)
                 .map_err(backend("count registry"))?,
         };
+        // X6: the registry rows of the installations the batch judges, as stored.
+        let mut seen = HashMap::new();
+        for cmid in Judge::wanted(changes_of(batch)) {
+            if let Some(s) = installations::seen(&tx, cmid).map_err(backend("read registry"))? {
+                seen.insert(cmid, s);
+            }
+        }
+        let diff = diff::count(
+            batch.iter_mut().map(|j| &mut j.work),
+            tables,
+            Judge::new(seen),
+        );
+        for pool in &diff.pools {
+            write_pool_diff(&tx, pool).map_err(backend("write"))?;
+        }
         let mut batch_len = registry_len;
         let mut newly_full = false;
-        let mut answers = Vec::with_capacity(batch.len());
-        for job in batch.iter_mut() {
-            match &mut job.work {
-                Work::Changes(changes) => {
-                    // X6: judged on the registry row as stored, before anything is counted.
-                    let (verdict, seen) = match changes.registry.installation {
-                        Some(ext)
-                            if changes.counting.is_some()
-                                && !tally_core::bench::is_bench_pool(changes.registry.pool) =>
-                        {
-                            let seen = installations::seen(&tx, changes.registry.cmid)
-                                .map_err(backend("read registry"))?;
-                            let at = changes.registry.seen_at;
-                            (Some(clones::judge(seen.as_ref(), &ext, at)), seen)
-                        }
-                        _ => (None, None),
-                    };
-                    let clone = verdict.is_some_and(Verdict::is_clone);
-                    let clone_event = clone.then(|| {
-                        crate::clone_event(
-                            changes,
-                            seen.and_then(|s| s.sequence).unwrap_or(0),
-                            seen.and_then(|s| s.hardware_digest),
-                        )
-                    });
-                    if clone && changes.clone_policy == ClonePolicy::Apart {
-                        // Counted apart: this copy counts nothing under this CMID; it takes a
-                        // new one and asks again.
-                        changes.counting = None;
-                        changes.registry.result = ResultCode::CLONE_DETECTED;
-                        let mut counted = changes.settle(0);
-                        counted.clone = true;
-                        record_request(&tx, changes, verdict, clone_event.as_ref())?;
-                        answers.push(Answer::Counted(counted));
-                        continue;
-                    }
-                    let Some(req) = changes.counting else {
-                        // A refusal adds to its day's aggregate: bounded storage whatever is sent.
-                        write_refusal(&tx, changes).map_err(backend("write refusal"))?;
-                        answers.push(Answer::Counted(changes.settle(0)));
-                        continue;
-                    };
-                    let (count, change) = tables.apply(&req);
-                    write_table_change(&tx, &change).map_err(backend("write"))?;
-                    let counted = changes.settle(count);
-                    let at_cap = batch_len >= self.options.registry_cap;
-                    match write_registry(&tx, changes, !at_cap).map_err(backend("write"))? {
-                        RegistryWrite::Inserted => batch_len += 1,
-                        RegistryWrite::Updated => {}
-                        RegistryWrite::Skipped => newly_full |= !self.full.load(Ordering::Relaxed),
-                    }
-                    record_request(&tx, changes, verdict, clone_event.as_ref())?;
-                    let mut counted = counted;
-                    counted.clone = clone;
-                    answers.push(Answer::Counted(counted));
-                }
-                Work::Events(events) => {
-                    for e in events.iter() {
-                        insert_event(&tx, e).map_err(backend("write event"))?;
-                    }
-                    answers.push(Answer::Done);
-                }
-                Work::PruneEvents(_) | Work::PruneRegistry(_) | Work::TrustClock(_) => {
-                    answers.push(Answer::Done);
-                }
+        for changes in changes_of(batch).filter(|c| c.counting.is_some()) {
+            let at_cap = batch_len >= self.options.registry_cap;
+            match write_registry(&tx, changes, !at_cap).map_err(backend("write"))? {
+                RegistryWrite::Inserted => batch_len += 1,
+                RegistryWrite::Updated => {}
+                RegistryWrite::Skipped => newly_full |= !self.full.load(Ordering::Relaxed),
             }
+        }
+        // After the registry rows (new machines' rows exist by then).
+        installations::note(&tx, &diff.notes).map_err(backend("write"))?;
+        for (key, (requests, last_at)) in &diff.refusals {
+            write_refusal(&tx, *key, *requests, *last_at).map_err(backend("write refusal"))?;
+        }
+        for e in &diff.events {
+            insert_event(&tx, e).map_err(backend("write event"))?;
         }
         if newly_full {
             let event = crate::registry_full_event(now_of(batch), self.options.registry_cap);
@@ -327,33 +231,23 @@ impl Writer {
                 "registry full: new machines are counted but not registered (event 1005)"
             );
         }
-        Ok(answers)
+        Ok(diff.answers)
     }
 }
 
-/// What every counted or clone-refused request writes after its registry row: the installation
-/// note (X6), event 12290 with the activation it describes (R27), and the clone's event 1009.
-fn record_request(
-    conn: &Connection,
-    changes: &Changes,
-    verdict: Option<Verdict>,
-    clone_event: Option<&Event>,
-) -> Result<(), StoreError> {
-    if let Some(v) = verdict {
-        installations::note(conn, changes, v).map_err(backend("write"))?;
-    }
-    insert_event(conn, &crate::activation_event(changes)).map_err(backend("write event"))?;
-    if let Some(e) = clone_event {
-        insert_event(conn, e).map_err(backend("write event"))?;
-    }
-    Ok(())
+/// The requests of a batch, in order.
+fn changes_of(batch: &[Job]) -> impl Iterator<Item = &Changes> {
+    batch.iter().filter_map(|j| match &j.work {
+        Work::Changes(c) => Some(&**c),
+        _ => None,
+    })
 }
 
 impl Writer {
     /// One step of the event cap (`crate::event_cap`): reads the id span and deletes the oldest
     /// rows over the cap, with event 1011 when an episode starts, in one transaction. A failure
     /// is logged and tried again after the next batch; it never fails a request.
-    fn enforce_event_cap(&mut self, now: Timestamp) {
+    fn cap_step(&mut self, cap: &mut Tracker, now: Timestamp) {
         let step = (|| -> rusqlite::Result<Option<(u64, bool)>> {
             let tx = self.conn.transaction()?;
             let span: (Option<i64>, Option<i64>) = tx.query_row(
@@ -362,7 +256,7 @@ impl Writer {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let span = span.0.zip(span.1);
-            let Some(prune) = self.event_cap.plan(span, now) else {
+            let Some(prune) = cap.plan(span, now) else {
                 return Ok(None);
             };
             let deleted = tx.execute("DELETE FROM events WHERE id < ?1", params![prune.below])?;
@@ -373,37 +267,14 @@ impl Writer {
             Ok(Some((deleted as u64, prune.event.is_some())))
         })();
         match step {
-            Ok(Some((deleted, started))) => self.event_cap.pruned(deleted, started),
+            Ok(Some((deleted, started))) => cap.pruned(deleted, started),
             Ok(None) => {}
             Err(error) => {
-                self.event_cap.failed();
+                cap.failed();
                 tracing::warn!(%error, "cannot delete the oldest events for the event cap");
             }
         }
     }
-}
-
-/// Rows a committed batch added to the event log (at most: a refusal adds none) and its latest
-/// time.
-fn written_of(batch: &[Job]) -> (u64, Timestamp) {
-    let mut rows = 0u64;
-    let mut now = Timestamp(0);
-    for job in batch {
-        match &job.work {
-            Work::Changes(c) => {
-                rows += 1;
-                now = now.max(c.registry.seen_at);
-            }
-            Work::Events(list) => {
-                rows += list.len() as u64;
-                if let Some(at) = list.iter().map(|e| e.at).max() {
-                    now = now.max(at);
-                }
-            }
-            _ => {}
-        }
-    }
-    (rows, now)
 }
 
 /// The latest request time in a batch (for the events the writer adds itself).
@@ -418,49 +289,41 @@ fn now_of(batch: &[Job]) -> Timestamp {
         .unwrap_or(Timestamp(0))
 }
 
-fn write_refusal(conn: &Connection, changes: &Changes) -> rusqlite::Result<()> {
-    let (day, sku, result) = crate::refusal_key(changes);
+fn write_refusal(
+    conn: &Connection,
+    (day, sku, result): (i64, uuid::Uuid, u32),
+    requests: i64,
+    last_at: i64,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO refusals (day, sku, result, requests, last_at) VALUES (?1, ?2, ?3, 1, ?4)
+        "INSERT INTO refusals (day, sku, result, requests, last_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (day, sku, result) DO UPDATE SET
-             requests = requests + 1, last_at = max(last_at, excluded.last_at)",
+             requests = requests + excluded.requests, last_at = max(last_at, excluded.last_at)",
     )?
-    .execute(params![
-        day,
-        sku.as_bytes(),
-        result,
-        changes.registry.seen_at.millis()
-    ])?;
+    .execute(params![day, sku.as_bytes(), result, requests, last_at])?;
     Ok(())
 }
 
-fn write_table_change(conn: &Connection, t: &TableChange) -> rusqlite::Result<()> {
-    if t.capacity_changed {
+/// Writes what a batch changed in one pool's table.
+fn write_pool_diff(conn: &Connection, d: &PoolDiff) -> rusqlite::Result<()> {
+    if let Some(capacity) = d.capacity {
         conn.prepare_cached(
             "INSERT INTO pool_capacity (pool, capacity) VALUES (?1, ?2)
              ON CONFLICT (pool) DO UPDATE SET capacity = max(capacity, excluded.capacity)",
         )?
-        .execute(params![t.pool.as_bytes(), t.capacity])?;
+        .execute(params![d.pool.as_bytes(), capacity])?;
     }
-    conn.prepare_cached(
+    let mut upsert = conn.prepare_cached(
         "INSERT INTO pool_entries (pool, cmid, last_seen) VALUES (?1, ?2, ?3)
          ON CONFLICT (pool, cmid) DO UPDATE SET last_seen = excluded.last_seen",
-    )?
-    .execute(params![
-        t.pool.as_bytes(),
-        t.upsert.0.as_bytes(),
-        t.upsert.1.millis()
-    ])?;
-    // X5: entries stamped in the future, pulled back to the request's time.
-    let mut pull_back = conn
-        .prepare_cached("UPDATE pool_entries SET last_seen = ?3 WHERE pool = ?1 AND cmid = ?2")?;
-    for (cmid, at) in &t.pulled_back {
-        pull_back.execute(params![t.pool.as_bytes(), cmid.as_bytes(), at.millis()])?;
+    )?;
+    for (cmid, at) in &d.upserts {
+        upsert.execute(params![d.pool.as_bytes(), cmid.as_bytes(), at.millis()])?;
     }
     let mut delete =
         conn.prepare_cached("DELETE FROM pool_entries WHERE pool = ?1 AND cmid = ?2")?;
-    for cmid in &t.removed {
-        delete.execute(params![t.pool.as_bytes(), cmid.as_bytes()])?;
+    for cmid in &d.removed {
+        delete.execute(params![d.pool.as_bytes(), cmid.as_bytes()])?;
     }
     Ok(())
 }
