@@ -109,8 +109,9 @@ deb -p tally-ffi --variant dev
 if ((wheel)); then
   step "Python wheel (maturin, abi3)"
   start=$SECONDS
-  # Its own cargo workspace and target directory (bindings/python/Cargo.toml), built once.
-  CARGO_TARGET_DIR="$target_dir/python-wheel" maturin build --release --locked \
+  # Its own cargo workspace (bindings/python/Cargo.toml), in the same target directory and with
+  # the same profile, so dependencies compiled alike above are reused.
+  CARGO_TARGET_DIR="$target_dir" maturin build --release --locked \
     --manifest-path bindings/python/Cargo.toml --out "$dist"
   ls "$dist"/*.whl >/dev/null
   step "wheel build: $((SECONDS - start)) s"

@@ -48,10 +48,11 @@ fn service_section(unit: &Path) -> HashMap<String, String> {
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {
             in_service = line == "[Service]";
-        } else if in_service && !line.starts_with('#') {
-            if let Some((k, v)) = line.split_once('=') {
-                map.insert(k.trim().to_owned(), v.trim().to_owned());
-            }
+        } else if in_service
+            && !line.starts_with('#')
+            && let Some((k, v)) = line.split_once('=')
+        {
+            map.insert(k.trim().to_owned(), v.trim().to_owned());
         }
     }
     map
