@@ -7,17 +7,20 @@
 #   tally-sdk-VER-linux-ARCH.tar.gz      the C SDK under a relocatable prefix
 #   tally-VER-*-abi3-*.whl               the Python wheel (maturin; its own cargo build)
 #   SHA256SUMS
-# Usage: scripts/dist.sh [--no-wheel]. Needs cargo-deb (installed when missing) and, for the
+# Usage: scripts/dist.sh [--no-wheel] [--no-build]. --no-build packages the release build already
+# in target/release (CI builds it once with `cargo test --workspace --release --no-run`). Needs cargo-deb (installed when missing) and, for the
 # wheel, maturin (`pip install maturin`). TALLY_DIST_DIR moves the output; TALLY_COMMIT names
 # the commit when building outside a git checkout (else "unknown").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 wheel=1
+build=1
 for arg in "$@"; do
   case "$arg" in
     --no-wheel) wheel=0 ;;
-    -h | --help) sed -n '2,14p' "$0"; exit 0 ;;
+    --no-build) build=0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "dist: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,10 +49,20 @@ if ((wheel)) && ! command -v maturin >/dev/null 2>&1; then
   exit 1
 fi
 
-start=$SECONDS
-step "cargo build --release (tally, libtally) at commit $TALLY_COMMIT"
-cargo build --release --locked -p tally-cli -p tally-ffi
-step "release build: $((SECONDS - start)) s"
+if ((build)); then
+  start=$SECONDS
+  step "cargo build --release (tally, libtally) at commit $TALLY_COMMIT"
+  cargo build --release --locked -p tally-cli -p tally-ffi
+  step "release build: $((SECONDS - start)) s"
+else
+  for f in tally libtally.so libtally.a; do
+    if [ ! -f "$release/$f" ]; then
+      echo "dist: --no-build, but $release/$f is missing (cargo build --release -p tally-cli -p tally-ffi)" >&2
+      exit 1
+    fi
+  done
+  step "using the release build in $release"
+fi
 
 rm -rf "$dist"
 mkdir -p "$dist"

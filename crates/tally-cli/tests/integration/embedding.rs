@@ -45,6 +45,25 @@ fn libtally() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/integration-HASH → target/<profile>
     let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
+    // Under `.ci/run` the one release build the tests and scripts/dist.sh share made it
+    // already: a `cargo build -p tally-ffi` alone would unify other features and rebuild half
+    // the tree.
+    let prebuilt = std::env::var_os("TALLY_DIST_DIR").is_some()
+        && profile_dir.file_name().is_some_and(|n| n == "release")
+        && profile_dir.join("libtally.so").exists();
+    if !prebuilt {
+        build_libtally(&profile_dir);
+    }
+    // The library's SONAME is libtally.so.0 (docs/EMBEDDING.md, "ABI policy"): what a program
+    // linked with -ltally loads at run time.
+    let so0 = profile_dir.join("libtally.so.0");
+    if std::fs::symlink_metadata(&so0).is_err() {
+        let _ = std::os::unix::fs::symlink("libtally.so", &so0);
+    }
+    profile_dir
+}
+
+fn build_libtally(profile_dir: &Path) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace())
@@ -59,7 +78,6 @@ fn libtally() -> PathBuf {
         show(&out)
     );
     assert!(profile_dir.join("libtally.so").exists());
-    profile_dir
 }
 
 fn compile(
