@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cmd;
 mod output;
@@ -20,7 +20,8 @@ mod util;
 #[derive(Parser)]
 #[command(
     name = "tally",
-    version,
+    // "0.1.0 (commit 0123abcd4567)", set by build.rs; "unknown" outside a git checkout.
+    version = env!("TALLY_VERSION"),
     propagate_version = true,
     max_term_width = 100
 )]
@@ -68,6 +69,9 @@ enum Command {
     Log(cmd::log::LogCommand),
     /// Load-test a host (requests/s, latency percentiles).
     Bench(cmd::bench::BenchArgs),
+    /// Man pages and shell completions, for packagers (scripts/dist.sh).
+    #[command(subcommand, hide = true)]
+    Generate(cmd::generate::GenerateCommand),
 }
 
 /// Installs the subscriber. Lines are written by a background thread (the request path only
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
             Command::Catalog(c) => cmd::catalog::run(c),
             Command::Log(c) => cmd::log::run(c).await,
             Command::Bench(args) => cmd::bench::run(args).await,
+            Command::Generate(c) => cmd::generate::run(c, Cli::command()),
         }
     });
     match result {

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod catalog;
 pub mod client;
 pub mod demo;
+pub mod generate;
 pub mod host;
 pub mod log;
 pub mod remote;

@@ -1,6 +1,6 @@
 //! Embedding (docs/EMBEDDING.md): the C and C++ examples, compiled with `-Wall -Werror` against
-//! the freshly built `libtally`, and the Python package, pip-installed into a new venv and run
-//! with pytest, each against a real `tally host run --dev`. A missing compiler or Python skips
+//! the freshly built `libtally`, and the Python wheel from the release artifacts (`dist.rs`),
+//! installed into a new venv and run with pytest, each against a real `tally host run --dev`. A missing compiler or Python skips
 //! with a `SKIP:` line, except under CI, where it fails.
 
 use std::path::{Path, PathBuf};
@@ -45,6 +45,25 @@ fn libtally() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/integration-HASH → target/<profile>
     let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
+    // Under `.ci/run` the one release build the tests and scripts/dist.sh share made it
+    // already: a `cargo build -p tally-ffi` alone would unify other features and rebuild half
+    // the tree.
+    let prebuilt = std::env::var_os("TALLY_DIST_DIR").is_some()
+        && profile_dir.file_name().is_some_and(|n| n == "release")
+        && profile_dir.join("libtally.so").exists();
+    if !prebuilt {
+        build_libtally(&profile_dir);
+    }
+    // The library's SONAME is libtally.so.0 (docs/EMBEDDING.md, "ABI policy"): what a program
+    // linked with -ltally loads at run time.
+    let so0 = profile_dir.join("libtally.so.0");
+    if std::fs::symlink_metadata(&so0).is_err() {
+        let _ = std::os::unix::fs::symlink("libtally.so", &so0);
+    }
+    profile_dir
+}
+
+fn build_libtally(profile_dir: &Path) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace())
@@ -59,7 +78,6 @@ fn libtally() -> PathBuf {
         show(&out)
     );
     assert!(profile_dir.join("libtally.so").exists());
-    profile_dir
 }
 
 fn compile(
@@ -224,10 +242,21 @@ fn cpp_example_links_statically_and_wraps_the_handle() {
     );
 }
 
+/// Issue 22: the one abi3 wheel `scripts/dist.sh` built (maturin), installed into a fresh venv
+/// whose PATH has no Rust toolchain, passes the binding's tests against a real host.
 #[test]
-fn python_package_installs_and_its_tests_pass_against_a_host() {
+fn python_wheel_installs_without_rust_and_its_tests_pass_against_a_host() {
     let _heavy = crate::heavy();
-    let test = "python_package_installs_and_its_tests_pass_against_a_host";
+    let test = "python_wheel_installs_without_rust_and_its_tests_pass_against_a_host";
+    let Some(dist) = super::dist::dir(test) else {
+        return;
+    };
+    let wheel = super::dist::artifact(&dist, "tally-", ".whl");
+    assert!(
+        wheel.to_string_lossy().contains("-abi3-"),
+        "one wheel for every CPython >= 3.9: {}",
+        wheel.display()
+    );
     let python = std::env::var("TALLY_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     if !has(&python, "--version") {
         return skip(test, "no python3");
@@ -248,28 +277,41 @@ fn python_package_installs_and_its_tests_pass_against_a_host() {
         .output()
         .unwrap();
     assert!(out.status.success(), "python3 -m venv\n{}", show(&out));
-    let pip = venv.join("bin/pip");
-    // The extension builds in a directory kept under target/, so later runs are incremental;
-    // the dev profile keeps the first build short.
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.ancestors().nth(3).unwrap().join("python-bindings");
-    let out = Command::new(&pip)
+    // A PATH with the venv and the system's directories only: no cargo, no rustc.
+    let path = format!(
+        "{}:/usr/local/bin:/usr/bin:/bin",
+        venv.join("bin").display()
+    );
+    let no_rust = Command::new("sh")
+        .args(["-c", "command -v cargo || command -v rustc"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(
+        !no_rust.status.success(),
+        "a Rust toolchain is on the venv's PATH: {}",
+        show(&no_rust)
+    );
+    let out = Command::new(venv.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(workspace().join("bindings/python"))
+        .arg(&wheel)
         .arg("pytest")
-        .env("CARGO_TARGET_DIR", &target)
-        .env("MATURIN_PEP517_ARGS", "--profile dev")
+        .env("PATH", &path)
+        .env_remove("CARGO_HOME")
+        .env_remove("RUSTUP_HOME")
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "pip install ./bindings/python\n{}",
+        "pip install {}\n{}",
+        wheel.display(),
         show(&out)
     );
     let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
     let out = Command::new(venv.join("bin/python"))
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(workspace().join("bindings/python/tests"))
+        .env("PATH", &path)
         .env("TALLY_TEST_HOST", host.addr.to_string())
         .env("TALLY_TEST_TRUST", host.data_dir.join("authority.pub"))
         .env("TALLY_TEST_SERVER_KEY", SERVER_KEY)
