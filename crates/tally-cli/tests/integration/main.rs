@@ -14,6 +14,7 @@ mod client_clock;
 mod clock;
 mod dns;
 mod embedding;
+mod embedding_api;
 mod faults;
 mod fleet;
 mod fleet_faults;
