@@ -1,8 +1,8 @@
 //! Linux: the hardware probe reads sysfs and procfs; the agent transport is a Unix socket whose
 //! server reads the peer's uid with `SO_PEERCRED`.
 //!
-//! Tested on Debian 12 and Ubuntu 22.04/24.04, x86_64 (docs/ARCHITECTURE.md, "Platforms"); it
-//! uses nothing distribution-specific, and nothing architecture-specific beyond the
+//! Tested on Debian 12 (bookworm), x86_64 (docs/ARCHITECTURE.md, "Platforms"); it uses nothing
+//! distribution-specific, and nothing architecture-specific beyond the
 //! `model name` line of `/proc/cpuinfo` (absent on some ARM kernels: the `cpu` component is then
 //! left out and the other four carry the fingerprint).
 
