@@ -92,43 +92,59 @@ impl Activation {
 }
 
 /// The license status (`Licensing.status()`).
-#[pyclass(frozen, get_all, module = "tally")]
+#[pyclass(frozen, module = "tally")]
 pub struct Status {
     /// Whether the application may consider itself licensed.
+    #[pyo3(get)]
     licensed: bool,
     /// Licensed for good by a MAK; `days_left` means nothing then.
+    #[pyo3(get)]
     permanent: bool,
     /// `"unlicensed"`, `"initial grace"`, `"licensed"`, `"notification"`, `"out of tolerance"`.
+    #[pyo3(get)]
     state: String,
     /// Whole days left of grace or validity.
+    #[pyo3(get)]
     days_left: u32,
     /// Minutes left of grace or validity.
+    #[pyo3(get)]
     minutes_left: u32,
     /// The installed edition's name, or None.
+    #[pyo3(get)]
     edition: Option<String>,
     /// The count of the last activation attempt that reached a host, or None.
+    #[pyo3(get)]
     count: Option<u32>,
     /// The result code of the last activation attempt, or None.
+    #[pyo3(get)]
     last_result: Option<u32>,
     /// Rearms left.
+    #[pyo3(get)]
     rearms_left: u8,
     /// End of validity, RFC 3339 UTC, or None (before activation; a MAK).
+    #[pyo3(get)]
     validity_end: Option<String>,
     /// End of grace, RFC 3339 UTC, or None.
+    #[pyo3(get)]
     grace_end: Option<String>,
     /// When the next activation or renewal attempt is due, RFC 3339 UTC, or None.
+    #[pyo3(get)]
     next_attempt: Option<String>,
     /// Seconds the local clock is behind the latest reading seen (X5: nothing is extended
     /// until it is right again or a host answers), or None.
+    #[pyo3(get)]
     clock_behind_secs: Option<i64>,
     /// The CMID (it changes by itself when the state was copied or a host saw a clone, X6).
+    #[pyo3(get)]
     cmid: String,
     /// Why the license was taken back (X7: its MAK or its host is on the vendor's revocation
     /// list), or None.
+    #[pyo3(get)]
     revoked: Option<String>,
     /// The serial of the newest revocation list this installation holds (0: none).
+    #[pyo3(get)]
     revocation_serial: u32,
-    #[pyo3(get = false)]
+    /// What `wait_for_change(known=...)` compares.
     key: ChangeKey,
 }
 
@@ -347,6 +363,7 @@ impl Licensing {
 
 /// The snake_case name of a result code (`"key_not_usable"`; `"success"` for 0; `"unknown"`).
 #[pyfunction]
+#[pyo3(name = "result_name")]
 fn result_name_of(code: u32) -> String {
     name_of(code)
 }
@@ -359,8 +376,7 @@ fn tally_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Activation>()?;
     m.add_class::<Status>()?;
     m.add("TallyError", m.py().get_type::<TallyError>())?;
-    let f = wrap_pyfunction!(result_name_of, m)?;
-    m.add("result_name", f)?;
+    m.add_function(wrap_pyfunction!(result_name_of, m)?)?;
     // Every result code, named as in tally.h without the `TALLY_` prefix (`tally.HOST_REVOKED`).
     for (name, code, _) in RESULT_CODES {
         m.add(name.trim_start_matches("TALLY_"), code)?;

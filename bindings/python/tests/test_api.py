@@ -3,7 +3,7 @@
 Run by crates/tally-cli/tests/integration/embedding_api.rs, which starts `tally host run --dev`
 and `tally authority run` and sets TALLY_TEST_HOST, TALLY_TEST_TRUST (the host's authority.pub),
 TALLY_TEST_SERVER_KEY, TALLY_TEST_AUTHORITY (URL), TALLY_TEST_AUTHORITY_TRUST,
-TALLY_TEST_AUTHORITY_DIR, TALLY_TEST_MAK, TALLY_TEST_SILENT_HOST (accepts, never answers) and
+TALLY_TEST_AUTHORITY_DIR, TALLY_TEST_MAK, TALLY_TEST_MAK_EDITION_KEY, TALLY_TEST_SILENT_HOST (accepts, never answers) and
 TALLY_TEST_BIN (the `tally` binary, for `tally authority confirm`). Without them the module is
 skipped (the older test_licensing.py run needs only a host).
 """
@@ -92,6 +92,7 @@ def test_mak_online_needs_the_authority_url_then_is_permanent(tmp_path):
     lines = []
     lic = tally.Licensing(str(tmp_path / "mak"))
     lic.set_log_callback(lambda level, message: lines.append((level, message)), "trace")
+    lic.install_key(ENV["TALLY_TEST_MAK_EDITION_KEY"])  # names the edition (R25)
     lic.install_key(ENV["TALLY_TEST_MAK"])
     trust = ENV["TALLY_TEST_AUTHORITY_TRUST"]
     with pytest.raises(tally.TallyError) as info:
@@ -115,6 +116,7 @@ def test_mak_offline_installation_id_out_confirmation_in(tmp_path):
     with pytest.raises(tally.TallyError) as info:
         lic.installation_id()
     assert info.value.code == tally.KEY_NOT_USABLE
+    lic.install_key(ENV["TALLY_TEST_MAK_EDITION_KEY"])
     lic.install_key(ENV["TALLY_TEST_MAK"])
     iid = lic.installation_id()
     out = subprocess.run(

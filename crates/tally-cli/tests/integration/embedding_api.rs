@@ -18,6 +18,8 @@ use super::bin;
 
 /// Acme Server Web 2026: a server edition, threshold 5, covered by a dev host.
 const SERVER_KEY: &str = "FW777-M677J-W8KJV-QG4VJ-HC6WP";
+/// Acme Server Datacenter 2026: the edition the MAK activates (its setup key names it, R25).
+const SERVER_DATACENTER: &str = "F7R4D-6HMTK-PVWRM-DXKYV-FFDH6";
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -61,7 +63,11 @@ fn libtally() -> PathBuf {
         cmd.arg("--release");
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "cargo build -p tally-ffi\n{}", show(&out));
+    assert!(
+        out.status.success(),
+        "cargo build -p tally-ffi\n{}",
+        show(&out)
+    );
     profile_dir
 }
 
@@ -80,15 +86,34 @@ impl World {
     fn start(root: &Path) -> Self {
         let host = HostProcess::start_dev(bin(), &root.join("host"), &[]);
         let adir = root.join("authority");
-        assert!(tally(bin(), &["authority", "init", "--dir", s(&adir)]).status.success());
+        assert!(
+            tally(bin(), &["authority", "init", "--dir", s(&adir)])
+                .status
+                .success()
+        );
         let (_, v) = tally_json(
             bin(),
-            &["authority", "issue-mak", "--dir", s(&adir), "--budget", "10", "--json"],
+            &[
+                "authority",
+                "issue-mak",
+                "--dir",
+                s(&adir),
+                "--budget",
+                "10",
+                "--json",
+            ],
         );
         let mak = v["key"].as_str().expect("mak").to_owned();
         let (authority, addr) = Process::spawn_listening(
             bin(),
-            &["authority", "run", "--dir", s(&adir), "--listen", "127.0.0.1:0"],
+            &[
+                "authority",
+                "run",
+                "--dir",
+                s(&adir),
+                "--listen",
+                "127.0.0.1:0",
+            ],
             &[],
             "tally authority listening on ",
         );
@@ -106,10 +131,20 @@ impl World {
     fn confirm(&self, iid: &str) -> String {
         let (code, c) = tally_json(
             bin(),
-            &["authority", "confirm", "--dir", s(&self.authority_dir), iid, "--json"],
+            &[
+                "authority",
+                "confirm",
+                "--dir",
+                s(&self.authority_dir),
+                iid,
+                "--json",
+            ],
         );
         assert_eq!(code, Some(0), "{c}");
-        c["confirmation_id"].as_str().expect("confirmation_id").to_owned()
+        c["confirmation_id"]
+            .as_str()
+            .expect("confirmation_id")
+            .to_owned()
     }
 }
 
@@ -124,7 +159,14 @@ fn every_c_call_against_a_real_host_and_authority() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = tmp.path().join("every_call");
     let built = Command::new("cc")
-        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-D_POSIX_C_SOURCE=200809L", "-I"])
+        .args([
+            "-std=c99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-D_POSIX_C_SOURCE=200809L",
+            "-I",
+        ])
         .arg(workspace().join("crates/tally-ffi/include"))
         .arg(workspace().join("crates/tally-cli/tests/integration/c/every_call.c"))
         .arg("-o")
@@ -147,6 +189,7 @@ fn every_c_call_against_a_real_host_and_authority() {
         .arg(SERVER_KEY)
         .arg(&world.mak)
         .arg(world.silent.local_addr().unwrap().to_string())
+        .arg(SERVER_DATACENTER)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -165,7 +208,10 @@ fn every_c_call_against_a_real_host_and_authority() {
         }
     }
     let out = child.wait_with_output().unwrap();
-    let all = format!("{seen}\n--- stderr\n{}", String::from_utf8_lossy(&out.stderr));
+    let all = format!(
+        "{seen}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(!seen.contains("FAIL"), "{all}");
     for check in [
@@ -177,7 +223,7 @@ fn every_c_call_against_a_real_host_and_authority() {
         "ok: status after uninstall: unlicensed",
         "ok: activate_ex MAK without a URL: no_host naming the authority URL",
         "ok: MAK status: licensed, permanent",
-        "ok: confirm",
+        "ok: confirm\n",
         "ok: offline MAK status: permanent",
         "ok: the log callback received lines",
         "0 failures",
@@ -203,7 +249,12 @@ fn every_python_call_against_a_real_host_and_authority() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let venv = tmp.path().join("venv");
-    let out = Command::new(&python).arg("-m").arg("venv").arg(&venv).output().unwrap();
+    let out = Command::new(&python)
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "python3 -m venv\n{}", show(&out));
     let exe = std::env::current_exe().unwrap();
     let target = exe.ancestors().nth(3).unwrap().join("python-bindings");
@@ -215,19 +266,33 @@ fn every_python_call_against_a_real_host_and_authority() {
         .env("MATURIN_PEP517_ARGS", "--profile dev")
         .output()
         .unwrap();
-    assert!(out.status.success(), "pip install ./bindings/python\n{}", show(&out));
+    assert!(
+        out.status.success(),
+        "pip install ./bindings/python\n{}",
+        show(&out)
+    );
     let world = World::start(tmp.path());
     let out = Command::new(venv.join("bin/python"))
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs"])
         .arg(workspace().join("bindings/python/tests/test_api.py"))
         .env("TALLY_TEST_HOST", world.host.addr.to_string())
-        .env("TALLY_TEST_TRUST", world.host.data_dir.join("authority.pub"))
+        .env(
+            "TALLY_TEST_TRUST",
+            world.host.data_dir.join("authority.pub"),
+        )
         .env("TALLY_TEST_SERVER_KEY", SERVER_KEY)
         .env("TALLY_TEST_AUTHORITY", &world.url)
-        .env("TALLY_TEST_AUTHORITY_TRUST", world.authority_dir.join("authority.pub"))
+        .env(
+            "TALLY_TEST_AUTHORITY_TRUST",
+            world.authority_dir.join("authority.pub"),
+        )
         .env("TALLY_TEST_AUTHORITY_DIR", &world.authority_dir)
         .env("TALLY_TEST_MAK", &world.mak)
-        .env("TALLY_TEST_SILENT_HOST", world.silent.local_addr().unwrap().to_string())
+        .env("TALLY_TEST_MAK_EDITION_KEY", SERVER_DATACENTER)
+        .env(
+            "TALLY_TEST_SILENT_HOST",
+            world.silent.local_addr().unwrap().to_string(),
+        )
         .env("TALLY_TEST_BIN", bin())
         .current_dir(tmp.path())
         .output()

@@ -17,8 +17,9 @@ use crate::embed::{ActivateOptions, ChangeKey, Handle};
 use crate::logging::LogLevel;
 use crate::panic::guard;
 
-/// Bytes a buffer for `tally_installation_id()` needs at most, NUL included.
-pub const TALLY_INSTALLATION_ID_LEN: usize = 160;
+/// Bytes a buffer for `tally_installation_id()` needs at most, NUL included (today 21 groups
+/// of 7 digits and their spaces: 168).
+pub const TALLY_INSTALLATION_ID_LEN: usize = 256;
 
 /// How much the library logs (`tally_set_log_callback()`), most severe first.
 #[allow(non_camel_case_types)]

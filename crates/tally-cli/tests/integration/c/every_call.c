@@ -1,6 +1,6 @@
 /*
  * every_call STATE_ROOT HOST:PORT HOST_TRUST AUTHORITY_URL AUTHORITY_TRUST SETUP_KEY MAK
- *             SILENT_HOST:PORT
+ *             SILENT_HOST:PORT EDITION_KEY
  *
  * Runs every call of tally.h against a real host and a real authority (driven by
  * crates/tally-cli/tests/integration/embedding_api.rs). Prints "ok: ..." per check and
@@ -51,13 +51,14 @@ static tally_licensing *open_at(const char *root, const char *name) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 9) {
+  if (argc != 10) {
     fprintf(stderr, "usage: %s STATE_ROOT HOST HOST_TRUST AUTHORITY_URL AUTHORITY_TRUST "
-                    "SETUP_KEY MAK SILENT_HOST\n", argv[0]);
+                    "SETUP_KEY MAK SILENT_HOST EDITION_KEY\n", argv[0]);
     return 2;
   }
   const char *root = argv[1], *host = argv[2], *host_trust = argv[3], *url = argv[4],
-             *auth_trust = argv[5], *setup_key = argv[6], *mak = argv[7], *silent = argv[8];
+             *auth_trust = argv[5], *setup_key = argv[6], *mak = argv[7], *silent = argv[8],
+             *edition_key = argv[9];
   tally_result rc;
 
   /* Constants and names. */
@@ -129,6 +130,9 @@ int main(int argc, char **argv) {
   tally_licensing *m = open_at(root, "mak-online");
   rc = tally_set_log_callback(m, on_log, &log_lines, TALLY_LOG_TRACE);
   check(rc == TALLY_OK, "set_log_callback on the MAK handle", rc);
+  /* The edition's setup key names the edition; the MAK then replaces it (R25). */
+  rc = tally_install_key(m, edition_key);
+  check(rc == TALLY_OK, "install the edition's setup key before the MAK", rc);
   rc = tally_install_key(m, mak);
   check(rc == TALLY_OK, "install MAK", rc);
   tally_activate_options none = {NULL, NULL, auth_trust, 0};
@@ -147,6 +151,8 @@ int main(int argc, char **argv) {
 
   /* A MAK offline: installation ID out, confirmation ID in. */
   tally_licensing *o = open_at(root, "mak-offline");
+  rc = tally_install_key(o, edition_key);
+  check(rc == TALLY_OK, "install the edition's setup key (offline)", rc);
   rc = tally_install_key(o, mak);
   check(rc == TALLY_OK, "install MAK (offline)", rc);
   char small[8];
