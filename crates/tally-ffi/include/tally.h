@@ -85,9 +85,10 @@
 #define TALLY_CMID_LEN 37
 
 /**
- * Bytes a buffer for `tally_installation_id()` needs at most, NUL included.
+ * Bytes a buffer for `tally_installation_id()` needs at most, NUL included (today 21 groups
+ * of 7 digits and their spaces: 168).
  */
-#define TALLY_INSTALLATION_ID_LEN 160
+#define TALLY_INSTALLATION_ID_LEN 256
 
 /**
  * The license state.

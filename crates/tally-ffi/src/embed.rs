@@ -398,6 +398,15 @@ impl Handle {
                 }
             }
         };
+        // The outcome, for the application's logging hook (never a key: messages hold none).
+        self.local(|| {
+            tracing::info!(
+                code = %format_args!("0x{:08X}", op.code),
+                result = %op.result,
+                message = %op.message,
+                "activation attempt finished"
+            );
+        });
         if op.ok || op.code == codes::BELOW_THRESHOLD {
             Ok(Activation {
                 activated: op.ok,
