@@ -403,7 +403,7 @@ impl Handle {
             tracing::info!(
                 code = %format_args!("0x{:08X}", op.code),
                 result = %op.result,
-                message = %op.message,
+                detail = %op.message,
                 "activation attempt finished"
             );
         });

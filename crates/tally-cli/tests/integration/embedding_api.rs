@@ -180,6 +180,15 @@ fn every_c_call_against_a_real_host_and_authority() {
     assert!(built.status.success(), "cc every_call.c\n{}", show(&built));
     let world = World::start(tmp.path());
     let states = tmp.path().join("states");
+    // The offline MAK's confirmation is verified under the authority key the vendor ships in
+    // the state directory (no activation call brings it there).
+    let offline = states.join("mak-offline");
+    std::fs::create_dir_all(&offline).unwrap();
+    std::fs::copy(
+        world.authority_dir.join("authority.pub"),
+        offline.join("authority.pub"),
+    )
+    .unwrap();
     let mut child = Command::new(&exe)
         .arg(&states)
         .arg(world.host.addr.to_string())
