@@ -20,12 +20,12 @@ use tally_client::agent::{AgentRequest, MAX_REQUEST_LINE, machine_name};
 use tally_client::codes;
 use tally_client::fsmode;
 use tally_client::ops::{Client, OpResult, TRUST_FILE};
+use tally_client::platform::{AgentListener, AgentStream};
 use tally_client::state::{ClientState, LOCK_FILE, STATE_FILE, StateError};
 use tally_core::lifecycle::{License, LicenseStatus};
 use tally_core::time::{Clock, Timestamp};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -246,7 +246,7 @@ impl Agent {
         Ok(())
     }
 
-    fn bind(&self) -> Result<UnixListener, AgentError> {
+    fn bind(&self) -> Result<AgentListener, AgentError> {
         let err = |source| AgentError::Socket {
             path: self.socket.clone(),
             source,
@@ -258,18 +258,15 @@ impl Agent {
         }
         // A socket file left by a crashed agent: remove it if nothing answers on it.
         if self.socket.exists() {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            if tally_client::platform::agent_answers(&self.socket) {
                 return Err(AgentError::AlreadyRunning {
                     path: self.socket.clone(),
                 });
             }
             let _ = std::fs::remove_file(&self.socket);
         }
-        let listener = UnixListener::bind(&self.socket).map_err(err)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o666))
-            .map_err(err)?;
-        Ok(listener)
+        // Any local user may connect (R13); who asks is checked per request.
+        tally_client::platform::bind_agent(&self.socket).map_err(err)
     }
 
     /// Does whatever is due now (at the agent's start, also an attempt for an installation
@@ -341,7 +338,7 @@ impl Agent {
 
     async fn serve(
         self: Arc<Self>,
-        listener: UnixListener,
+        listener: AgentListener,
         owner: u32,
         shutdown: CancellationToken,
     ) {
@@ -357,7 +354,7 @@ impl Agent {
                     }
                 },
             };
-            let Ok(uid) = stream.peer_cred().map(|c| c.uid()) else {
+            let Ok(uid) = tally_client::platform::peer_uid(&stream) else {
                 continue;
             };
             // X4: over the user's cap the connection is closed at once, unread.
@@ -374,7 +371,7 @@ impl Agent {
         }
     }
 
-    async fn handle(&self, stream: UnixStream, uid: u32, owner: u32) -> std::io::Result<()> {
+    async fn handle(&self, stream: AgentStream, uid: u32, owner: u32) -> std::io::Result<()> {
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
         let mut reader = BufReader::new(read.take(MAX_REQUEST_LINE as u64));

@@ -14,7 +14,6 @@ use tally_core::catalog::Catalog;
 use tally_core::time::{Clock, SystemClock};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 use crate::ops::{Client, OpResult, StatusReport};
 use crate::state::StateError;
@@ -99,7 +98,7 @@ pub enum AgentError {
 
 /// Sends one request to the agent at `socket`.
 pub async fn call(socket: &Path, request: &AgentRequest) -> Result<OpResult, AgentError> {
-    let stream = match UnixStream::connect(socket).await {
+    let stream = match crate::platform::connect_agent(socket).await {
         Ok(s) => s,
         Err(e)
             if matches!(
@@ -121,14 +120,7 @@ pub async fn call(socket: &Path, request: &AgentRequest) -> Result<OpResult, Age
 }
 
 /// This machine's name, as the client reports it to hosts (R27).
-pub fn machine_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
+pub use crate::platform::machine_name;
 
 /// The API the vendor's application embeds: "am I licensed?", "activate now", through the
 /// agent when it runs and directly on the state directory when it does not.

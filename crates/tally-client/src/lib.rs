@@ -16,7 +16,9 @@
 //! - [`evidence`]: the hosts' signed answers kept in it (X5).
 //! - `revoked`: what the authority's revocation list changes for a client (X7).
 //! - [`fsmode`]: file and directory modes set explicitly, never from the umask (X4).
-//! - [`hardware`]: the hardware probe (R12).
+//! - [`hardware`]: the hardware fingerprint (R12), probed by the platform.
+//! - [`platform`]: what the client needs from the operating system (hardware probe, machine
+//!   name, agent transport); Linux only, anything else fails to compile with what a port needs.
 //! - [`rollover`]: root rollover statements the client accepted (X8).
 //! - [`codes`]: client-side result codes (R14).
 
@@ -28,6 +30,7 @@ pub mod evidence;
 pub mod fsmode;
 pub mod hardware;
 pub mod ops;
+pub mod platform;
 mod revoked;
 pub mod rollover;
 pub mod state;

@@ -23,11 +23,72 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+/* Result codes (docs/PROTOCOL.md "Result codes"). */
+/** Success (`success`). */
+#define TALLY_OK 0x00000000
+/** The host answered; its count is below the edition's threshold: not activated yet, not an error (R2). */
+#define TALLY_BELOW_THRESHOLD 0x47A10001
+/** Host: the request could not be decoded. */
+#define TALLY_MALFORMED_REQUEST 0xC7A10001
+/** Host: another protocol version. */
+#define TALLY_UNSUPPORTED_VERSION 0xC7A10002
+/** Host: the edition is not in the host's catalog. */
+#define TALLY_UNKNOWN_EDITION 0xC7A10003
+/** Host: the host's key group or generation does not cover the edition (R21). */
+#define TALLY_EDITION_NOT_COVERED 0xC7A10004
+/** Host: the request names a pool the edition is not in. */
+#define TALLY_POOL_MISMATCH 0xC7A10005
+/** Host: at its connection limit. */
+#define TALLY_HOST_BUSY 0xC7A10006
+/** Host: could not store the request; nothing was counted. */
+#define TALLY_STORAGE_FAILURE 0xC7A10007
+/** Host: the request frame was over 250 bytes. */
+#define TALLY_FRAME_TOO_LARGE 0xC7A10008
+/** Host: another installation presents this CMID; the library took a new CMID and asked again (X6). */
+#define TALLY_CLONE_DETECTED 0xC7A10009
+/** The host's certificate is on the vendor's revocation list (X7). */
+#define TALLY_HOST_REVOKED 0xC7A1000A
+/** The host (or the authority) could not be resolved or reached, or refused a MAK. */
+#define TALLY_HOST_UNREACHABLE 0xC7A10101
+/** The host did not answer in time, or the call passed its timeout. */
+#define TALLY_HOST_TIMEOUT 0xC7A10102
+/** The peer sent something that is not a valid Tally message. */
+#define TALLY_PROTOCOL_ERROR 0xC7A10103
+/** The answer failed verification (R16). */
+#define TALLY_UNTRUSTED_RESPONSE 0xC7A10104
+/** No host set by hand or found in DNS, or no authority URL for a MAK. */
+#define TALLY_NO_HOST 0xC7A10105
+/** All 3 rearms are used (R11). */
+#define TALLY_NO_REARM_LEFT 0xC7A10201
+/** Not a usable key (wrong kind, not in the catalog, none installed), or a bad catalog. */
+#define TALLY_KEY_NOT_USABLE 0xC7A10202
+/** The agent refused: the operation needs root or the agent's owner (R13). */
+#define TALLY_ACCESS_DENIED 0xC7A10203
+/** The state directory cannot be read or written. */
+#define TALLY_STATE_UNAVAILABLE 0xC7A10204
+/** No authority key to trust (pass a trust file, or put authority.pub in the state dir). */
+#define TALLY_NO_TRUST 0xC7A10205
+/** A NULL pointer where one is not allowed, a string that is not UTF-8, or a buffer too small. */
+#define TALLY_INVALID_ARGUMENT 0xC7A10301
+/** A bug in the library (a caught panic), or its runtime could not start. */
+#define TALLY_INTERNAL_ERROR 0xC7A10302
+
 
 /**
  * Bytes of `tally_status.edition`, NUL included.
  */
 #define TALLY_EDITION_LEN 128
+
+/**
+ * Bytes of `tally_status.cmid`, NUL included.
+ */
+#define TALLY_CMID_LEN 37
+
+/**
+ * Bytes a buffer for `tally_installation_id()` needs at most, NUL included (today 21 groups
+ * of 7 digits and their spaces: 168).
+ */
+#define TALLY_INSTALLATION_ID_LEN 256
 
 /**
  * The license state.
@@ -63,6 +124,43 @@ enum tally_license_state
 typedef enum tally_license_state tally_license_state;
 #else
 typedef uint32_t tally_license_state;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * How much the library logs (`tally_set_log_callback()`), most severe first.
+ */
+enum tally_log_level
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Something failed.
+   */
+  TALLY_LOG_ERROR = 1,
+  /**
+   * Something is wrong and was worked around (a host that did not answer).
+   */
+  TALLY_LOG_WARN = 2,
+  /**
+   * What the library did.
+   */
+  TALLY_LOG_INFO = 3,
+  /**
+   * Details for a developer.
+   */
+  TALLY_LOG_DEBUG = 4,
+  /**
+   * Everything.
+   */
+  TALLY_LOG_TRACE = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum tally_log_level tally_log_level;
+#else
+typedef uint32_t tally_log_level;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -149,130 +247,65 @@ typedef struct {
    * again or a host answers.
    */
   int64_t clock_behind_secs;
+  /**
+   * The CMID (lowercase UUID, NUL-terminated): this installation's id as hosts count it.
+   */
+  char cmid[TALLY_CMID_LEN];
+  /**
+   * End of grace (R10), Unix milliseconds; 0 when not in grace.
+   */
+  int64_t grace_end_ms;
+  /**
+   * End of validity (R7), Unix milliseconds; 0 before activation and for a MAK.
+   */
+  int64_t validity_end_ms;
+  /**
+   * When the next activation or renewal attempt is due (R8), Unix milliseconds; 0 when none.
+   */
+  int64_t next_attempt_ms;
+  /**
+   * X7: the license was taken back (its MAK or its host is on the vendor's revocation
+   * list); `tally_last_error_message()` after `tally_read_status()` says why.
+   */
+  bool revoked;
+  /**
+   * X7: the serial of the newest revocation list this installation holds (0: none).
+   */
+  uint32_t revocation_serial;
 } tally_status;
 
 /**
- * Success.
+ * Where and how `tally_activate_ex()` activates. Every field may be NULL or 0.
  */
-#define TALLY_OK 0
+typedef struct {
+  /**
+   * `"HOST[:PORT]"` for this attempt only (a setup-key installation); NULL: the host set by
+   * hand, the cached host or DNS discovery.
+   */
+  const char *host;
+  /**
+   * The vendor's authority URL (`"https://…"`) for a MAK installation (R25); remembered, so
+   * later calls may pass NULL. NULL: the remembered URL.
+   */
+  const char *authority_url;
+  /**
+   * The authority's public key file; NULL: `STATE_DIR/authority.pub`.
+   */
+  const char *trust_file;
+  /**
+   * This call's deadline in milliseconds; 0: the handle's (`tally_set_timeout()`).
+   */
+  uint32_t timeout_ms;
+} tally_activate_options;
 
 /**
- * The host answered; its count is below the edition's threshold (not activated yet, R2).
+ * The application's logging function: `user_data` as given to `tally_set_log_callback()`, the
+ * line's level and the line (UTF-8, NUL-terminated, valid only during the call, never a
+ * product key). It is called on the thread making a `tally_*` call, during that call, so it
+ * must be safe to call from every thread the application calls the library from, and must not
+ * call the library back on the same handle.
  */
-#define TALLY_BELOW_THRESHOLD 1201733633
-
-/**
- * Host: the request could not be decoded.
- */
-#define TALLY_MALFORMED_REQUEST 3349217281
-
-/**
- * Host: another protocol version.
- */
-#define TALLY_UNSUPPORTED_VERSION 3349217282
-
-/**
- * Host: the edition is not in the host's catalog.
- */
-#define TALLY_UNKNOWN_EDITION 3349217283
-
-/**
- * Host: the host's key group or generation does not cover the edition (R21).
- */
-#define TALLY_EDITION_NOT_COVERED 3349217284
-
-/**
- * Host: the request names a pool the edition is not in.
- */
-#define TALLY_POOL_MISMATCH 3349217285
-
-/**
- * Host: reserved, at its connection limit.
- */
-#define TALLY_HOST_BUSY 3349217286
-
-/**
- * Host: could not store the request; nothing was counted.
- */
-#define TALLY_STORAGE_FAILURE 3349217287
-
-/**
- * Host: the request frame was over 250 bytes.
- */
-#define TALLY_FRAME_TOO_LARGE 3349217288
-
-/**
- * Host (protocol version 2): another installation presents this CMID; nothing was counted.
- * The library took a new CMID and asked again (X6).
- */
-#define TALLY_CLONE_DETECTED 3349217289
-
-/**
- * Host (protocol version 2): this host's certificate is on the vendor's revocation list; the
- * host said so, or the library found it on the list it holds. The library asks the next host
- * (X7, R19).
- */
-#define TALLY_HOST_REVOKED 3349217290
-
-/**
- * The host could not be resolved or reached.
- */
-#define TALLY_HOST_UNREACHABLE 3349217537
-
-/**
- * The host did not answer in time.
- */
-#define TALLY_HOST_TIMEOUT 3349217538
-
-/**
- * The peer sent something that is not a valid Tally message.
- */
-#define TALLY_PROTOCOL_ERROR 3349217539
-
-/**
- * The response failed verification (R16).
- */
-#define TALLY_UNTRUSTED_RESPONSE 3349217540
-
-/**
- * No host set by hand or found in DNS.
- */
-#define TALLY_NO_HOST 3349217541
-
-/**
- * All 3 rearms are used (R11).
- */
-#define TALLY_NO_REARM_LEFT 3349217793
-
-/**
- * Not a usable key (wrong kind, not in the catalog, none installed), or a bad catalog.
- */
-#define TALLY_KEY_NOT_USABLE 3349217794
-
-/**
- * The agent refused: the operation needs root or the agent's owner (R13).
- */
-#define TALLY_ACCESS_DENIED 3349217795
-
-/**
- * The state directory cannot be read or written.
- */
-#define TALLY_STATE_UNAVAILABLE 3349217796
-
-/**
- * No authority key to trust (pass a trust file, or put `authority.pub` in the state dir).
- */
-#define TALLY_NO_TRUST 3349217797
-
-/**
- * A null pointer where one is not allowed, or a string that is not UTF-8.
- */
-#define TALLY_INVALID_ARGUMENT 3349218049
-
-/**
- * A bug in the library (a caught panic) or its runtime could not start.
- */
-#define TALLY_INTERNAL_ERROR 3349218050
+typedef void (*tally_log_callback)(void *user_data, tally_log_level level, const char *message);
 
 #ifdef __cplusplus
 extern "C" {
@@ -365,6 +398,141 @@ tally_result tally_read_status(const tally_licensing *handle, tally_status *out)
  * `handle` is a live handle (or NULL).
  */
 tally_result tally_rearm(const tally_licensing *handle);
+
+/**
+ * Like `tally_activate()` with an authority URL for a MAK and a deadline for this call.
+ * `options` may be NULL (all defaults). A MAK installation activates with the vendor's
+ * authority (`authority_url`, else the remembered URL; without either: `TALLY_NO_HOST`); a
+ * setup-key installation with a host. `out` (may be NULL) is filled whatever the outcome.
+ *
+ * Returns `TALLY_OK`, `TALLY_BELOW_THRESHOLD`, or an error: `TALLY_NO_TRUST`,
+ * `TALLY_NO_HOST`, `TALLY_HOST_UNREACHABLE` (also a MAK the authority refused: over its
+ * budget, revoked), `TALLY_HOST_TIMEOUT` (a host, or this call's deadline),
+ * `TALLY_UNTRUSTED_RESPONSE`, `TALLY_PROTOCOL_ERROR`, `TALLY_KEY_NOT_USABLE`, a host's
+ * refusal (`0xC7A1000x`), `TALLY_STATE_UNAVAILABLE`, `TALLY_INVALID_ARGUMENT`.
+ * # Safety
+ * `handle` is a live handle (or NULL); `options` is NULL or points to a readable
+ * `tally_activate_options` whose strings are NUL-terminated or NULL; `out` is NULL or points
+ * to a writable `tally_activation`.
+ */
+tally_result tally_activate_ex(const tally_licensing *handle,
+                               const tally_activate_options *options,
+                               tally_activation *out);
+
+/**
+ * R25 offline, step 1: writes the installation ID of a MAK installation (digit groups
+ * separated by spaces, NUL-terminated) into `buf` (`len` bytes, caller-owned; at most
+ * `TALLY_INSTALLATION_ID_LEN` are needed). The user gives it to the vendor, who answers with a
+ * confirmation ID (`tally_confirm()`). Local; needs no network.
+ *
+ * Returns `TALLY_OK`, `TALLY_KEY_NOT_USABLE` (no MAK installed), `TALLY_STATE_UNAVAILABLE`,
+ * or `TALLY_INVALID_ARGUMENT` (NULL, or `len` too small: nothing written but the NUL).
+ * # Safety
+ * `handle` is a live handle (or NULL); `buf` is NULL or points to `len` writable bytes.
+ */
+tally_result tally_installation_id(const tally_licensing *handle, char *buf, size_t len);
+
+/**
+ * R25 offline, step 2: applies the confirmation ID the vendor gave (digit groups; spaces and
+ * dashes are ignored). The installation is then licensed for good. Needs
+ * `STATE_DIR/authority.pub` (copy it there, or activate once with a trust file).
+ *
+ * Returns `TALLY_OK`, `TALLY_KEY_NOT_USABLE` (no MAK installed, or not a confirmation ID:
+ * wrong number of groups or a group's check digit), `TALLY_UNTRUSTED_RESPONSE` (a
+ * confirmation for another installation or another authority), `TALLY_NO_TRUST`,
+ * `TALLY_STATE_UNAVAILABLE`, `TALLY_INVALID_ARGUMENT`.
+ * # Safety
+ * `handle` is a live handle (or NULL); `confirmation_id` is a NUL-terminated string (or NULL).
+ */
+tally_result tally_confirm(const tally_licensing *handle, const char *confirmation_id);
+
+/**
+ * Removes the product key: the installation is unlicensed (its CMID and rearms stay). Needs
+ * write access to the state directory (R13).
+ *
+ * Returns `TALLY_OK`, `TALLY_STATE_UNAVAILABLE`, `TALLY_INVALID_ARGUMENT`.
+ * # Safety
+ * `handle` is a live handle (or NULL).
+ */
+tally_result tally_uninstall_key(const tally_licensing *handle);
+
+/**
+ * R11: prepares the installation to be imaged: a new CMID, and the grace period reset when a
+ * rearm is left. Run it last on a master image. Needs write access (R13).
+ *
+ * Returns `TALLY_OK`, `TALLY_NO_REARM_LEFT` (the CMID changed, the grace did not),
+ * `TALLY_STATE_UNAVAILABLE`, `TALLY_INVALID_ARGUMENT`.
+ * # Safety
+ * `handle` is a live handle (or NULL).
+ */
+tally_result tally_generalize(const tally_licensing *handle);
+
+/**
+ * R20: activates at `host` (`"HOST[:PORT]"`, default port 1688) from now on; DNS discovery
+ * is off until `tally_clear_host()`. Needs write access (R13).
+ *
+ * Returns `TALLY_OK`, `TALLY_STATE_UNAVAILABLE`, `TALLY_INVALID_ARGUMENT` (NULL, empty or with
+ * spaces).
+ * # Safety
+ * `handle` is a live handle (or NULL); `host` is a NUL-terminated string (or NULL).
+ */
+tally_result tally_set_host(const tally_licensing *handle, const char *host);
+
+/**
+ * R20: forgets the host set by hand: DNS discovery is on again. Needs write access (R13).
+ *
+ * Returns `TALLY_OK`, `TALLY_STATE_UNAVAILABLE`, `TALLY_INVALID_ARGUMENT`.
+ * # Safety
+ * `handle` is a live handle (or NULL).
+ */
+tally_result tally_clear_host(const tally_licensing *handle);
+
+/**
+ * Sets the deadline of every later call on `handle` that may use the network
+ * (`tally_activate()`, `tally_activate_ex()` without its own, `tally_read_status()` through
+ * the agent): past it the call stops and returns `TALLY_HOST_TIMEOUT`. 0 restores the
+ * default, 60 000 ms. Thread-safe; a call already running keeps its deadline.
+ *
+ * Returns `TALLY_OK`, `TALLY_INVALID_ARGUMENT` (NULL handle).
+ * # Safety
+ * `handle` is a live handle (or NULL).
+ */
+tally_result tally_set_timeout(const tally_licensing *handle, uint32_t timeout_ms);
+
+/**
+ * Sends the log lines of `handle`'s calls at `max_level` (a `tally_log_level`) and more severe
+ * to `callback` with `user_data`; a NULL `callback` stops it. See `tally_log_callback` for
+ * when it is called. Without a callback the library logs nothing.
+ *
+ * Returns `TALLY_OK`, `TALLY_INVALID_ARGUMENT` (NULL handle, or a level outside 1–5).
+ * # Safety
+ * `handle` is a live handle (or NULL); `callback`, when not NULL, is a function safe to call
+ * from any thread with `user_data` until it is replaced or the handle is freed.
+ */
+tally_result tally_set_log_callback(const tally_licensing *handle,
+                                    tally_log_callback callback,
+                                    void *user_data,
+                                    uint32_t max_level);
+
+/**
+ * Waits until the license state changes, at most `timeout_ms`: the state or whether licensed,
+ * the edition, the end of grace or validity (a renewal moves it), the CMID, a revocation —
+ * made by this process, another one, the agent, or time running out. `known` is the status the
+ * application last acted on (NULL: the status at the call's start), so a change between two
+ * calls is never missed. On return `*out` (not NULL) holds the status now and `*changed`
+ * (not NULL) whether it differs from `known`. Blocks the calling thread (it looks at the state
+ * directory every 200 ms); run it on a thread of its own.
+ *
+ * Returns `TALLY_OK` (changed or not), `TALLY_STATE_UNAVAILABLE`, `TALLY_INVALID_ARGUMENT`.
+ * # Safety
+ * `handle` is a live handle (or NULL); `known` is NULL or points to a readable `tally_status`
+ * (as filled by this library); `out` and `changed` point to writable objects (or are NULL).
+ */
+tally_result tally_wait_for_change(const tally_licensing *handle,
+                                   const tally_status *known,
+                                   uint32_t timeout_ms,
+                                   tally_status *out,
+                                   bool *changed);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -9,6 +9,7 @@
 //! - [`embed`]: the safe, blocking Rust API ([`embed::Handle`]) that owns a Tokio runtime; the
 //!   C ABI and the Python package both wrap it.
 //! - [`capi`]: the `extern "C"` functions, result codes and plain structs of `tally.h`.
+//! - [`logging`]: the per-handle logging hook.
 //! - `panic`: every entry point catches panics; the per-thread last message.
 //!
 //! This is the only crate of the workspace that allows `unsafe`, for the C ABI alone; each
@@ -17,6 +18,8 @@
 
 pub mod capi;
 pub mod embed;
+pub mod logging;
 mod panic;
 
-pub use embed::{Activation, Error, Handle, Status};
+pub use embed::{ActivateOptions, Activation, ChangeKey, Error, Handle, Status};
+pub use logging::{LogLevel, Logger};

@@ -9,7 +9,9 @@ use std::path::Path;
 #[test]
 fn the_committed_header_is_up_to_date() {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).unwrap();
+    let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).unwrap();
+    // The result codes as hexadecimal #defines (cbindgen would print the constants in decimal).
+    config.after_includes = Some(tally::capi::result_code_defines());
     let bindings = cbindgen::Builder::new()
         .with_crate(crate_dir)
         .with_config(config)

@@ -15,6 +15,7 @@ mod clock;
 mod dist;
 mod dns;
 mod embedding;
+mod embedding_api;
 mod faults;
 mod fleet;
 mod fleet_admin;

@@ -31,14 +31,20 @@ impl Client {
             return self.done(
                 now,
                 codes::NO_HOST,
-                "a MAK client needs the authority: pass --authority URL".into(),
+                "no authority URL: a MAK installation activates with the vendor's authority; give \
+                 its URL once (CLI: `tally client activate --authority URL`; SDK: the authority \
+                 URL argument of activate) and it is remembered, or activate offline with the \
+                 installation ID"
+                    .into(),
             );
         };
         let Some(trust) = self.anchor() else {
             return self.done(
                 now,
                 codes::NO_TRUST,
-                "no trusted authority key: `tally client trust FILE`".into(),
+                "no trusted authority key: copy the vendor's authority.pub into the state directory \
+                 (CLI: `tally client trust FILE`; SDK: the trust file argument of activate)"
+                    .into(),
             );
         };
         let hardware = hardware::id();
@@ -180,7 +186,9 @@ impl Client {
             return self.done(
                 now,
                 codes::NO_TRUST,
-                "no trusted authority key: `tally client trust FILE`".into(),
+                "no trusted authority key: copy the vendor's authority.pub into the state directory \
+                 (CLI: `tally client trust FILE`; SDK: the trust file argument of activate)"
+                    .into(),
             );
         };
         let bytes = match tally_core::digits::decode(confirmation, 66) {

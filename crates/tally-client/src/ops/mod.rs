@@ -369,7 +369,8 @@ impl Client {
                     now,
                     0,
                     "MAK installed: this client now activates directly with the vendor's authority \
-                     (`tally client activate --authority URL`, or --offline)"
+                     (its URL: `tally client activate --authority URL` or the SDK's authority \
+                     argument; or offline with the installation ID)"
                         .into(),
                 ),
                 Err(e) => OpResult::from_error(&e),

@@ -8,7 +8,10 @@ use std::ffi::{CStr, c_char};
 use std::path::Path;
 
 use crate::embed::{Error, Handle, Status};
+
+mod calls;
 use crate::panic::{guard, guard_value, set_message, take_message_into};
+pub use calls::*;
 use tally_client::LicenseStatus;
 
 /// A result code: `TALLY_OK`, `TALLY_BELOW_THRESHOLD`, or an error (high bit set). The values
@@ -67,6 +70,138 @@ pub const TALLY_NO_TRUST: tally_result = 0xC7A10205;
 pub const TALLY_INVALID_ARGUMENT: tally_result = 0xC7A10301;
 /// A bug in the library (a caught panic) or its runtime could not start.
 pub const TALLY_INTERNAL_ERROR: tally_result = 0xC7A10302;
+
+/// Every result code: its `tally.h` name, value and meaning. The header's hexadecimal
+/// `#define`s are generated from this table (`tests/header.rs`), so C sees `0xC7A1000A` as every
+/// document and message writes it.
+pub const RESULT_CODES: [(&str, tally_result, &str); 24] = [
+    ("TALLY_OK", TALLY_OK, "Success (`success`)."),
+    (
+        "TALLY_BELOW_THRESHOLD",
+        TALLY_BELOW_THRESHOLD,
+        "The host answered; its count is below the edition's threshold: not activated yet, not an error (R2).",
+    ),
+    (
+        "TALLY_MALFORMED_REQUEST",
+        TALLY_MALFORMED_REQUEST,
+        "Host: the request could not be decoded.",
+    ),
+    (
+        "TALLY_UNSUPPORTED_VERSION",
+        TALLY_UNSUPPORTED_VERSION,
+        "Host: another protocol version.",
+    ),
+    (
+        "TALLY_UNKNOWN_EDITION",
+        TALLY_UNKNOWN_EDITION,
+        "Host: the edition is not in the host's catalog.",
+    ),
+    (
+        "TALLY_EDITION_NOT_COVERED",
+        TALLY_EDITION_NOT_COVERED,
+        "Host: the host's key group or generation does not cover the edition (R21).",
+    ),
+    (
+        "TALLY_POOL_MISMATCH",
+        TALLY_POOL_MISMATCH,
+        "Host: the request names a pool the edition is not in.",
+    ),
+    (
+        "TALLY_HOST_BUSY",
+        TALLY_HOST_BUSY,
+        "Host: at its connection limit.",
+    ),
+    (
+        "TALLY_STORAGE_FAILURE",
+        TALLY_STORAGE_FAILURE,
+        "Host: could not store the request; nothing was counted.",
+    ),
+    (
+        "TALLY_FRAME_TOO_LARGE",
+        TALLY_FRAME_TOO_LARGE,
+        "Host: the request frame was over 250 bytes.",
+    ),
+    (
+        "TALLY_CLONE_DETECTED",
+        TALLY_CLONE_DETECTED,
+        "Host: another installation presents this CMID; the library took a new CMID and asked again (X6).",
+    ),
+    (
+        "TALLY_HOST_REVOKED",
+        TALLY_HOST_REVOKED,
+        "The host's certificate is on the vendor's revocation list (X7).",
+    ),
+    (
+        "TALLY_HOST_UNREACHABLE",
+        TALLY_HOST_UNREACHABLE,
+        "The host (or the authority) could not be resolved or reached, or refused a MAK.",
+    ),
+    (
+        "TALLY_HOST_TIMEOUT",
+        TALLY_HOST_TIMEOUT,
+        "The host did not answer in time, or the call passed its timeout.",
+    ),
+    (
+        "TALLY_PROTOCOL_ERROR",
+        TALLY_PROTOCOL_ERROR,
+        "The peer sent something that is not a valid Tally message.",
+    ),
+    (
+        "TALLY_UNTRUSTED_RESPONSE",
+        TALLY_UNTRUSTED_RESPONSE,
+        "The answer failed verification (R16).",
+    ),
+    (
+        "TALLY_NO_HOST",
+        TALLY_NO_HOST,
+        "No host set by hand or found in DNS, or no authority URL for a MAK.",
+    ),
+    (
+        "TALLY_NO_REARM_LEFT",
+        TALLY_NO_REARM_LEFT,
+        "All 3 rearms are used (R11).",
+    ),
+    (
+        "TALLY_KEY_NOT_USABLE",
+        TALLY_KEY_NOT_USABLE,
+        "Not a usable key (wrong kind, not in the catalog, none installed), or a bad catalog.",
+    ),
+    (
+        "TALLY_ACCESS_DENIED",
+        TALLY_ACCESS_DENIED,
+        "The agent refused: the operation needs root or the agent's owner (R13).",
+    ),
+    (
+        "TALLY_STATE_UNAVAILABLE",
+        TALLY_STATE_UNAVAILABLE,
+        "The state directory cannot be read or written.",
+    ),
+    (
+        "TALLY_NO_TRUST",
+        TALLY_NO_TRUST,
+        "No authority key to trust (pass a trust file, or put authority.pub in the state dir).",
+    ),
+    (
+        "TALLY_INVALID_ARGUMENT",
+        TALLY_INVALID_ARGUMENT,
+        "A NULL pointer where one is not allowed, a string that is not UTF-8, or a buffer too small.",
+    ),
+    (
+        "TALLY_INTERNAL_ERROR",
+        TALLY_INTERNAL_ERROR,
+        "A bug in the library (a caught panic), or its runtime could not start.",
+    ),
+];
+
+/// The C lines of the result codes (hexadecimal `#define`s with their meaning), generated into
+/// `tally.h` by `tests/header.rs`.
+pub fn result_code_defines() -> String {
+    let mut out = String::from("/* Result codes (docs/PROTOCOL.md \"Result codes\"). */\n");
+    for (name, code, doc) in RESULT_CODES {
+        out.push_str(&format!("/** {doc} */\n#define {name} 0x{code:08X}\n"));
+    }
+    out
+}
 
 /// An installation's licensing, opened on its state directory. Opaque; thread-safe.
 #[allow(non_camel_case_types)]
@@ -135,7 +270,23 @@ pub struct tally_status {
     /// it is not): nothing is extended and `state` is notification until the clock is right
     /// again or a host answers.
     pub clock_behind_secs: i64,
+    /// The CMID (lowercase UUID, NUL-terminated): this installation's id as hosts count it.
+    pub cmid: [c_char; TALLY_CMID_LEN],
+    /// End of grace (R10), Unix milliseconds; 0 when not in grace.
+    pub grace_end_ms: i64,
+    /// End of validity (R7), Unix milliseconds; 0 before activation and for a MAK.
+    pub validity_end_ms: i64,
+    /// When the next activation or renewal attempt is due (R8), Unix milliseconds; 0 when none.
+    pub next_attempt_ms: i64,
+    /// X7: the license was taken back (its MAK or its host is on the vendor's revocation
+    /// list); `tally_last_error_message()` after `tally_read_status()` says why.
+    pub revoked: bool,
+    /// X7: the serial of the newest revocation list this installation holds (0: none).
+    pub revocation_serial: u32,
 }
+
+/// Bytes of `tally_status.cmid`, NUL included.
+pub const TALLY_CMID_LEN: usize = 37;
 
 /// The outcome of `tally_activate()`. A plain struct the caller allocates.
 #[allow(non_camel_case_types)]
@@ -168,7 +319,7 @@ pub extern "C" fn tally_result_name(code: tally_result) -> *const c_char {
 /// The result name as a C string.
 pub fn result_name(code: tally_result) -> &'static CStr {
     match code {
-        TALLY_OK => c"activated",
+        TALLY_OK => c"success",
         TALLY_BELOW_THRESHOLD => c"below_threshold",
         TALLY_MALFORMED_REQUEST => c"malformed_request",
         TALLY_UNSUPPORTED_VERSION => c"unsupported_version",
@@ -301,14 +452,29 @@ pub unsafe extern "C" fn tally_activate(
     trust_file: *const c_char,
     out: *mut tally_activation,
 ) -> tally_result {
+    // SAFETY: forwarded header contract (`handle`, `out`).
+    unsafe {
+        activate_into(handle, out, |h| {
+            // NUL-terminated strings or NULL, valid for this call (header contract).
+            let host = optional(host, "host")?;
+            let trust = optional(trust_file, "trust_file")?;
+            h.activate(host, trust.map(Path::new))
+        })
+    }
+}
+
+/// Runs an activation and fills `out` (when not NULL) whatever the outcome.
+/// # Safety
+/// `handle` is NULL or a live handle; `out` is NULL or points to a writable `tally_activation`.
+pub(crate) unsafe fn activate_into(
+    handle: *const tally_licensing,
+    out: *mut tally_activation,
+    f: impl FnOnce(&Handle) -> Result<crate::embed::Activation, Error>,
+) -> tally_result {
     let code = guard(|| {
-        // SAFETY: `handle` is NULL or a live handle (header contract).
+        // SAFETY: `handle` is NULL or a live handle (this function's contract).
         let h = unsafe { handle_ref(handle) }?;
-        // SAFETY: NUL-terminated strings or NULL, valid for this call.
-        let host = unsafe { optional(host, "host") }?;
-        // SAFETY: as above.
-        let trust = unsafe { optional(trust_file, "trust_file") }?;
-        let a = h.activate(host, trust.map(Path::new))?;
+        let a = f(h)?;
         if !out.is_null() {
             let filled = tally_activation {
                 activated: a.activated,
@@ -348,7 +514,10 @@ pub unsafe extern "C" fn tally_read_status(
             return Err(invalid("out must not be NULL"));
         }
         let status = h.status()?;
-        let message = format!("{}", status.state);
+        let message = match &status.revoked {
+            Some(why) => format!("{} (revoked: {why})", status.state),
+            None => format!("{}", status.state),
+        };
         // SAFETY: `out` is not null and points to a writable `tally_status`.
         unsafe { out.write(to_c_status(&status)) };
         Ok((TALLY_OK, message))
@@ -368,13 +537,13 @@ pub unsafe extern "C" fn tally_rearm(handle: *const tally_licensing) -> tally_re
     })
 }
 
-fn invalid(message: &str) -> Error {
+pub(crate) fn invalid(message: &str) -> Error {
     Error::new(TALLY_INVALID_ARGUMENT, message)
 }
 
 /// # Safety
 /// `handle` is NULL or a pointer from `tally_licensing_open` not yet freed.
-unsafe fn handle_ref<'a>(handle: *const tally_licensing) -> Result<&'a Handle, Error> {
+pub(crate) unsafe fn handle_ref<'a>(handle: *const tally_licensing) -> Result<&'a Handle, Error> {
     // SAFETY: per this function's contract, a non-null `handle` points to a live
     // `tally_licensing`; only shared references are made, and `Handle` is `Sync`.
     unsafe { handle.as_ref() }
@@ -384,7 +553,7 @@ unsafe fn handle_ref<'a>(handle: *const tally_licensing) -> Result<&'a Handle, E
 
 /// # Safety
 /// `p` is NULL or a NUL-terminated string valid for `'a`.
-unsafe fn optional<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Error> {
+pub(crate) unsafe fn optional<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Error> {
     if p.is_null() {
         return Ok(None);
     }
@@ -397,21 +566,26 @@ unsafe fn optional<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, 
 
 /// # Safety
 /// As [`optional`].
-unsafe fn required<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
+pub(crate) unsafe fn required<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
     // SAFETY: forwarded contract.
     unsafe { optional(p, what) }?.ok_or_else(|| invalid(&format!("{what} must not be NULL")))
 }
 
-fn to_c_status(s: &Status) -> tally_status {
-    let mut edition = [0 as c_char; TALLY_EDITION_LEN];
-    let name = s.edition.as_deref().unwrap_or("");
-    let mut end = name.len().min(TALLY_EDITION_LEN - 1);
-    while !name.is_char_boundary(end) {
+/// `text` as a NUL-terminated C array of `N` bytes, cut at a UTF-8 boundary.
+fn c_text<const N: usize>(text: &str) -> [c_char; N] {
+    let mut out = [0 as c_char; N];
+    let mut end = text.len().min(N.saturating_sub(1));
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    for (dst, src) in edition.iter_mut().zip(&name.as_bytes()[..end]) {
+    for (dst, src) in out.iter_mut().zip(&text.as_bytes()[..end]) {
         *dst = *src as c_char;
     }
+    out
+}
+
+pub(crate) fn to_c_status(s: &Status) -> tally_status {
+    let edition = c_text::<TALLY_EDITION_LEN>(s.edition.as_deref().unwrap_or(""));
     tally_status {
         licensed: s.licensed,
         permanent: s.permanent,
@@ -424,6 +598,12 @@ fn to_c_status(s: &Status) -> tally_status {
         last_result: s.last_result.unwrap_or(0),
         count: s.count.unwrap_or(0),
         clock_behind_secs: s.report.clock_behind_secs.unwrap_or(0),
+        cmid: c_text::<TALLY_CMID_LEN>(&s.cmid),
+        grace_end_ms: s.grace_end_ms.unwrap_or(0),
+        validity_end_ms: s.validity_end_ms.unwrap_or(0),
+        next_attempt_ms: s.next_attempt_ms.unwrap_or(0),
+        revoked: s.revoked.is_some(),
+        revocation_serial: s.revocation_serial,
     }
 }
 

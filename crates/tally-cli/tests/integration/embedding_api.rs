@@ -1,0 +1,313 @@
+//! Issue 22, part 5: every call of the embedding API, from C (`c/every_call.c`, compiled with
+//! the real `cc` against the freshly built `libtally`) and from Python
+//! (`bindings/python/tests/test_api.py` in a fresh venv), against a real `tally host run --dev`
+//! and a real `tally authority run` over HTTP: a setup key at a host set by hand, the status's
+//! CMID and times, a per-call timeout at a host that never answers, generalize seen by the wait
+//! call, uninstall, a MAK online (authority URL) and offline (installation ID out, confirmation
+//! ID in from `tally authority confirm`), the logging callback. A missing compiler or Python
+//! skips with a `SKIP:` line, except under CI, where it fails.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use tally_test_support::{HostProcess, Process, in_ci, tally, tally_json};
+
+use super::bin;
+
+/// Acme Server Web 2026: a server edition, threshold 5, covered by a dev host.
+const SERVER_KEY: &str = "FW777-M677J-W8KJV-QG4VJ-HC6WP";
+/// Acme Server Datacenter 2026: the edition the MAK activates (its setup key names it, R25).
+const SERVER_DATACENTER: &str = "F7R4D-6HMTK-PVWRM-DXKYV-FFDH6";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn skip(test: &str, reason: &str) {
+    assert!(!in_ci(), "{test}: {reason} (required under CI)");
+    eprintln!("SKIP: {test}: {reason}");
+}
+
+fn has(tool: &str, version_arg: &str) -> bool {
+    Command::new(tool)
+        .arg(version_arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Builds `libtally` with the cargo running these tests, in the same target directory and
+/// profile; returns that profile's output directory.
+fn libtally() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace())
+        .args(["build", "--quiet", "-p", "tally-ffi", "--lib"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "cargo build -p tally-ffi\n{}",
+        show(&out)
+    );
+    profile_dir
+}
+
+/// A dev host, an authority over HTTP with a MAK of budget 10, and a TCP listener that
+/// accepts connections and never answers.
+struct World {
+    host: HostProcess,
+    _authority: Process,
+    authority_dir: PathBuf,
+    url: String,
+    mak: String,
+    silent: TcpListener,
+}
+
+impl World {
+    fn start(root: &Path) -> Self {
+        let host = HostProcess::start_dev(bin(), &root.join("host"), &[]);
+        let adir = root.join("authority");
+        assert!(
+            tally(bin(), &["authority", "init", "--dir", s(&adir)])
+                .status
+                .success()
+        );
+        let (_, v) = tally_json(
+            bin(),
+            &[
+                "authority",
+                "issue-mak",
+                "--dir",
+                s(&adir),
+                "--budget",
+                "10",
+                "--json",
+            ],
+        );
+        let mak = v["key"].as_str().expect("mak").to_owned();
+        let (authority, addr) = Process::spawn_listening(
+            bin(),
+            &[
+                "authority",
+                "run",
+                "--dir",
+                s(&adir),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+            "tally authority listening on ",
+        );
+        Self {
+            host,
+            _authority: authority,
+            url: format!("http://{addr}"),
+            authority_dir: adir,
+            mak,
+            silent: TcpListener::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    /// The authority's confirmation ID for an installation ID (R25 offline).
+    fn confirm(&self, iid: &str) -> String {
+        let (code, c) = tally_json(
+            bin(),
+            &[
+                "authority",
+                "confirm",
+                "--dir",
+                s(&self.authority_dir),
+                iid,
+                "--json",
+            ],
+        );
+        assert_eq!(code, Some(0), "{c}");
+        c["confirmation_id"]
+            .as_str()
+            .expect("confirmation_id")
+            .to_owned()
+    }
+}
+
+#[test]
+fn every_c_call_against_a_real_host_and_authority() {
+    let _heavy = crate::heavy();
+    let test = "every_c_call_against_a_real_host_and_authority";
+    if !has("cc", "--version") {
+        return skip(test, "no C compiler (cc)");
+    }
+    let lib = libtally();
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("every_call");
+    let built = Command::new("cc")
+        .args([
+            "-std=c99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-D_POSIX_C_SOURCE=200809L",
+            "-I",
+        ])
+        .arg(workspace().join("crates/tally-ffi/include"))
+        .arg(workspace().join("crates/tally-cli/tests/integration/c/every_call.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg("-L")
+        .arg(&lib)
+        .arg("-ltally")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "cc every_call.c\n{}", show(&built));
+    let world = World::start(tmp.path());
+    let states = tmp.path().join("states");
+    // The offline MAK's confirmation is verified under the authority key the vendor ships in
+    // the state directory (no activation call brings it there).
+    let offline = states.join("mak-offline");
+    std::fs::create_dir_all(&offline).unwrap();
+    std::fs::copy(
+        world.authority_dir.join("authority.pub"),
+        offline.join("authority.pub"),
+    )
+    .unwrap();
+    let mut child = Command::new(&exe)
+        .arg(&states)
+        .arg(world.host.addr.to_string())
+        .arg(world.host.data_dir.join("authority.pub"))
+        .arg(&world.url)
+        .arg(world.authority_dir.join("authority.pub"))
+        .arg(SERVER_KEY)
+        .arg(&world.mak)
+        .arg(world.silent.local_addr().unwrap().to_string())
+        .arg(SERVER_DATACENTER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut seen = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(iid) = line.strip_prefix("IID: ") {
+            let confirmation = world.confirm(iid);
+            writeln!(stdin, "{confirmation}").unwrap();
+            stdin.flush().unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let all = format!(
+        "{seen}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!seen.contains("FAIL"), "{all}");
+    for check in [
+        "ok: tally_result_name(0) is success",
+        "ok: activate_ex at the host set by hand: below_threshold 1 of 5",
+        "ok: read_status: grace, CMID, grace end, next attempt",
+        "ok: activate_ex with timeout_ms 400 at a silent host: host_timeout",
+        "ok: wait_for_change sees the new CMID",
+        "ok: status after uninstall: unlicensed",
+        "ok: activate_ex MAK without a URL: no_host naming the authority URL",
+        "ok: MAK status: licensed, permanent",
+        "ok: confirm\n",
+        "ok: offline MAK status: permanent",
+        "ok: the log callback received lines",
+        "0 failures",
+    ] {
+        assert!(seen.contains(check), "missing {check:?}\n{all}");
+    }
+}
+
+#[test]
+fn every_python_call_against_a_real_host_and_authority() {
+    let _heavy = crate::heavy();
+    let test = "every_python_call_against_a_real_host_and_authority";
+    let python = std::env::var("TALLY_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    if !has(&python, "--version") {
+        return skip(test, "no python3");
+    }
+    let venv_ok = Command::new(&python)
+        .args(["-c", "import venv, ensurepip"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !venv_ok {
+        return skip(test, "python3 has no venv/ensurepip (Debian: python3-venv)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let venv = tmp.path().join("venv");
+    let out = Command::new(&python)
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python3 -m venv\n{}", show(&out));
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().join("python-bindings");
+    let out = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(workspace().join("bindings/python"))
+        .arg("pytest")
+        .env("CARGO_TARGET_DIR", &target)
+        .env("MATURIN_PEP517_ARGS", "--profile dev")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pip install ./bindings/python\n{}",
+        show(&out)
+    );
+    let world = World::start(tmp.path());
+    let out = Command::new(venv.join("bin/python"))
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs"])
+        .arg(workspace().join("bindings/python/tests/test_api.py"))
+        .env("TALLY_TEST_HOST", world.host.addr.to_string())
+        .env(
+            "TALLY_TEST_TRUST",
+            world.host.data_dir.join("authority.pub"),
+        )
+        .env("TALLY_TEST_SERVER_KEY", SERVER_KEY)
+        .env("TALLY_TEST_AUTHORITY", &world.url)
+        .env(
+            "TALLY_TEST_AUTHORITY_TRUST",
+            world.authority_dir.join("authority.pub"),
+        )
+        .env("TALLY_TEST_AUTHORITY_DIR", &world.authority_dir)
+        .env("TALLY_TEST_MAK", &world.mak)
+        .env("TALLY_TEST_MAK_EDITION_KEY", SERVER_DATACENTER)
+        .env(
+            "TALLY_TEST_SILENT_HOST",
+            world.silent.local_addr().unwrap().to_string(),
+        )
+        .env("TALLY_TEST_BIN", bin())
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pytest\n{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("skipped"), "{}", show(&out));
+    assert!(stdout.contains(" passed"), "{}", show(&out));
+}
