@@ -41,7 +41,7 @@ fn show(out: &Output) -> String {
 
 /// Builds `libtally` (shared and static) with the cargo running these tests, in the same target
 /// directory and profile, and returns that profile's output directory.
-fn libtally() -> PathBuf {
+pub(crate) fn libtally() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/integration-HASH → target/<profile>
     let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
@@ -307,18 +307,38 @@ fn python_wheel_installs_without_rust_and_its_tests_pass_against_a_host() {
         wheel.display(),
         show(&out)
     );
+    // The licensing flow (tests/test_licensing.py) against a dev host of its own: its counts
+    // start at 1.
     let host = HostProcess::start_dev(bin(), &tmp.path().join("host"), &[]);
-    let out = Command::new(venv.join("bin/python"))
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-        .arg(workspace().join("bindings/python/tests"))
-        .env("PATH", &path)
-        .env("TALLY_TEST_HOST", host.addr.to_string())
-        .env("TALLY_TEST_TRUST", host.data_dir.join("authority.pub"))
-        .env("TALLY_TEST_SERVER_KEY", SERVER_KEY)
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pytest\n{}", show(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("6 passed"), "{}", show(&out));
+    let pytest = |file: &str, envs: Vec<(&'static str, String)>| {
+        let out = Command::new(venv.join("bin/python"))
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs"])
+            .arg(workspace().join("bindings/python/tests").join(file))
+            .env("PATH", &path)
+            .envs(envs)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pytest {file}\n{}", show(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!stdout.contains("skipped"), "{}", show(&out));
+        stdout
+    };
+    let stdout = pytest(
+        "test_licensing.py",
+        vec![
+            ("TALLY_TEST_HOST", host.addr.to_string()),
+            (
+                "TALLY_TEST_TRUST",
+                host.data_dir.join("authority.pub").display().to_string(),
+            ),
+            ("TALLY_TEST_SERVER_KEY", SERVER_KEY.to_owned()),
+        ],
+    );
+    assert!(stdout.contains("6 passed"), "{stdout}");
+    // Every call of the Python API (tests/test_api.py): a dev host, an authority over HTTP
+    // with a MAK, a host that never answers.
+    let world = super::embedding_api::World::start(&tmp.path().join("world"));
+    let stdout = pytest("test_api.py", world.python_env());
+    assert!(stdout.contains("4 passed"), "{stdout}");
 }

@@ -4,7 +4,8 @@
 //! and a real `tally authority run` over HTTP: a setup key at a host set by hand, the status's
 //! CMID and times, a per-call timeout at a host that never answers, generalize seen by the wait
 //! call, uninstall, a MAK online (authority URL) and offline (installation ID out, confirmation
-//! ID in from `tally authority confirm`), the logging callback. A missing compiler or Python
+//! ID in from `tally authority confirm`), the logging callback. The Python calls run from the
+//! installed wheel against this world (`embedding::python_wheel_…`). A missing compiler or Python
 //! skips with a `SKIP:` line, except under CI, where it fails.
 
 use std::io::{BufRead, BufReader, Write};
@@ -50,30 +51,14 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Builds `libtally` with the cargo running these tests, in the same target directory and
-/// profile; returns that profile's output directory.
+/// The built `libtally` (the one release build under CI): see `embedding::libtally`.
 fn libtally() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace())
-        .args(["build", "--quiet", "-p", "tally-ffi", "--lib"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "cargo build -p tally-ffi\n{}",
-        show(&out)
-    );
-    profile_dir
+    super::embedding::libtally()
 }
 
 /// A dev host, an authority over HTTP with a MAK of budget 10, and a TCP listener that
 /// accepts connections and never answers.
-struct World {
+pub(crate) struct World {
     host: HostProcess,
     _authority: Process,
     authority_dir: PathBuf,
@@ -83,7 +68,47 @@ struct World {
 }
 
 impl World {
-    fn start(root: &Path) -> Self {
+    /// What `bindings/python/tests` read to find this world (the wheel's test in `embedding`
+    /// runs every Python call against it).
+    pub(crate) fn python_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TALLY_TEST_HOST", self.host.addr.to_string()),
+            (
+                "TALLY_TEST_TRUST",
+                self.host
+                    .data_dir
+                    .join("authority.pub")
+                    .display()
+                    .to_string(),
+            ),
+            ("TALLY_TEST_SERVER_KEY", SERVER_KEY.to_owned()),
+            ("TALLY_TEST_AUTHORITY", self.url.clone()),
+            (
+                "TALLY_TEST_AUTHORITY_TRUST",
+                self.authority_dir
+                    .join("authority.pub")
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "TALLY_TEST_AUTHORITY_DIR",
+                self.authority_dir.display().to_string(),
+            ),
+            ("TALLY_TEST_MAK", self.mak.clone()),
+            ("TALLY_TEST_MAK_EDITION_KEY", SERVER_DATACENTER.to_owned()),
+            (
+                "TALLY_TEST_SILENT_HOST",
+                self.silent
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            ),
+            ("TALLY_TEST_BIN", bin().display().to_string()),
+        ]
+    }
+
+    pub(crate) fn start(root: &Path) -> Self {
+        std::fs::create_dir_all(root).unwrap();
         let host = HostProcess::start_dev(bin(), &root.join("host"), &[]);
         let adir = root.join("authority");
         assert!(
@@ -239,75 +264,4 @@ fn every_c_call_against_a_real_host_and_authority() {
     ] {
         assert!(seen.contains(check), "missing {check:?}\n{all}");
     }
-}
-
-#[test]
-fn every_python_call_against_a_real_host_and_authority() {
-    let _heavy = crate::heavy();
-    let test = "every_python_call_against_a_real_host_and_authority";
-    let python = std::env::var("TALLY_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    if !has(&python, "--version") {
-        return skip(test, "no python3");
-    }
-    let venv_ok = Command::new(&python)
-        .args(["-c", "import venv, ensurepip"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !venv_ok {
-        return skip(test, "python3 has no venv/ensurepip (Debian: python3-venv)");
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let venv = tmp.path().join("venv");
-    let out = Command::new(&python)
-        .arg("-m")
-        .arg("venv")
-        .arg(&venv)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "python3 -m venv\n{}", show(&out));
-    let exe = std::env::current_exe().unwrap();
-    let target = exe.ancestors().nth(3).unwrap().join("python-bindings");
-    let out = Command::new(venv.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(workspace().join("bindings/python"))
-        .arg("pytest")
-        .env("CARGO_TARGET_DIR", &target)
-        .env("MATURIN_PEP517_ARGS", "--profile dev")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pip install ./bindings/python\n{}",
-        show(&out)
-    );
-    let world = World::start(tmp.path());
-    let out = Command::new(venv.join("bin/python"))
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs"])
-        .arg(workspace().join("bindings/python/tests/test_api.py"))
-        .env("TALLY_TEST_HOST", world.host.addr.to_string())
-        .env(
-            "TALLY_TEST_TRUST",
-            world.host.data_dir.join("authority.pub"),
-        )
-        .env("TALLY_TEST_SERVER_KEY", SERVER_KEY)
-        .env("TALLY_TEST_AUTHORITY", &world.url)
-        .env(
-            "TALLY_TEST_AUTHORITY_TRUST",
-            world.authority_dir.join("authority.pub"),
-        )
-        .env("TALLY_TEST_AUTHORITY_DIR", &world.authority_dir)
-        .env("TALLY_TEST_MAK", &world.mak)
-        .env("TALLY_TEST_MAK_EDITION_KEY", SERVER_DATACENTER)
-        .env(
-            "TALLY_TEST_SILENT_HOST",
-            world.silent.local_addr().unwrap().to_string(),
-        )
-        .env("TALLY_TEST_BIN", bin())
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pytest\n{}", show(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!stdout.contains("skipped"), "{}", show(&out));
-    assert!(stdout.contains(" passed"), "{}", show(&out));
 }
