@@ -61,7 +61,11 @@ pub fn open_file(path: &Path, mode: u32) -> io::Result<fs::File> {
 /// rename), with exactly `mode`: a reader sees the old file or the new one, whole.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    // One temporary name per process and call: processes writing one file at once (three
+    // authority processes recording their database at start) never rename each other's file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
     // A fresh file each time (never one that is there, nor where a link there points).
     match fs::remove_file(&tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

@@ -210,11 +210,9 @@ fn readme_guide_runs_as_written() {
         lines.first().map(|l| l.text.as_str()),
         Some("cargo run --release -- demo")
     );
-    assert!(
-        readme.contains(
-            "<!-- not-run: the test suite itself -->\n```sh\ncargo test --workspace\n```"
-        )
-    );
+    assert!(readme.contains(
+        "<!-- not-run: the test suite itself -->\n```sh\ncargo test --workspace --release\n```"
+    ));
     // The test suite, and the two install blocks (system packages as root; the release files):
     // packages.rs, sdk.rs and embedding.rs run those steps on the artifacts.
     let not_run = readme.matches("<!-- not-run:").count();
