@@ -122,9 +122,10 @@ deb -p tally-ffi --variant dev
 if ((wheel)); then
   step "Python wheel (maturin, abi3)"
   start=$SECONDS
-  # Its own cargo workspace (bindings/python/Cargo.toml), in the same target directory and with
-  # the same profile, so dependencies compiled alike above are reused.
-  CARGO_TARGET_DIR="$target_dir" maturin build --release --locked \
+  # Its own cargo workspace (bindings/python/Cargo.toml) and its own target directory: built in
+  # target/ it rebuilt dependencies of the release build in place (same file names, new
+  # mtimes), so the tests that run next recompiled half the tree.
+  CARGO_TARGET_DIR="$target_dir/wheel" maturin build --release --locked \
     --manifest-path bindings/python/Cargo.toml --out "$dist"
   ls "$dist"/*.whl >/dev/null
   step "wheel build: $((SECONDS - start)) s"
