@@ -11,41 +11,16 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use tally_test_support::{HostProcess, Process, in_ci, tally, tally_json};
+use tally_test_support::{HostProcess, Process, tally, tally_json};
 
 use super::bin;
 
-/// Acme Server Web 2026: a server edition, threshold 5, covered by a dev host.
-const SERVER_KEY: &str = "FW777-M677J-W8KJV-QG4VJ-HC6WP";
+use super::embedding::{SERVER_KEY, has, show, skip, workspace};
+
 /// Acme Server Datacenter 2026: the edition the MAK activates (its setup key names it, R25).
 const SERVER_DATACENTER: &str = "F7R4D-6HMTK-PVWRM-DXKYV-FFDH6";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn skip(test: &str, reason: &str) {
-    assert!(!in_ci(), "{test}: {reason} (required under CI)");
-    eprintln!("SKIP: {test}: {reason}");
-}
-
-fn has(tool: &str, version_arg: &str) -> bool {
-    Command::new(tool)
-        .arg(version_arg)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
