@@ -57,7 +57,12 @@ if ((build)); then
 else
   for f in tally libtally.so libtally.a; do
     if [ ! -f "$release/$f" ]; then
-      echo "dist: --no-build, but $release/$f is missing (cargo build --release -p tally-cli -p tally-ffi)" >&2
+      echo "dist: --no-build, but $release/$f is missing (cargo build --release -p tally-cli -p tally-ffi; cargo test --no-run leaves libraries in $release/deps/)" >&2
+      exit 1
+    fi
+    # A library built since (by cargo test, which does not copy it up) makes this one stale.
+    if [ "$release/deps/$f" -nt "$release/$f" ]; then
+      echo "dist: --no-build, but $release/$f is older than $release/deps/$f (cargo build --release -p tally-cli -p tally-ffi copies it up)" >&2
       exit 1
     fi
   done
