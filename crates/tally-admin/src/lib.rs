@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`HostControl`], [`Settings`], [`SettingsChange`]: the live settings seam.
 //! - [`app`]: the router.
+//! - [`remote`]: the client side: [`remote::AdminClient`], for `tally host …` and `tally slmgr`.
 //! - [`view`]: client states, registry filters, per-edition counts, activations over time, CSV,
 //!   and `_rfc3339` beside every Unix-ms time in JSON.
 //! - [`serve`]: the listener, with the limits of [`tally_net::http`] ([`default_limits`]);
@@ -20,6 +21,7 @@ use view::Selection;
 
 pub mod fuzzing;
 mod prometheus;
+pub mod remote;
 pub mod report;
 pub mod tls;
 pub mod view;

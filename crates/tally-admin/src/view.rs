@@ -511,9 +511,13 @@ mod tests {
         let edition = &catalog.editions()[0];
         let now = Timestamp(1_800_000_000_000);
         let rows = u64::from(KEYSET_PAGE) * 2 + 7;
-        tally_store::sqlite::seed_registry(&path, rows, edition.sku, edition.pool, now, |_| {})
+        let store =
+            tally_store::sqlite::SqliteStore::open(&path, tally_store::sqlite::Durability::Normal)
+                .expect("open");
+        store
+            .seed_registry(rows, edition.sku, edition.pool, now, |_| {})
+            .await
             .expect("seed");
-        let store = tally_store::sqlite::SqliteStore::open_read_only(&path).expect("open");
         let counts = per_edition_of_registry(&store, &catalog, now, 604_800, 7200)
             .await
             .expect("summary");

@@ -13,6 +13,7 @@
 //! - `pkcs11` (feature `pkcs11`): the token signer over `cryptoki`.
 //! - [`rollover`]: signing a root rollover statement, carrying an authority over to a new root.
 //! - [`dir`]: the on-disk layout of an authority directory.
+//! - [`server`]: `tally authority run`: bind a directory's service, serve until shutdown.
 //! - [`store`]: the authority's state (SQLite file, or PostgreSQL for several processes).
 //! - [`transparency`]: the log of everything the authority signs (X8): appends, signed tree
 //!   heads, inclusion and consistency proofs.
@@ -41,6 +42,7 @@ pub mod offline {
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 pub mod rollover;
+pub mod server;
 pub mod service;
 pub mod signer;
 pub mod store;

@@ -19,6 +19,7 @@
 //!
 //! # Layout
 //! - [`config`]: the config file, flag overrides, and the merged [`HostConfig`].
+//! - [`demo`]: `tally demo`: a dev host and clients over loopback (R3, R4).
 //! - [`runtime`]: [`Host::start`] / [`Host::wait`]: the listener, admin API and background
 //!   tasks under one shutdown token; [`runtime::build_service`].
 //! - [`live`]: live settings (R26) behind the admin API's `HostControl` seam.
@@ -43,6 +44,7 @@ pub mod admin;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod dns;
 mod error;
 pub mod events;

@@ -9,6 +9,8 @@
 
 use std::path::Path;
 
+/// A database URL as it may be shown: host, port and database, never the password.
+pub use tally_store::pg::describe;
 use tally_store::to_fleet::{self, Moved};
 
 use crate::HostError;

@@ -32,11 +32,11 @@ pub const DEV_AUTHORITY_DIR: &str = "dev-authority";
 /// Settings changed live (R26); they persist across restarts and win over the config.
 pub const SETTINGS_FILE: &str = "settings.json";
 /// The admin token (mode 0600).
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const ADMIN_TOKEN_FILE: &str = tally_admin::remote::TOKEN_FILE;
 /// Where the running host writes its admin URL, for local commands.
-pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+pub const ADMIN_ADDR_FILE: &str = tally_admin::remote::ADDR_FILE;
 /// Copy of the admin TLS certificate, for local commands to trust.
-pub const ADMIN_CERT_FILE: &str = "admin-cert.pem";
+pub const ADMIN_CERT_FILE: &str = tally_admin::remote::CERT_FILE;
 /// The last DNS publishing result (for `host status`).
 pub const DNS_STATUS_FILE: &str = "dns-status.json";
 

@@ -8,7 +8,9 @@ use serde::Serialize;
 use tally_core::hex::to_hex;
 use tally_core::time::{Clock, SystemClock, Timestamp};
 use tally_core::{Catalog, KeyGroup};
-use tally_store::{Event, EventQuery, RegistryEntry, RegistryPage};
+use tally_store::{Event, RegistryEntry};
+/// What a query for events or registry rows asks (the store's own types).
+pub use tally_store::{EventQuery, RegistryPage};
 use uuid::Uuid;
 
 use crate::store::Database;

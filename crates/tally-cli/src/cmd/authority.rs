@@ -342,32 +342,19 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
             );
         }
         AuthorityCommand::Run { dir: d, db, listen } => {
-            let svc = std::sync::Arc::new(service(&d, &db).await?);
-            // Later commands on DIR find the database without --database (issue 21).
-            dir::remember_database(&d, db.database.as_deref())?;
-            let token = dir::operator_token(&d).context("cannot read the operator token")?;
-            let router = tally_authority::http::app(tally_authority::http::AppState {
-                service: svc,
-                operator_token: std::sync::Arc::from(token.as_str()),
-            });
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("cannot listen on {listen}"))?;
-            let addr = listener.local_addr()?;
+            let bound = tally_authority::server::bind(
+                &d,
+                db.database.as_deref(),
+                listen,
+                std::sync::Arc::new(SystemClock),
+            )
+            .await?;
+            let addr = bound.addr();
             tracing::info!(%addr, dir = %d.display(), "authority started");
             println!("tally authority listening on {addr}");
             let shutdown = tokio_util::sync::CancellationToken::new();
             crate::util::spawn_signal_handler(shutdown.clone());
-            // Header, body and idle deadlines, connection caps, body cap (X4): the authority is
-            // internet-facing. Behind a TLS proxy all connections come from the proxy's address,
-            // so the per-source cap is the global one there.
-            tally_authority::http::serve(
-                listener,
-                router,
-                tally_authority::http::default_limits(),
-                shutdown,
-            )
-            .await;
+            bound.serve(shutdown).await;
             tracing::info!("authority stopped");
         }
         AuthorityCommand::Keys {

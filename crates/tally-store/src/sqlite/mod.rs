@@ -34,7 +34,7 @@ mod installations;
 mod seed;
 mod writer;
 
-pub use seed::{SeedProgress, seed_registry};
+pub use seed::SeedProgress;
 
 pub use writer::MAX_BATCH;
 use writer::{Alone, Work, Writer};

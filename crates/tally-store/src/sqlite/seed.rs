@@ -6,13 +6,12 @@
 //! secondary indexes dropped and built again at the end (a sort each, instead of ten million
 //! random index inserts): 10 million rows in about a minute and a half on the bench machine.
 
-use std::path::Path;
-
-use rusqlite::params;
+use rusqlite::{Connection, params};
 use tally_core::time::{DAY_MS, Timestamp};
 use uuid::Uuid;
 
-use super::{Durability, SqliteStore, backend, open_connection};
+use super::writer::{Alone, Work};
+use super::{SqliteStore, backend};
 use crate::StoreError;
 
 /// Rows per transaction.
@@ -34,20 +33,53 @@ const INDEXES: &[(&str, &str)] = &[
     ("registry_first_seen", "registry (first_seen)"),
 ];
 
-/// Adds `rows` machines named `seed-00000001`… of edition `sku` in `pool`, first and last seen
-/// spread over the 180 days before `now`, to the database at `path` (created and migrated if
-/// missing). Returns the database's size in bytes afterwards.
-pub fn seed_registry(
-    path: &Path,
-    rows: u64,
-    sku: Uuid,
-    pool: Uuid,
-    now: Timestamp,
-    mut progress: impl FnMut(SeedProgress),
-) -> Result<u64, StoreError> {
-    // Creates and migrates the file; its writer is stopped again when it is dropped.
-    drop(SqliteStore::open(path, Durability::Normal)?);
-    let mut conn = open_connection(path, Durability::Normal)?;
+/// What the store's writer runs to seed (`SqliteStore::seed_registry`).
+pub(super) struct Seed {
+    pub(super) rows: u64,
+    pub(super) sku: Uuid,
+    pub(super) pool: Uuid,
+    pub(super) now: Timestamp,
+    pub(super) progress: Box<dyn FnMut(SeedProgress) + Send>,
+}
+
+impl SqliteStore {
+    /// Adds `rows` machines named `seed-00000001`… of edition `sku` in `pool`, first and last
+    /// seen spread over the 180 days before `now`, to this store's registry, through its writer
+    /// (the one connection that writes the database; nothing else is written meanwhile).
+    /// `progress` is called from the writer's thread. Returns the database's size in bytes
+    /// afterwards.
+    pub async fn seed_registry(
+        &self,
+        rows: u64,
+        sku: Uuid,
+        pool: Uuid,
+        now: Timestamp,
+        progress: impl FnMut(SeedProgress) + Send + 'static,
+    ) -> Result<u64, StoreError> {
+        let seed = Seed {
+            rows,
+            sku,
+            pool,
+            now,
+            progress: Box::new(progress),
+        };
+        self.submit(Work::Alone(Alone::Seed(seed))).await?;
+        Ok(std::fs::metadata(self.path.as_ref())
+            .map(|m| m.len())
+            .unwrap_or(0))
+    }
+}
+
+/// Runs `seed` on the writer's connection. The caller opens the connection again afterwards
+/// (the pragmas set here are for the seeding only).
+pub(super) fn run(conn: &mut Connection, mut seed: Seed) -> Result<(), StoreError> {
+    let Seed {
+        rows,
+        sku,
+        pool,
+        now,
+        ..
+    } = seed;
     conn.execute_batch("PRAGMA synchronous = OFF; PRAGMA cache_size = -262144;")
         .map_err(backend("seed"))?;
     for (name, _) in INDEXES {
@@ -87,17 +119,15 @@ pub fn seed_registry(
         }
         tx.commit().map_err(backend("seed: commit"))?;
         done = rows.min(done + CHUNK);
-        progress(SeedProgress::Rows(done));
+        (seed.progress)(SeedProgress::Rows(done));
     }
-    progress(SeedProgress::Indexing);
+    (seed.progress)(SeedProgress::Indexing);
     for (name, on) in INDEXES {
         conn.execute_batch(&format!("CREATE INDEX IF NOT EXISTS {name} ON {on}"))
             .map_err(backend("seed: build index"))?;
     }
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;")
-        .map_err(backend("seed: checkpoint"))?;
-    drop(conn);
-    Ok(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
+        .map_err(backend("seed: checkpoint"))
 }
 
 /// A well-mixed 64-bit value from `i` (SplitMix64's finaliser): deterministic seeds.
@@ -117,20 +147,26 @@ mod tests {
     async fn seeded_rows_are_listed_searched_and_indexed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("tally.db");
-        let mut seen = Vec::new();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let now = Timestamp(1_800_000_000_000);
-        seed_registry(
-            &path,
-            250_001,
-            Uuid::from_u128(9),
-            Uuid::from_u128(1),
-            now,
-            |p| seen.push(p),
-        )
-        .expect("seed");
-        assert_eq!(seen.last(), Some(&SeedProgress::Indexing));
-        assert!(seen.contains(&SeedProgress::Rows(250_001)));
-        let store = SqliteStore::open_read_only(&path).expect("open");
+        let store = SqliteStore::open(&path, super::super::Durability::Normal).expect("open");
+        let log = std::sync::Arc::clone(&seen);
+        let bytes = store
+            .seed_registry(
+                250_001,
+                Uuid::from_u128(9),
+                Uuid::from_u128(1),
+                now,
+                move |p| log.lock().expect("lock").push(p),
+            )
+            .await
+            .expect("seed");
+        assert!(bytes > 0);
+        {
+            let seen = seen.lock().expect("lock");
+            assert_eq!(seen.last(), Some(&SeedProgress::Indexing));
+            assert!(seen.contains(&SeedProgress::Rows(250_001)));
+        }
         assert_eq!(store.registry_len().await.expect("len"), 250_001);
         assert_eq!(
             store

@@ -37,6 +37,8 @@ pub(super) enum Alone {
     PruneRegistry(Timestamp),
     /// X5: the clock was trusted at this time: move the mark, pull future stamps back.
     TrustClock(Timestamp),
+    /// `tally bench --seed-registry`: synthetic machines into a scratch registry.
+    Seed(super::seed::Seed),
 }
 
 pub(super) type Work = group_commit::Work<Alone>;
@@ -155,6 +157,14 @@ impl Backend for Writer {
                     self.tables = None;
                 }
                 pulled.map(Answer::Deleted)
+            }
+            Alone::Seed(seed) => {
+                let rows = seed.rows;
+                let seeded = super::seed::run(&mut self.conn, seed);
+                // A fresh connection drops the seeding's pragmas; the registry's size is read
+                // again by the next batch.
+                self.recover();
+                seeded.map(|()| Answer::Deleted(rows))
             }
         }
     }

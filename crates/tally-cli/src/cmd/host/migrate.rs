@@ -34,7 +34,7 @@ pub async fn migrate(
     .await;
     bar.finish_and_clear();
     let moved = moved?;
-    let database = tally_store::pg::describe(to);
+    let database = tally_host::migrate::describe(to);
     if as_json {
         output::json(&json!({
             "data_dir": data_dir,

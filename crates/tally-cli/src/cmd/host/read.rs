@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tally_core::time::{Clock, SystemClock, Timestamp};
 use tally_host::config::{Interval, Overrides};
+use tally_host::query::{EventQuery, RegistryPage};
 use tally_host::{HostConfig, catalog, query};
-use tally_store::{EventQuery, RegistryPage};
 
 use super::DirArgs;
 use crate::cmd::remote::{Admin, RemoteArgs};
