@@ -6,7 +6,9 @@
 
 mod admin;
 mod admin_day;
+mod admin_reports;
 mod authority;
+mod authority_catalog;
 mod authority_pg;
 mod bench;
 mod cli;

@@ -1,190 +1,39 @@
 //! Client operations on a state directory, shared by the agent and by `tally client` when no
 //! agent runs: status, activate, install/uninstall key, rearm, generalize, set/clear host.
+//!
+//! [`Client`] and its local operations are here; its other operations are `impl Client` blocks
+//! in the submodules: `activate` (with a host, R19 discovery), `mak` (R25), `revocations`
+//! (X7), `rollover` (X8), `discover` (probing hosts). `report` holds what they return.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tally_core::catalog::Catalog;
 use tally_core::keys::{KeyKind, ProductKey};
 use tally_core::lifecycle::LicenseStatus;
-use tally_core::time::{DAY_MS, Timestamp};
+use tally_core::time::Timestamp;
 use tally_core::trust::{TrustAnchor, parse_authority_public};
-use tally_proto::MachineName;
-use uuid::Uuid;
-
-use tally_dns::discover::{Discovery, Found, order};
-
-pub use discover::{DiscoverReport, Probe};
+use tally_core::trusted::DEFAULT_CLOCK_TOLERANCE_SECS;
+use tally_dns::discover::Discovery;
 
 use crate::codes;
-use crate::connect::Installation;
-use crate::connect::{ActivationParams, Answer, ClientError, Connector};
 use crate::hardware;
-use crate::state::{Attempt, ClientState, CmidChange, StateError, View};
-use tally_core::trusted::DEFAULT_CLOCK_TOLERANCE_SECS;
+use crate::state::{ClientState, StateError, View};
 
-/// Sequence numbers reserved (and saved) per activation attempt (X6): one per host tried.
-const SEQUENCE_BLOCK: u32 = 64;
-
+mod activate;
 mod discover;
 mod mak;
+mod report;
 mod revocations;
-
-pub use revocations::{ImportError, Imported};
 mod rollover;
+
+pub use discover::{DiscoverReport, Probe};
+pub use report::{OpResult, StatusReport};
+pub use revocations::{ImportError, Imported};
 
 /// The authority key file kept in a state directory.
 pub const TRUST_FILE: &str = "authority.pub";
-
-/// A report of the client's licensing state, as `status --json` and the agent print it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusReport {
-    /// The CMID.
-    pub cmid: Uuid,
-    /// The installed edition's name.
-    pub edition: Option<String>,
-    /// Its SKU.
-    pub sku: Option<Uuid>,
-    /// The last 5 characters of the key.
-    pub partial_key: Option<String>,
-    /// The status now.
-    pub status: LicenseStatus,
-    /// Whether the vendor's software may consider itself licensed.
-    pub licensed: bool,
-    /// Licensed for good by a MAK activation (R25): no validity end, no renewal; `days_left`
-    /// and `minutes_left` are 0 and mean nothing then. Lost only on a hardware change (R12).
-    #[serde(default)]
-    pub permanent: bool,
-    /// End of grace (R10), Unix milliseconds.
-    pub grace_end: Option<Timestamp>,
-    /// End of grace (R10), RFC 3339 UTC (`2026-11-24T10:00:00Z`).
-    #[serde(default)]
-    pub grace_end_rfc3339: Option<String>,
-    /// End of validity (R7), Unix milliseconds; none for a permanent activation.
-    pub validity_end: Option<Timestamp>,
-    /// End of validity (R7), RFC 3339 UTC.
-    #[serde(default)]
-    pub validity_end_rfc3339: Option<String>,
-    /// Whole days left of grace or validity (rounded down; 0 when neither runs).
-    pub days_left: u32,
-    /// Minutes left of grace or validity.
-    pub minutes_left: u32,
-    /// When the next activation or renewal is due (R8), Unix milliseconds.
-    pub next_attempt: Option<Timestamp>,
-    /// When the next activation or renewal is due (R8), RFC 3339 UTC.
-    #[serde(default)]
-    pub next_attempt_rfc3339: Option<String>,
-    /// Retry interval in force, seconds (R8, R9).
-    pub activation_interval_secs: u32,
-    /// Renewal interval in force, seconds (R8, R9).
-    pub renewal_interval_secs: u32,
-    /// Rearms left (R11).
-    pub rearms_left: u8,
-    /// A host set by hand (R20).
-    pub manual_host: Option<String>,
-    /// The cached host (R19).
-    pub cached_host: Option<String>,
-    /// The latest attempt.
-    pub last_attempt: Option<Attempt>,
-    /// X5: the local clock is this many seconds behind the latest reading seen: nothing is
-    /// extended and the installation is out of grace (notification) until the clock is right
-    /// again or a host answers. `None` when it is not.
-    #[serde(default)]
-    pub clock_behind_secs: Option<i64>,
-    /// X5: the trusted time the status was computed at (the hosts' signed time plus the local
-    /// time elapsed since), RFC 3339 UTC.
-    #[serde(default)]
-    pub trusted_time_rfc3339: Option<String>,
-    /// X6: the CMID's last change by the client itself (state copied to other hardware, or a
-    /// host saw another installation present it).
-    #[serde(default)]
-    pub cmid_change: Option<CmidChange>,
-    /// X6: this state runs on hardware past tolerance of the hardware its CMID was made on (a
-    /// copied state directory): the next activation takes a new CMID.
-    #[serde(default)]
-    pub copied: bool,
-    /// X7: why the license was taken back (its MAK, or the host that activated it, is on the
-    /// vendor's revocation list).
-    #[serde(default)]
-    pub revoked: Option<String>,
-    /// X7: the serial of the newest revocation list this client holds (0: none).
-    #[serde(default)]
-    pub revocation_serial: u32,
-}
-
-impl StatusReport {
-    /// Reports `state` as the time rules see it (`view`, from [`ClientState::view`]).
-    pub fn new(state: &ClientState, catalog: &Catalog, view: &View) -> Self {
-        let l = &view.license;
-        let status = view.status();
-        let minutes_left = view.minutes_left();
-        let utc = |t: Option<Timestamp>| t.map(Timestamp::to_rfc3339);
-        Self {
-            cmid: state.cmid,
-            edition: state.edition(catalog).map(|e| e.name.clone()),
-            sku: state.sku,
-            partial_key: state.key.map(ProductKey::partial),
-            status,
-            licensed: status == LicenseStatus::Licensed,
-            permanent: status == LicenseStatus::Licensed && l.permanent,
-            grace_end: l.grace_end,
-            grace_end_rfc3339: utc(l.grace_end),
-            validity_end: l.validity_end,
-            validity_end_rfc3339: utc(l.validity_end),
-            days_left: (i64::from(minutes_left) * 60_000 / DAY_MS) as u32,
-            minutes_left,
-            next_attempt: l.next_attempt,
-            next_attempt_rfc3339: utc(l.next_attempt),
-            activation_interval_secs: l.intervals.activation_secs,
-            renewal_interval_secs: l.intervals.renewal_secs,
-            rearms_left: l.rearms_left,
-            manual_host: state.manual_host.clone(),
-            cached_host: state.cached_host.clone(),
-            last_attempt: state.last_attempt.clone(),
-            clock_behind_secs: view.clock_behind_ms.map(|ms| ms / 1000),
-            trusted_time_rfc3339: Some(view.now.to_rfc3339()),
-            cmid_change: state.cmid_change.clone(),
-            copied: false,
-            revoked: view.revoked.clone(),
-            revocation_serial: view.revocation_serial,
-        }
-    }
-}
-
-/// The outcome of an operation, as the agent returns it and the CLI prints it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpResult {
-    /// Whether the operation did what was asked (for activate: activated).
-    pub ok: bool,
-    /// The result code (R14).
-    pub code: u32,
-    /// Its name.
-    pub result: String,
-    /// A sentence for people.
-    pub message: String,
-    /// The count, for activations that reached a host.
-    pub count: Option<u32>,
-    /// The edition's threshold, for activations.
-    pub threshold: Option<u16>,
-    /// The state after the operation.
-    pub status: Option<StatusReport>,
-}
-
-impl OpResult {
-    fn from_error(err: &StateError) -> Self {
-        Self {
-            ok: false,
-            code: err.code(),
-            result: codes::name(err.code()).to_owned(),
-            message: err.to_string(),
-            count: None,
-            threshold: None,
-            status: None,
-        }
-    }
-}
 
 /// A client bound to a state directory.
 #[derive(Debug, Clone)]
@@ -249,41 +98,6 @@ impl Client {
                 .ok()
                 .and_then(|t| parse_authority_public(&t).ok())
         })
-    }
-
-    /// X8: keeps the rollover statements a host handed over (verified by the connector from
-    /// the root trusted) in `DIR/authority.rollover`.
-    fn keep_rollover(&self, connector: &Connector) {
-        let (Some(root), Some(chain)) = (self.root(), connector.grown_chain()) else {
-            return;
-        };
-        if chain.statements().len() == crate::rollover::chain(&self.dir, &root).statements().len() {
-            return;
-        }
-        if let Err(error) = crate::rollover::import(&self.dir, &root, &chain.to_text()) {
-            tracing::warn!(%error, "cannot keep the root rollover a host handed over");
-        }
-    }
-
-    /// X5: the evidence in the state is verified against the trusted authority key. A key the
-    /// caller passed (`--trust FILE`, the embedding API's trust argument) is kept as
-    /// `DIR/authority.pub` after the first verified answer when that file does not exist, so a
-    /// later status, which is given no key, can still check the evidence. An existing file is
-    /// never replaced.
-    fn keep_trust(&self, connector: &Connector) {
-        let path = self.dir.join(TRUST_FILE);
-        if path.exists() {
-            return;
-        }
-        let text = tally_core::trust::armor(
-            tally_core::trust::labels::AUTHORITY_PUBLIC,
-            connector.anchor().key().as_bytes(),
-        );
-        if let Err(error) =
-            crate::fsmode::write_new(&path, text.as_bytes(), crate::fsmode::PUBLIC_FILE)
-        {
-            tracing::warn!(path = %path.display(), %error, "cannot keep the trusted authority key");
-        }
     }
 
     /// Trusted time for `state` at local reading `local` (X5).
@@ -490,256 +304,6 @@ impl Client {
         }) {
             Ok(()) => self.done(now, 0, "manual host cleared; DNS discovery is on".into()),
             Err(e) => OpResult::from_error(&e),
-        }
-    }
-
-    /// Activates (or renews) now: at `host` if given, else the manual or cached host. `now`
-    /// is the local reading; the lifecycle runs on trusted time (X5). A state copied to other
-    /// hardware takes a new CMID first; a host that reports a clone (another installation
-    /// presents this CMID) makes it take a new CMID and ask once more (X6).
-    pub async fn activate(
-        &self,
-        host: Option<&str>,
-        machine_name: &str,
-        now: Timestamp,
-    ) -> OpResult {
-        self.offer_update_file(now);
-        let state = match ClientState::load(&self.dir, now) {
-            Ok(s) => s,
-            Err(e) => return OpResult::from_error(&e),
-        };
-        if state.is_mak() {
-            // R25: a MAK client activates with the authority, never with a host.
-            return self.activate_mak(None, now).await;
-        }
-        let Some(edition) = state.edition(&self.catalog).cloned() else {
-            return OpResult::from_error(&StateError::Key(
-                "no key installed: run `tally client install-key SETUP_KEY` first (see `tally catalog list`)".into(),
-            ));
-        };
-        let Some(trust) = self.anchor() else {
-            return self.done(
-                now,
-                codes::NO_TRUST,
-                format!(
-                    "no trusted authority key: pass --trust FILE or copy it to {} with `tally client trust FILE`",
-                    self.dir.join(TRUST_FILE).display()
-                ),
-            );
-        };
-        let mut connector = Connector::new(trust.clone(), self.timeout)
-            .with_revocations(state.held_revocations(Some(&trust)));
-        if let Some(root) = self.root() {
-            connector = connector.with_chain(crate::rollover::chain(&self.dir, &root));
-        }
-        // X5: certificates are checked at trusted time (a clock set back does not make a
-        // host's certificate "not yet valid"; one set forward does not keep an expired one).
-        let trusted = self.trusted_now(&state, now);
-        for cert in state.certificates() {
-            // A remembered certificate that no longer verifies is simply fetched again.
-            let _ = connector.remember(cert, trusted);
-        }
-        let hw = hardware::probe();
-        let explicit = host
-            .map(with_default_port)
-            .or_else(|| state.manual_host.clone());
-        let mut rounds = 0;
-        let (outcome, host) = loop {
-            rounds += 1;
-            // X6: claim the hardware (a copied state takes a new CMID) and reserve sequence
-            // numbers, saved before any request carries one.
-            let prepared = ClientState::update(&self.dir, now, |s| -> Result<_, StateError> {
-                let t = self.trusted_now(s, now);
-                if s.claim_hardware(&hw, t) {
-                    tracing::warn!(previous = ?s.cmid_change.as_ref().map(|c| c.previous), cmid = %s.cmid,
-                        "this state directory now runs on other hardware: took a new CMID");
-                }
-                let first = s.reserve_sequence(SEQUENCE_BLOCK);
-                let view = self.view(s, now);
-                Ok((
-                    s.cmid,
-                    first,
-                    view.status(),
-                    view.minutes_left(),
-                    s.cached_host.clone(),
-                    view.now,
-                ))
-            });
-            let (cmid, first, status, minutes_left, cached, trusted) = match prepared {
-                Ok(p) => p,
-                Err(e) => return OpResult::from_error(&e),
-            };
-            let params = ActivationParams {
-                cmid,
-                edition: edition.clone(),
-                machine_name: MachineName::lossy(machine_name),
-                license_state: status.wire(),
-                grace_remaining_minutes: minutes_left,
-                installation: Some(Installation::new(
-                    first,
-                    first.wrapping_add(SEQUENCE_BLOCK - 1),
-                    hw.digest(),
-                )),
-            };
-            let (outcome, host) = match &explicit {
-                // R20: a host given by hand is the only one tried.
-                Some(h) => (connector.activate(h, &params, trusted).await, h.clone()),
-                None => {
-                    self.activate_discovered(&connector, &params, cached, trusted)
-                        .await
-                }
-            };
-            let clone =
-                matches!(&outcome, Ok(a) if a.result == tally_proto::ResultCode::CLONE_DETECTED);
-            let certs = connector.certificates();
-            let saved = ClientState::update(&self.dir, now, |s| -> Result<(), StateError> {
-                s.set_certificates(&certs);
-                // X7: the newest list any host gave, kept (never an older one).
-                if let Some(list) = connector.revocations().list() {
-                    let _ = s.offer_revocations(&trust, list.clone());
-                }
-                // A generalize that ran meanwhile made a new CMID: this answer is not for it.
-                if s.cmid != cmid {
-                    return Ok(());
-                }
-                match &outcome {
-                    Ok(answer) => {
-                        s.apply_answer(answer, Some(&hw), now);
-                        if clone {
-                            // X6: another installation presents this CMID: count apart.
-                            s.new_cmid("clone_detected", answer.host_time);
-                            s.cmid_hardware = Some(hw.clone());
-                        }
-                    }
-                    Err(e) => {
-                        let t = self.trusted_now(s, now);
-                        s.record_failure(Some(host.clone()), e.code_name(), e.code(), t);
-                    }
-                }
-                Ok(())
-            });
-            if let Err(e) = saved {
-                return OpResult::from_error(&e);
-            }
-            if outcome.is_ok() {
-                self.keep_trust(&connector);
-            }
-            // Whatever the outcome: a list kept above may need these statements to verify.
-            self.keep_rollover(&connector);
-            if clone && rounds < 2 {
-                tracing::warn!(host = %host, previous = %cmid,
-                    "the host saw another installation present this CMID: took a new CMID, asking again");
-                continue;
-            }
-            break (outcome, host);
-        };
-        let _ = host;
-        let status = self.status(now).ok();
-        match outcome {
-            Ok(a) => {
-                let code = if !a.result.is_success() {
-                    a.result.0
-                } else if a.activated {
-                    0
-                } else {
-                    codes::BELOW_THRESHOLD
-                };
-                let message = if a.activated {
-                    format!(
-                        "activated {} (count {} of {} needed)",
-                        edition.name, a.count, a.threshold
-                    )
-                } else if a.result.is_success() {
-                    format!(
-                        "not activated yet: the host counts {} machine(s), {} needs {}; still in grace, retrying later",
-                        a.count, edition.name, a.threshold
-                    )
-                } else {
-                    format!("the host refused: {}", a.result)
-                };
-                OpResult {
-                    ok: a.activated,
-                    code,
-                    result: codes::name(code).to_owned(),
-                    message,
-                    count: Some(a.count),
-                    threshold: Some(a.threshold),
-                    status,
-                }
-            }
-            Err(e) => OpResult {
-                ok: false,
-                code: e.code(),
-                result: e.code_name().to_owned(),
-                message: e.to_string(),
-                count: None,
-                threshold: Some(edition.threshold),
-                status,
-            },
-        }
-    }
-
-    /// R19: the cached host first; if it does not answer, DNS in RFC 2782 order, dropping each
-    /// host that does not answer; the first that answers is used (and cached by the caller).
-    async fn activate_discovered(
-        &self,
-        connector: &Connector,
-        params: &ActivationParams,
-        cached: Option<String>,
-        now: Timestamp,
-    ) -> (Result<Answer, ClientError>, String) {
-        let mut tried: Vec<String> = Vec::new();
-        let mut last: Option<(ClientError, String)> = None;
-        if let Some(c) = cached {
-            match connector.activate(&c, params, now).await {
-                Ok(a) => return (Ok(a), c),
-                Err(e) => {
-                    tracing::info!(host = %c, error = %e, "cached host failed; asking DNS again");
-                    tried.push(c.clone());
-                    last = Some((e, c));
-                }
-            }
-        }
-        let found = match self.discovery.lookup().await {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %e, "DNS discovery failed");
-                Found::default()
-            }
-        };
-        // The thread-local RNG must not live across an await: order first, then try.
-        let ordered = order(found.candidates, &mut rand::rng());
-        for candidate in ordered {
-            for addr in &candidate.addresses {
-                let a = addr.to_string();
-                if tried.contains(&a) {
-                    continue;
-                }
-                tried.push(a.clone());
-                match connector.activate(&a, params, now).await {
-                    Ok(answer) => return (Ok(answer), a),
-                    Err(e) => {
-                        tracing::info!(host = %candidate.target, address = %a, error = %e, "host did not answer; trying the next");
-                        last = Some((e, a));
-                    }
-                }
-            }
-        }
-        match last {
-            Some((e, h)) => (Err(e), h),
-            None => (
-                Err(ClientError::Connect {
-                    host: "(none)".into(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!(
-                            "no host set and none found in DNS ({})",
-                            found.notes.join("; ")
-                        ),
-                    ),
-                }),
-                String::new(),
-            ),
         }
     }
 

@@ -5,7 +5,6 @@
 // Test code: a failed expectation is a test failure, which is what `expect` reports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod event_cap;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tally_core::time::Timestamp;
 use tally_store::{EVENT_EVENTS_AT_CAP, Event, EventQuery, Store, StoreOptions};
 
-use crate::suite::{Backend, request};
+use super::{Backend, request};
 
 const T0: i64 = 1_800_000_000_000;
 const CAP: u64 = 20;
