@@ -198,25 +198,24 @@ impl AdminClient {
 
     /// GET `path` (under `/api/v1`).
     pub async fn get(&self, path: &str) -> Result<Value, RemoteError> {
-        let resp = self
-            .client
-            .get(self.url(path))
+        let resp = self.send(self.client.get(self.url(path))).await?;
+        self.answer(resp).await
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, RemoteError> {
+        request
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(self.unreachable())?;
-        self.answer(resp).await
+            .map_err(self.unreachable())
     }
 
     /// GET `path` as text (reports).
     pub async fn get_text(&self, path: &str) -> Result<String, RemoteError> {
-        let resp = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(self.unreachable())?;
+        let resp = self.send(self.client.get(self.url(path))).await?;
         if !resp.status().is_success() {
             return self.answer(resp).await.map(|v| v.to_string());
         }
@@ -226,13 +225,8 @@ impl AdminClient {
     /// PATCH `path` with a JSON body.
     pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, RemoteError> {
         let resp = self
-            .client
-            .patch(self.url(path))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .map_err(self.unreachable())?;
+            .send(self.client.patch(self.url(path)).json(body))
+            .await?;
         self.answer(resp).await
     }
 }
