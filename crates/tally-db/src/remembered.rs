@@ -298,13 +298,13 @@ fn remove(path: &Path) -> Result<(), RememberError> {
 /// Adds to an authentication error ([`crate::pg::PgError::Auth`]) what to fix, given where the
 /// password came from; any other error is returned as it is.
 #[cfg(feature = "postgres")]
-pub fn explain(err: crate::StoreError, origin: &Origin) -> crate::StoreError {
+pub fn explain(err: crate::DbError, origin: &Origin) -> crate::DbError {
     use std::sync::Arc;
 
-    use crate::StoreError;
+    use crate::DbError;
     use crate::pg::PgError;
     let (path, source) = match &err {
-        StoreError::Open { path, source } => (path.clone(), source.clone()),
+        DbError::Open { path, source } => (path.clone(), source.clone()),
         _ => return err,
     };
     let Some(PgError::Auth {
@@ -327,7 +327,7 @@ pub fn explain(err: crate::StoreError, origin: &Origin) -> crate::StoreError {
         ),
         (_, _) => format!("correct the password in the URL; {give}"),
     };
-    StoreError::Open {
+    DbError::Open {
         path,
         source: Arc::new(PgError::Auth {
             servers: servers.clone(),

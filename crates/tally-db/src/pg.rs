@@ -26,7 +26,7 @@ use tokio_postgres::Config;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 
-use crate::StoreError;
+use crate::DbError;
 use crate::pg_tls::{self, RustlsConnect, TlsConfigError, TlsFailure};
 
 /// How long one attempt to reach one server may take (unless the URL sets `connect_timeout`).
@@ -75,7 +75,7 @@ fn session_options() -> String {
     )
 }
 
-/// What went wrong talking to PostgreSQL; carried as the source of a [`StoreError`].
+/// What went wrong talking to PostgreSQL; carried as the source of a [`DbError`].
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum PgError {
@@ -171,7 +171,7 @@ fn auth_advice(problem: &AuthProblem) -> String {
 /// Fails within about [`POOL_TIMEOUT`] when no server does, with an error naming the servers.
 /// Connections found broken are dropped when they go back to the pool (`Verified` recycling),
 /// so after a failover new connections go to the server that is now read-write.
-pub async fn connect(url: &str) -> Result<Pool, StoreError> {
+pub async fn connect(url: &str) -> Result<Pool, DbError> {
     let (rest, tls) =
         pg_tls::split(url).map_err(|e| open_error(&describe(url), PgError::TlsConfig(e)))?;
     let mut config =
@@ -225,7 +225,7 @@ pub async fn connect(url: &str) -> Result<Pool, StoreError> {
     // Fail now, not at the first request, when no server answers; the connection goes back
     // to the pool for the first request.
     let first = client(&pool, &servers).await.map_err(|e| match e {
-        StoreError::Backend { source, .. } => StoreError::Open {
+        DbError::Backend { source, .. } => DbError::Open {
             path: servers.clone(),
             source: with_user(source, &user),
         },
@@ -292,8 +292,8 @@ fn url_error(e: &tokio_postgres::Error) -> PgError {
     }
 }
 
-fn open_error(servers: &str, e: PgError) -> StoreError {
-    StoreError::Open {
+fn open_error(servers: &str, e: PgError) -> DbError {
+    DbError::Open {
         path: servers.to_owned(),
         source: Arc::new(e),
     }
@@ -301,7 +301,7 @@ fn open_error(servers: &str, e: PgError) -> StoreError {
 
 /// A connection from `pool` (`servers` is [`describe`]'s text, for the error), within
 /// [`POOL_TIMEOUT`]. The error says which servers were tried and what to check.
-pub async fn client(pool: &Pool, servers: &str) -> Result<Object, StoreError> {
+pub async fn client(pool: &Pool, servers: &str) -> Result<Object, DbError> {
     pool.get().await.map_err(|e| {
         let servers = servers.to_owned();
         let source = match &e {
@@ -315,7 +315,7 @@ pub async fn client(pool: &Pool, servers: &str) -> Result<Object, StoreError> {
                 cause: other.to_string(),
             },
         };
-        StoreError::Backend {
+        DbError::Backend {
             operation: "connect",
             source: Arc::new(source),
         }
