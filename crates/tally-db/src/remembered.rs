@@ -295,6 +295,20 @@ fn remove(path: &Path) -> Result<(), RememberError> {
     }
 }
 
+/// Where the password of `url` came from, as seen from `dir`: its password file when the URL
+/// carries the remembered password, else the URL, else none. For errors that say what to fix
+/// ([`explain`]).
+pub fn origin(dir: &Path, url: &str) -> Origin {
+    let (bare, password) = split(url);
+    let Some(password) = password else {
+        return Origin::None;
+    };
+    match read(dir) {
+        Ok(Some(r)) if split(&r.url) == (bare, Some(password)) => r.password,
+        _ => Origin::Given,
+    }
+}
+
 /// Adds to an authentication error ([`crate::pg::PgError::Auth`]) what to fix, given where the
 /// password came from; any other error is returned as it is.
 #[cfg(feature = "postgres")]

@@ -148,7 +148,7 @@ pub(crate) fn explain_auth(
     dir: &Path,
     url: &str,
 ) -> impl FnOnce(tally_store::DbError) -> HostError {
-    let origin = crate::remember::origin(dir, url);
+    let origin = tally_store::remembered::origin(dir, url);
     move |e| HostError::Store(tally_store::remembered::explain(e, &origin).into())
 }
 

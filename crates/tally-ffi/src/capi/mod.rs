@@ -1,7 +1,7 @@
 //! The C ABI (`include/tally.h` is generated from this file by cbindgen).
 //!
 //! As in rustls-ffi: one result type for every call, opaque handles, the caller owns what it
-//! allocates, every entry point catches panics ([`crate::panic::guard`]) and returns
+//! allocates, every entry point catches panics ([`panic::guard`]) and returns
 //! `TALLY_INTERNAL_ERROR` instead of unwinding into C.
 
 use std::ffi::{CStr, c_char};
@@ -10,8 +10,9 @@ use std::path::Path;
 use crate::embed::{Error, Handle, Status};
 
 mod calls;
-use crate::panic::{guard, guard_value, set_message, take_message_into};
+mod panic;
 pub use calls::*;
+use panic::{guard, guard_value, set_message, take_message_into};
 use tally_client::LicenseStatus;
 
 /// A result code: `TALLY_OK`, `TALLY_BELOW_THRESHOLD`, or an error (high bit set). The values
