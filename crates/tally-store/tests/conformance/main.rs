@@ -7,6 +7,8 @@
 
 mod event_cap;
 #[cfg(feature = "postgres")]
+mod pg_pool;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 mod suite;
