@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use tally_core::trust::{armor, dearmor, labels, parse_secret};
-use tally_store::fsmode;
+use tally_db::fsmode;
 
 use crate::signer::{SignerError, TokenConfig};
 use crate::{Authority, AuthorityError};
@@ -182,16 +182,16 @@ pub async fn open_service_on(
 /// Makes `dir` remember the database an authority runs on (`tally authority run --database
 /// URL`), so later commands on `dir` find it without the flag: the URL without its password in
 /// `dir/database.url`, the password in `dir/database.password` (0600); `None` or `sqlite` (the
-/// SQLite file in `dir`) forgets any. See [`tally_store::remembered`].
+/// SQLite file in `dir`) forgets any. See [`tally_db::remembered`].
 pub fn remember_database(
     dir: &Path,
     database: Option<&str>,
-) -> Result<(), tally_store::remembered::RememberError> {
+) -> Result<(), tally_db::remembered::RememberError> {
     match database {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            tally_store::remembered::record(dir, url)
+            tally_db::remembered::record(dir, url)
         }
-        Some(_) => tally_store::remembered::forget(dir),
+        Some(_) => tally_db::remembered::forget(dir),
         // Nothing given: the remembered database (if any) was used; keep it.
         None => Ok(()),
     }
@@ -251,6 +251,13 @@ pub fn previous_mac_keys(dir: &Path) -> Result<Vec<[u8; 32]>, AuthorityError> {
                 .map_err(|_| tally_core::trust::FileFormatError::Damaged(MAC_KEY_LABEL).into())
         })
         .collect()
+}
+
+/// X4: writes a public output of the authority (a signed catalog or revocation list, a
+/// certificate, a log head, a confirmation) as 0644 whatever the umask, replacing `path`
+/// atomically, so a reader never sees half a file.
+pub fn write_public(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    fsmode::write_atomic(path, contents, fsmode::PUBLIC_FILE)
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@
 //! - [`dir`]: the on-disk layout of an authority directory.
 //! - [`server`]: `tally authority run`: bind a directory's service, serve until shutdown.
 //! - [`store`]: the authority's state (SQLite file, or PostgreSQL for several processes).
-//! - [`transparency`]: the log of everything the authority signs (X8): appends, signed tree
-//!   heads, inclusion and consistency proofs.
+//! - [`transparency`] (a part of [`service`]): the log of everything the authority signs (X8):
+//!   appends, signed tree heads, inclusion and consistency proofs.
 
 use std::fmt;
 
@@ -31,6 +31,7 @@ use tally_core::trust::authority_id;
 use tally_proto::{CertificateBody, HostCertificate};
 use thiserror::Error;
 
+mod api;
 pub mod dir;
 pub mod fuzzing;
 pub mod http;
@@ -46,7 +47,7 @@ pub mod server;
 pub mod service;
 pub mod signer;
 pub mod store;
-pub mod transparency;
+pub use service::transparency;
 
 /// How long a host certificate is valid: hosts never contact the authority again after
 /// activation (R22), so it is long.

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tally_log::codec::{hash_from_hex, to_hex};
 
-use crate::http::{ApiError, AppState, ok};
+use crate::api::{ApiError, AppState, ok};
 use crate::store::StoredEntry;
 
 /// The public log routes.

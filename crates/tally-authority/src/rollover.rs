@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use tally_core::rollover::{RootRollover, parse_file};
 use tally_core::time::Timestamp;
 use tally_core::trust::{armor, authority_id, to_hex};
-use tally_store::fsmode;
+use tally_db::fsmode;
 
 use crate::dir::{self, DB_FILE, MAC_KEY_LABEL, PREVIOUS_MAC_FILE, ROLLOVER_FILE};
 use crate::{Authority, AuthorityError};
@@ -104,10 +104,10 @@ pub fn carry_over(
 
     // An old directory that remembers its PostgreSQL database shares it with the new one, which
     // remembers it too (issue 21): nothing to copy.
-    let remembered = tally_store::remembered::read(old_dir)
+    let remembered = tally_db::remembered::read(old_dir)
         .map_err(|e| crate::store::StoreError::Remembered(std::sync::Arc::new(e)))?;
     if let (false, Some(r)) = (shared_database, &remembered) {
-        tally_store::remembered::record(new_dir, &r.url)
+        tally_db::remembered::record(new_dir, &r.url)
             .map_err(|e| crate::store::StoreError::Remembered(std::sync::Arc::new(e)))?;
     }
     let database_copied = if shared_database || remembered.is_some() {

@@ -21,7 +21,7 @@ pub enum ServeError {
     Open(AuthorityError),
     /// The database URL could not be remembered in the directory.
     #[error(transparent)]
-    Remember(#[from] tally_store::remembered::RememberError),
+    Remember(#[from] tally_db::remembered::RememberError),
     /// The operator token could not be read.
     #[error("cannot read the operator token in {dir} (tally authority init writes it)")]
     Token {

@@ -12,15 +12,16 @@ use tally_core::trust::{armor, from_hex, labels, to_hex};
 use thiserror::Error;
 
 mod revoke;
+pub mod transparency;
 
 pub use revoke::{RevocationView, RevocationsView, RevokeRequest};
+use transparency::LogReceipt;
 
 use crate::offline;
 use crate::store::{
     ActivationRecord, AuditEntry, AuthorityStore, DEFAULT_MAX_ACTIVATIONS, DEFAULT_MAX_HOSTS,
     KeyRecord, NewKey, Refusal, StoreError, Usage,
 };
-use crate::transparency::LogReceipt;
 use crate::{Authority, AuthorityError};
 use tally_log::EntryKind;
 

@@ -19,7 +19,6 @@
 pub mod capi;
 pub mod embed;
 pub mod logging;
-mod panic;
 
 pub use embed::{ActivateOptions, Activation, ChangeKey, Error, Handle, Status};
 pub use logging::{LogLevel, Logger};

@@ -202,7 +202,9 @@ pub async fn replication(db: &Database) -> Result<Option<tally_store::Replicatio
     match db {
         Database::Embedded => Ok(None),
         Database::Postgres(url) => {
-            let pool = tally_store::pg::connect(url).await?;
+            let pool = tally_store::pg::connect(url)
+                .await
+                .map_err(tally_store::StoreError::from)?;
             Ok(Some(tally_store::postgres::check_replication(&pool).await?))
         }
     }

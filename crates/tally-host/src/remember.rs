@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use tally_store::remembered::{self, Origin};
+use tally_store::remembered;
 
 use crate::HostError;
 use crate::store::Database;
@@ -46,17 +46,4 @@ pub fn record(dir: &Path, database: &Database) -> Result<(), HostError> {
         Database::Embedded => remembered::forget(dir)?,
     }
     Ok(())
-}
-
-/// Where the password of `url` came from, as seen from `dir`: its password file when the URL
-/// carries the remembered password, else the URL, else none. For errors that say what to fix.
-pub fn origin(dir: &Path, url: &str) -> Origin {
-    let (bare, password) = remembered::split(url);
-    let Some(password) = password else {
-        return Origin::None;
-    };
-    match remembered::read(dir) {
-        Ok(Some(r)) if remembered::split(&r.url) == (bare, Some(password)) => r.password,
-        _ => Origin::Given,
-    }
 }

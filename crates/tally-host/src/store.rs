@@ -144,9 +144,12 @@ pub async fn open_writer(
 
 /// For `tally_store::pg::connect`'s error: an authentication error says which password to fix
 /// (the data directory's password file or the URL).
-pub(crate) fn explain_auth(dir: &Path, url: &str) -> impl FnOnce(StoreError) -> HostError {
-    let origin = crate::remember::origin(dir, url);
-    move |e| HostError::Store(tally_store::remembered::explain(e, &origin))
+pub(crate) fn explain_auth(
+    dir: &Path,
+    url: &str,
+) -> impl FnOnce(tally_store::DbError) -> HostError {
+    let origin = tally_store::remembered::origin(dir, url);
+    move |e| HostError::Store(tally_store::remembered::explain(e, &origin).into())
 }
 
 /// Copies an embedded database to `out` while the host runs (`VACUUM INTO`); a fleet's

@@ -13,6 +13,14 @@
 //! and what lies between only at debug. An outage ends with a successful commit at least
 //! [`SETTLE`] after the last failure, so an overloaded store that commits some batches while
 //! other requests expire stays "down" instead of logging a pair of lines per batch.
+//!
+//! Queries outside the group commit (a fleet store's reads for the dashboard, status, registry
+//! and events, and its direct maintenance writes) report too: a connection they cannot get (the
+//! pool exhausted, the database unreachable) is a failure like a commit's ([`Health::query_failed`]).
+//! A query that gets its connection ends only an outage that queries alone started
+//! ([`Health::query_ok`]): once a commit has failed in an outage, only a commit ends it, because
+//! reads can work while every commit fails (a lock held by a stalled host, a synchronous standby
+//! gone), and "up" must mean that clients are counted.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -29,8 +37,11 @@ struct Outage {
     last_failure: Instant,
     failures: u64,
     /// A commit succeeded after the last failure (the outage ends once that has settled, even
-    /// if no further commit comes: an idle host is not "down" forever).
+    /// if no further commit comes: an idle host is not "down" forever). A query's success counts
+    /// here only while `commits_failed` is false.
     committed_since: bool,
+    /// A commit (or a request waiting for one) failed in this outage: only a commit ends it.
+    commits_failed: bool,
 }
 
 impl Outage {
@@ -56,11 +67,42 @@ pub(crate) struct Health {
     down: Mutex<Option<Outage>>,
 }
 
+/// Which side of the store saw a failure or a success.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// The group commit: a commit, or a request waiting for one.
+    Commit,
+    /// A query outside it (reads; a fleet store's direct maintenance writes).
+    Query,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Commit => "commit",
+            Self::Query => "query",
+        }
+    }
+}
+
 impl Health {
     /// A commit succeeded.
     pub(crate) fn ok(&self) {
+        self.worked(Side::Commit);
+    }
+
+    /// A query outside the group commit got its connection: ends an outage only if no commit
+    /// failed in it (see the module docs).
+    pub(crate) fn query_ok(&self) {
+        self.worked(Side::Query);
+    }
+
+    fn worked(&self, side: Side) {
         let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(outage) = down.as_mut() {
+            if side == Side::Query && outage.commits_failed {
+                return;
+            }
             outage.committed_since = true;
             if outage.over() {
                 end(&mut down);
@@ -70,12 +112,23 @@ impl Health {
 
     /// A commit failed, or a request gave up on its commit, with `error`.
     pub(crate) fn failed(&self, error: &StoreError) {
+        self.failure(error, Side::Commit);
+    }
+
+    /// A query outside the group commit could not get a connection (the pool exhausted, the
+    /// database unreachable), with `error`.
+    pub(crate) fn query_failed(&self, error: &StoreError) {
+        self.failure(error, Side::Query);
+    }
+
+    fn failure(&self, error: &StoreError, side: Side) {
         let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         match down.as_mut() {
             None => {
                 tracing::error!(
                     %error,
+                    during = side.name(),
                     "storage failing: clients get storage_failure and nothing is counted until it works again (logged once per outage)"
                 );
                 metrics::counter!("tally_storage_outages_total").increment(1);
@@ -85,14 +138,16 @@ impl Health {
                     last_failure: now,
                     failures: 1,
                     committed_since: false,
+                    commits_failed: side == Side::Commit,
                 });
             }
             Some(outage) => {
-                tracing::debug!(%error, "storage still failing");
+                tracing::debug!(%error, during = side.name(), "storage still failing");
                 outage.error = error.to_string();
                 outage.last_failure = now;
                 outage.failures += 1;
                 outage.committed_since = false;
+                outage.commits_failed |= side == Side::Commit;
             }
         }
     }
@@ -133,5 +188,45 @@ mod tests {
         }
         h.ok();
         assert!(h.error().is_none());
+    }
+
+    fn settle(h: &Health) {
+        if let Some(o) = h
+            .down
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            o.last_failure -= SETTLE;
+        }
+    }
+
+    // Issue 21 part 3: a read that works does not say "up" while commits fail; an outage that
+    // only reads saw ends with a read.
+    #[test]
+    fn a_query_ends_only_an_outage_no_commit_failed_in() {
+        let h = Health::default();
+        let pool = StoreError::Backend {
+            operation: "connect",
+            source: std::sync::Arc::new(std::io::Error::other("connection pool exhausted")),
+        };
+        h.query_failed(&pool);
+        assert!(h.error().is_some_and(|e| e.contains("pool")));
+        h.query_ok();
+        assert!(h.error().is_some(), "not before it settled");
+        settle(&h);
+        h.query_ok();
+        assert!(h.error().is_none(), "a read-only outage ends with a read");
+
+        h.failed(&StoreError::Timeout { seconds: 3.0 });
+        h.query_failed(&pool);
+        settle(&h);
+        h.query_ok();
+        assert!(
+            h.error().is_some(),
+            "reads work, commits failed: still down"
+        );
+        h.ok();
+        assert!(h.error().is_none(), "a commit ends it");
     }
 }

@@ -6,9 +6,10 @@
 //! # Layout
 //! - [`Store`]: what the host needs from storage.
 //! - [`sqlite`]: the embedded backend: WAL, one writer thread doing group commit.
-//! - [`fsmode`]: file and directory modes set explicitly, never from the umask (X4).
 //! - `to_fleet`: moving a single host's SQLite data into a fleet database (`tally host migrate`).
-//! - [`remembered`]: the database a host or authority directory remembers (URL and 0600 password).
+//! - [`fsmode`], [`migrate`], `pg`, `pg_tls`, [`remembered`]: re-exported from `tally-db`, the
+//!   database plumbing this crate shares with the authority ([`DbError`] converts into
+//!   [`StoreError`] variant for variant).
 //!
 //! **Durability contract:** when [`Store::commit`] returns `Ok`, the changes survive a crash of
 //! the process (and, with the default `synchronous = FULL`, of the machine). Implementations
@@ -27,23 +28,23 @@ use thiserror::Error;
 use uuid::Uuid;
 
 pub mod event_cap;
-pub mod fsmode;
 mod group_commit;
 mod health;
-pub mod migrate;
-#[cfg(feature = "postgres")]
-pub mod pg;
-#[cfg(feature = "postgres")]
-pub mod pg_tls;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-pub mod remembered;
 pub mod replication;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod ticket;
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 pub mod to_fleet;
+
+// The database plumbing lives in `tally-db` (shared with the authority, which does not depend on
+// this crate); re-exported under its old paths so that `tally_store::fsmode` & co. keep working.
+pub use tally_db::DbError;
+pub use tally_db::{fsmode, migrate, remembered};
+#[cfg(feature = "postgres")]
+pub use tally_db::{pg, pg_tls};
 
 pub use event_cap::{DEFAULT_EVENT_CAP, EVENT_EVENTS_AT_CAP, EventCapStatus};
 pub use health::SETTLE as HEALTH_SETTLE;
@@ -160,6 +161,23 @@ pub enum StoreError {
         /// Version this build uses.
         supported: i64,
     },
+}
+
+impl From<DbError> for StoreError {
+    /// The plumbing's three failures are the store's own of the same name, so callers match one
+    /// error type whichever layer failed.
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Open { path, source } => Self::Open { path, source },
+            DbError::Backend { operation, source } => Self::Backend { operation, source },
+            DbError::TooNew { found, supported } => Self::TooNew { found, supported },
+            // `DbError` is non-exhaustive: a failure it grows later is carried as it is.
+            other => Self::Backend {
+                operation: "database",
+                source: Arc::new(other),
+            },
+        }
+    }
 }
 
 /// One client in the registry (R6).

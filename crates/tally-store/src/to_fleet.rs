@@ -132,7 +132,8 @@ pub async fn sqlite_to_postgres(
         crate::postgres::MIGRATIONS,
         crate::postgres::MIGRATION_LOCK,
     )
-    .await?;
+    .await
+    .map_err(StoreError::from)?;
     let tx = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)

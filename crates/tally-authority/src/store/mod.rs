@@ -47,15 +47,15 @@ pub enum StoreError {
     #[error("authority database: {0}")]
     Backend(Arc<dyn std::error::Error + Send + Sync>),
     /// The database could not be opened, reached or migrated; a schema written by a newer
-    /// Tally is refused here ([`tally_store::StoreError::TooNew`]).
+    /// Tally is refused here ([`tally_db::DbError::TooNew`]).
     #[error("authority database: {0}")]
-    Database(#[from] tally_store::StoreError),
+    Database(#[from] tally_db::DbError),
     /// A value read from the database is out of range (a damaged database).
     #[error("authority database: column {0} holds a value out of range")]
     BadValue(&'static str),
     /// The database the authority directory remembers cannot be read.
     #[error("{0}")]
-    Remembered(Arc<tally_store::remembered::RememberError>),
+    Remembered(Arc<tally_db::remembered::RememberError>),
     /// The `--database` URL names a backend this build does not have.
     #[error(
         "unsupported database URL {0:?}: give a postgres://USER@HOST[:PORT][,HOST[:PORT]...]/DATABASE URL, or none for the SQLite file in the authority directory"
@@ -345,7 +345,7 @@ pub const DB_FILE: &str = "authority.db";
 /// Opens the authority's state: the SQLite file `authority.db` in `dir` when no database is
 /// given or remembered, else the PostgreSQL database at the `postgres://` (or `postgresql://`)
 /// URL `database`, or the one `dir` remembers (`dir/database.url` and its 0600 password file,
-/// see [`tally_store::remembered`] and [`crate::dir::remember_database`]), creating and
+/// see [`tally_db::remembered`] and [`crate::dir::remember_database`]), creating and
 /// migrating the schema in either case. A given URL wins over the remembered one; an
 /// authentication error says which password to fix.
 pub async fn open(
@@ -354,7 +354,7 @@ pub async fn open(
 ) -> Result<Arc<dyn AuthorityStore>, StoreError> {
     let resolved = match database {
         Some("sqlite" | "") => None,
-        given => tally_store::remembered::resolve(dir, given)
+        given => tally_db::remembered::resolve(dir, given)
             .map_err(|e| StoreError::Remembered(Arc::new(e)))?,
     };
     match resolved {
@@ -370,7 +370,7 @@ pub async fn open(
             match PgAuthorityStore::connect(&r.url).await {
                 Ok(store) => Ok(Arc::new(store)),
                 Err(StoreError::Database(e)) => Err(StoreError::Database(
-                    tally_store::remembered::explain(e, &r.password),
+                    tally_db::remembered::explain(e, &r.password),
                 )),
                 Err(e) => Err(e),
             }

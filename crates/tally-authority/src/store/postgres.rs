@@ -6,7 +6,7 @@
 //! COMMITTED each statement sees what the previous holders of the lock committed, so the check
 //! and the write it allows are atomic across processes and the R23 limits and MAK budgets (R25)
 //! hold exactly. Transactions aborted as serialization failures or deadlocks are run again
-//! (`tally_store::pg::retry`). Tables are prefixed `authority_` so the database can also hold
+//! (`tally_db::pg::retry`). Tables are prefixed `authority_` so the database can also hold
 //! other Tally schemas.
 
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Pool};
 use tally_core::time::Timestamp;
+use tally_db::pg;
 use tally_log::{Hash, LogEntry};
-use tally_store::pg;
 use tokio_postgres::Row;
 
 use tally_proto::revocation::{Reason, Subject};
@@ -40,7 +40,7 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 /// The advisory lock (and `tally_schema` row) of the authority's schema: "tallyAUT".
 pub const SCHEMA_LOCK_KEY: i64 = 0x7461_6c6c_7941_5554;
 
-/// The PostgreSQL backend: a connection pool (see `tally_store::pg::connect`).
+/// The PostgreSQL backend: a connection pool (see `tally_db::pg::connect`).
 #[derive(Clone)]
 pub struct PgAuthorityStore {
     pool: Pool,
@@ -91,14 +91,14 @@ impl From<Fail> for StoreError {
 }
 
 impl PgAuthorityStore {
-    /// Connects to the database at `url` (see `tally_store::pg::connect` for the URL forms)
+    /// Connects to the database at `url` (see `tally_db::pg::connect` for the URL forms)
     /// and creates or migrates the authority's tables under an advisory lock, so several
     /// processes may start at once on an empty database.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = pg::connect(url).await?;
         let servers: Arc<str> = Arc::from(pg::describe(url));
         let mut client = pg::client(&pool, &servers).await?;
-        tally_store::migrate::postgres(&mut client, MIGRATIONS, SCHEMA_LOCK_KEY).await?;
+        tally_db::migrate::postgres(&mut client, MIGRATIONS, SCHEMA_LOCK_KEY).await?;
         Ok(Self { pool, servers })
     }
 

@@ -47,8 +47,8 @@ impl SqliteAuthorityStore {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         // X4: the authority's database is its owner's alone (0600, -wal and -shm too).
-        tally_store::fsmode::prepare_sqlite(path).map_err(|e| {
-            StoreError::Database(tally_store::StoreError::Open {
+        tally_db::fsmode::prepare_sqlite(path).map_err(|e| {
+            StoreError::Database(tally_db::DbError::Open {
                 path: path.display().to_string(),
                 source: Arc::new(e),
             })
@@ -58,7 +58,7 @@ impl SqliteAuthorityStore {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
         )
         .map_err(backend)?;
-        tally_store::migrate::sqlite(&mut conn, MIGRATIONS, path)?;
+        tally_db::migrate::sqlite(&mut conn, MIGRATIONS, path)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })

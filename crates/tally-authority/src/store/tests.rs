@@ -611,7 +611,7 @@ mod postgres_only {
         assert!(
             matches!(
                 e,
-                StoreError::Database(tally_store::StoreError::TooNew {
+                StoreError::Database(tally_db::DbError::TooNew {
                     found: 7,
                     supported
                 }) if supported as usize == SCHEMA_VERSION

@@ -333,7 +333,7 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 .append(tally_log::EntryKind::Catalog, signed.clone().into_bytes())
                 .await
                 .map_err(service_err)?;
-            std::fs::write(&out, signed)
+            tally_authority::dir::write_public(&out, signed.as_bytes())
                 .with_context(|| format!("cannot write {}", out.display()))?;
             println!(
                 "Signed catalog written to {} (log entry {index}). On each host: tally host catalog import {}",
@@ -461,8 +461,11 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(service_err)?;
             if let Some(out) = &out {
-                std::fs::write(out, format!("{}\n", groups.join(" ")))
-                    .with_context(|| format!("cannot write {}", out.display()))?;
+                tally_authority::dir::write_public(
+                    out,
+                    format!("{}\n", groups.join(" ")).as_bytes(),
+                )
+                .with_context(|| format!("cannot write {}", out.display()))?;
             }
             if json {
                 output::json(&json!({ "confirmation_id": groups.join(" "), "groups": groups }))?;
@@ -495,8 +498,11 @@ pub async fn run(cmd: AuthorityCommand) -> anyhow::Result<ExitCode> {
                 )
                 .await
                 .map_err(service_err)?;
-            std::fs::write(&out, armor(labels::HOST_CERTIFICATE, &cert.to_bytes()))
-                .with_context(|| format!("cannot write {}", out.display()))?;
+            tally_authority::dir::write_public(
+                &out,
+                armor(labels::HOST_CERTIFICATE, &cert.to_bytes()).as_bytes(),
+            )
+            .with_context(|| format!("cannot write {}", out.display()))?;
             println!(
                 "Certificate written to {} (log entry {index}).",
                 out.display()

@@ -69,7 +69,7 @@ pub async fn run(a: LogArgs) -> anyhow::Result<ExitCode> {
         .await
         .map_err(super::authority::service_err)?;
     if let Some(out) = &a.head_out {
-        std::fs::write(out, head.to_text())
+        tally_authority::dir::write_public(out, head.to_text().as_bytes())
             .with_context(|| format!("cannot write {}", out.display()))?;
     }
     if a.json {

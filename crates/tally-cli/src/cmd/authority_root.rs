@@ -180,7 +180,7 @@ pub fn rollover(args: &RolloverArgs) -> anyhow::Result<()> {
     )?;
     // The new directory finds the shared database without --database (issue 21).
     dir::remember_database(&args.new_dir, args.database.as_deref())?;
-    std::fs::write(&args.out, &done.chain_text)
+    tally_authority::dir::write_public(&args.out, done.chain_text.as_bytes())
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     let new_root = tally_core::rollover::RootRollover::new_key(&done.statement)?;
     if args.json {

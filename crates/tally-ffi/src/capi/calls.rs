@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use tally_client::LicenseStatus;
 
+use super::panic::guard;
 use super::{
     TALLY_OK, activate_into, handle_ref, invalid, optional, required, tally_activation,
     tally_licensing, tally_result, tally_status, to_c_status,
 };
 use crate::embed::{ActivateOptions, ChangeKey, Handle};
 use crate::logging::LogLevel;
-use crate::panic::guard;
 
 /// Bytes a buffer for `tally_installation_id()` needs at most, NUL included (today 21 groups
 /// of 7 digits and their spaces: 168).

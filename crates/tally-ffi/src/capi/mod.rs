@@ -1,7 +1,7 @@
 //! The C ABI (`include/tally.h` is generated from this module by cbindgen).
 //!
 //! As in rustls-ffi: one result type for every call, opaque handles, the caller owns what it
-//! allocates, every entry point catches panics ([`crate::panic::guard`]) and returns
+//! allocates, every entry point catches panics ([`panic::guard`]) and returns
 //! `TALLY_INTERNAL_ERROR` instead of unwinding into C.
 //!
 //! The handle, status structs and core calls are here; the result codes and their names in
@@ -14,9 +14,10 @@ use crate::embed::{Error, Handle, Status};
 
 mod calls;
 mod codes;
-use crate::panic::{guard, guard_value, set_message, take_message_into};
+mod panic;
 pub use calls::*;
 pub use codes::*;
+use panic::{guard, guard_value, set_message, take_message_into};
 use tally_client::LicenseStatus;
 
 /// An installation's licensing, opened on its state directory. Opaque; thread-safe.

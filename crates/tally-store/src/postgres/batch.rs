@@ -261,7 +261,7 @@ async fn commit_batch(
     let c = match conn {
         Some(c) if !c.client.is_closed() => c,
         _ => {
-            let client = pool.get().await.map_err(pool_error("connect"))?;
+            let client = pool.get().await.map_err(pool_error(pool))?;
             let session = Session::of(&client).await?;
             conn.insert(Conn { client, session })
         }

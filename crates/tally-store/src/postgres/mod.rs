@@ -95,11 +95,14 @@ fn backend(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Sto
     }
 }
 
-fn pool_error(operation: &'static str) -> impl FnOnce(deadpool_postgres::PoolError) -> StoreError {
-    move |e| StoreError::Backend {
-        operation,
-        source: Arc::new(e),
-    }
+/// The servers in a fleet store's connection errors: the pool does not know its URL (the host
+/// named the database's servers when it connected, `tally_db::pg::connect`).
+const SERVERS: &str = "the fleet's database";
+
+/// Why `pool` gave no connection: the pool exhausted (every connection busy), or no server
+/// reachable (`tally_db::pg::pool_error`).
+fn pool_error(pool: &Pool) -> impl FnOnce(deadpool_postgres::PoolError) -> StoreError + '_ {
+    move |e| crate::pg::pool_error(pool, SERVERS, e).into()
 }
 
 impl PgStore {
@@ -117,7 +120,7 @@ impl PgStore {
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
         {
-            let mut client = pool.get().await.map_err(pool_error("connect"))?;
+            let mut client = pool.get().await.map_err(pool_error(&pool))?;
             crate::migrate::postgres(&mut client, MIGRATIONS, MIGRATION_LOCK).await?;
         }
         let first = replication::check(&pool).await;
@@ -186,7 +189,7 @@ impl PgStore {
     /// has created the schema yet, and with [`StoreError::TooNew`] / [`StoreError::NeedsUpgrade`]
     /// when the schema is not this build's.
     pub async fn open_read_only(pool: Pool, what: &str) -> Result<Self, StoreError> {
-        let client = pool.get().await.map_err(pool_error("connect"))?;
+        let client = pool.get().await.map_err(pool_error(&pool))?;
         let exists: bool = client
             .query_one("SELECT to_regclass('tally_schema') IS NOT NULL", &[])
             .await
@@ -267,8 +270,20 @@ impl PgStore {
         }
     }
 
+    /// A connection for a query outside the group commit (reads, direct maintenance writes).
+    /// A writer's store (the running host) reports the outcome to its health, so a pool that is
+    /// exhausted or a database that cannot be reached shows on `/metrics`, the dashboard and in
+    /// the log as a commit failure does (issue 21 part 3); a read-only store (a command) only
+    /// returns the error.
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(pool_error("connect"))
+        let got = self.pool.get().await.map_err(pool_error(&self.pool));
+        if self.jobs.is_some() {
+            match &got {
+                Ok(_) => self.health.query_ok(),
+                Err(e) => self.health.query_failed(e),
+            }
+        }
+        got
     }
 }
 

@@ -98,7 +98,7 @@ pub(super) async fn resolve(pool: &Pool, old: Session, token: Uuid) -> Resolved 
 }
 
 async fn check(pool: &Pool, old: Session, token: Uuid) -> Result<Resolved, StoreError> {
-    let client = pool.get().await.map_err(super::pool_error("connect"))?;
+    let client = pool.get().await.map_err(super::pool_error(pool))?;
     // Ending the old session may be refused (another role's session); the check still tells.
     let (ended, checked) = futures_util::future::join(
         client.query(TERMINATE, &[&old.pid, &old.started]),

@@ -28,7 +28,7 @@ const READ: &str = "SELECT current_setting('synchronous_commit'),
 
 /// Reads and assesses the replication of the database behind `pool`.
 pub async fn check(pool: &Pool) -> Result<Replication, StoreError> {
-    let client = pool.get().await.map_err(pool_error("connect"))?;
+    let client = pool.get().await.map_err(pool_error(pool))?;
     let rows = client
         .query(READ, &[])
         .await

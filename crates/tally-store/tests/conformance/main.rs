@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[cfg(feature = "postgres")]
+mod pg_pool;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 mod suite;

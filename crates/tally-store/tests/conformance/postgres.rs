@@ -18,7 +18,7 @@ pub struct Postgres {
 
 /// Starts a server off the async workers (the harness blocks on initdb and pg_ctl), keeping the
 /// test's name for the harness's SKIP line.
-async fn server() -> Option<PgServer> {
+pub(crate) async fn server() -> Option<PgServer> {
     let name = std::thread::current().name().map(str::to_owned);
     tokio::task::spawn_blocking(move || {
         let start = || {

@@ -148,6 +148,6 @@ pub async fn revocations(args: RevocationsArgs) -> anyhow::Result<()> {
 
 /// X4: the list is public (0644 whatever the umask), replaced atomically.
 fn write_list(out: &Path, text: &str) -> anyhow::Result<()> {
-    tally_store::fsmode::write_atomic(out, text.as_bytes(), tally_store::fsmode::PUBLIC_FILE)
+    tally_authority::dir::write_public(out, text.as_bytes())
         .with_context(|| format!("cannot write {}", out.display()))
 }

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::capi::{TALLY_INTERNAL_ERROR, note, tally_result};
+use super::{TALLY_INTERNAL_ERROR, note, tally_result};
 use crate::embed::Error;
 
 thread_local! {

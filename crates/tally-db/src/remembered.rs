@@ -295,16 +295,30 @@ fn remove(path: &Path) -> Result<(), RememberError> {
     }
 }
 
+/// Where the password of `url` came from, as seen from `dir`: its password file when the URL
+/// carries the remembered password, else the URL, else none. For errors that say what to fix
+/// ([`explain`]).
+pub fn origin(dir: &Path, url: &str) -> Origin {
+    let (bare, password) = split(url);
+    let Some(password) = password else {
+        return Origin::None;
+    };
+    match read(dir) {
+        Ok(Some(r)) if split(&r.url) == (bare, Some(password)) => r.password,
+        _ => Origin::Given,
+    }
+}
+
 /// Adds to an authentication error ([`crate::pg::PgError::Auth`]) what to fix, given where the
 /// password came from; any other error is returned as it is.
 #[cfg(feature = "postgres")]
-pub fn explain(err: crate::StoreError, origin: &Origin) -> crate::StoreError {
+pub fn explain(err: crate::DbError, origin: &Origin) -> crate::DbError {
     use std::sync::Arc;
 
-    use crate::StoreError;
+    use crate::DbError;
     use crate::pg::PgError;
     let (path, source) = match &err {
-        StoreError::Open { path, source } => (path.clone(), source.clone()),
+        DbError::Open { path, source } => (path.clone(), source.clone()),
         _ => return err,
     };
     let Some(PgError::Auth {
@@ -327,7 +341,7 @@ pub fn explain(err: crate::StoreError, origin: &Origin) -> crate::StoreError {
         ),
         (_, _) => format!("correct the password in the URL; {give}"),
     };
-    StoreError::Open {
+    DbError::Open {
         path,
         source: Arc::new(PgError::Auth {
             servers: servers.clone(),

@@ -19,14 +19,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+    Timeouts,
 };
 use thiserror::Error;
 use tokio_postgres::Config;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 
-use crate::StoreError;
+use crate::DbError;
 use crate::pg_tls::{self, RustlsConnect, TlsConfigError, TlsFailure};
 
 /// How long one attempt to reach one server may take (unless the URL sets `connect_timeout`).
@@ -75,7 +76,7 @@ fn session_options() -> String {
     )
 }
 
-/// What went wrong talking to PostgreSQL; carried as the source of a [`StoreError`].
+/// What went wrong talking to PostgreSQL; carried as the source of a [`DbError`].
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum PgError {
@@ -123,6 +124,20 @@ pub enum PgError {
         /// What to do about it.
         advice: String,
     },
+    /// Every connection of the pool stayed busy while a caller waited for one: the pool is
+    /// exhausted (slow queries, a lock held by a stalled host, more work at once than the pool
+    /// has connections). The database itself may well answer.
+    #[error(
+        "the connection pool to PostgreSQL at {servers} is exhausted: all {size} connections stayed busy for {waited_ms} ms (slow queries, a lock held by a stalled host, or more work at once than the pool holds)"
+    )]
+    PoolExhausted {
+        /// The servers, never the password.
+        servers: String,
+        /// The pool's connections.
+        size: usize,
+        /// How long the caller waited.
+        waited_ms: u128,
+    },
     /// No server answered as read-write in time.
     #[error(
         "no read-write PostgreSQL server answered at {servers} ({cause}); check that the server runs and accepts connections from this machine, and the URL given with --database or TALLY_DATABASE_URL"
@@ -166,12 +181,18 @@ fn auth_advice(problem: &AuthProblem) -> String {
     }
 }
 
-/// Opens a pool on the database at `url` and checks that a read-write server answers.
+/// Opens a pool of [`POOL_SIZE`] connections on the database at `url` and checks that a
+/// read-write server answers.
 ///
 /// Fails within about [`POOL_TIMEOUT`] when no server does, with an error naming the servers.
 /// Connections found broken are dropped when they go back to the pool (`Verified` recycling),
 /// so after a failover new connections go to the server that is now read-write.
-pub async fn connect(url: &str) -> Result<Pool, StoreError> {
+pub async fn connect(url: &str) -> Result<Pool, DbError> {
+    connect_sized(url, POOL_SIZE).await
+}
+
+/// As [`connect`], with at most `size` connections (at least one).
+pub async fn connect_sized(url: &str, size: usize) -> Result<Pool, DbError> {
     let (rest, tls) =
         pg_tls::split(url).map_err(|e| open_error(&describe(url), PgError::TlsConfig(e)))?;
     let mut config =
@@ -206,7 +227,7 @@ pub async fn connect(url: &str) -> Result<Pool, StoreError> {
         },
     );
     let pool = Pool::builder(manager)
-        .max_size(POOL_SIZE)
+        .max_size(size.max(1))
         .timeouts(Timeouts {
             wait: Some(POOL_TIMEOUT),
             create: Some(POOL_TIMEOUT),
@@ -225,7 +246,7 @@ pub async fn connect(url: &str) -> Result<Pool, StoreError> {
     // Fail now, not at the first request, when no server answers; the connection goes back
     // to the pool for the first request.
     let first = client(&pool, &servers).await.map_err(|e| match e {
-        StoreError::Backend { source, .. } => StoreError::Open {
+        DbError::Backend { source, .. } => DbError::Open {
             path: servers.clone(),
             source: with_user(source, &user),
         },
@@ -292,8 +313,8 @@ fn url_error(e: &tokio_postgres::Error) -> PgError {
     }
 }
 
-fn open_error(servers: &str, e: PgError) -> StoreError {
-    StoreError::Open {
+fn open_error(servers: &str, e: PgError) -> DbError {
+    DbError::Open {
         path: servers.to_owned(),
         source: Arc::new(e),
     }
@@ -301,25 +322,35 @@ fn open_error(servers: &str, e: PgError) -> StoreError {
 
 /// A connection from `pool` (`servers` is [`describe`]'s text, for the error), within
 /// [`POOL_TIMEOUT`]. The error says which servers were tried and what to check.
-pub async fn client(pool: &Pool, servers: &str) -> Result<Object, StoreError> {
-    pool.get().await.map_err(|e| {
-        let servers = servers.to_owned();
-        let source = match &e {
-            PoolError::Timeout(_) => PgError::Unreachable {
-                servers,
-                cause: format!("no connection within {POOL_TIMEOUT:?}"),
-            },
-            PoolError::Backend(b) => backend_error(servers, b),
-            other => PgError::Unreachable {
-                servers,
-                cause: other.to_string(),
-            },
-        };
-        StoreError::Backend {
-            operation: "connect",
-            source: Arc::new(source),
-        }
-    })
+pub async fn client(pool: &Pool, servers: &str) -> Result<Object, DbError> {
+    pool.get().await.map_err(|e| pool_error(pool, servers, e))
+}
+
+/// What [`client`] says when `pool` gave no connection: [`PgError::PoolExhausted`] when every
+/// connection stayed busy (waiting for a free slot timed out), else why no connection could be
+/// made (unreachable, TLS, authentication).
+pub fn pool_error(pool: &Pool, servers: &str, e: PoolError) -> DbError {
+    let servers = servers.to_owned();
+    let source = match &e {
+        PoolError::Timeout(TimeoutType::Wait) => PgError::PoolExhausted {
+            servers,
+            size: pool.status().max_size,
+            waited_ms: pool.timeouts().wait.unwrap_or(POOL_TIMEOUT).as_millis(),
+        },
+        PoolError::Timeout(_) => PgError::Unreachable {
+            servers,
+            cause: format!("no connection within {POOL_TIMEOUT:?}"),
+        },
+        PoolError::Backend(b) => backend_error(servers, b),
+        other => PgError::Unreachable {
+            servers,
+            cause: other.to_string(),
+        },
+    };
+    DbError::Backend {
+        operation: "connect",
+        source: Arc::new(source),
+    }
 }
 
 /// A connection attempt's error, as the operator needs it: a TLS failure says what is wrong with

@@ -5,7 +5,7 @@
 
 #![cfg(feature = "postgres")]
 
-use tally_store::pg;
+use tally_db::pg;
 use tally_test_support::postgres::PgServer;
 use tally_test_support::postgres::tls::{CERT_HOST, write_unrelated_ca};
 

@@ -4,7 +4,7 @@
 //! A store passes its migrations as an ordered list of SQL scripts: script `i` (0-based) takes
 //! the schema from version `i` to version `i + 1`. The runner applies the missing ones, each in
 //! its own transaction together with the new version number, and refuses a database whose
-//! version is newer than the list ([`StoreError::TooNew`]): an older Tally must never write a
+//! version is newer than the list ([`DbError::TooNew`]): an older Tally must never write a
 //! schema it does not know.
 //!
 //! - SQLite keeps the version in `PRAGMA user_version` (one database file per store).
@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-use crate::StoreError;
+use crate::DbError;
 
 /// Brings the SQLite database on `conn` (the file `what`, named in errors) to the newest of
 /// `migrations`, tracking the version in `PRAGMA user_version`.
@@ -28,8 +28,8 @@ pub fn sqlite(
     conn: &mut rusqlite::Connection,
     migrations: &[&str],
     what: &Path,
-) -> Result<(), StoreError> {
-    let open_err = |e: rusqlite::Error| StoreError::Open {
+) -> Result<(), DbError> {
+    let open_err = |e: rusqlite::Error| DbError::Open {
         path: what.display().to_string(),
         source: Arc::new(e),
     };
@@ -38,7 +38,7 @@ pub fn sqlite(
         .map_err(open_err)?;
     let supported = supported(migrations);
     if version > supported {
-        return Err(StoreError::TooNew {
+        return Err(DbError::TooNew {
             found: version,
             supported,
         });
@@ -79,7 +79,7 @@ pub async fn postgres(
     client: &mut tokio_postgres::Client,
     migrations: &[&str],
     lock_key: i64,
-) -> Result<(), StoreError> {
+) -> Result<(), DbError> {
     let supported = supported(migrations);
     // Each pass applies at most one migration in one transaction; a pass that finds nothing to
     // do ends the loop. A bounded number of passes: one per migration, plus retries of a first
@@ -101,7 +101,7 @@ pub async fn postgres(
                     races += 1;
                     continue;
                 }
-                return Err(StoreError::Backend {
+                return Err(DbError::Backend {
                     operation: "migration",
                     source: Arc::new(e),
                 });
@@ -112,7 +112,7 @@ pub async fn postgres(
 
 #[cfg(feature = "postgres")]
 enum Step {
-    Store(StoreError),
+    Store(DbError),
     Db(tokio_postgres::Error),
 }
 
@@ -151,7 +151,7 @@ async fn postgres_step(
         .transpose()?
         .unwrap_or(0);
     if version > supported {
-        return Err(Step::Store(StoreError::TooNew {
+        return Err(Step::Store(DbError::TooNew {
             found: version,
             supported,
         }));
@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(v, 2);
         assert!(matches!(
             sqlite(&mut conn, &STEPS[..1], &path),
-            Err(StoreError::TooNew {
+            Err(DbError::TooNew {
                 found: 2,
                 supported: 1
             })

@@ -10,6 +10,8 @@
 //! one size signed at different times carry the same root, and nothing has to be kept in step
 //! across the authority processes. Proofs are built from the stored leaf hashes (RFC 9162
 //! 2.1.3.1 and 2.1.4.1), which costs one read of `size` hashes (32 bytes each) per proof.
+//!
+//! A part of [`Service`] (like `service/revoke.rs`), reachable as `tally_authority::transparency`.
 
 use serde::{Deserialize, Serialize};
 use tally_core::time::Timestamp;
@@ -18,7 +20,7 @@ use tally_log::{
     ConsistencyProof, EntryKind, Hash, InclusionProof, LogEntry, SignedTreeHead, TreeHead,
 };
 
-use crate::service::{Service, ServiceError};
+use super::{Service, ServiceError};
 use crate::store::StoredEntry;
 
 /// The most entries one page of [`Service::log_entries`] returns.
