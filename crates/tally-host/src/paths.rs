@@ -52,6 +52,7 @@ const MAX_MODES: &[(&str, u32)] = &[
     (SETTINGS_FILE, fsmode::PRIVATE_FILE),
     (DNS_STATUS_FILE, fsmode::PRIVATE_FILE),
     (crate::lock::LOCK_FILE, fsmode::PRIVATE_FILE),
+    (crate::revocations::IMPORT_LOCK, fsmode::PRIVATE_FILE),
     (HOST_DB, fsmode::PRIVATE_FILE),
     ("tally.db-wal", fsmode::PRIVATE_FILE),
     ("tally.db-shm", fsmode::PRIVATE_FILE),

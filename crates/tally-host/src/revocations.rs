@@ -69,8 +69,31 @@ pub fn import(dir: &Path, text: &str) -> Result<Imported, HostError> {
     store(dir, offered)
 }
 
-/// Imports a verified list (the scheduled fetch and [`import`]).
+/// The lock file that orders imports of one data directory (`DATA_DIR/revocations.lock`).
+pub const IMPORT_LOCK: &str = "revocations.lock";
+
+/// Takes the data directory's import lock, waiting for another import to finish: the running
+/// host's scheduled fetch and an admin's `tally host import-revocations` may run at once, and
+/// each must compare with the list the other wrote, or the older list could be written last
+/// (a roll-back, X7). The kernel's lock (`flock`) goes away with its process.
+fn import_lock(dir: &Path) -> Result<std::fs::File, HostError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(IMPORT_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(tally_store::fsmode::PRIVATE_FILE)
+        .open(&path)
+        .map_err(HostError::write(&path))?;
+    file.lock().map_err(HostError::write(&path))?;
+    Ok(file)
+}
+
+/// Imports a verified list (the scheduled fetch and [`import`]), under the import lock.
 fn store(dir: &Path, offered: VerifiedList) -> Result<Imported, HostError> {
+    let _lock = import_lock(dir)?;
     let mut held = load(dir)?;
     let replaced = held
         .offer(offered.clone())
@@ -274,5 +297,39 @@ mod tests {
         let err = import(dir, &list(&other, 9)).expect_err("foreign");
         assert!(err.to_string().contains("another authority"), "{err}");
         assert_eq!(load(dir).expect("held").serial(), 5);
+    }
+
+    // X7: imports at once (a fetch beside an admin's import) never leave an older list than
+    // the newest one offered: each compares with what the others wrote.
+    #[test]
+    fn x7_concurrent_imports_keep_the_newest() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let key = tally_core::trust::generate_key();
+        std::fs::write(
+            dir.join(paths::AUTHORITY_PUB),
+            tally_core::trust::armor(
+                tally_core::trust::labels::AUTHORITY_PUBLIC,
+                key.verifying_key().as_bytes(),
+            ),
+        )
+        .expect("write");
+        for round in 0..5u32 {
+            let base = round * 16;
+            let lists: Vec<String> = (1..=16).map(|i| list(&key, base + i)).collect();
+            std::thread::scope(|scope| {
+                // Newest first, so without the lock a slow older import would write last.
+                for text in lists.iter().rev() {
+                    scope.spawn(move || {
+                        let _ = import(dir, text);
+                    });
+                }
+            });
+            assert_eq!(
+                load(dir).expect("held").serial(),
+                base + 16,
+                "round {round}"
+            );
+        }
     }
 }
