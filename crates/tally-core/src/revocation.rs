@@ -40,6 +40,24 @@ pub enum RevocationError {
         /// The serial held.
         held: u32,
     },
+    /// Signed by a root a rollover retired, after its retirement (X8).
+    #[error(
+        "the revocation list was signed by a root retired at {until} (root rollover) after its retirement; lists now come from the new root"
+    )]
+    RootRetired {
+        /// When the root was retired.
+        until: Timestamp,
+    },
+    /// Signed by an older root than the list already held (X8).
+    #[error(
+        "this revocation list is signed by an older root (generation {offered}) than the one already held (generation {held}); kept the held list"
+    )]
+    OlderRoot {
+        /// The offered list's root generation.
+        offered: u32,
+        /// The held list's.
+        held: u32,
+    },
     /// More entries than the format allows.
     #[error("the revocation list would be longer than 1 MiB")]
     TooLarge,
@@ -50,6 +68,8 @@ pub enum RevocationError {
 pub struct VerifiedList {
     list: RevocationList,
     bytes: Vec<u8>,
+    /// The signing root's generation in the anchor it was verified under (0: the first root).
+    generation: u32,
 }
 
 impl VerifiedList {
@@ -58,10 +78,24 @@ impl VerifiedList {
         let list = RevocationList::from_bytes(bytes)
             .map_err(|e| RevocationError::Damaged(e.to_string()))?;
         // Signed by the root trusted, or by a root a verified rollover handed trust to (X8).
-        let key = anchor
-            .key_by_id(&list.authority_id)
+        let (generation, key, retired) = anchor
+            .root_by_id(&list.authority_id)
             .ok_or(RevocationError::UnknownAuthority)?;
-        Self::verify_with(list, &key)
+        let mut verified = Self::verify_with(list, &key)?;
+        // X8: a root a rollover retired signs no list after its retirement, so its key, kept
+        // or leaked, cannot revoke anything once the new root is in force.
+        if let Some(until) = retired
+            && verified.list.issued_at > until.millis()
+        {
+            return Err(RevocationError::RootRetired { until });
+        }
+        verified.generation = generation;
+        Ok(verified)
+    }
+
+    /// The signing root's generation (0: the root of `authority.pub`, one more per rollover).
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// Verifies a decoded list under `key`.
@@ -75,7 +109,11 @@ impl VerifiedList {
         )
         .map_err(|_| RevocationError::BadSignature)?;
         let bytes = list.to_bytes();
-        Ok(Self { list, bytes })
+        Ok(Self {
+            list,
+            bytes,
+            generation: 0,
+        })
     }
 
     /// Reads an armored list file (`tally-revocation-list-v1 HEX`) and verifies it.
@@ -153,8 +191,18 @@ impl Held {
         self.0.as_ref().map_or(0, VerifiedList::serial)
     }
 
-    /// Takes `offered` if its serial is higher; refuses a lower one (no rollback).
+    /// Takes `offered` if its serial is higher; refuses a lower one (no rollback), and one
+    /// signed by an older root than the held list's (after a rollover, X8: only the roots
+    /// from the held list's on may replace it).
     pub fn offer(&mut self, offered: VerifiedList) -> Result<Offer, RevocationError> {
+        if let Some(held) = &self.0
+            && offered.generation < held.generation
+        {
+            return Err(RevocationError::OlderRoot {
+                offered: offered.generation,
+                held: held.generation,
+            });
+        }
         let held = self.serial();
         match offered.serial() {
             s if self.0.is_some() && s < held => Err(RevocationError::Older { offered: s, held }),
@@ -340,5 +388,51 @@ mod tests {
             VerifiedList::from_file_text("tally-host-certificate-v1 00", &anchor),
             Err(RevocationError::Damaged(_))
         ));
+    }
+
+    fn signed_at(key: &SigningKey, serial: u32, at: i64) -> Vec<u8> {
+        build::<Infallible>(&key.verifying_key(), serial, Timestamp(at), vec![], |m| {
+            Ok(key.sign(m).to_bytes())
+        })
+        .unwrap_or_else(|e| match e {})
+        .expect("fits")
+        .list()
+        .to_bytes()
+    }
+
+    // X7 + X8: after a rollover, the retired root signs no list after its retirement, and a
+    // list of the new root is never replaced by one of the old root, whatever its serial.
+    #[test]
+    fn x8_a_retired_root_cannot_revoke_after_its_rollover() {
+        let old = root();
+        let new = SigningKey::from_bytes(&[9; 32]);
+        let mut anchor = TrustAnchor::new(old.verifying_key());
+        anchor.push_successor(new.verifying_key(), Some(Timestamp(5_000)));
+
+        // Made while the old root was in force: still accepted (generation 0).
+        let before = VerifiedList::verify(&signed_at(&old, 3, 4_000), &anchor).expect("before");
+        assert_eq!(before.generation(), 0);
+        // Made by the old root after its retirement: refused.
+        let after = VerifiedList::verify(&signed_at(&old, 4, 6_000), &anchor);
+        assert!(
+            matches!(after, Err(RevocationError::RootRetired { until }) if until == Timestamp(5_000)),
+            "{after:?}"
+        );
+        // The new root's list replaces the old one's; an old-root list, even with a higher
+        // serial and an old date, never replaces it.
+        let newer = VerifiedList::verify(&signed_at(&new, 5, 6_000), &anchor).expect("new root");
+        assert_eq!(newer.generation(), 1);
+        let mut held = Held::new(Some(before));
+        assert_eq!(held.offer(newer).expect("newer"), Offer::Newer);
+        let backdated =
+            VerifiedList::verify(&signed_at(&old, 900, 4_500), &anchor).expect("backdated");
+        assert!(matches!(
+            held.offer(backdated),
+            Err(RevocationError::OlderRoot {
+                offered: 0,
+                held: 1
+            })
+        ));
+        assert_eq!(held.serial(), 5);
     }
 }

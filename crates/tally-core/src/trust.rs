@@ -249,6 +249,18 @@ impl TrustAnchor {
         self.keys.iter().find(|k| k.id == *id).map(|k| k.key)
     }
 
+    /// The trusted root whose authority id is `id`, with its generation (0: the root of
+    /// `authority.pub`, then one more per rollover) and when a rollover retired it (`None`:
+    /// not retired). What checks a signed object that names its signer and carries its own
+    /// time, such as a revocation list (X7, X8).
+    pub fn root_by_id(&self, id: &[u8; 8]) -> Option<(u32, VerifyingKey, Option<Timestamp>)> {
+        self.keys
+            .iter()
+            .enumerate()
+            .find(|(_, k)| k.id == *id)
+            .map(|(i, k)| (i as u32, k.key, k.until))
+    }
+
     /// Whether `key` is one of the anchor's keys (retired or not).
     pub fn trusts_key(&self, key: &VerifyingKey) -> bool {
         self.keys.iter().any(|k| k.key == *key)
