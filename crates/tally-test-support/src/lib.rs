@@ -2,6 +2,7 @@
 //! addresses, kill them (gracefully or with SIGKILL), and decide whether a missing external
 //! tool skips a test or fails it (it fails when `CI` is set).
 
+pub mod authority;
 pub mod bind;
 pub mod faketime;
 pub mod netns;

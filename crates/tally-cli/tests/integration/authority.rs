@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use tally_test_support::authority::AuthorityDir;
 use tally_test_support::{Process, tally, tally_json};
 
 use crate::bin;
@@ -24,30 +25,9 @@ pub(crate) fn out_text(o: &std::process::Output) -> String {
 }
 
 fn authority(root: &Path, group: &str) -> (PathBuf, String, u64) {
-    let dir = root.join("authority");
-    assert!(
-        tally(bin(), &["authority", "init", "--dir", s(&dir)])
-            .status
-            .success()
-    );
-    let (code, v) = tally_json(
-        bin(),
-        &[
-            "authority",
-            "issue-host-key",
-            "--dir",
-            s(&dir),
-            "--group",
-            group,
-            "--json",
-        ],
-    );
-    assert_eq!(code, Some(0), "{v}");
-    (
-        dir,
-        v["key"].as_str().expect("key").to_owned(),
-        v["serial"].as_u64().expect("serial"),
-    )
+    let authority = AuthorityDir::init(bin(), root.join("authority"));
+    let (key, serial) = authority.issue_host_key(group);
+    (authority.dir, key, serial)
 }
 
 /// Runs `tally host activate --online` for a host whose hardware is `hw`.

@@ -8,12 +8,11 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use tally_core::trust::{generate_key, to_hex};
+use tally_test_support::authority::AuthorityDir;
 use tally_test_support::postgres::PgServer;
 use tally_test_support::{Process, tally, tally_json};
 
 use crate::bin;
-
-const LISTENING: &str = "tally authority listening on ";
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -28,29 +27,12 @@ fn pg() -> Option<PgServer> {
 
 /// `tally authority init` in `root/authority`; returns the directory and the operator token.
 fn init(root: &Path) -> (PathBuf, String) {
-    let dir = root.join("authority");
-    let out = tally(bin(), &["authority", "init", "--dir", s(&dir)]);
-    assert!(out.status.success(), "{out:?}");
-    let token = std::fs::read_to_string(dir.join("operator.token")).expect("token");
-    (dir, token.trim().to_owned())
+    let authority = AuthorityDir::init(bin(), root.join("authority"));
+    (authority.dir.clone(), authority.token())
 }
 
 fn run(dir: &Path, url: &str) -> (Process, std::net::SocketAddr) {
-    Process::spawn_listening(
-        bin(),
-        &[
-            "authority",
-            "run",
-            "--dir",
-            s(dir),
-            "--database",
-            url,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-        LISTENING,
-    )
+    AuthorityDir::at(bin(), dir).on_database(url).run()
 }
 
 fn host_activation(key: &str, hw: u64) -> Value {

@@ -13,7 +13,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use tally_test_support::{HostProcess, Process, tally, tally_json};
+use tally_test_support::{HostProcess, Process, tally_json};
 
 use super::bin;
 
@@ -85,38 +85,11 @@ impl World {
     pub(crate) fn start(root: &Path) -> Self {
         std::fs::create_dir_all(root).unwrap();
         let host = HostProcess::start_dev(bin(), &root.join("host"), &[]);
-        let adir = root.join("authority");
-        assert!(
-            tally(bin(), &["authority", "init", "--dir", s(&adir)])
-                .status
-                .success()
-        );
-        let (_, v) = tally_json(
-            bin(),
-            &[
-                "authority",
-                "issue-mak",
-                "--dir",
-                s(&adir),
-                "--budget",
-                "10",
-                "--json",
-            ],
-        );
-        let mak = v["key"].as_str().expect("mak").to_owned();
-        let (authority, addr) = Process::spawn_listening(
-            bin(),
-            &[
-                "authority",
-                "run",
-                "--dir",
-                s(&adir),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &[],
-            "tally authority listening on ",
-        );
+        let vendor =
+            tally_test_support::authority::AuthorityDir::init(bin(), root.join("authority"));
+        let adir = vendor.dir.clone();
+        let mak = vendor.issue_mak(10);
+        let (authority, addr) = vendor.run();
         Self {
             host,
             _authority: authority,

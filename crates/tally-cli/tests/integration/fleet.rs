@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tally_test_support::authority::AuthorityDir;
 use tally_test_support::bind::Named;
 use tally_test_support::postgres::PgServer;
 use tally_test_support::{Process, tally, tally_json, wait_until};
@@ -75,45 +76,11 @@ impl Fleet {
         };
         let tmp = tempfile::tempdir().expect("tempdir");
         let adir = tmp.path().join("vendor");
-        let out = tally(bin(), &["authority", "init", "--dir", s(&adir)]);
-        assert!(out.status.success(), "{}", out_text(&out));
-        let (code, v) = tally_json(
-            bin(),
-            &[
-                "authority",
-                "issue-host-key",
-                "--dir",
-                s(&adir),
-                "--group",
-                "client-vl",
-                "--database",
-                &url,
-                "--json",
-            ],
-        );
-        assert_eq!(code, Some(0), "{v}");
-        let key = v["key"].as_str().expect("key").to_owned();
+        let authority = AuthorityDir::init(bin(), adir.clone()).on_database(&url);
+        let (key, _) = authority.issue_host_key("client-vl");
         // Two authority processes on the same database as the hosts (their tables and
         // migrations are separate).
-        let authorities: Vec<(Process, SocketAddr)> = (0..2)
-            .map(|_| {
-                Process::spawn_listening(
-                    bin(),
-                    &[
-                        "authority",
-                        "run",
-                        "--dir",
-                        s(&adir),
-                        "--database",
-                        &url,
-                        "--listen",
-                        "127.0.0.1:0",
-                    ],
-                    &[],
-                    "tally authority listening on ",
-                )
-            })
-            .collect();
+        let authorities: Vec<(Process, SocketAddr)> = (0..2).map(|_| authority.run()).collect();
         let trust = adir.join("authority.pub");
         let mut fleet = Self {
             tmp,

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tally_test_support::postgres::PgServer;
-use tally_test_support::{HostProcess, Process, tally, tally_json};
+use tally_test_support::{HostProcess, tally, tally_json};
 
 use crate::bin;
 
@@ -221,24 +221,10 @@ fn an_authority_directory_remembers_its_database() {
     let bare = pg.create_password_role("vendor", PASSWORD, "authority");
     let url = bare.replacen("vendor@", &format!("vendor:{PASSWORD}@"), 1);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("vendor");
-    let out = tally(bin(), &["authority", "init", "--dir", s(&dir)]);
-    assert!(out.status.success(), "{out:?}");
-    let (mut run, _) = Process::spawn_listening(
-        bin(),
-        &[
-            "authority",
-            "run",
-            "--dir",
-            s(&dir),
-            "--database",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-        "tally authority listening on ",
-    );
+    let authority =
+        tally_test_support::authority::AuthorityDir::init(bin(), tmp.path().join("vendor"));
+    let dir = authority.dir.clone();
+    let (mut run, _) = authority.on_database(&url).run();
     assert_eq!(
         std::fs::read_to_string(dir.join("database.url"))
             .expect("database.url")

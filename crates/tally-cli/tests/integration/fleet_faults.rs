@@ -88,42 +88,10 @@ impl Lab {
         );
         let tmp = tempfile::tempdir().expect("tempdir");
         let adir = tmp.path().join("vendor");
-        assert!(
-            tally(bin(), &["authority", "init", "--dir", s(&adir)])
-                .status
-                .success()
-        );
-        let (code, v) = tally_json(
-            bin(),
-            &[
-                "authority",
-                "issue-host-key",
-                "--dir",
-                s(&adir),
-                "--group",
-                "client-vl",
-                "--database",
-                &direct,
-                "--json",
-            ],
-        );
-        assert_eq!(code, Some(0), "{v}");
-        let key = v["key"].as_str().expect("key").to_owned();
-        let (authority, authority_addr) = Process::spawn_listening(
-            bin(),
-            &[
-                "authority",
-                "run",
-                "--dir",
-                s(&adir),
-                "--database",
-                &direct,
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &[],
-            "tally authority listening on ",
-        );
+        let vendor = tally_test_support::authority::AuthorityDir::init(bin(), adir.clone())
+            .on_database(&direct);
+        let (key, _) = vendor.issue_host_key("client-vl");
+        let (authority, authority_addr) = vendor.run();
         let trust = adir.join("authority.pub");
         let mut hosts = Vec::new();
         for n in 1..=3u8 {

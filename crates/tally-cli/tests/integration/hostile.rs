@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tally_test_support::{HostProcess, Process, skip, tally, tally_json};
+use tally_test_support::{HostProcess, skip, tally, tally_json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -256,26 +256,10 @@ fn authority_api_conforms_to_its_openapi_document() {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("authority");
-    assert!(
-        tally(bin(), &["authority", "init", "--dir", s(&dir)])
-            .status
-            .success()
-    );
-    let (_auth, addr) = Process::spawn_listening(
-        bin(),
-        &[
-            "authority",
-            "run",
-            "--dir",
-            s(&dir),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &[],
-        "tally authority listening on ",
-    );
-    let token = std::fs::read_to_string(dir.join("operator.token")).expect("token");
+    let authority =
+        tally_test_support::authority::AuthorityDir::init(bin(), tmp.path().join("authority"));
+    let (_auth, addr) = authority.run();
+    let token = authority.token();
     let config = tmp.path().join("schemathesis.toml");
     std::fs::write(&config, SCHEMATHESIS_CONFIG).expect("config");
     let out = std::process::Command::new(st)

@@ -11,12 +11,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tally_core::trust::{generate_key, to_hex};
+use tally_test_support::authority::AuthorityDir;
 use tally_test_support::postgres::PgServer;
 use tally_test_support::{Process, tally, tally_json};
 
 use crate::bin;
-
-const LISTENING: &str = "tally authority listening on ";
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -42,26 +41,16 @@ fn log_verify(args: &[&str]) -> Output {
 }
 
 fn init(root: &Path) -> (PathBuf, String) {
-    let dir = root.join("authority");
-    let out = tally(bin(), &["authority", "init", "--dir", s(&dir)]);
-    assert!(out.status.success(), "{out:?}");
-    let token = std::fs::read_to_string(dir.join("operator.token")).expect("token");
-    (dir, token.trim().to_owned())
+    let authority = AuthorityDir::init(bin(), root.join("authority"));
+    (authority.dir.clone(), authority.token())
 }
 
 fn run(dir: &Path, db: Option<&str>) -> (Process, std::net::SocketAddr) {
-    let mut args = vec![
-        "authority",
-        "run",
-        "--dir",
-        s(dir),
-        "--listen",
-        "127.0.0.1:0",
-    ];
-    if let Some(url) = db {
-        args.extend(["--database", url]);
+    let authority = AuthorityDir::at(bin(), dir);
+    match db {
+        Some(url) => authority.on_database(url).run(),
+        None => authority.run(),
     }
-    Process::spawn_listening(bin(), &args, &[], LISTENING)
 }
 
 // X8: a host activated online keeps a verified proof and status shows it; a host activated
@@ -71,22 +60,7 @@ fn run(dir: &Path, db: Option<&str>) -> (Process, std::net::SocketAddr) {
 fn x8_hosts_keep_their_certificate_proof_online_and_offline() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (adir, _) = init(tmp.path());
-    let issue = || {
-        let (code, v) = tally_json(
-            bin(),
-            &[
-                "authority",
-                "issue-host-key",
-                "--dir",
-                s(&adir),
-                "--group",
-                "server-c",
-                "--json",
-            ],
-        );
-        assert_eq!(code, Some(0), "{v}");
-        v["key"].as_str().expect("key").to_owned()
-    };
+    let issue = || AuthorityDir::at(bin(), &adir).issue_host_key("server-c").0;
     let (_auth, addr) = run(&adir, None);
     let url = format!("http://{addr}");
     let trust = adir.join("authority.pub");
