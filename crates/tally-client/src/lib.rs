@@ -27,7 +27,8 @@ pub mod authority;
 pub mod codes;
 pub mod connect;
 pub mod evidence;
-pub mod fsmode;
+/// File and directory modes (X4): the one module every side uses, re-exported from tally-db.
+pub use tally_db::fsmode;
 pub mod hardware;
 pub mod ops;
 pub mod platform;

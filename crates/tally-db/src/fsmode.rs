@@ -6,9 +6,9 @@
 //! Tally (or a loose umask) left more open than its mode here is narrowed, with a warning naming
 //! the path and both modes.
 //!
-//! `tally-client` has the same module for the client's state directory (the client never
-//! depends on the store, and `tally-core` does no I/O); this one serves the host, the
-//! authority and their SQLite databases ([`prepare_sqlite`]).
+//! One module for every side: the host, the authority and their SQLite databases
+//! ([`prepare_sqlite`]), and the client's state directory (`tally_client::fsmode` re-exports
+//! it; the client takes tally-db without its database features, so this is all it gets).
 
 use std::fs;
 use std::io::{self, Write};
