@@ -522,11 +522,15 @@ fn packages_install_serve_upgrade_and_purge() {
 }
 
 /// File names under `dir`, sorted (run as root: the directory is 0700).
+/// The files of `dir`, sorted, without SQLite's `-wal`/`-shm` side files: SQLite removes them
+/// when the host closes its database cleanly and keeps them after an unclean stop, so they
+/// come and go with how the host stopped, not with what a package did to the data.
 fn list(dir: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{dir}: {e}"))
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with("-wal") && !n.ends_with("-shm"))
         .collect();
     v.sort();
     v
