@@ -172,6 +172,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let (Some(rows), Some(dir)) = (args.seed_registry, args.data_dir.as_deref()) {
         return seed::run(rows, dir, args.json).await;
     }
+    // `Duration::from_secs_f64` panics on NaN and infinity, which clap parses as f64.
+    anyhow::ensure!(
+        args.duration.is_finite(),
+        "--duration takes seconds, e.g. 10 or 0.5 (got {})",
+        args.duration
+    );
     let addrs = load::resolve(&args.host).await?;
     for addr in addrs.iter().filter(|a| !a.ip().is_loopback()) {
         eprintln!("note: loading {addr}, which is not loopback: make sure it is a host you run.");

@@ -202,3 +202,18 @@ fn seed_registry_fills_only_a_new_data_dir_which_a_host_then_serves() {
     );
     assert_eq!(all["registry_clients"], 2000, "{all}");
 }
+
+// Bad input is a clear error, never a panic: clap parses NaN and inf as numbers of seconds.
+#[test]
+fn a_duration_that_is_not_a_number_of_seconds_is_refused() {
+    for bad in ["NaN", "inf"] {
+        let out = tally(
+            bin(),
+            &["bench", "--host", "127.0.0.1:9", "--duration", bad],
+        );
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {text}");
+        assert!(text.contains("--duration takes seconds"), "{bad}: {text}");
+        assert!(!text.contains("panicked"), "{bad}: {text}");
+    }
+}
