@@ -71,6 +71,9 @@ pub enum RemoteError {
         #[source]
         source: reqwest::Error,
     },
+    /// The HTTP client could not be set up (its TLS configuration).
+    #[error("cannot set up the HTTP client for the admin API")]
+    Setup(#[source] reqwest::Error),
     /// The host answered with an error.
     #[error("the host refused ({status} {code}): {message}")]
     Refused {
@@ -125,10 +128,7 @@ fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, RemoteError> {
             builder
         }
     };
-    builder.build().map_err(|source| RemoteError::Unreachable {
-        base: "(client setup)".into(),
-        source,
-    })
+    builder.build().map_err(RemoteError::Setup)
 }
 
 impl AdminClient {
